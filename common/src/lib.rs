@@ -1,0 +1,64 @@
+//! Everything the four foodchain services share, and nothing service-specific.
+//!
+//! The services never call one another: they communicate only through Redis
+//! Streams. This crate is the contract between them and the machinery that
+//! makes the contract hold.
+//!
+//! | module | what it gives |
+//! |---|---|
+//! | [`settings`] | one [`settings::CommonSettings`] from env vars, documented defaults, fail-fast validation |
+//! | [`envelope`] | the [`envelope::Envelope`] every event travels in, and its stream-entry encoding |
+//! | [`events`] | event type names (versioned: `order.created.v1`) |
+//! | [`streams`] | stream and group names in one place, with a per-deployment key prefix |
+//! | [`publisher`] | XADD with approximate MAXLEN trimming |
+//! | [`consumer`] | the consumer-group loop: XREADGROUP, XACK, retries, XAUTOCLAIM, dead letters |
+//! | [`dead_letter`] | the `dead-letters` entry format and the atomic move-and-ack script |
+//! | [`stream_entry`] | raw stream entries and the reply parsers |
+//! | [`redis_conn`] | connection set-up (timeouts that fit blocking reads, reconnects) |
+//! | [`mongo`] | client set-up and the retried multi-document transaction |
+//! | [`telemetry`] | tracing: JSON logs on stdout, optional Loki shipping |
+//! | [`shutdown`] | one cancellation token cancelled by SIGINT / SIGTERM |
+//!
+//! # Guarantees of the consumer loop
+//!
+//! * **At-least-once.** A message is acknowledged (XACK) only after its
+//!   handler returned success. Until then it stays in the group's pending
+//!   entries list (PEL), whatever happens to the process.
+//! * **Bounded retries, counted by Redis.** The attempt number of a message is
+//!   its *delivery count* in the PEL, which Redis increments on every
+//!   XREADGROUP / XCLAIM / XAUTOCLAIM. A crash therefore cannot reset it, and a
+//!   message that crashes the process on every attempt still ends in the dead
+//!   letters.
+//! * **Fast retries, safe takeover.** A failed message is retried by the same
+//!   consumer after an exponential backoff (XCLAIM to itself, which counts as a
+//!   delivery). Messages left behind by a consumer that died are taken over by
+//!   any live consumer with XAUTOCLAIM once idle for `RECLAIM_MIN_IDLE_MS`.
+//! * **Atomic dead-lettering.** After `MAX_ATTEMPTS` failed attempts, or at once
+//!   for a message that is not a valid envelope or that its handler rejects as
+//!   permanently invalid, the message is copied to the `dead-letters` stream
+//!   with its full context *and* acknowledged in one Lua script: a crash can
+//!   neither lose it nor dead-letter it twice.
+//! * **Ordering where it matters.** Within a batch, messages with the same
+//!   envelope `key` (the order id) are handled one after another, in stream
+//!   order; different keys run concurrently up to `CONSUMER_CONCURRENCY`. A
+//!   message that fails and is retried can be overtaken by later messages of
+//!   the same key, so handlers must tolerate stale events (the services guard
+//!   every state transition).
+//! * **Graceful shutdown.** When the shutdown token is cancelled, the loop
+//!   stops reading, finishes and acknowledges the batch it holds, and returns.
+
+pub mod consumer;
+pub mod dead_letter;
+pub mod envelope;
+pub mod events;
+pub mod mongo;
+pub mod publisher;
+pub mod redis_conn;
+pub mod settings;
+pub mod shutdown;
+pub mod stream_entry;
+pub mod streams;
+pub mod telemetry;
+
+pub use envelope::Envelope;
+pub use stream_entry::StreamEntry;

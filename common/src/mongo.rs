@@ -1,0 +1,182 @@
+//! MongoDB client set-up and the retried multi-document transaction.
+//!
+//! Every state change in this system happens in a transaction on a replica
+//! set. Under contention MongoDB aborts one of two conflicting transactions
+//! with `WriteConflict`, labelled `TransientTransactionError`: the right
+//! response is to run the *whole* transaction again, not to report an error.
+//! A commit whose outcome is unknown (`UnknownTransactionCommitResult`, e.g. a
+//! primary step-down mid-commit) is retried as a commit; commits are
+//! idempotent. [`run_transaction`] does both, a bounded number of times, with
+//! jittered exponential backoff so that colliding writers spread out. Errors
+//! of the body's own (insufficient stock, ...) abort at once.
+
+use std::{future::Future, pin::Pin, time::Duration};
+
+use mongodb::{
+    Client, ClientSession,
+    bson::doc,
+    error::{Error, TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RESULT},
+    options::{ClientOptions, ReadConcern, TransactionOptions, WriteConcern},
+};
+use rand::Rng;
+use tracing::{debug, warn};
+
+/// A boxed future borrowing for `'a`, as transaction bodies return.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Connects (lazily) with short timeouts, so readiness checks and requests
+/// fail within seconds when the database is away instead of hanging for 30 s.
+pub async fn connect(url: &str, app_name: &str) -> mongodb::error::Result<Client> {
+    let mut opts = ClientOptions::parse(url).await?;
+    opts.app_name = Some(app_name.to_owned());
+    opts.server_selection_timeout
+        .get_or_insert(Duration::from_secs(5));
+    opts.connect_timeout.get_or_insert(Duration::from_secs(3));
+    Client::with_options(opts)
+}
+
+/// `ping` against `db`.
+pub async fn ping(client: &Client, db: &str) -> mongodb::error::Result<()> {
+    client
+        .database(db)
+        .run_command(doc! { "ping": 1 })
+        .await
+        .map(drop)
+}
+
+/// Errors that may wrap a MongoDB error (so retries can read its labels).
+pub trait MaybeMongoError: From<Error> {
+    /// The MongoDB error inside, if this is one.
+    fn as_mongo(&self) -> Option<&Error>;
+}
+
+impl MaybeMongoError for Error {
+    fn as_mongo(&self) -> Option<&Error> {
+        Some(self)
+    }
+}
+
+/// How persistently to retry.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    /// Runs of the whole transaction before giving up.
+    pub max_attempts: u32,
+    /// First backoff; doubles per attempt, randomised ±50 %.
+    pub base_backoff: Duration,
+    /// Backoff ceiling.
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 12,
+            base_backoff: Duration::from_millis(5),
+            max_backoff: Duration::from_millis(250),
+        }
+    }
+}
+
+impl RetryPolicy {
+    fn backoff(&self, attempt: u32) -> Duration {
+        let exp = self
+            .base_backoff
+            .saturating_mul(1 << attempt.min(16))
+            .min(self.max_backoff);
+        exp.mul_f64(rand::rng().random_range(0.5..1.5))
+    }
+}
+
+/// Runs `body` in a transaction (snapshot reads, majority writes) and commits,
+/// retrying as the module docs describe. `ctx` is lent to every run of `body`.
+pub async fn run_transaction<C, T, E, F>(
+    client: &Client,
+    policy: RetryPolicy,
+    ctx: &C,
+    mut body: F,
+) -> Result<T, E>
+where
+    C: Sync + ?Sized,
+    E: MaybeMongoError,
+    F: for<'a> FnMut(&'a mut ClientSession, &'a C) -> BoxFuture<'a, Result<T, E>>,
+{
+    let options = TransactionOptions::builder()
+        .read_concern(ReadConcern::snapshot())
+        .write_concern(WriteConcern::majority())
+        .build();
+    let mut session = client.start_session().await?;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        session
+            .start_transaction()
+            .with_options(options.clone())
+            .await?;
+        let value = match body(&mut session, ctx).await {
+            Ok(v) => v,
+            Err(e) => {
+                // Aborting an already-aborted transaction fails harmlessly.
+                let _ = session.abort_transaction().await;
+                if is_labelled(&e, TRANSIENT_TRANSACTION_ERROR) && attempt < policy.max_attempts {
+                    debug!(
+                        attempt,
+                        "transient transaction error; running the transaction again"
+                    );
+                    tokio::time::sleep(policy.backoff(attempt)).await;
+                    continue;
+                }
+                return Err(e);
+            }
+        };
+        match commit(&mut session, policy).await {
+            Ok(()) => return Ok(value),
+            Err(e)
+                if e.contains_label(TRANSIENT_TRANSACTION_ERROR)
+                    && attempt < policy.max_attempts =>
+            {
+                debug!(
+                    attempt,
+                    "commit hit a transient error; running the transaction again"
+                );
+                tokio::time::sleep(policy.backoff(attempt)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+async fn commit(session: &mut ClientSession, policy: RetryPolicy) -> Result<(), Error> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        match session.commit_transaction().await {
+            Err(e)
+                if e.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT)
+                    && attempt < policy.max_attempts =>
+            {
+                warn!(attempt, error = %e, "commit outcome unknown; committing again");
+                tokio::time::sleep(policy.backoff(attempt)).await;
+            }
+            other => return other,
+        }
+    }
+}
+
+fn is_labelled<E: MaybeMongoError>(e: &E, label: &str) -> bool {
+    e.as_mongo().is_some_and(|m| m.contains_label(label))
+}
+
+/// Whether `e` is a duplicate-key error (code 11000), e.g. a unique index
+/// doing its job.
+pub fn is_duplicate_key(e: &Error) -> bool {
+    use mongodb::error::{ErrorKind, WriteFailure};
+    match &*e.kind {
+        ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == 11000,
+        ErrorKind::Command(c) => c.code == 11000,
+        ErrorKind::InsertMany(m) => m
+            .write_errors
+            .as_ref()
+            .is_some_and(|errs| errs.iter().any(|w| w.code == 11000)),
+        _ => e.to_string().contains("E11000"),
+    }
+}

@@ -1,0 +1,407 @@
+//! Settings shared by every service, read once from environment variables.
+//!
+//! Every variable has a documented default, so a service starts with no
+//! configuration at all against a local Redis and MongoDB. Invalid values stop
+//! start-up with one message that lists *every* bad variable, not just the
+//! first.
+//!
+//! | variable | default | meaning |
+//! |---|---|---|
+//! | `SERVICE_NAME` | the binary's name | `source` of published events, `service` label in logs |
+//! | `APP_ENV` | `local` | `env` label in logs |
+//! | `REDIS_URL` | `redis://127.0.0.1:6379` | Redis holding the streams |
+//! | `MONGO_URL` | `mongodb://127.0.0.1:27017/?directConnection=true` | MongoDB replica set (transactions need one) |
+//! | `MONGO_DB` | `foodchain` | database name |
+//! | `STREAM_PREFIX` | empty | prefix of every Redis key (isolates deployments and tests sharing a Redis) |
+//! | `STREAM_MAXLEN` | `100000` | approximate MAXLEN of each event stream; `0` disables trimming |
+//! | `CONSUMER_NAME` | `<hostname>-<random>` | this process' consumer name inside each group |
+//! | `CONSUMER_BATCH_SIZE` | `64` | XREADGROUP COUNT |
+//! | `CONSUMER_BLOCK_MS` | `1000` | XREADGROUP BLOCK; also bounds how long shutdown waits for a read |
+//! | `CONSUMER_CONCURRENCY` | `16` | handlers running at once (different ordering keys) |
+//! | `HANDLER_TIMEOUT_MS` | `2500` | a handler running longer has failed; must stay below `RECLAIM_MIN_IDLE_MS` |
+//! | `MAX_ATTEMPTS` | `5` | attempts before a message is dead-lettered |
+//! | `RETRY_BACKOFF_MS` | `200` | first retry delay; doubles per attempt, capped at half the min-idle |
+//! | `RECLAIM_MIN_IDLE_MS` | `5000` | a pending message idle this long is taken over (XAUTOCLAIM) |
+//! | `RECLAIM_INTERVAL_MS` | `1000` | how often each consumer looks for such messages |
+//! | `LOKI_URL` | unset | when set, logs are also pushed to this Loki |
+//! | `LOG_FORMAT` | `json` | `json` or `pretty` (stdout) |
+//! | `RUST_LOG` | `info` | log filter (tracing-subscriber `EnvFilter` syntax) |
+
+use std::{collections::HashMap, fmt::Display, str::FromStr, time::Duration};
+
+use url::Url;
+
+/// Why settings could not be loaded: every offending variable, one per line.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  {}", .0.join("\n  "))]
+pub struct SettingsError(pub Vec<String>);
+
+type Lookup = dyn Fn(&str) -> Option<String> + Send + Sync;
+
+/// Typed reads from a key/value source that remember every failure.
+///
+/// Production code reads the process environment ([`Env::from_process`]);
+/// tests pass a map ([`Env::from_map`]) instead of mutating global state.
+pub struct Env {
+    lookup: Box<Lookup>,
+    errors: Vec<String>,
+}
+
+impl std::fmt::Debug for Env {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Env")
+            .field("errors", &self.errors)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Env {
+    /// Reads the process environment. Empty values count as unset.
+    pub fn from_process() -> Self {
+        Self {
+            lookup: Box::new(|key| std::env::var(key).ok().filter(|v| !v.is_empty())),
+            errors: Vec::new(),
+        }
+    }
+
+    /// Reads from a map (tests, embedding).
+    pub fn from_map<K: Into<String>, V: Into<String>>(
+        map: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        let map: HashMap<String, String> =
+            map.into_iter().map(|(k, v)| (k.into(), v.into())).collect();
+        Self {
+            lookup: Box::new(move |key| map.get(key).cloned()),
+            errors: Vec::new(),
+        }
+    }
+
+    /// The raw value, if set.
+    pub fn raw(&self, key: &str) -> Option<String> {
+        (self.lookup)(key)
+    }
+
+    /// A string with a default.
+    pub fn string(&mut self, key: &str, default: &str) -> String {
+        self.raw(key).unwrap_or_else(|| default.to_owned())
+    }
+
+    /// A parsed value with a default; an unparsable value is recorded as an error.
+    pub fn parse<T>(&mut self, key: &str, default: T) -> T
+    where
+        T: FromStr,
+        T::Err: Display,
+    {
+        match self.raw(key) {
+            None => default,
+            Some(raw) => match raw.trim().parse() {
+                Ok(v) => v,
+                Err(e) => {
+                    self.errors.push(format!("{key}={raw:?}: {e}"));
+                    default
+                }
+            },
+        }
+    }
+
+    /// An optional parsed value.
+    pub fn optional<T>(&mut self, key: &str) -> Option<T>
+    where
+        T: FromStr,
+        T::Err: Display,
+    {
+        let raw = self.raw(key)?;
+        match raw.trim().parse() {
+            Ok(v) => Some(v),
+            Err(e) => {
+                self.errors.push(format!("{key}={raw:?}: {e}"));
+                None
+            }
+        }
+    }
+
+    /// A duration given in milliseconds.
+    pub fn millis(&mut self, key: &str, default_ms: u64) -> Duration {
+        Duration::from_millis(self.parse(key, default_ms))
+    }
+
+    /// Records an error unless `ok` holds.
+    pub fn check(&mut self, ok: bool, message: impl Into<String>) {
+        if !ok {
+            self.errors.push(message.into());
+        }
+    }
+
+    /// Ends reading: `Err` with every recorded problem, if any.
+    pub fn finish(self) -> Result<(), SettingsError> {
+        if self.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(SettingsError(self.errors))
+        }
+    }
+}
+
+/// How log lines are written to stdout.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line (the default: what log shippers expect).
+    Json,
+    /// Human-readable, for a terminal.
+    Pretty,
+}
+
+impl FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "json" => Ok(Self::Json),
+            "pretty" | "text" => Ok(Self::Pretty),
+            other => Err(format!("expected `json` or `pretty`, got `{other}`")),
+        }
+    }
+}
+
+/// Tuning of the consumer-group loop (see [`crate::consumer`]).
+#[derive(Debug, Clone)]
+pub struct ConsumerSettings {
+    /// Messages fetched per XREADGROUP.
+    pub batch_size: usize,
+    /// How long one XREADGROUP blocks waiting for messages; also the longest a
+    /// shutdown waits for a read in progress.
+    pub block: Duration,
+    /// Handlers running at once within a batch (distinct ordering keys only).
+    pub concurrency: usize,
+    /// A handler still running after this long counts as failed.
+    pub handler_timeout: Duration,
+    /// Attempts before a message goes to the dead letters.
+    pub max_attempts: u32,
+    /// Delay before the first retry of a failed message; doubles per attempt.
+    pub retry_backoff: Duration,
+    /// Idle time after which any consumer may take over a pending message.
+    pub reclaim_min_idle: Duration,
+    /// Period of the XAUTOCLAIM scan.
+    pub reclaim_interval: Duration,
+}
+
+impl Default for ConsumerSettings {
+    fn default() -> Self {
+        Self {
+            batch_size: 64,
+            block: Duration::from_millis(1000),
+            concurrency: 16,
+            handler_timeout: Duration::from_millis(2500),
+            max_attempts: 5,
+            retry_backoff: Duration::from_millis(200),
+            reclaim_min_idle: Duration::from_millis(5000),
+            reclaim_interval: Duration::from_millis(1000),
+        }
+    }
+}
+
+impl ConsumerSettings {
+    /// Reads the `CONSUMER_*`, `MAX_ATTEMPTS`, `RETRY_*` and `RECLAIM_*` variables.
+    pub fn from_env(env: &mut Env) -> Self {
+        let d = Self::default();
+        let s = Self {
+            batch_size: env.parse("CONSUMER_BATCH_SIZE", d.batch_size),
+            block: env.millis("CONSUMER_BLOCK_MS", millis(d.block)),
+            concurrency: env.parse("CONSUMER_CONCURRENCY", d.concurrency),
+            handler_timeout: env.millis("HANDLER_TIMEOUT_MS", millis(d.handler_timeout)),
+            max_attempts: env.parse("MAX_ATTEMPTS", d.max_attempts),
+            retry_backoff: env.millis("RETRY_BACKOFF_MS", millis(d.retry_backoff)),
+            reclaim_min_idle: env.millis("RECLAIM_MIN_IDLE_MS", millis(d.reclaim_min_idle)),
+            reclaim_interval: env.millis("RECLAIM_INTERVAL_MS", millis(d.reclaim_interval)),
+        };
+        env.check(s.batch_size >= 1, "CONSUMER_BATCH_SIZE must be at least 1");
+        env.check(
+            s.concurrency >= 1,
+            "CONSUMER_CONCURRENCY must be at least 1",
+        );
+        env.check(s.max_attempts >= 1, "MAX_ATTEMPTS must be at least 1");
+        env.check(
+            !s.block.is_zero(),
+            "CONSUMER_BLOCK_MS must be at least 1 (0 blocks forever)",
+        );
+        env.check(
+            !s.reclaim_interval.is_zero(),
+            "RECLAIM_INTERVAL_MS must be at least 1",
+        );
+        env.check(
+            s.handler_timeout < s.reclaim_min_idle,
+            "HANDLER_TIMEOUT_MS must be below RECLAIM_MIN_IDLE_MS, or a slow handler's message \
+             would be taken over while it still runs",
+        );
+        s
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Settings every service reads.
+#[derive(Debug, Clone)]
+pub struct CommonSettings {
+    /// Name of this service: the `source` of its events and a log label.
+    pub service_name: String,
+    /// Deployment environment (`local`, `staging`, ...), a log label.
+    pub app_env: String,
+    /// Redis holding the streams.
+    pub redis_url: String,
+    /// MongoDB connection string; must reach a replica set (transactions).
+    pub mongo_url: String,
+    /// Database name.
+    pub mongo_db: String,
+    /// Prefix of every Redis key this deployment uses.
+    pub stream_prefix: String,
+    /// Approximate MAXLEN for event streams (`None`: no trimming).
+    pub stream_maxlen: Option<usize>,
+    /// This process' consumer name in each group; unique per process.
+    pub consumer_name: String,
+    /// Consumer-loop tuning.
+    pub consumer: ConsumerSettings,
+    /// Loki base URL; logs are shipped there when set.
+    pub loki_url: Option<Url>,
+    /// Stdout log format.
+    pub log_format: LogFormat,
+    /// Log filter directive.
+    pub log_filter: String,
+}
+
+impl CommonSettings {
+    /// Reads the common variables; `service_name` is the default of `SERVICE_NAME`.
+    pub fn from_env(env: &mut Env, service_name: &str) -> Self {
+        let redis_url = env.string("REDIS_URL", "redis://127.0.0.1:6379");
+        check_url(
+            env,
+            "REDIS_URL",
+            &redis_url,
+            &["redis", "rediss", "redis+unix", "unix"],
+        );
+        let mongo_url = env.string(
+            "MONGO_URL",
+            "mongodb://127.0.0.1:27017/?directConnection=true",
+        );
+        check_url(env, "MONGO_URL", &mongo_url, &["mongodb", "mongodb+srv"]);
+        let mongo_db = env.string("MONGO_DB", "foodchain");
+        env.check(
+            !mongo_db.is_empty() && !mongo_db.contains(['/', '.', ' ', '"', '$']),
+            format!("MONGO_DB={mongo_db:?}: not a valid database name"),
+        );
+        let maxlen: usize = env.parse("STREAM_MAXLEN", 100_000);
+        let service_name = env.string("SERVICE_NAME", service_name);
+        Self {
+            consumer_name: env
+                .raw("CONSUMER_NAME")
+                .unwrap_or_else(default_consumer_name),
+            app_env: env.string("APP_ENV", "local"),
+            redis_url,
+            mongo_url,
+            mongo_db,
+            stream_prefix: env.string("STREAM_PREFIX", ""),
+            stream_maxlen: (maxlen > 0).then_some(maxlen),
+            consumer: ConsumerSettings::from_env(env),
+            loki_url: env.optional("LOKI_URL"),
+            log_format: env.parse("LOG_FORMAT", LogFormat::Json),
+            log_filter: env.string("RUST_LOG", "info"),
+            service_name,
+        }
+    }
+
+    /// Key namespace of this deployment (see [`crate::streams`]).
+    pub fn namespace(&self) -> crate::streams::Namespace {
+        crate::streams::Namespace::new(&self.stream_prefix)
+    }
+}
+
+fn check_url(env: &mut Env, key: &str, value: &str, schemes: &[&str]) {
+    match Url::parse(value) {
+        Ok(url) if schemes.contains(&url.scheme()) => {}
+        Ok(url) => env.check(
+            false,
+            format!(
+                "{key}: scheme `{}` is not one of {}",
+                url.scheme(),
+                schemes.join(", ")
+            ),
+        ),
+        Err(e) => env.check(false, format!("{key}: not a URL ({e})")),
+    }
+}
+
+/// `<hostname>-<6 random hex digits>`: stable enough to read in `XINFO CONSUMERS`,
+/// unique per process so two replicas never share a pending-entries list.
+pub fn default_consumer_name() -> String {
+    let host = std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "consumer".to_owned());
+    format!("{host}-{:06x}", rand::random::<u32>() & 0xff_ffff)
+}
+
+/// An HTTP listen address from `<PREFIX>HTTP_ADDR` or `PORT`, with a default port.
+///
+/// `HTTP_ADDR` (e.g. `0.0.0.0:8001`) wins; `PORT` alone binds `0.0.0.0:<PORT>`.
+pub fn http_addr(env: &mut Env, default_port: u16) -> std::net::SocketAddr {
+    let port: u16 = env.parse("PORT", default_port);
+    env.parse(
+        "HTTP_ADDR",
+        std::net::SocketAddr::from(([0, 0, 0, 0], port)),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_need_no_environment() {
+        let mut env = Env::from_map::<&str, &str>([]);
+        let s = CommonSettings::from_env(&mut env, "order-svc");
+        env.finish().unwrap();
+        assert_eq!(s.service_name, "order-svc");
+        assert_eq!(s.redis_url, "redis://127.0.0.1:6379");
+        assert_eq!(s.mongo_db, "foodchain");
+        assert_eq!(s.stream_maxlen, Some(100_000));
+        assert_eq!(s.consumer.max_attempts, 5);
+        assert_eq!(s.consumer.reclaim_min_idle, Duration::from_secs(5));
+        assert_eq!(s.log_format, LogFormat::Json);
+        assert!(s.loki_url.is_none());
+    }
+
+    #[test]
+    fn every_bad_variable_is_reported_at_once() {
+        let mut env = Env::from_map([
+            ("REDIS_URL", "http://x"),
+            ("MAX_ATTEMPTS", "many"),
+            ("CONSUMER_BLOCK_MS", "0"),
+            ("HANDLER_TIMEOUT_MS", "9000"),
+            ("LOG_FORMAT", "xml"),
+            ("MONGO_DB", "a/b"),
+        ]);
+        let _ = CommonSettings::from_env(&mut env, "x");
+        let err = env.finish().unwrap_err().to_string();
+        for needle in [
+            "REDIS_URL",
+            "MAX_ATTEMPTS",
+            "CONSUMER_BLOCK_MS",
+            "HANDLER_TIMEOUT_MS",
+            "LOG_FORMAT",
+            "MONGO_DB",
+        ] {
+            assert!(err.contains(needle), "{needle} missing from: {err}");
+        }
+    }
+
+    #[test]
+    fn zero_maxlen_disables_trimming_and_names_are_unique() {
+        let mut env = Env::from_map([("STREAM_MAXLEN", "0")]);
+        let s = CommonSettings::from_env(&mut env, "x");
+        env.finish().unwrap();
+        assert_eq!(s.stream_maxlen, None);
+        assert_ne!(default_consumer_name(), default_consumer_name());
+    }
+}

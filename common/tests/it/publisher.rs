@@ -1,0 +1,41 @@
+use common::{events::ORDER_CREATED_V1, streams::Stream};
+
+use crate::helpers::Ctx;
+
+#[tokio::test]
+async fn publish_appends_the_envelope_fields_and_trims_approximately() {
+    let ctx = Ctx::with(&[("STREAM_MAXLEN", "100")]);
+    let first = ctx.publish(Stream::Orders, "o-1", ORDER_CREATED_V1).await;
+    let stored = ctx.range(Stream::Orders).await;
+    assert_eq!(stored.len(), 1);
+    let back = common::Envelope::from_entry(&stored[0]).unwrap();
+    assert_eq!(back.event_id, first.event_id);
+    assert_eq!(back.correlation_id, "corr-o-1");
+
+    let many: Vec<common::Envelope> = (0..1000)
+        .map(|i| {
+            common::Envelope::new(
+                ORDER_CREATED_V1,
+                format!("o-{i}"),
+                "c",
+                "test",
+                &serde_json::json!({}),
+            )
+            .unwrap()
+        })
+        .collect();
+    for chunk in many.chunks(100) {
+        let batch: Vec<_> = chunk.iter().map(|e| (Stream::Orders, e)).collect();
+        let ids = ctx.publisher.publish_all(&batch).await.unwrap();
+        assert_eq!(ids.len(), 100);
+    }
+    let len: usize = redis::cmd("XLEN")
+        .arg(ctx.ns.stream(Stream::Orders))
+        .query_async(&mut ctx.conn.clone())
+        .await
+        .unwrap();
+    assert!(
+        (100..1001).contains(&len) && len < 400,
+        "MAXLEN ~ 100 kept {len} entries"
+    );
+}

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# `make test`: install what the tests need, then formatting, lints and every
+# test. The tests start their own Redis and MongoDB servers (testkit).
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+say() { printf '\033[1m[test]\033[0m %s\n' "$*" >&2; }
+
+scripts/infra.sh deps
+say "rustfmt"
+cargo fmt --all --check
+say "clippy"
+cargo clippy --workspace --all-targets --locked --quiet -- -D warnings
+say "tests"
+cargo test --workspace --locked
+say "all green"
