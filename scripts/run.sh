@@ -23,7 +23,7 @@ eval "$(scripts/infra.sh env)"
 export REDIS_URL MONGO_URL
 
 say "building the services (release; the first build takes a few minutes)"
-cargo build --release --bins --locked
+cargo build --release --locked -p order-svc -p delivery-svc -p notify-svc -p simulator
 BIN=$ROOT/target/release
 mkdir -p "$LOGS"
 
@@ -69,4 +69,7 @@ cat >&2 <<MSG
 
 MSG
 wait -n "${pids[@]}" || true
-say "a service exited; see $LOGS"
+# On Ctrl-C every service exits at once; one dying alone is worth a word.
+for pid in "${pids[@]}"; do
+  if kill -0 "$pid" 2>/dev/null; then say "a service exited unexpectedly; see $LOGS"; break; fi
+done

@@ -89,6 +89,16 @@ pub struct Message {
     pub attempt: u32,
 }
 
+impl Message {
+    /// The payload as `T`; a payload that does not fit is rejected (dead-lettered
+    /// at once: retrying cannot fix it).
+    pub fn payload<T: serde::de::DeserializeOwned>(&self) -> Result<T, HandlerError> {
+        self.envelope.payload_as().map_err(|e| {
+            HandlerError::reject(format!("invalid {} payload: {e}", self.envelope.event_type))
+        })
+    }
+}
+
 /// What a successful handler did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {

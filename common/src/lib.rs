@@ -6,9 +6,11 @@
 //!
 //! | module | what it gives |
 //! |---|---|
+//! | [`service`] | the runtime each service is built on: clients, health, start-up, consumers, graceful HTTP |
 //! | [`settings`] | one [`settings::CommonSettings`] from env vars, documented defaults, fail-fast validation |
 //! | [`envelope`] | the [`envelope::Envelope`] every event travels in, and its stream-entry encoding |
-//! | [`events`] | event type names (versioned: `order.created.v1`) |
+//! | [`events`] | the contract: event type names (versioned: `order.created.v1`), payloads, status lifecycles |
+//! | [`http`] | `/healthz` and `/readyz` every service mounts |
 //! | [`streams`] | stream and group names in one place, with a per-deployment key prefix |
 //! | [`publisher`] | XADD with approximate MAXLEN trimming |
 //! | [`consumer`] | the consumer-group loop: XREADGROUP, XACK, retries, XAUTOCLAIM, dead letters |
@@ -51,9 +53,11 @@ pub mod consumer;
 pub mod dead_letter;
 pub mod envelope;
 pub mod events;
+pub mod http;
 pub mod mongo;
 pub mod publisher;
 pub mod redis_conn;
+pub mod service;
 pub mod settings;
 pub mod shutdown;
 pub mod stream_entry;

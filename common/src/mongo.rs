@@ -166,6 +166,20 @@ fn is_labelled<E: MaybeMongoError>(e: &E, label: &str) -> bool {
     e.as_mongo().is_some_and(|m| m.contains_label(label))
 }
 
+/// Whether `e` means "the database is unreachable or contended right now"
+/// (answer 503 and let the client retry) rather than a bug.
+pub fn is_unavailable(e: &Error) -> bool {
+    use mongodb::error::ErrorKind;
+    e.contains_label(TRANSIENT_TRANSACTION_ERROR)
+        || e.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT)
+        || matches!(
+            *e.kind,
+            ErrorKind::ServerSelection { .. }
+                | ErrorKind::Io(_)
+                | ErrorKind::ConnectionPoolCleared { .. }
+        )
+}
+
 /// Whether `e` is a duplicate-key error (code 11000), e.g. a unique index
 /// doing its job.
 pub fn is_duplicate_key(e: &Error) -> bool {

@@ -1,14 +1,17 @@
-//! notify-svc (skeleton: filled in by the order-flow issue).
+//! `notify-svc`: configuration from environment variables (see `settings.rs`).
+
+use anyhow::Context;
+use common::settings::Env;
+use notify_svc::Settings;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let mut env = common::settings::Env::from_process();
-    let settings = common::settings::CommonSettings::from_env(&mut env, "notify-svc");
-    env.finish()?;
-    let telemetry = common::telemetry::init(&(&settings).into())?;
-    let shutdown = common::shutdown::on_signals();
-    tracing::info!("notify-svc skeleton started; nothing to do yet");
-    shutdown.cancelled().await;
+    let settings = Settings::from_env(Env::from_process())?;
+    let telemetry = common::telemetry::init(&(&settings.common).into())?;
+    let listener = tokio::net::TcpListener::bind(settings.http_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.http_addr))?;
+    let result = notify_svc::run(settings, listener, common::shutdown::on_signals()).await;
     telemetry.shutdown().await;
-    Ok(())
+    Ok(result?)
 }

@@ -1,14 +1,47 @@
-//! order-svc (skeleton: filled in by the order-flow issue).
+//! `order-svc` serves the REST API; `order-svc seed-menu` seeds the menu.
+//! Configuration comes from environment variables (see `settings.rs`).
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use common::settings::Env;
+use order_svc::Settings;
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "foodchain order service: menu, order creation, order lookup"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the REST API and the consumers (the default).
+    Serve,
+    /// Insert the shipped menu's missing items (idempotent), then exit.
+    SeedMenu,
+}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let mut env = common::settings::Env::from_process();
-    let settings = common::settings::CommonSettings::from_env(&mut env, "order-svc");
-    env.finish()?;
-    let telemetry = common::telemetry::init(&(&settings).into())?;
-    let shutdown = common::shutdown::on_signals();
-    tracing::info!("order-svc skeleton started; nothing to do yet");
-    shutdown.cancelled().await;
+    let cli = Cli::parse();
+    let settings = Settings::from_env(Env::from_process())?;
+    let telemetry = common::telemetry::init(&(&settings.common).into())?;
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => {
+            let listener = tokio::net::TcpListener::bind(settings.http_addr)
+                .await
+                .with_context(|| format!("cannot listen on {}", settings.http_addr))?;
+            order_svc::run(settings, listener, common::shutdown::on_signals())
+                .await
+                .map_err(Into::into)
+        }
+        Command::SeedMenu => order_svc::seed_menu(&settings).await.map(|n| {
+            tracing::info!(inserted = n, "menu seeded");
+        }),
+    };
     telemetry.shutdown().await;
-    Ok(())
+    result
 }

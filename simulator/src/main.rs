@@ -1,14 +1,17 @@
-//! simulator (skeleton: filled in by the order-flow issue).
+//! `simulator`: configuration from environment variables (see `settings.rs`).
+
+use anyhow::Context;
+use common::settings::Env;
+use simulator::Settings;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let mut env = common::settings::Env::from_process();
-    let settings = common::settings::CommonSettings::from_env(&mut env, "simulator");
-    env.finish()?;
-    let telemetry = common::telemetry::init(&(&settings).into())?;
-    let shutdown = common::shutdown::on_signals();
-    tracing::info!("simulator skeleton started; nothing to do yet");
-    shutdown.cancelled().await;
+    let settings = Settings::from_env(Env::from_process())?;
+    let telemetry = common::telemetry::init(&(&settings.common).into())?;
+    let listener = tokio::net::TcpListener::bind(settings.http_addr)
+        .await
+        .with_context(|| format!("cannot listen on {}", settings.http_addr))?;
+    let result = simulator::run(settings, listener, common::shutdown::on_signals()).await;
     telemetry.shutdown().await;
-    Ok(())
+    Ok(result?)
 }

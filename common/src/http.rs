@@ -1,0 +1,180 @@
+//! HTTP pieces every service mounts: `/healthz` and `/readyz`.
+//!
+//! * `GET /healthz` answers 200 while the process can serve HTTP at all
+//!   (liveness: restart me if this fails).
+//! * `GET /readyz` answers 200 only while Redis and MongoDB answer a ping and
+//!   every consumer loop of the service is running and reading; otherwise 503
+//!   with a JSON body naming what is wrong (readiness: send me no traffic).
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use axum::{
+    Json, Router,
+    extract::State,
+    http::{HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use redis::aio::ConnectionManager;
+use serde_json::{Map, Value, json};
+
+use crate::consumer::LoopStatus;
+
+/// The error body every service answers with:
+/// `{"error": <code>, "message": <text>, "fields"?: {<path>: <problem>}}`.
+/// A 503 also carries `Retry-After: 1`.
+pub fn error_response(
+    status: StatusCode,
+    code: &str,
+    message: &str,
+    fields: Option<&std::collections::BTreeMap<String, String>>,
+) -> Response {
+    let mut body = json!({ "error": code, "message": message });
+    if let Some(f) = fields {
+        body["fields"] = json!(f);
+    }
+    let mut response = (status, Json(body)).into_response();
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+    }
+    response
+}
+
+/// How long one dependency check may take.
+const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What readiness depends on.
+#[derive(Debug)]
+pub struct Health {
+    service: String,
+    redis: ConnectionManager,
+    mongo: std::sync::OnceLock<(mongodb::Client, String)>,
+    loops: Mutex<Vec<LoopStatus>>,
+    initialised: AtomicBool,
+}
+
+impl Health {
+    /// Readiness of `service`, which depends on Redis.
+    pub fn new(service: &str, redis: ConnectionManager) -> Arc<Self> {
+        Arc::new(Self {
+            service: service.to_owned(),
+            redis,
+            mongo: std::sync::OnceLock::new(),
+            loops: Mutex::new(Vec::new()),
+            initialised: AtomicBool::new(false),
+        })
+    }
+
+    /// Makes readiness depend on MongoDB database `db` too.
+    pub fn watch_mongo(&self, client: mongodb::Client, db: &str) {
+        let _ = self.mongo.set((client, db.to_owned()));
+    }
+
+    /// Adds a consumer loop that must run for the service to be ready.
+    pub fn watch(&self, status: LoopStatus) {
+        self.loops
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(status);
+    }
+
+    /// Marks start-up work (indexes, ...) as done.
+    pub fn set_initialised(&self) {
+        self.initialised.store(true, Ordering::Relaxed);
+    }
+
+    /// Checks everything; `(ready, details)`.
+    pub async fn check(&self) -> (bool, Value) {
+        let redis = async {
+            match tokio::time::timeout(
+                CHECK_TIMEOUT,
+                crate::redis_conn::ping(&mut self.redis.clone()),
+            )
+            .await
+            {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("timed out".to_owned()),
+            }
+        };
+        let mongo = async {
+            let Some((client, db)) = self.mongo.get() else {
+                return Ok(());
+            };
+            match tokio::time::timeout(CHECK_TIMEOUT, crate::mongo::ping(client, db)).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(e.to_string()),
+                Err(_) => Err("timed out".to_owned()),
+            }
+        };
+        let (redis, mongo) = tokio::join!(redis, mongo);
+        let mut checks = Map::new();
+        let mut ready = true;
+        let mut record = |name: &str, result: Result<(), String>| {
+            ready &= result.is_ok();
+            checks.insert(
+                name.to_owned(),
+                result.map_or_else(Value::String, |()| json!("ok")),
+            );
+        };
+        record("redis", redis);
+        if self.mongo.get().is_some() {
+            record("mongo", mongo);
+        }
+        let initialised = self.initialised.load(Ordering::Relaxed);
+        record(
+            "startup",
+            if initialised {
+                Ok(())
+            } else {
+                Err("initialising".into())
+            },
+        );
+        let loops = self
+            .loops
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        for l in loops {
+            let result = if l.is_ready() {
+                Ok(())
+            } else {
+                Err("not running".into())
+            };
+            record(&format!("consumer:{}", l.name()), result);
+        }
+        (
+            ready,
+            json!({ "service": self.service, "ready": ready, "checks": checks }),
+        )
+    }
+}
+
+/// `/healthz` and `/readyz`.
+pub fn health_routes(health: Arc<Health>) -> Router {
+    Router::new()
+        .route(
+            "/healthz",
+            get(|| async { Json(json!({ "status": "ok" })) }),
+        )
+        .route("/readyz", get(readyz))
+        .with_state(health)
+}
+
+async fn readyz(State(health): State<Arc<Health>>) -> impl IntoResponse {
+    let (ready, body) = health.check().await;
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, Json(body))
+}

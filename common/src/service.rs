@@ -1,0 +1,197 @@
+//! The runtime every service is built on.
+//!
+//! A service's `run(settings, listener, shutdown)` creates a [`Runtime`],
+//! registers its start-up work and its consumer loops, and calls
+//! [`Runtime::serve`] with its router. The runtime:
+//!
+//! * connects lazily to Redis (and MongoDB, for services that use it), so the process starts (and answers
+//!   `/healthz`, and `/readyz` with 503) while either is still down;
+//! * runs the start-up work (creating indexes, ...) in the background, retried
+//!   with backoff until it succeeds, and only then starts the consumer loops;
+//! * serves HTTP with `/healthz` and `/readyz` merged in and a request span per
+//!   request, until the shutdown token is cancelled; then waits for every
+//!   consumer loop and background task to drain.
+
+use std::{future::Future, sync::Arc, time::Duration};
+
+use axum::{Router, extract::MatchedPath, http::Request};
+use redis::aio::ConnectionManager;
+use tokio::net::TcpListener;
+use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tower_http::trace::TraceLayer;
+use tracing::{info, info_span, warn};
+
+use crate::{
+    consumer::{Consumer, ConsumerConfig, Handler},
+    http::{Health, health_routes},
+    publisher::Publisher,
+    redis_conn,
+    settings::CommonSettings,
+    streams::{Namespace, Stream},
+};
+
+/// Why a service could not start at all (bad URLs; not unreachable servers).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The Redis URL is unusable.
+    #[error("Redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    /// The MongoDB URL is unusable.
+    #[error("MongoDB: {0}")]
+    Mongo(#[from] mongodb::error::Error),
+    /// Serving HTTP failed.
+    #[error("HTTP server: {0}")]
+    Http(#[from] std::io::Error),
+}
+
+/// Connections, health, background tasks and shutdown of one service.
+#[derive(Debug)]
+pub struct Runtime {
+    /// The settings it was built from.
+    pub settings: CommonSettings,
+    /// Redis client (consumers open their own connections from it).
+    pub redis: redis::Client,
+    /// Shared Redis connection for ordinary commands.
+    pub conn: ConnectionManager,
+    /// Readiness state.
+    pub health: Arc<Health>,
+    /// Publisher for this deployment's streams.
+    pub publisher: Publisher,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+    initialised: CancellationToken,
+}
+
+impl Runtime {
+    /// Sets up the Redis client (no I/O yet).
+    pub fn new(settings: &CommonSettings, shutdown: CancellationToken) -> Result<Self, StartError> {
+        let redis = redis_conn::client(&settings.redis_url)?;
+        let conn = redis_conn::commands(&redis)?;
+        let health = Health::new(&settings.service_name, conn.clone());
+        let publisher = Publisher::new(conn.clone(), settings.namespace(), settings.stream_maxlen);
+        Ok(Self {
+            settings: settings.clone(),
+            redis,
+            conn,
+            health,
+            publisher,
+            tracker: TaskTracker::new(),
+            shutdown,
+            initialised: CancellationToken::new(),
+        })
+    }
+
+    /// Sets up the MongoDB client and makes readiness depend on it.
+    pub async fn with_mongo(&self) -> Result<mongodb::Client, StartError> {
+        let mongo =
+            crate::mongo::connect(&self.settings.mongo_url, &self.settings.service_name).await?;
+        self.health
+            .watch_mongo(mongo.clone(), &self.settings.mongo_db);
+        Ok(mongo)
+    }
+
+    /// The key namespace.
+    pub fn namespace(&self) -> Namespace {
+        self.settings.namespace()
+    }
+
+    /// The shutdown token.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Runs `init` in the background until it succeeds (backoff 200 ms → 5 s),
+    /// then marks the service initialised and lets the consumers start.
+    pub fn initialise<F, Fut, E>(&self, what: &'static str, mut init: F)
+    where
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<(), E>> + Send,
+        E: std::fmt::Display,
+    {
+        let (shutdown, done, health) = (
+            self.shutdown.clone(),
+            self.initialised.clone(),
+            self.health.clone(),
+        );
+        self.tracker.spawn(async move {
+            let mut delay = Duration::from_millis(200);
+            loop {
+                match init().await {
+                    Ok(()) => break,
+                    Err(e) => warn!(error = %e, "{what} failed; retrying in {delay:?}"),
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            info!("{what} done");
+            health.set_initialised();
+            done.cancel();
+        });
+    }
+
+    /// Marks the service initialised without start-up work.
+    pub fn no_initialisation(&self) {
+        self.health.set_initialised();
+        self.initialised.cancel();
+    }
+
+    /// A consumer of `group` on `stream`, watched by readiness and started
+    /// (after initialisation) by this runtime.
+    pub fn consume<H: Handler>(
+        &self,
+        stream: Stream,
+        group: &str,
+        handler: H,
+    ) -> Result<(), StartError> {
+        let consumer = Consumer::new(
+            &self.redis,
+            ConsumerConfig::new(&self.settings, stream, group),
+            handler,
+        )?;
+        self.health.watch(consumer.status());
+        let (shutdown, initialised) = (self.shutdown.clone(), self.initialised.clone());
+        self.tracker.spawn(async move {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = initialised.cancelled() => {}
+            }
+            consumer.run(shutdown).await;
+        });
+        Ok(())
+    }
+
+    /// Runs a background task until shutdown (it gets the token).
+    pub fn spawn<F, Fut>(&self, task: F)
+    where
+        F: FnOnce(CancellationToken) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.tracker.spawn(task(self.shutdown.clone()));
+    }
+
+    /// Serves `router` (plus `/healthz`, `/readyz`) on `listener` until
+    /// shutdown, then drains every task.
+    pub async fn serve(self, listener: TcpListener, router: Router) -> Result<(), StartError> {
+        let app = router.merge(health_routes(self.health.clone())).layer(
+            TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+                let route = req
+                    .extensions()
+                    .get::<MatchedPath>()
+                    .map_or("unmatched", MatchedPath::as_str);
+                info_span!("http", method = %req.method(), route = %route)
+            }),
+        );
+        info!(addr = %listener.local_addr()?, service = %self.settings.service_name, "listening");
+        let result = axum::serve(listener, app)
+            .with_graceful_shutdown(self.shutdown.clone().cancelled_owned())
+            .await;
+        self.shutdown.cancel();
+        self.tracker.close();
+        self.tracker.wait().await;
+        info!("stopped");
+        result.map_err(StartError::Http)
+    }
+}

@@ -1,0 +1,152 @@
+//! Routes: the tracker page, the WebSocket and the timeline snapshot.
+
+use std::sync::Arc;
+
+use axum::{
+    Json, Router,
+    extract::{
+        Path, State, WebSocketUpgrade, rejection::PathRejection,
+        ws::rejection::WebSocketUpgradeRejection,
+    },
+    http::{StatusCode, header},
+    response::{Html, IntoResponse, Response},
+    routing::get,
+};
+use futures::{SinkExt, StreamExt};
+use tokio_util::sync::CancellationToken;
+
+use crate::{
+    hub::Hub,
+    timeline::{Snapshot, TimelineStore},
+    ws::{self, KeepAlive},
+};
+
+/// What the routes share.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// Stored timelines.
+    pub store: TimelineStore,
+    /// This replica's live feed.
+    pub hub: Arc<Hub>,
+    /// Socket keep-alive.
+    pub keep_alive: KeepAlive,
+    /// The tracker page, with the order API URL filled in.
+    pub page: Arc<str>,
+    /// Closes sockets on shutdown.
+    pub shutdown: CancellationToken,
+}
+
+/// The tracker page template (`__ORDER_API__` is replaced at start-up).
+pub const PAGE: &str = include_str!("../static/index.html");
+
+/// The routes.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(page))
+        .route("/ws/orders/{id}", get(track))
+        .route("/api/v1/orders/{id}/timeline", get(timeline))
+        .with_state(state)
+}
+
+async fn page(State(st): State<AppState>) -> Html<String> {
+    Html(st.page.to_string())
+}
+
+/// notify-svc's API error.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Malformed order id.
+    #[error("`{0}` is not a valid order id")]
+    InvalidId(String),
+    /// Nothing known about the order.
+    #[error("no timeline for this order (yet)")]
+    NotFound,
+    /// Plain HTTP where a WebSocket was expected.
+    #[error("this endpoint speaks WebSocket: {0}")]
+    NotWebSocket(String),
+    /// The timeline store is down.
+    #[error("the timeline store is unavailable; retry shortly")]
+    Unavailable(#[source] mongodb::error::Error),
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, code) = match &self {
+            Self::InvalidId(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_id"),
+            Self::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            Self::NotWebSocket(_) => (StatusCode::UPGRADE_REQUIRED, "websocket_required"),
+            Self::Unavailable(e) => {
+                tracing::warn!(error = %e, "loading a timeline failed");
+                (StatusCode::SERVICE_UNAVAILABLE, "unavailable")
+            }
+        };
+        common::http::error_response(status, code, &self.to_string(), None)
+    }
+}
+
+/// The order id from the path.
+fn order_id(id: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+    let id = id.map_err(|r| ApiError::InvalidId(r.body_text()))?.0;
+    if id.len() == 24 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(id.to_ascii_lowercase())
+    } else {
+        Err(ApiError::InvalidId(id))
+    }
+}
+
+impl AppState {
+    /// Stored timeline plus what this replica saw live recently.
+    async fn snapshot(&self, order_id: &str) -> mongodb::error::Result<Snapshot> {
+        let stored = self.store.entries(order_id).await?;
+        Ok(Snapshot::from_entries(
+            order_id,
+            stored.into_iter().chain(self.hub.recent(order_id)),
+        ))
+    }
+}
+
+async fn timeline(
+    State(st): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let id = order_id(id)?;
+    let snapshot = st.snapshot(&id).await.map_err(ApiError::Unavailable)?;
+    if snapshot.timeline.is_empty() {
+        return Err(ApiError::NotFound);
+    }
+    Ok(([(header::CACHE_CONTROL, "no-store")], Json(snapshot)).into_response())
+}
+
+async fn track(
+    State(st): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let id = order_id(id)?;
+    let upgrade = upgrade.map_err(|r| ApiError::NotWebSocket(r.body_text()))?;
+    Ok(upgrade.on_upgrade(move |socket| async move {
+        // Subscribe before loading: nothing published meanwhile is missed.
+        let mut subscription = st.hub.subscribe(&id);
+        let (mut tx, rx) = socket.split();
+        match st.snapshot(&id).await {
+            Ok(snapshot) => {
+                let updates = &mut subscription.updates;
+                ws::session(
+                    tx,
+                    rx,
+                    snapshot,
+                    updates,
+                    st.keep_alive,
+                    st.shutdown.clone(),
+                )
+                .await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "loading a timeline failed; closing the socket");
+                let _ = tx
+                    .send(ws::close(1011, "timeline unavailable; retry"))
+                    .await;
+            }
+        }
+    }))
+}

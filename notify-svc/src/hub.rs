@@ -1,0 +1,279 @@
+//! The live feed of one replica.
+//!
+//! The consumer group persists timelines, and a group hands each event to
+//! *one* replica; but a tracker may be connected to any replica. So every
+//! replica also tails `orders-stream` and `deliveries-stream` itself (plain
+//! `XREAD`, no group) and fans each timeline event out to the sockets
+//! tracking that order.
+//!
+//! A tracker subscribes first, then loads the stored timeline. An event the
+//! tail saw just before the subscription may not be stored yet either; to
+//! close that gap the hub remembers, per order, the events it saw in the last
+//! `RECENT_EVENTS_TTL_SECS`, and a new tracker's snapshot includes them.
+//! Duplicates between the two sources are dropped by event id.
+//!
+//! A socket that cannot keep up (its queue of 64 updates is full) is
+//! unsubscribed; its session closes the socket so that the browser reconnects
+//! and gets a fresh snapshot, rather than silently missing updates.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        Arc, Mutex, MutexGuard,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use common::{
+    Envelope, stream_entry,
+    streams::{Namespace, Stream},
+};
+use redis::aio::ConnectionManager;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::timeline::{Entry, entry_of};
+
+/// Updates a subscriber may have queued before it counts as too slow.
+const QUEUE: usize = 64;
+
+#[derive(Debug, Default)]
+struct State {
+    subscribers: HashMap<String, Vec<(u64, mpsc::Sender<Entry>)>>,
+    recent: HashMap<String, (Instant, Vec<Entry>)>,
+}
+
+/// Subscribers and recent events of this replica.
+#[derive(Debug)]
+pub struct Hub {
+    state: Mutex<State>,
+    next_id: AtomicU64,
+    recent_ttl: Duration,
+}
+
+/// A tracker's subscription; unsubscribes when dropped.
+#[derive(Debug)]
+pub struct Subscription {
+    hub: Arc<Hub>,
+    order_id: String,
+    id: u64,
+    /// Live entries for the order.
+    pub updates: mpsc::Receiver<Entry>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut state = self.hub.lock();
+        if let Some(subs) = state.subscribers.get_mut(&self.order_id) {
+            subs.retain(|(id, _)| *id != self.id);
+            if subs.is_empty() {
+                state.subscribers.remove(&self.order_id);
+            }
+        }
+    }
+}
+
+impl Hub {
+    /// A hub remembering live events for `recent_ttl`.
+    pub fn new(recent_ttl: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::default(),
+            next_id: AtomicU64::new(0),
+            recent_ttl,
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Subscribes to an order's live entries.
+    pub fn subscribe(self: &Arc<Self>, order_id: &str) -> Subscription {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.lock()
+            .subscribers
+            .entry(order_id.to_owned())
+            .or_default()
+            .push((id, tx));
+        Subscription {
+            hub: self.clone(),
+            order_id: order_id.to_owned(),
+            id,
+            updates: rx,
+        }
+    }
+
+    /// Open subscriptions (all orders).
+    pub fn subscribers(&self) -> usize {
+        self.lock().subscribers.values().map(Vec::len).sum()
+    }
+
+    /// Entries this replica saw live for an order recently.
+    pub fn recent(&self, order_id: &str) -> Vec<Entry> {
+        self.lock()
+            .recent
+            .get(order_id)
+            .map(|(_, e)| e.clone())
+            .unwrap_or_default()
+    }
+
+    /// Remembers an entry and hands it to the order's subscribers.
+    pub fn publish(&self, order_id: &str, entry: Entry) {
+        let mut state = self.lock();
+        let recent = state
+            .recent
+            .entry(order_id.to_owned())
+            .or_insert_with(|| (Instant::now(), Vec::new()));
+        recent.0 = Instant::now();
+        if recent.1.iter().any(|e| e.event_id == entry.event_id) {
+            return;
+        }
+        recent.1.push(entry.clone());
+        if let Some(subs) = state.subscribers.get_mut(order_id) {
+            subs.retain(|(id, tx)| match tx.try_send(entry.clone()) {
+                Ok(()) => true,
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    warn!(
+                        order_id,
+                        subscriber = id,
+                        "tracker too slow; disconnecting it"
+                    );
+                    false
+                }
+                Err(mpsc::error::TrySendError::Closed(_)) => false,
+            });
+        }
+    }
+
+    /// Forgets orders not seen for longer than the TTL.
+    pub fn prune(&self) {
+        let ttl = self.recent_ttl;
+        self.lock()
+            .recent
+            .retain(|_, (touched, _)| touched.elapsed() < ttl);
+    }
+}
+
+/// Tails the order and delivery streams into `hub` until `shutdown`.
+/// `conn` must allow blocking reads of one second.
+pub async fn tail(
+    hub: Arc<Hub>,
+    conn: ConnectionManager,
+    ns: Namespace,
+    shutdown: CancellationToken,
+) {
+    let keys = [ns.stream(Stream::Orders), ns.stream(Stream::Deliveries)];
+    // Start after what each stream holds now, then always continue from the
+    // last id seen, so a Redis hiccup loses nothing. (Never pass `$` twice:
+    // it means "the end, at the time of *this* call", and would skip whatever
+    // arrived between two reads of a stream that was quiet so far.)
+    let Some(mut last) = current_ends(&conn, &keys, &shutdown).await else {
+        return;
+    };
+    let mut backoff = Duration::from_millis(100);
+    info!("live tail started");
+    let mut pruned = Instant::now();
+    while !shutdown.is_cancelled() {
+        let read = redis::cmd("XREAD")
+            .arg("COUNT")
+            .arg(500)
+            .arg("BLOCK")
+            .arg(1000)
+            .arg("STREAMS")
+            .arg(&keys)
+            .arg(&last)
+            .query_async::<redis::Value>(&mut conn.clone())
+            .await;
+        let batches = match read
+            .map_err(|e| e.to_string())
+            .and_then(|v| stream_entry::xread(v).map_err(|e| e.to_string()))
+        {
+            Ok(b) => b,
+            Err(e) => {
+                warn!(error = %e, "live tail read failed; retrying");
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
+            }
+        };
+        backoff = Duration::from_millis(100);
+        let mut entries = Vec::new();
+        for (key, batch) in batches {
+            if let (Some(i), Some(newest)) = (keys.iter().position(|k| *k == key), batch.last()) {
+                last[i].clone_from(&newest.id);
+            }
+            entries.extend(batch);
+        }
+        // Both streams in one causal order: by entry id (time, then sequence).
+        entries.sort_by_key(|e| id_key(&e.id));
+        for raw in entries {
+            let Ok(envelope) = Envelope::from_entry(&raw) else {
+                continue;
+            };
+            match entry_of(&envelope) {
+                Ok(Some((order_id, entry))) => hub.publish(&order_id, entry),
+                Ok(None) => {}
+                Err(e) => debug!(error = %e, "live tail skipped an event"),
+            }
+        }
+        if pruned.elapsed() > Duration::from_secs(10) {
+            hub.prune();
+            pruned = Instant::now();
+        }
+    }
+    info!("live tail stopped");
+}
+
+/// The id of each stream's newest entry (`0-0` for an empty or missing
+/// stream), retried until Redis answers or shutdown.
+async fn current_ends(
+    conn: &ConnectionManager,
+    keys: &[String; 2],
+    shutdown: &CancellationToken,
+) -> Option<[String; 2]> {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let mut ends = [String::new(), String::new()];
+        let mut failed = None;
+        for (end, key) in ends.iter_mut().zip(keys) {
+            let newest = redis::cmd("XREVRANGE")
+                .arg(key)
+                .arg("+")
+                .arg("-")
+                .arg("COUNT")
+                .arg(1)
+                .query_async::<redis::Value>(&mut conn.clone())
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|v| stream_entry::entries(v).map_err(|e| e.to_string()));
+            match newest {
+                Ok(entries) => {
+                    *end = entries
+                        .first()
+                        .map_or_else(|| "0-0".to_owned(), |e| e.id.clone())
+                }
+                Err(e) => failed = Some(e),
+            }
+        }
+        let Some(e) = failed else { return Some(ends) };
+        warn!(error = %e, "live tail cannot start yet; retrying");
+        tokio::select! {
+            () = shutdown.cancelled() => return None,
+            () = tokio::time::sleep(backoff) => {}
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+fn id_key(id: &str) -> (u64, u64) {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    (ms.parse().unwrap_or(0), seq.parse().unwrap_or(0))
+}

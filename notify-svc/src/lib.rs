@@ -1,0 +1,76 @@
+//! notify-svc: keeps each order's timeline and pushes it to browsers.
+//!
+//! * A consumer group (`notify-svc`) on `orders-stream` and `deliveries-stream`
+//!   persists every timeline event in MongoDB ([`consumers`], [`timeline`]).
+//! * Every replica also tails both streams itself and fans events out to the
+//!   sockets it holds ([`hub`]), so a tracker connected to any replica gets
+//!   every update, whichever replica's group member handled the event.
+//! * `GET /ws/orders/{id}`: snapshot on connect, then one message per new
+//!   status, in order; ping/pong keep-alive ([`ws`]).
+//! * `GET /api/v1/orders/{id}/timeline`: the same snapshot as JSON.
+//! * `GET /`: a small tracker page.
+
+pub mod api;
+pub mod consumers;
+pub mod hub;
+pub mod settings;
+pub mod timeline;
+pub mod ws;
+
+use std::time::Duration;
+
+use common::{
+    redis_conn,
+    service::{Runtime, StartError},
+    streams::{Stream, groups},
+};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use settings::Settings;
+
+use crate::{consumers::TimelineHandler, hub::Hub, timeline::TimelineStore, ws::KeepAlive};
+
+/// Runs notify-svc on `listener` until `shutdown` is cancelled.
+pub async fn run(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), StartError> {
+    let rt = Runtime::new(&settings.common, shutdown.clone())?;
+    let store = TimelineStore::new(&rt.with_mongo().await?, &settings.common.mongo_db);
+    rt.no_initialisation();
+    rt.consume(
+        Stream::Orders,
+        groups::NOTIFY_SVC,
+        TimelineHandler {
+            store: store.clone(),
+        },
+    )?;
+    rt.consume(
+        Stream::Deliveries,
+        groups::NOTIFY_SVC,
+        TimelineHandler {
+            store: store.clone(),
+        },
+    )?;
+
+    let hub = Hub::new(settings.recent_ttl);
+    let tail_conn = redis_conn::blocking(&rt.redis, Duration::from_secs(1))?;
+    let (h, ns) = (hub.clone(), rt.namespace());
+    rt.spawn(move |token| hub::tail(h, tail_conn, ns, token));
+
+    let state = api::AppState {
+        store,
+        hub,
+        keep_alive: KeepAlive {
+            ping_interval: settings.ping_interval,
+            pong_timeout: settings.pong_timeout,
+        },
+        page: api::PAGE
+            .replace("__ORDER_API__", &settings.order_api_url)
+            .into(),
+        shutdown,
+    };
+    rt.serve(listener, api::router(state)).await
+}

@@ -1,0 +1,57 @@
+//! notify-svc settings: the common ones plus these.
+//!
+//! | variable | default | meaning |
+//! |---|---|---|
+//! | `PORT` / `HTTP_ADDR` | `8003` | WebSocket, timeline API and the tracker page |
+//! | `WS_PING_INTERVAL_MS` | `20000` | how often each socket is pinged |
+//! | `WS_PONG_TIMEOUT_MS` | `10000` | a peer that has not answered a ping by then is dropped |
+//! | `RECENT_EVENTS_TTL_SECS` | `120` | how long this replica remembers the events it saw live (closes the gap between a snapshot and the live feed) |
+//! | `ORDER_API_URL` | `http://127.0.0.1:8001` | where the tracker page sends orders; empty = same origin (behind an ingress) |
+
+use std::{net::SocketAddr, time::Duration};
+
+use common::settings::{CommonSettings, Env, SettingsError, http_addr};
+
+/// Everything notify-svc reads at start-up.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Shared settings.
+    pub common: CommonSettings,
+    /// Listen address.
+    pub http_addr: SocketAddr,
+    /// Ping period of each socket.
+    pub ping_interval: Duration,
+    /// Longest wait for a pong.
+    pub pong_timeout: Duration,
+    /// Memory of live events per order.
+    pub recent_ttl: Duration,
+    /// Order API base URL for the page.
+    pub order_api_url: String,
+}
+
+impl Settings {
+    /// Reads the environment through `env`.
+    pub fn from_env(mut env: Env) -> Result<Self, SettingsError> {
+        let common = CommonSettings::from_env(&mut env, "notify-svc");
+        let s = Self {
+            common,
+            http_addr: http_addr(&mut env, 8003),
+            ping_interval: env.millis("WS_PING_INTERVAL_MS", 20_000),
+            pong_timeout: env.millis("WS_PONG_TIMEOUT_MS", 10_000),
+            recent_ttl: Duration::from_secs(env.parse("RECENT_EVENTS_TTL_SECS", 120)),
+            order_api_url: env
+                .raw("ORDER_API_URL")
+                .unwrap_or_else(|| "http://127.0.0.1:8001".into()),
+        };
+        env.check(
+            !s.ping_interval.is_zero(),
+            "WS_PING_INTERVAL_MS must be at least 1",
+        );
+        env.check(
+            !s.pong_timeout.is_zero(),
+            "WS_PONG_TIMEOUT_MS must be at least 1",
+        );
+        env.finish()?;
+        Ok(s)
+    }
+}

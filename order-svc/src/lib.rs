@@ -1,0 +1,111 @@
+//! order-svc: the menu, order creation and order lookup.
+//!
+//! * `GET /api/v1/menu`, `GET /api/v1/menu/{id}`: the menu with live stock;
+//! * `POST /api/v1/orders`: validates the request ([`domain`]), then in one
+//!   MongoDB transaction reserves the stock of every item (only where enough
+//!   is left) and stores the order ([`store`]); after the commit it publishes
+//!   `order.created.v1` to `orders-stream` and a kitchen simulation request to
+//!   `simulate-order-stream` ([`publish`]);
+//! * `GET /api/v1/orders/{id}`: the order and its current status;
+//! * it consumes `order-status-stream` and `deliveries-stream` to move orders
+//!   through their lifecycle ([`consumers`]), publishing
+//!   `order.status_updated.v1` for each change.
+//!
+//! Every error is JSON `{error, message, fields?}` ([`error`]); no input
+//! produces a 500, and database contention is retried, never reported.
+
+pub mod api;
+pub mod consumers;
+pub mod domain;
+pub mod error;
+pub mod publish;
+pub mod settings;
+pub mod store;
+
+use axum::http::{HeaderName, HeaderValue, Method, header};
+use common::{
+    service::{Runtime, StartError},
+    streams::{Stream, groups},
+};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+pub use settings::Settings;
+
+use crate::{consumers::StatusHandler, publish::Events, settings::Limits, store::Store};
+
+/// What request handlers share.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    /// Menu and orders.
+    pub store: Store,
+    /// Event publishing.
+    pub events: Events,
+    /// Input limits.
+    pub limits: Limits,
+}
+
+/// Runs order-svc on `listener` until `shutdown` is cancelled.
+pub async fn run(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), StartError> {
+    let rt = Runtime::new(&settings.common, shutdown)?;
+    let store = Store::new(rt.with_mongo().await?, &settings.common.mongo_db);
+    let events = Events::new(rt.publisher.clone(), &settings.common.service_name);
+
+    let s = store.clone();
+    rt.initialise("creating indexes", move || {
+        let s = s.clone();
+        async move { s.ensure_indexes().await }
+    });
+    let handler = StatusHandler {
+        store: store.clone(),
+        events: events.clone(),
+    };
+    rt.consume(Stream::OrderStatus, groups::ORDER_SVC, handler.clone())?;
+    rt.consume(Stream::Deliveries, groups::ORDER_SVC, handler)?;
+
+    let state = AppState {
+        store,
+        events,
+        limits: settings.limits,
+    };
+    let router = api::router(state).layer(cors(&settings.cors_allow_origin));
+    rt.serve(listener, router).await
+}
+
+fn cors(allow: &str) -> CorsLayer {
+    let origin = if allow.trim() == "*" {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            allow
+                .split(',')
+                .filter_map(|o| HeaderValue::from_str(o.trim()).ok()),
+        )
+    };
+    CorsLayer::new()
+        .allow_origin(origin)
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            HeaderName::from_static(api::CORRELATION_HEADER),
+            HeaderName::from_static("idempotency-key"),
+        ])
+        .expose_headers([
+            header::LOCATION,
+            HeaderName::from_static(api::CORRELATION_HEADER),
+        ])
+}
+
+/// Inserts the shipped menu's missing items; returns how many were inserted.
+pub async fn seed_menu(settings: &Settings) -> anyhow::Result<usize> {
+    let client = common::mongo::connect(&settings.common.mongo_url, "order-svc-seed").await?;
+    let store = Store::new(client, &settings.common.mongo_db);
+    store.ensure_indexes().await?;
+    let items: Vec<store::SeedItem> = serde_json::from_str(store::SEED_MENU)?;
+    Ok(store.seed_menu(&items).await?)
+}

@@ -1,0 +1,400 @@
+//! MongoDB access: the menu and the orders.
+//!
+//! Placing an order is one transaction: read the ordered items, refuse the
+//! whole order if one is unknown or short, otherwise decrement each item's
+//! stock with a `stock >= quantity` guard and insert the order. Concurrent
+//! orders for the same item collide as write conflicts, which
+//! [`common::mongo::run_transaction`] resolves by running the loser again; it
+//! then sees the new stock. Stock can therefore never go negative, and an
+//! order either reserves all its items or none.
+
+use std::collections::HashMap;
+
+use bson::{doc, oid::ObjectId};
+use chrono::{DateTime, Utc};
+use common::{
+    events::{Customer, Lifecycle, OrderLine, OrderStatus, Transition},
+    mongo::{MaybeMongoError, RetryPolicy, run_transaction},
+};
+use futures::TryStreamExt;
+use mongodb::{
+    ClientSession, Collection, IndexModel,
+    options::{IndexOptions, ReturnDocument},
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{domain::NewOrder, error::FieldErrors};
+
+/// A menu item as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MenuItem {
+    /// Id.
+    #[serde(rename = "_id")]
+    pub id: ObjectId,
+    /// Stable human key, unique (seeding upserts by it).
+    pub slug: String,
+    /// Display name.
+    pub name: String,
+    /// One line about it.
+    pub description: String,
+    /// Menu section.
+    pub category: String,
+    /// Price of one, in cents.
+    pub price_cents: i64,
+    /// Units left.
+    pub stock: i64,
+}
+
+/// An order as stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Order {
+    /// Id.
+    #[serde(rename = "_id")]
+    pub id: ObjectId,
+    /// Current status.
+    pub status: OrderStatus,
+    /// Incremented by every status change (optimistic concurrency, event ordering).
+    pub version: u32,
+    /// Customer.
+    pub customer: Customer,
+    /// Lines, priced at order time.
+    pub items: Vec<OrderLine>,
+    /// Sum of the lines.
+    pub total_cents: i64,
+    /// Id of the request that created it.
+    pub correlation_id: String,
+    /// Creation time.
+    #[serde(with = "bson::serde_helpers::chrono_datetime_as_bson_datetime")]
+    pub created_at: DateTime<Utc>,
+    /// Last change.
+    #[serde(with = "bson::serde_helpers::chrono_datetime_as_bson_datetime")]
+    pub updated_at: DateTime<Utc>,
+}
+
+/// Why an order could not be placed.
+#[derive(Debug, thiserror::Error)]
+pub enum PlaceError {
+    /// Items that are not on the menu.
+    #[error("unknown items")]
+    UnknownItems(FieldErrors),
+    /// Items without enough stock.
+    #[error("insufficient stock")]
+    InsufficientStock {
+        /// Per line.
+        fields: FieldErrors,
+        /// Item names.
+        names: Vec<String>,
+    },
+    /// The database failed.
+    #[error(transparent)]
+    Mongo(#[from] mongodb::error::Error),
+}
+
+impl MaybeMongoError for PlaceError {
+    fn as_mongo(&self) -> Option<&mongodb::error::Error> {
+        match self {
+            Self::Mongo(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// The outcome of applying a status event to an order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StatusChange {
+    /// Moved on; the order as it is now, and its previous status.
+    Moved {
+        /// The order after the change.
+        order: Order,
+        /// Status before.
+        previous: OrderStatus,
+    },
+    /// Already at or past that status (duplicate or stale event).
+    Stale(OrderStatus),
+    /// The status skips ahead of the current one.
+    Early(OrderStatus),
+    /// No such order.
+    Missing,
+}
+
+/// One seed entry (`seed/menu.json`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct SeedItem {
+    /// Unique key.
+    pub slug: String,
+    /// Display name.
+    pub name: String,
+    /// One line about it.
+    pub description: String,
+    /// Menu section.
+    pub category: String,
+    /// Price of one, in cents.
+    pub price_cents: i64,
+    /// Initial stock.
+    pub stock: i64,
+}
+
+/// The menu shipped with the project.
+pub const SEED_MENU: &str = include_str!("../../seed/menu.json");
+
+/// Handle to order-svc's collections.
+#[derive(Debug, Clone)]
+pub struct Store {
+    client: mongodb::Client,
+    menu: Collection<MenuItem>,
+    orders: Collection<Order>,
+}
+
+impl Store {
+    /// Collections `menu` and `orders` of `db`.
+    pub fn new(client: mongodb::Client, db: &str) -> Self {
+        let db = client.database(db);
+        Self {
+            menu: db.collection("menu"),
+            orders: db.collection("orders"),
+            client,
+        }
+    }
+
+    /// Creates the indexes (idempotent).
+    pub async fn ensure_indexes(&self) -> mongodb::error::Result<()> {
+        let unique = IndexOptions::builder().unique(true).build();
+        self.menu
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! { "slug": 1 })
+                    .options(unique)
+                    .build(),
+            )
+            .await?;
+        self.menu
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! { "category": 1, "name": 1 })
+                    .build(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// The whole menu, by category then name.
+    pub async fn menu(&self) -> mongodb::error::Result<Vec<MenuItem>> {
+        self.menu
+            .find(doc! {})
+            .sort(doc! { "category": 1, "name": 1 })
+            .await?
+            .try_collect()
+            .await
+    }
+
+    /// One menu item.
+    pub async fn menu_item(&self, id: ObjectId) -> mongodb::error::Result<Option<MenuItem>> {
+        self.menu.find_one(doc! { "_id": id }).await
+    }
+
+    /// One order.
+    pub async fn order(&self, id: ObjectId) -> mongodb::error::Result<Option<Order>> {
+        self.orders.find_one(doc! { "_id": id }).await
+    }
+
+    /// Places an order: all of its stock is reserved and the order stored, or nothing changes.
+    pub async fn place_order(
+        &self,
+        new: &NewOrder,
+        correlation_id: &str,
+    ) -> Result<Order, PlaceError> {
+        let policy = RetryPolicy {
+            max_attempts: 40,
+            ..RetryPolicy::default()
+        };
+        let ctx = (self, new, correlation_id);
+        run_transaction(
+            &self.client,
+            policy,
+            &ctx,
+            |session, (store, new, correlation_id)| {
+                Box::pin(store.place_in(session, new, correlation_id))
+            },
+        )
+        .await
+    }
+
+    async fn place_in(
+        &self,
+        s: &mut ClientSession,
+        new: &NewOrder,
+        correlation_id: &str,
+    ) -> Result<Order, PlaceError> {
+        let ids: Vec<ObjectId> = new.lines.iter().map(|l| l.item_id).collect();
+        let found: Vec<MenuItem> = self
+            .menu
+            .find(doc! { "_id": { "$in": &ids } })
+            .session(&mut *s)
+            .await?
+            .stream(&mut *s)
+            .try_collect()
+            .await?;
+        let items: HashMap<ObjectId, MenuItem> = found.into_iter().map(|i| (i.id, i)).collect();
+
+        let mut unknown = FieldErrors::default();
+        let mut short = FieldErrors::default();
+        let mut short_names = Vec::new();
+        for (i, line) in new.lines.iter().enumerate() {
+            match items.get(&line.item_id) {
+                None => unknown.add(format!("items[{i}].item_id"), "no such menu item"),
+                Some(item) if item.stock < i64::from(line.quantity.get()) => {
+                    short.add(
+                        format!("items[{i}].quantity"),
+                        format!("only {} of {} left", item.stock.max(0), item.name),
+                    );
+                    short_names.push(item.name.clone());
+                }
+                Some(_) => {}
+            }
+        }
+        if !unknown.is_empty() {
+            return Err(PlaceError::UnknownItems(unknown));
+        }
+        if !short.is_empty() {
+            return Err(PlaceError::InsufficientStock {
+                fields: short,
+                names: short_names,
+            });
+        }
+
+        let mut lines = Vec::with_capacity(new.lines.len());
+        for (i, line) in new.lines.iter().enumerate() {
+            let qty = i64::from(line.quantity.get());
+            // The guard makes overselling impossible even if the read above were stale.
+            let updated = self
+                .menu
+                .find_one_and_update(
+                    doc! { "_id": line.item_id, "stock": { "$gte": qty } },
+                    doc! { "$inc": { "stock": -qty } },
+                )
+                .return_document(ReturnDocument::After)
+                .session(&mut *s)
+                .await?;
+            let Some(item) = updated else {
+                let mut fields = FieldErrors::default();
+                fields.add(format!("items[{i}].quantity"), "not enough left");
+                return Err(PlaceError::InsufficientStock {
+                    fields,
+                    names: vec![items[&line.item_id].name.clone()],
+                });
+            };
+            lines.push(OrderLine {
+                item_id: item.id.to_hex(),
+                name: item.name,
+                quantity: line.quantity.get(),
+                unit_price_cents: item.price_cents,
+            });
+        }
+        let now = Utc::now();
+        let order = Order {
+            id: ObjectId::new(),
+            status: OrderStatus::Created,
+            version: 1,
+            customer: new.customer.clone(),
+            total_cents: lines
+                .iter()
+                .map(|l| l.unit_price_cents * i64::from(l.quantity))
+                .sum(),
+            items: lines,
+            correlation_id: correlation_id.to_owned(),
+            created_at: now,
+            updated_at: now,
+        };
+        self.orders.insert_one(&order).session(&mut *s).await?;
+        Ok(order)
+    }
+
+    /// Moves an order to `to` if that is its next status (see [`Lifecycle::transition`]).
+    pub async fn apply_status(
+        &self,
+        id: ObjectId,
+        to: OrderStatus,
+    ) -> mongodb::error::Result<StatusChange> {
+        let ctx = (self, id, to);
+        run_transaction(
+            &self.client,
+            RetryPolicy::default(),
+            &ctx,
+            |session, (store, id, to)| Box::pin(store.apply_status_in(session, *id, *to)),
+        )
+        .await
+    }
+
+    async fn apply_status_in(
+        &self,
+        s: &mut ClientSession,
+        id: ObjectId,
+        to: OrderStatus,
+    ) -> mongodb::error::Result<StatusChange> {
+        let Some(order) = self
+            .orders
+            .find_one(doc! { "_id": id })
+            .session(&mut *s)
+            .await?
+        else {
+            return Ok(StatusChange::Missing);
+        };
+        match order.status.transition(to) {
+            Transition::Stale => return Ok(StatusChange::Stale(order.status)),
+            Transition::Early => return Ok(StatusChange::Early(order.status)),
+            Transition::Apply => {}
+        }
+        let now = Utc::now();
+        let updated = self
+            .orders
+            .find_one_and_update(
+                doc! { "_id": id, "version": order.version },
+                doc! {
+                    "$set": { "status": to.as_str(), "updated_at": bson::DateTime::from_chrono(now) },
+                    "$inc": { "version": 1 },
+                },
+            )
+            .return_document(ReturnDocument::After)
+            .session(&mut *s)
+            .await?;
+        // The version guard cannot miss inside a transaction: a concurrent
+        // change would have been a write conflict (and a retry).
+        Ok(
+            updated.map_or(StatusChange::Missing, |order| StatusChange::Moved {
+                order,
+                previous: to_previous(to),
+            }),
+        )
+    }
+
+    /// Inserts the seed items that are missing (by slug); never touches existing ones.
+    pub async fn seed_menu(&self, items: &[SeedItem]) -> mongodb::error::Result<usize> {
+        let mut inserted = 0;
+        for item in items {
+            let r = self
+                .menu
+                .update_one(
+                    doc! { "slug": &item.slug },
+                    doc! { "$setOnInsert": {
+                        "_id": ObjectId::new(),
+                        "name": &item.name,
+                        "description": &item.description,
+                        "category": &item.category,
+                        "price_cents": item.price_cents,
+                        "stock": item.stock,
+                    }},
+                )
+                .upsert(true)
+                .await?;
+            inserted += usize::from(r.upserted_id.is_some());
+        }
+        Ok(inserted)
+    }
+}
+
+fn to_previous(to: OrderStatus) -> OrderStatus {
+    OrderStatus::FLOW
+        .get(to.rank().saturating_sub(1))
+        .copied()
+        .unwrap_or(to)
+}

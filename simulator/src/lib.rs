@@ -1,0 +1,102 @@
+//! simulator: plays the kitchen and the courier.
+//!
+//! It consumes `simulate-order-stream` and `simulate-delivery-stream`; each
+//! request starts a chain of durable timers ([`timers`]) that publish, after
+//! configurable delays,
+//!
+//! * `order.status_changed.v1` to `order-status-stream`: confirmed → preparing → out_for_delivery;
+//! * `delivery.status_changed.v1` to `delivery-status-stream`: on_the_way → delivered.
+//!
+//! Pending timers live in Redis, so a restart loses nothing and any replica
+//! can fire them. It serves only `/healthz` and `/readyz`.
+
+pub mod settings;
+pub mod timers;
+
+use axum::Router;
+use common::{
+    consumer::{Handler, HandlerError, Message, Outcome},
+    events::{
+        SIMULATION_DELIVERY_REQUESTED_V1, SIMULATION_ORDER_REQUESTED_V1,
+        SimulationDeliveryRequested, SimulationOrderRequested,
+    },
+    service::{Runtime, StartError},
+    streams::{Stream, groups},
+};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+pub use settings::Settings;
+
+use crate::timers::{Kind, Timers};
+
+/// Starts a timer chain per simulation request.
+#[derive(Debug, Clone)]
+pub struct RequestHandler {
+    /// The timer set.
+    pub timers: Timers,
+}
+
+impl Handler for RequestHandler {
+    async fn handle(&self, msg: &Message) -> Result<Outcome, HandlerError> {
+        let corr = &msg.envelope.correlation_id;
+        let (kind, id, order_id) = match msg.envelope.event_type.as_str() {
+            SIMULATION_ORDER_REQUESTED_V1 => {
+                let p: SimulationOrderRequested = msg.payload()?;
+                (Kind::Order, p.order_id.clone(), p.order_id)
+            }
+            SIMULATION_DELIVERY_REQUESTED_V1 => {
+                let p: SimulationDeliveryRequested = msg.payload()?;
+                (Kind::Delivery, p.delivery_id, p.order_id)
+            }
+            _ => return Ok(Outcome::Skipped),
+        };
+        let started = self
+            .timers
+            .start(kind, &id, &order_id, corr)
+            .await
+            .map_err(HandlerError::retry)?;
+        if started {
+            info!(?kind, %id, "simulation started");
+            Ok(Outcome::Done)
+        } else {
+            info!(?kind, %id, "simulation already started; duplicate request ignored");
+            Ok(Outcome::Skipped)
+        }
+    }
+}
+
+/// Runs the simulator until `shutdown` is cancelled.
+pub async fn run(
+    settings: Settings,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), StartError> {
+    let rt = Runtime::new(&settings.common, shutdown)?;
+    rt.no_initialisation();
+    let timers = Timers::new(
+        rt.conn.clone(),
+        rt.namespace(),
+        settings.common.stream_maxlen,
+        settings.delays,
+        &settings.common.service_name,
+    )
+    .with_poll(settings.poll);
+    rt.consume(
+        Stream::SimulateOrder,
+        groups::SIMULATOR,
+        RequestHandler {
+            timers: timers.clone(),
+        },
+    )?;
+    rt.consume(
+        Stream::SimulateDelivery,
+        groups::SIMULATOR,
+        RequestHandler {
+            timers: timers.clone(),
+        },
+    )?;
+    rt.spawn(|token| timers.run(token));
+    rt.serve(listener, Router::new()).await
+}

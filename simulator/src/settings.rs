@@ -1,0 +1,95 @@
+//! simulator settings: the common ones plus these (all delays in ms, before
+//! scaling and jitter).
+//!
+//! | variable | default | meaning |
+//! |---|---|---|
+//! | `PORT` / `HTTP_ADDR` | `8004` | health endpoints |
+//! | `SIMULATOR_DELAY_SCALE` | `1.0` | multiplies every delay (`0.01` for tests and quick demos) |
+//! | `SIM_JITTER` | `0.25` | each delay is multiplied by a random factor in `[1-j, 1+j]` |
+//! | `SIM_CONFIRM_MS` | `2000` | order created → confirmed |
+//! | `SIM_PREPARE_MS` | `3000` | confirmed → preparing |
+//! | `SIM_DISPATCH_MS` | `4000` | preparing → out_for_delivery |
+//! | `SIM_PICKUP_MS` | `3000` | delivery waiting_for_pickup → on_the_way |
+//! | `SIM_DELIVER_MS` | `5000` | on_the_way → delivered |
+//! | `SIM_POLL_MS` | `100` | longest wait between two looks at the timer set |
+
+use std::{net::SocketAddr, time::Duration};
+
+use common::settings::{CommonSettings, Env, SettingsError, http_addr};
+
+/// Everything the simulator reads at start-up.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Shared settings.
+    pub common: CommonSettings,
+    /// Listen address (health only).
+    pub http_addr: SocketAddr,
+    /// Delays.
+    pub delays: Delays,
+    /// Longest sleep of the timer loop.
+    pub poll: Duration,
+}
+
+/// The simulated world's pace.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Delays {
+    /// Multiplies every delay.
+    pub scale: f64,
+    /// Random spread, 0..=1.
+    pub jitter: f64,
+    /// Order steps: confirm, prepare, dispatch.
+    pub order: [Duration; 3],
+    /// Delivery steps: pick up, deliver.
+    pub delivery: [Duration; 2],
+}
+
+impl Delays {
+    /// A step's base delay, scaled and jittered.
+    pub fn actual(&self, base: Duration) -> Duration {
+        let j = self.jitter;
+        let factor = if j > 0.0 {
+            rand::random_range((1.0 - j)..=(1.0 + j))
+        } else {
+            1.0
+        };
+        base.mul_f64((self.scale * factor).max(0.0))
+    }
+}
+
+impl Settings {
+    /// Reads the environment through `env`.
+    pub fn from_env(mut env: Env) -> Result<Self, SettingsError> {
+        let common = CommonSettings::from_env(&mut env, "simulator");
+        let delays = Delays {
+            scale: env.parse("SIMULATOR_DELAY_SCALE", 1.0),
+            jitter: env.parse("SIM_JITTER", 0.25),
+            order: [
+                env.millis("SIM_CONFIRM_MS", 2000),
+                env.millis("SIM_PREPARE_MS", 3000),
+                env.millis("SIM_DISPATCH_MS", 4000),
+            ],
+            delivery: [
+                env.millis("SIM_PICKUP_MS", 3000),
+                env.millis("SIM_DELIVER_MS", 5000),
+            ],
+        };
+        env.check(
+            delays.scale.is_finite() && delays.scale >= 0.0,
+            "SIMULATOR_DELAY_SCALE must be a number >= 0",
+        );
+        env.check(
+            (0.0..=1.0).contains(&delays.jitter),
+            "SIM_JITTER must be between 0 and 1",
+        );
+        let poll = env.millis("SIM_POLL_MS", 100);
+        env.check(!poll.is_zero(), "SIM_POLL_MS must be at least 1");
+        let s = Self {
+            common,
+            http_addr: http_addr(&mut env, 8004),
+            delays,
+            poll,
+        };
+        env.finish()?;
+        Ok(s)
+    }
+}

@@ -1,0 +1,354 @@
+//! Durable timers: the simulated kitchen and courier.
+//!
+//! A pending step is a member of one Redis sorted set
+//! (`<prefix>simulator:timers`) scored by its due time in milliseconds, so
+//! timers survive a restart of the simulator and any replica can fire them.
+//!
+//! * **Starting** a simulation (one script): set a marker
+//!   `<prefix>simulator:started:<kind>:<id>` with `NX` (kept 7 days) and only if
+//!   it was not there add the first step. A redelivered request therefore
+//!   never starts a second simulation.
+//! * **Firing** a due step (one script): `ZREM` the member, and only if this
+//!   call removed it, `XADD` the status event and `ZADD` the next step. Removal,
+//!   publication and scheduling are one atomic unit: a crash cannot publish a
+//!   step twice or lose the rest of the chain, and two replicas racing for a
+//!   timer publish it once.
+
+use std::{sync::LazyLock, time::Duration};
+
+use common::{
+    Envelope,
+    events::{
+        DELIVERY_STATUS_CHANGED_V1, DeliveryStatus, DeliveryStatusChanged, ORDER_STATUS_CHANGED_V1,
+        OrderStatus, OrderStatusChanged,
+    },
+    streams::{Namespace, Stream},
+};
+use redis::{Script, aio::ConnectionManager};
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+use crate::settings::Delays;
+
+/// Which lifecycle a timer drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Kind {
+    /// The kitchen: confirmed, preparing, out_for_delivery.
+    Order,
+    /// The courier: on_the_way, delivered.
+    Delivery,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Order => "order",
+            Kind::Delivery => "delivery",
+        }
+    }
+
+    fn steps(self) -> usize {
+        match self {
+            Kind::Order => 3,
+            Kind::Delivery => 2,
+        }
+    }
+}
+
+/// One pending step (the sorted-set member, as JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Timer {
+    /// Lifecycle.
+    pub kind: Kind,
+    /// Order id or delivery id.
+    pub id: String,
+    /// The order (envelope key).
+    pub order_id: String,
+    /// Carried into every event of the chain.
+    pub correlation_id: String,
+    /// Index of the step this timer fires.
+    pub step: usize,
+}
+
+const STARTED_TTL_SECS: u64 = 7 * 24 * 3600;
+
+static START: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
+  redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+  return 1
+end
+return 0
+",
+    )
+});
+
+static FIRE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
+if tonumber(ARGV[2]) > 0 then
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 5))
+else
+  redis.call('XADD', KEYS[2], '*', unpack(ARGV, 5))
+end
+if ARGV[3] ~= '' then redis.call('ZADD', KEYS[1], ARGV[4], ARGV[3]) end
+return 1
+",
+    )
+});
+
+/// The timer set and how to fire it.
+#[derive(Clone)]
+pub struct Timers {
+    conn: ConnectionManager,
+    ns: Namespace,
+    key: String,
+    maxlen: usize,
+    delays: Delays,
+    source: String,
+    poll: Duration,
+}
+
+impl std::fmt::Debug for Timers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Timers")
+            .field("key", &self.key)
+            .field("delays", &self.delays)
+            .finish_non_exhaustive()
+    }
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl Timers {
+    /// Timers of namespace `ns`, publishing as `source`.
+    pub fn new(
+        conn: ConnectionManager,
+        ns: Namespace,
+        maxlen: Option<usize>,
+        delays: Delays,
+        source: &str,
+    ) -> Self {
+        Self {
+            key: ns.key("simulator:timers"),
+            conn,
+            ns,
+            maxlen: maxlen.unwrap_or(0),
+            delays,
+            source: source.to_owned(),
+            poll: Duration::from_millis(100),
+        }
+    }
+
+    fn delay(&self, kind: Kind, step: usize) -> Duration {
+        let base = match kind {
+            Kind::Order => self.delays.order.get(step),
+            Kind::Delivery => self.delays.delivery.get(step),
+        };
+        self.delays.actual(base.copied().unwrap_or_default())
+    }
+
+    /// Starts a simulation unless one was already started for `(kind, id)`.
+    pub async fn start(
+        &self,
+        kind: Kind,
+        id: &str,
+        order_id: &str,
+        correlation_id: &str,
+    ) -> redis::RedisResult<bool> {
+        let first = Timer {
+            kind,
+            id: id.to_owned(),
+            order_id: order_id.to_owned(),
+            correlation_id: correlation_id.to_owned(),
+            step: 0,
+        };
+        let member = serde_json::to_string(&first)
+            .map_err(|e| redis::RedisError::from(std::io::Error::other(e)))?;
+        let started: i64 = START
+            .key(
+                self.ns
+                    .key(&format!("simulator:started:{}:{id}", kind.name())),
+            )
+            .key(&self.key)
+            .arg(STARTED_TTL_SECS)
+            .arg(now_ms() + millis(self.delay(kind, 0)))
+            .arg(member)
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(started == 1)
+    }
+
+    /// How many steps are waiting.
+    pub async fn pending(&self) -> redis::RedisResult<usize> {
+        redis::cmd("ZCARD")
+            .arg(&self.key)
+            .query_async(&mut self.conn.clone())
+            .await
+    }
+
+    /// Fires due timers until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) {
+        info!(key = %self.key, "timer loop started");
+        let poll = self.poll_interval();
+        while !shutdown.is_cancelled() {
+            if let Err(e) = self.fire_due().await {
+                warn!(error = %e, "firing timers failed; retrying");
+            }
+            let wait = match self.next_due().await {
+                Ok(Some(due)) => {
+                    Duration::from_millis(u64::try_from(due - now_ms()).unwrap_or(0)).min(poll)
+                }
+                _ => poll,
+            };
+            if !wait.is_zero() {
+                tokio::select! {
+                    () = shutdown.cancelled() => break,
+                    () = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+        info!("timer loop stopped");
+    }
+
+    fn poll_interval(&self) -> Duration {
+        self.poll
+    }
+
+    /// Sets the longest sleep between two looks at the set (default 100 ms).
+    pub fn with_poll(mut self, poll: Duration) -> Self {
+        self.poll = poll;
+        self
+    }
+
+    async fn next_due(&self) -> redis::RedisResult<Option<i64>> {
+        let first: Vec<(String, f64)> = redis::cmd("ZRANGE")
+            .arg(&self.key)
+            .arg(0)
+            .arg(0)
+            .arg("WITHSCORES")
+            .query_async(&mut self.conn.clone())
+            .await?;
+        #[allow(clippy::cast_possible_truncation)]
+        Ok(first.first().map(|(_, score)| *score as i64))
+    }
+
+    /// Fires every due timer; returns how many this call fired.
+    pub async fn fire_due(&self) -> redis::RedisResult<usize> {
+        let due: Vec<String> = redis::cmd("ZRANGEBYSCORE")
+            .arg(&self.key)
+            .arg("-inf")
+            .arg(now_ms())
+            .arg("LIMIT")
+            .arg(0)
+            .arg(200)
+            .query_async(&mut self.conn.clone())
+            .await?;
+        let mut fired = 0;
+        for member in due {
+            fired += usize::from(self.fire(&member).await?);
+        }
+        Ok(fired)
+    }
+
+    async fn fire(&self, member: &str) -> redis::RedisResult<bool> {
+        let timer: Timer = match serde_json::from_str(member) {
+            Ok(t) => t,
+            Err(e) => {
+                error!(member, error = %e, "dropping an unreadable timer");
+                redis::cmd("ZREM")
+                    .arg(&self.key)
+                    .arg(member)
+                    .query_async::<()>(&mut self.conn.clone())
+                    .await?;
+                return Ok(false);
+            }
+        };
+        let Some((stream, event)) = self.event_for(&timer) else {
+            error!(member, "dropping a timer past the last step");
+            redis::cmd("ZREM")
+                .arg(&self.key)
+                .arg(member)
+                .query_async::<()>(&mut self.conn.clone())
+                .await?;
+            return Ok(false);
+        };
+        let next = (timer.step + 1 < timer.kind.steps()).then(|| Timer {
+            step: timer.step + 1,
+            ..timer.clone()
+        });
+        let next_member = next
+            .as_ref()
+            .and_then(|t| serde_json::to_string(t).ok())
+            .unwrap_or_default();
+        let next_due = now_ms() + millis(self.delay(timer.kind, timer.step + 1));
+        let mut inv = FIRE.key(&self.key);
+        inv.key(self.ns.stream(stream))
+            .arg(member)
+            .arg(self.maxlen)
+            .arg(&next_member)
+            .arg(next_due);
+        for (k, v) in event.to_fields() {
+            inv.arg(k).arg(v);
+        }
+        let fired: i64 = inv.invoke_async(&mut self.conn.clone()).await?;
+        if fired == 1 {
+            info!(kind = timer.kind.name(), id = %timer.id, order_id = %timer.order_id, step = timer.step, event_type = %event.event_type, "simulated step");
+        }
+        Ok(fired == 1)
+    }
+
+    fn event_for(&self, t: &Timer) -> Option<(Stream, Envelope)> {
+        let (stream, event_type, payload) = match t.kind {
+            Kind::Order => {
+                let status = [
+                    OrderStatus::Confirmed,
+                    OrderStatus::Preparing,
+                    OrderStatus::OutForDelivery,
+                ]
+                .get(t.step)?;
+                let p = OrderStatusChanged {
+                    order_id: t.order_id.clone(),
+                    status: *status,
+                };
+                (
+                    Stream::OrderStatus,
+                    ORDER_STATUS_CHANGED_V1,
+                    serde_json::to_value(p).ok()?,
+                )
+            }
+            Kind::Delivery => {
+                let status = [DeliveryStatus::OnTheWay, DeliveryStatus::Delivered].get(t.step)?;
+                let p = DeliveryStatusChanged {
+                    delivery_id: t.id.clone(),
+                    order_id: t.order_id.clone(),
+                    status: *status,
+                };
+                (
+                    Stream::DeliveryStatus,
+                    DELIVERY_STATUS_CHANGED_V1,
+                    serde_json::to_value(p).ok()?,
+                )
+            }
+        };
+        let event = Envelope::new(
+            event_type,
+            &t.order_id,
+            &t.correlation_id,
+            &self.source,
+            &payload,
+        )
+        .ok()?;
+        Some((stream, event))
+    }
+}

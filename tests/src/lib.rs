@@ -1,0 +1,419 @@
+//! The end-to-end harness: the whole system in one process.
+//!
+//! [`System::start`] runs the real `run()` of all four services, each on its
+//! own `127.0.0.1:0` listener, against the Redis and MongoDB servers this
+//! test process started (see `testkit`), with a stream prefix and a database
+//! of its own, so systems of different tests never see each other. Services
+//! can be stopped and started again individually (a graceful restart), which
+//! is how tests simulate a restart of one service mid-flow.
+//!
+//! The simulator runs with `SIMULATOR_DELAY_SCALE=0.01` and the consumer loops
+//! with millisecond retries, so a whole order flow takes well under a second.
+
+// Test code fails by panicking.
+#![allow(clippy::unwrap_used)]
+
+use std::{collections::HashMap, future::Future, net::SocketAddr, time::Duration};
+
+use common::settings::Env;
+use futures::StreamExt;
+use serde_json::{Value, json};
+use tokio::{net::TcpListener, task::JoinHandle};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, tungstenite::Message};
+use tokio_util::sync::CancellationToken;
+
+/// The four services.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Service {
+    /// order-svc
+    Order,
+    /// delivery-svc
+    Delivery,
+    /// notify-svc
+    Notify,
+    /// simulator
+    Simulator,
+}
+
+impl Service {
+    /// All of them.
+    pub const ALL: [Service; 4] = [
+        Service::Order,
+        Service::Delivery,
+        Service::Notify,
+        Service::Simulator,
+    ];
+}
+
+#[derive(Debug)]
+struct Running {
+    addr: SocketAddr,
+    token: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+/// A whole system on the test process' servers.
+#[derive(Debug)]
+pub struct System {
+    /// Stream prefix of this system.
+    pub prefix: String,
+    /// Database of this system.
+    pub db: String,
+    vars: HashMap<String, String>,
+    running: HashMap<(Service, usize), Running>,
+    /// HTTP client.
+    pub http: reqwest::Client,
+    /// Redis connection for inspection.
+    pub redis: redis::aio::ConnectionManager,
+    /// MongoDB client for inspection.
+    pub mongo: mongodb::Client,
+}
+
+/// Environment of every service of a test system.
+fn base_vars(prefix: &str, db: &str) -> HashMap<String, String> {
+    let redis = testkit::shared_redis();
+    let mongo = testkit::shared_mongo();
+    [
+        ("REDIS_URL", redis.url()),
+        ("MONGO_URL", mongo.url()),
+        ("MONGO_DB", db.to_owned()),
+        ("STREAM_PREFIX", prefix.to_owned()),
+        ("LOG_FORMAT", "pretty".into()),
+        ("CONSUMER_BLOCK_MS", "100".into()),
+        ("RECLAIM_MIN_IDLE_MS", "1500".into()),
+        ("RECLAIM_INTERVAL_MS", "100".into()),
+        ("RETRY_BACKOFF_MS", "20".into()),
+        ("HANDLER_TIMEOUT_MS", "1000".into()),
+        ("SIMULATOR_DELAY_SCALE", "0.01".into()),
+        ("SIM_POLL_MS", "10".into()),
+        ("WS_PING_INTERVAL_MS", "20000".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect()
+}
+
+impl System {
+    /// Starts all four services.
+    pub async fn start() -> Self {
+        Self::start_with(&[]).await
+    }
+
+    /// Starts all four services with extra environment variables.
+    pub async fn start_with(extra: &[(&str, &str)]) -> Self {
+        let mut sys = Self::new(extra).await;
+        for s in Service::ALL {
+            sys.start_service(s).await;
+        }
+        sys
+    }
+
+    /// A system with no service running yet.
+    pub async fn new(extra: &[(&str, &str)]) -> Self {
+        let prefix = format!("{}:", testkit::unique("sys"));
+        let db = testkit::unique_db("sys");
+        let mut vars = base_vars(&prefix, &db);
+        for (k, v) in extra {
+            vars.insert((*k).to_owned(), (*v).to_owned());
+        }
+        let redis_client = common::redis_conn::client(&vars["REDIS_URL"]).unwrap();
+        let redis = common::redis_conn::commands(&redis_client).unwrap();
+        let mongo = common::mongo::connect(&vars["MONGO_URL"], "e2e-harness")
+            .await
+            .unwrap();
+        Self {
+            prefix,
+            db,
+            vars,
+            running: HashMap::new(),
+            http: reqwest::Client::new(),
+            redis,
+            mongo,
+        }
+    }
+
+    /// The environment a service of this system gets.
+    pub fn env(&self) -> Env {
+        Env::from_map(self.vars.clone())
+    }
+
+    /// Starts one service (replica 0, on a fresh port).
+    pub async fn start_service(&mut self, service: Service) {
+        self.start_replica(service, 0).await;
+    }
+
+    /// Starts another replica of a service; returns its index.
+    pub async fn add_replica(&mut self, service: Service) -> usize {
+        let replica = (0..)
+            .find(|i| !self.running.contains_key(&(service, *i)))
+            .unwrap_or_default();
+        self.start_replica(service, replica).await;
+        replica
+    }
+
+    /// Starts replica `replica` of a service (on a fresh port).
+    pub async fn start_replica(&mut self, service: Service, replica: usize) {
+        assert!(
+            !self.running.contains_key(&(service, replica)),
+            "{service:?}/{replica} already runs"
+        );
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let token = CancellationToken::new();
+        let env = self.env();
+        let t = token.clone();
+        let task = match service {
+            Service::Order => {
+                let s = order_svc::Settings::from_env(env).unwrap();
+                tokio::spawn(async move { order_svc::run(s, listener, t).await.unwrap() })
+            }
+            Service::Delivery => {
+                let s = delivery_svc::Settings::from_env(env).unwrap();
+                tokio::spawn(async move { delivery_svc::run(s, listener, t).await.unwrap() })
+            }
+            Service::Notify => {
+                let s = notify_svc::Settings::from_env(env).unwrap();
+                tokio::spawn(async move { notify_svc::run(s, listener, t).await.unwrap() })
+            }
+            Service::Simulator => {
+                let s = simulator::Settings::from_env(env).unwrap();
+                tokio::spawn(async move { simulator::run(s, listener, t).await.unwrap() })
+            }
+        };
+        self.running
+            .insert((service, replica), Running { addr, token, task });
+        self.wait_ready(service, replica).await;
+    }
+
+    /// Stops replica 0 of a service gracefully and waits until it has drained.
+    pub async fn stop_service(&mut self, service: Service) {
+        self.stop_replica(service, 0).await;
+    }
+
+    /// Stops one replica gracefully and waits until it has drained.
+    pub async fn stop_replica(&mut self, service: Service, replica: usize) {
+        let r = self
+            .running
+            .remove(&(service, replica))
+            .expect("service runs");
+        r.token.cancel();
+        tokio::time::timeout(Duration::from_secs(15), r.task)
+            .await
+            .expect("service stops")
+            .unwrap();
+    }
+
+    /// Base URL of replica 0 of a running service.
+    pub fn url(&self, service: Service) -> String {
+        self.replica_url(service, 0)
+    }
+
+    /// Base URL of one replica.
+    pub fn replica_url(&self, service: Service, replica: usize) -> String {
+        format!("http://{}", self.running[&(service, replica)].addr)
+    }
+
+    async fn wait_ready(&self, service: Service, replica: usize) {
+        let url = format!("{}/readyz", self.replica_url(service, replica));
+        eventually(
+            &format!("{service:?} ready"),
+            Duration::from_secs(20),
+            || async {
+                let r = self.http.get(&url).send().await.ok()?;
+                r.status().is_success().then_some(())
+            },
+        )
+        .await;
+    }
+
+    /// Seeds the shipped menu and returns it as the API shows it.
+    pub async fn seed_menu(&self) -> Vec<Value> {
+        let settings = order_svc::Settings::from_env(self.env()).unwrap();
+        order_svc::seed_menu(&settings).await.unwrap();
+        self.get_json(Service::Order, "/api/v1/menu")
+            .await
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    /// Adds a menu item with the given stock; returns its id.
+    pub async fn add_item(&self, name: &str, price_cents: i64, stock: i64) -> String {
+        let id = bson::oid::ObjectId::new();
+        self.mongo
+            .database(&self.db)
+            .collection::<bson::Document>("menu")
+            .insert_one(bson::doc! {
+                "_id": id, "slug": name.to_lowercase().replace(' ', "-"), "name": name, "description": "test item",
+                "category": "test", "price_cents": price_cents, "stock": stock,
+            })
+            .await
+            .unwrap();
+        id.to_hex()
+    }
+
+    /// GET returning JSON (panics unless 2xx).
+    pub async fn get_json(&self, service: Service, path: &str) -> Value {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.url(service)))
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "GET {path}: {}", r.status());
+        r.json().await.unwrap()
+    }
+
+    /// POSTs an order body; returns status and JSON body.
+    pub async fn post_order(&self, body: &Value) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{}/api/v1/orders", self.url(Service::Order)))
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Places a valid order for `items` (`(item id, quantity)`); returns the created order.
+    pub async fn place_order(&self, items: &[(&str, u32)]) -> Value {
+        let (status, body) = self.post_order(&order_body(items)).await;
+        assert_eq!(status, 201, "order rejected: {body}");
+        body
+    }
+
+    /// Waits until the order has `status` (via the REST API).
+    pub async fn wait_order_status(
+        &self,
+        order_id: &str,
+        status: &str,
+        timeout: Duration,
+    ) -> Value {
+        let path = format!("/api/v1/orders/{order_id}");
+        eventually(&format!("order {order_id} {status}"), timeout, || async {
+            let order = self.get_json(Service::Order, &path).await;
+            (order["status"] == status).then_some(order)
+        })
+        .await
+    }
+
+    /// Connects a tracker WebSocket to notify-svc (replica 0).
+    pub async fn track(&self, order_id: &str) -> Tracker {
+        self.track_on(0, order_id).await
+    }
+
+    /// Connects a tracker WebSocket to a notify-svc replica.
+    pub async fn track_on(&self, replica: usize, order_id: &str) -> Tracker {
+        let addr = self.running[&(Service::Notify, replica)].addr;
+        let url = format!("ws://{addr}/ws/orders/{order_id}");
+        let (socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        Tracker { socket }
+    }
+
+    /// A Redis key of this system.
+    pub fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    /// Number of documents in a collection matching `filter`.
+    pub async fn count(&self, collection: &str, filter: bson::Document) -> u64 {
+        self.mongo
+            .database(&self.db)
+            .collection::<bson::Document>(collection)
+            .count_documents(filter)
+            .await
+            .unwrap()
+    }
+
+    /// Stops every service.
+    pub async fn shutdown(mut self) {
+        let running: Vec<(Service, usize)> = self.running.keys().copied().collect();
+        for (s, r) in running {
+            self.stop_replica(s, r).await;
+        }
+    }
+}
+
+/// A valid order request body.
+pub fn order_body(items: &[(&str, u32)]) -> Value {
+    json!({
+        "customer": {"name": "Ada Lovelace", "address": "12 Analytical Row", "phone": "+44 20 7946 0958"},
+        "items": items.iter().map(|(id, q)| json!({"item_id": id, "quantity": q})).collect::<Vec<_>>(),
+    })
+}
+
+/// A tracker's socket.
+#[derive(Debug)]
+pub struct Tracker {
+    /// The raw socket.
+    pub socket: WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>,
+}
+
+impl Tracker {
+    /// The next JSON message (pings are answered by the library).
+    pub async fn next(&mut self, timeout: Duration) -> Value {
+        loop {
+            let msg = tokio::time::timeout(timeout, self.socket.next())
+                .await
+                .expect("a tracker message in time")
+                .expect("socket open")
+                .unwrap();
+            match msg {
+                Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
+                Message::Close(f) => panic!("socket closed: {f:?}"),
+                _ => {}
+            }
+        }
+    }
+
+    /// Collects update statuses (`kind:status`) until `until` arrives.
+    pub async fn updates_until(&mut self, until: &str, timeout: Duration) -> Vec<String> {
+        let mut seen = Vec::new();
+        loop {
+            let m = self.next(timeout).await;
+            assert_eq!(m["type"], "update", "{m}");
+            let label = format!(
+                "{}:{}",
+                m["entry"]["kind"].as_str().unwrap(),
+                m["entry"]["status"].as_str().unwrap()
+            );
+            seen.push(label.clone());
+            if label == until {
+                return seen;
+            }
+        }
+    }
+}
+
+/// Polls `check` every 25 ms until it returns `Some`, or fails the test.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// The full, ordered flow every tracker must see after the snapshot.
+pub const FULL_FLOW: [&str; 8] = [
+    "order:created",
+    "order:confirmed",
+    "order:preparing",
+    "order:out_for_delivery",
+    "delivery:waiting_for_pickup",
+    "delivery:on_the_way",
+    "delivery:delivered",
+    "order:delivered",
+];

@@ -1,0 +1,8 @@
+//! End-to-end tests on real Redis and MongoDB (started by this process).
+
+// Test code fails by panicking.
+#![allow(clippy::unwrap_used)]
+
+mod flow;
+mod order_api;
+mod tracker;
