@@ -108,7 +108,7 @@ start_mongo() {
     mongod --replSet rs0 --bind_ip 127.0.0.1 --port "$MONGO_PORT" --dbpath "$INFRA_DIR/mongo" \
       --fork --logpath "$INFRA_DIR/mongo.log" --pidfilepath "$pidfile" --quiet >/dev/null
     wait_until "mongod" 30 port_open "$MONGO_PORT"
-    (cd "$ROOT" && cargo run -q -p testkit --bin rs-initiate -- "$MONGO_URL" "$MONGO_PORT")
+    mongo_setup mongod
     say "mongod up on $MONGO_PORT (replica set rs0)"
   else
     # setsid: its own session, so a Ctrl-C meant for `make run` does not reach it.
@@ -117,8 +117,17 @@ start_mongo() {
       >>"$INFRA_DIR/mongo.log" 2>&1 </dev/null &
     echo $! >"$pidfile"
     wait_until "SecantusDB" 30 port_open "$MONGO_PORT"
+    mongo_setup secantus
     say "SecantusDB up on $MONGO_PORT (replica set 'secantus')"
   fi
+}
+
+# Initiates a mongod replica set and lowers transactionLifetimeLimitSeconds to
+# MONGO_TXN_LIFETIME_SECS (default 10): a transaction whose client was killed
+# mid-commit then blocks its documents for seconds, not a minute.
+mongo_setup() { # <mongod|secantus>
+  (cd "$ROOT" && cargo run -q --locked -p testkit --bin mongo-setup -- \
+    "$MONGO_URL" "$MONGO_PORT" "$1" "${MONGO_TXN_LIFETIME_SECS:-10}")
 }
 
 stop_pidfile() { # <name> <pidfile>

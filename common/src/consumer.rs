@@ -16,6 +16,17 @@
 //!   min-idle). The retry claims the message again (`XCLAIM` to itself, in a
 //!   script that first checks it still owns it), which increments the
 //!   delivery count, so the attempt number lives in Redis, not in memory.
+//! * *deferrals*: a handler that cannot act *yet* ([`HandlerError::Defer`]:
+//!   the event depends on an earlier one that is still being retried, or is
+//!   pending at a consumer that died and will only be taken over after the
+//!   min-idle) gets its message back later, claimed with `RETRYCOUNT` so that
+//!   waiting uses up no attempt. A message deferred for longer than
+//!   `max_defer` (by its age in the stream) is dead-lettered
+//!   (`deferred_too_long`). A handler whose dependency is unavailable
+//!   ([`HandlerError::Unavailable`]: the database is down, or a document is
+//!   locked by a transaction that a crashed process left open) is treated the
+//!   same way but without a deadline: an outage never dead-letters healthy
+//!   messages.
 //! * *takeover*: every `reclaim_interval` it runs `XAUTOCLAIM` with
 //!   `reclaim_min_idle`, taking over messages that some consumer (a crashed
 //!   replica, a paused one, or this one after a lost retry) left pending, and
@@ -70,7 +81,7 @@ use crate::{
     redis_conn,
     settings::{CommonSettings, ConsumerSettings},
     stream_entry::{self, ReplyError},
-    streams::Stream,
+    streams::{Namespace, Stream},
 };
 
 /// Any error a handler may return.
@@ -118,6 +129,17 @@ pub enum HandlerError {
     /// Can never succeed (invalid payload, ...): dead-lettered at once.
     #[error(transparent)]
     Reject(BoxError),
+    /// Cannot be handled *yet* (it depends on an event still being retried or
+    /// taken over): handled again later without using up an attempt, until
+    /// it is older than `CONSUMER_MAX_DEFER_MS`.
+    #[error(transparent)]
+    Defer(BoxError),
+    /// A dependency is unreachable or contended (database down, a write
+    /// conflict that outlasted the transaction retries, a lock held by a
+    /// transaction a crashed process left open): not the message's fault, so
+    /// it is retried without using up attempts and without a deadline.
+    #[error(transparent)]
+    Unavailable(BoxError),
 }
 
 impl HandlerError {
@@ -129,6 +151,35 @@ impl HandlerError {
     /// A failure that retrying cannot fix.
     pub fn reject(e: impl Into<BoxError>) -> Self {
         Self::Reject(e.into())
+    }
+
+    /// Not yet: waiting for something else to happen first.
+    pub fn defer(e: impl Into<BoxError>) -> Self {
+        Self::Defer(e.into())
+    }
+
+    /// A Redis error: [`HandlerError::Unavailable`] when Redis is unreachable
+    /// or slow, [`HandlerError::Retry`] otherwise.
+    pub fn from_redis(e: RedisError) -> Self {
+        if e.is_io_error()
+            || e.is_connection_dropped()
+            || e.is_connection_refusal()
+            || e.is_timeout()
+        {
+            Self::Unavailable(e.into())
+        } else {
+            Self::Retry(e.into())
+        }
+    }
+
+    /// A database error: [`HandlerError::Unavailable`] when the database is
+    /// unreachable or contended, [`HandlerError::Retry`] otherwise.
+    pub fn from_mongo(e: mongodb::error::Error) -> Self {
+        if crate::mongo::is_unavailable(&e) {
+            Self::Unavailable(e.into())
+        } else {
+            Self::Retry(e.into())
+        }
     }
 }
 
@@ -152,6 +203,8 @@ pub struct ConsumerConfig {
     pub consumer: String,
     /// Full key of the dead-letter stream.
     pub dead_letters: String,
+    /// The deployment's key namespace (scopes failpoints).
+    pub namespace: Namespace,
     /// Tuning.
     pub settings: ConsumerSettings,
 }
@@ -167,6 +220,7 @@ impl ConsumerConfig {
             consumer: common.consumer_name.clone(),
             dead_letters: ns.stream(Stream::DeadLetters),
             settings: common.consumer.clone(),
+            namespace: ns,
         }
     }
 }
@@ -224,8 +278,8 @@ struct Inner<H> {
     conn: ConnectionManager,
     /// Blocking reads only.
     read_conn: ConnectionManager,
-    /// Own failed messages waiting for their retry time.
-    retries: Mutex<Vec<(Instant, String)>>,
+    /// Own failed or deferred messages waiting for their time.
+    retries: Mutex<Vec<Pending>>,
     retry_added: Notify,
     /// Entry ids a handler of this process is working on.
     in_flight: Mutex<HashSet<String>>,
@@ -238,7 +292,8 @@ struct LoopMetrics {
     skipped: Counter,
     failed: Counter,
     reclaimed: Counter,
-    dead_lettered: [Counter; 3],
+    /// Indexed by `Reason as usize`.
+    dead_lettered: Vec<Counter>,
     duration: Histogram,
 }
 
@@ -252,21 +307,13 @@ impl LoopMetrics {
             skipped: handled("skipped"),
             failed: metrics::counter!("events_failed_total", "stream" => s.clone(), "group" => g.clone()),
             reclaimed: metrics::counter!("events_reclaimed_total", "stream" => s.clone(), "group" => g.clone()),
-            dead_lettered: [
-                dead(Reason::Malformed),
-                dead(Reason::Rejected),
-                dead(Reason::MaxAttempts),
-            ],
+            dead_lettered: Reason::ALL.into_iter().map(dead).collect(),
             duration: metrics::histogram!("handler_duration_seconds", "stream" => s.clone(), "group" => g.clone()),
         }
     }
 
     fn dead_lettered(&self, reason: Reason) -> &Counter {
-        match reason {
-            Reason::Malformed => &self.dead_lettered[0],
-            Reason::Rejected => &self.dead_lettered[1],
-            Reason::MaxAttempts => &self.dead_lettered[2],
-        }
+        &self.dead_lettered[reason as usize]
     }
 }
 
@@ -279,21 +326,35 @@ const SCANS_PER_CLEANUP: u64 = 300;
 
 /// Claims messages this consumer still owns, for a retry. Checking the owner
 /// and claiming in one script keeps a retry from stealing a message another
-/// consumer took over meanwhile. KEYS: stream. ARGV: group, consumer, ids.
+/// consumer took over meanwhile. A retry counts as a delivery (the count goes
+/// up); a deferral does not (`RETRYCOUNT` keeps it). KEYS: stream.
+/// ARGV: group, consumer, then pairs of (id, `1` to keep the count or `0`).
 /// Returns `[[entry, delivery_count], ...]`.
 const CLAIM_OWN_SCRIPT: &str = r"
 local out = {}
-for i = 3, #ARGV do
-  local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[i], ARGV[i], 1)
+for i = 3, #ARGV, 2 do
+  local id, keep = ARGV[i], ARGV[i + 1]
+  local p = redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1)
   if #p == 1 and p[1][2] == ARGV[2] then
-    local c = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, ARGV[i])
+    local count = p[1][4] + 1
+    if keep == '1' then count = p[1][4] end
+    local c = redis.call('XCLAIM', KEYS[1], ARGV[1], ARGV[2], 0, id, 'RETRYCOUNT', count)
     if c[1] then
-      table.insert(out, {c[1], p[1][4] + 1})
+      table.insert(out, {c[1], count})
     end
   end
 end
 return out
 ";
+
+/// A message of this consumer waiting to be handled again.
+#[derive(Debug)]
+struct Pending {
+    due: Instant,
+    id: String,
+    /// A deferral: claim again without counting a delivery.
+    keep_count: bool,
+}
 
 #[derive(Debug, thiserror::Error)]
 enum LoopError {
@@ -534,7 +595,11 @@ impl<H: Handler> Inner<H> {
         match result {
             Ok(outcome) => {
                 match outcome {
-                    Outcome::Done => self.metrics.done.increment(1),
+                    Outcome::Done => {
+                        self.metrics.done.increment(1);
+                        let point = format!("{}.before_ack", self.cfg.group);
+                        crate::failpoint::hit(&self.cfg.namespace, &point).await;
+                    }
                     Outcome::Skipped => self.metrics.skipped.increment(1),
                 }
                 if let Err(e) = self.ack(&msg.id, attempt > 1).await {
@@ -561,6 +626,26 @@ impl<H: Handler> Inner<H> {
                         warn!(error = %e, "could not record the error text");
                     }
                     self.schedule_retry(msg.id, attempt);
+                }
+            }
+            Err(HandlerError::Unavailable(e)) => {
+                self.metrics.failed.increment(1);
+                let error = error_chain(&*e);
+                warn!(error = %error, "a dependency is unavailable; will retry without using up an attempt");
+                self.schedule_deferral(msg.id, entry_age(&entry));
+            }
+            Err(HandlerError::Defer(e)) => {
+                let error = error_chain(&*e);
+                let age = entry_age(&entry);
+                if age > self.settings().max_defer {
+                    self.dead_letter(&entry, Reason::DeferredTooLong, &error, attempt)
+                        .await;
+                } else {
+                    debug!(error = %error, ?age, "deferred; will look again");
+                    if let Err(e) = self.record_error(&msg.id, &error).await {
+                        warn!(error = %e, "could not record the error text");
+                    }
+                    self.schedule_deferral(msg.id, age);
                 }
             }
         }
@@ -636,7 +721,23 @@ impl<H: Handler> Inner<H> {
             .retry_backoff
             .saturating_mul(1 << attempt.saturating_sub(1).min(16));
         let delay = exp.min(s.reclaim_min_idle / 2);
-        lock(&self.retries).push((Instant::now() + delay, id));
+        lock(&self.retries).push(Pending {
+            due: Instant::now() + delay,
+            id,
+            keep_count: false,
+        });
+        self.retry_added.notify_one();
+    }
+
+    /// Young deferred messages are looked at again soon, old ones less often.
+    fn schedule_deferral(&self, id: String, age: Duration) {
+        let s = self.settings();
+        let delay = (age / 10).clamp(s.retry_backoff, s.reclaim_min_idle / 2);
+        lock(&self.retries).push(Pending {
+            due: Instant::now() + delay,
+            id,
+            keep_count: true,
+        });
         self.retry_added.notify_one();
     }
 
@@ -646,7 +747,7 @@ impl<H: Handler> Inner<H> {
         let mut next_scan = Instant::now();
         let mut scans = 0u64;
         loop {
-            let next_retry = lock(&self.retries).iter().map(|(t, _)| *t).min();
+            let next_retry = lock(&self.retries).iter().map(|p| p.due).min();
             let wake = next_retry.map_or(next_scan, |t| t.min(next_scan));
             tokio::select! {
                 () = shutdown.cancelled() => break,
@@ -654,11 +755,11 @@ impl<H: Handler> Inner<H> {
                 () = tokio::time::sleep_until(wake.into()) => {}
             }
             let now = Instant::now();
-            let due: Vec<String> = {
+            let due: Vec<Pending> = {
                 let mut retries = lock(&self.retries);
-                let (due, later) = retries.drain(..).partition(|(t, _)| *t <= now);
+                let (due, later) = retries.drain(..).partition(|p| p.due <= now);
                 *retries = later;
-                due.into_iter().map(|(_, id)| id).collect()
+                due
             };
             if !due.is_empty()
                 && let Err(e) = self.retry_own(due).await
@@ -680,13 +781,13 @@ impl<H: Handler> Inner<H> {
         }
     }
 
-    async fn retry_own(&self, ids: Vec<String>) -> Result<(), LoopError> {
+    async fn retry_own(&self, due: Vec<Pending>) -> Result<(), LoopError> {
         static SCRIPT: std::sync::LazyLock<Script> =
             std::sync::LazyLock::new(|| Script::new(CLAIM_OWN_SCRIPT));
         let mut inv = SCRIPT.key(&self.cfg.stream);
         inv.arg(&self.cfg.group).arg(&self.cfg.consumer);
-        for id in &ids {
-            inv.arg(id);
+        for p in &due {
+            inv.arg(&p.id).arg(if p.keep_count { "1" } else { "0" });
         }
         let reply: Value = inv.invoke_async(&mut self.conn.clone()).await?;
         let mut items = Vec::new();
@@ -720,11 +821,15 @@ impl<H: Handler> Inner<H> {
                 .await?;
             let mut parts = stream_entry::array(reply)?.into_iter();
             let next = stream_entry::text(&parts.next().unwrap_or(Value::Nil))?;
-            let claimed: Vec<StreamEntry> =
+            let (busy, claimed): (Vec<StreamEntry>, Vec<StreamEntry>) =
                 stream_entry::entries(parts.next().unwrap_or(Value::Nil))?
                     .into_iter()
-                    .filter(|e| !lock(&self.in_flight).contains(&e.id))
-                    .collect();
+                    .partition(|e| lock(&self.in_flight).contains(&e.id));
+            if !busy.is_empty() {
+                // A handler here is still on these (it ran past the min-idle):
+                // the claim counted a delivery that did not happen; undo it.
+                self.restore_counts(&busy).await?;
+            }
             if !claimed.is_empty() {
                 let counts = self.delivery_counts(&claimed).await?;
                 info!(count = claimed.len(), "took over idle pending messages");
@@ -743,6 +848,29 @@ impl<H: Handler> Inner<H> {
             }
             cursor = next;
         }
+    }
+
+    /// Sets the delivery count of entries this consumer holds back by one.
+    async fn restore_counts(&self, entries: &[StreamEntry]) -> Result<(), LoopError> {
+        let counts = self.delivery_counts(entries).await?;
+        let mut pipe = redis::pipe();
+        for e in entries {
+            let Some(count) = counts.get(&e.id) else {
+                continue;
+            };
+            pipe.cmd("XCLAIM")
+                .arg(&self.cfg.stream)
+                .arg(&self.cfg.group)
+                .arg(&self.cfg.consumer)
+                .arg(0)
+                .arg(&e.id)
+                .arg("RETRYCOUNT")
+                .arg(count.saturating_sub(1))
+                .arg("JUSTID")
+                .ignore();
+        }
+        pipe.query_async::<()>(&mut self.conn.clone()).await?;
+        Ok(())
     }
 
     /// Delivery counts of entries this consumer just claimed, from the PEL.
@@ -877,6 +1005,14 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 fn duration_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// How long ago the entry was added to its stream.
+fn entry_age(entry: &StreamEntry) -> Duration {
+    entry.millis().map_or(Duration::ZERO, |ms| {
+        let now = u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0);
+        Duration::from_millis(now.saturating_sub(ms))
+    })
 }
 
 /// An error and its sources, `outer: inner: root`.

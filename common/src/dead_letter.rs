@@ -8,7 +8,7 @@
 //! | `origin_id` | its entry id there |
 //! | `group` | the consumer group that gave up on it |
 //! | `consumer` | the consumer that moved it |
-//! | `reason` | `malformed` (not an envelope), `rejected` (the handler said it can never succeed) or `max_attempts` |
+//! | `reason` | `malformed` (not an envelope), `rejected` (the handler said it can never succeed), `max_attempts`, or `deferred_too_long` (it waited for an earlier event that never came) |
 //! | `error` | the last error text |
 //! | `attempts` | handler runs it went through |
 //! | `first_seen_ms` | when it entered its origin stream (ms since the epoch, from `origin_id`) |
@@ -64,15 +64,26 @@ pub enum Reason {
     Rejected,
     /// Every allowed attempt failed.
     MaxAttempts,
+    /// It waited for an earlier event for longer than allowed.
+    DeferredTooLong,
 }
 
 impl Reason {
+    /// Every reason, in declaration order.
+    pub const ALL: [Reason; 4] = [
+        Reason::Malformed,
+        Reason::Rejected,
+        Reason::MaxAttempts,
+        Reason::DeferredTooLong,
+    ];
+
     /// The value stored in the `reason` field.
     pub const fn as_str(self) -> &'static str {
         match self {
             Reason::Malformed => "malformed",
             Reason::Rejected => "rejected",
             Reason::MaxAttempts => "max_attempts",
+            Reason::DeferredTooLong => "deferred_too_long",
         }
     }
 }

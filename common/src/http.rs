@@ -28,18 +28,26 @@ use crate::consumer::LoopStatus;
 
 /// The error body every service answers with:
 /// `{"error": <code>, "message": <text>, "fields"?: {<path>: <problem>}}`.
-/// A 503 also carries `Retry-After: 1`.
+pub fn error_body(
+    code: &str,
+    message: &str,
+    fields: Option<&std::collections::BTreeMap<String, String>>,
+) -> Value {
+    let mut body = json!({ "error": code, "message": message });
+    if let Some(f) = fields {
+        body["fields"] = json!(f);
+    }
+    body
+}
+
+/// An error response with [`error_body`]; a 503 also carries `Retry-After: 1`.
 pub fn error_response(
     status: StatusCode,
     code: &str,
     message: &str,
     fields: Option<&std::collections::BTreeMap<String, String>>,
 ) -> Response {
-    let mut body = json!({ "error": code, "message": message });
-    if let Some(f) = fields {
-        body["fields"] = json!(f);
-    }
-    let mut response = (status, Json(body)).into_response();
+    let mut response = (status, Json(error_body(code, message, fields))).into_response();
     if status == StatusCode::SERVICE_UNAVAILABLE {
         response
             .headers_mut()

@@ -12,6 +12,9 @@
 //! | [`events`] | the contract: event type names (versioned: `order.created.v1`), payloads, status lifecycles |
 //! | [`http`] | `/healthz` and `/readyz` every service mounts |
 //! | [`streams`] | stream and group names in one place, with a per-deployment key prefix |
+//! | [`outbox`] | the transactional outbox and its single active relay (lease in Redis) |
+//! | [`inbox`] | processed event ids per group, recorded in the effect's transaction |
+//! | [`failpoint`] | test-only crash points (cargo feature `failpoints`) |
 //! | [`publisher`] | XADD with approximate MAXLEN trimming |
 //! | [`consumer`] | the consumer-group loop: XREADGROUP, XACK, retries, XAUTOCLAIM, dead letters |
 //! | [`dead_letter`] | the `dead-letters` entry format and the atomic move-and-ack script |
@@ -53,8 +56,11 @@ pub mod consumer;
 pub mod dead_letter;
 pub mod envelope;
 pub mod events;
+pub mod failpoint;
 pub mod http;
+pub mod inbox;
 pub mod mongo;
+pub mod outbox;
 pub mod publisher;
 pub mod redis_conn;
 pub mod service;

@@ -7,8 +7,17 @@
 //! A commit whose outcome is unknown (`UnknownTransactionCommitResult`, e.g. a
 //! primary step-down mid-commit) is retried as a commit; commits are
 //! idempotent. [`run_transaction`] does both, a bounded number of times, with
-//! jittered exponential backoff so that colliding writers spread out. Errors
-//! of the body's own (insufficient stock, ...) abort at once.
+//! jittered exponential backoff so that colliding writers spread out, within
+//! a time budget. Errors of the body's own (insufficient stock, ...) abort at
+//! once.
+//!
+//! A transaction whose client died in the middle of `commitTransaction` is
+//! left open on the server and keeps its documents locked until the server's
+//! `transactionLifetimeLimitSeconds` (60 s by default): the driver marks the
+//! transaction committed *before* sending the commit, so no abort follows.
+//! Writers of those documents see write conflicts until then. The shipped
+//! deployments lower the limit to 10 s, and consumers treat exhausted
+//! conflicts as "unavailable" (retried without using up attempts).
 
 use std::{future::Future, pin::Pin, time::Duration};
 
@@ -65,6 +74,9 @@ pub struct RetryPolicy {
     pub base_backoff: Duration,
     /// Backoff ceiling.
     pub max_backoff: Duration,
+    /// No new attempt starts after this much time: the caller then gets the
+    /// last transient error (keep it below any timeout around the call).
+    pub max_elapsed: Duration,
 }
 
 impl Default for RetryPolicy {
@@ -73,6 +85,7 @@ impl Default for RetryPolicy {
             max_attempts: 12,
             base_backoff: Duration::from_millis(5),
             max_backoff: Duration::from_millis(250),
+            max_elapsed: Duration::from_millis(800),
         }
     }
 }
@@ -105,6 +118,9 @@ where
         .write_concern(WriteConcern::majority())
         .build();
     let mut session = client.start_session().await?;
+    let started = std::time::Instant::now();
+    let may_retry =
+        |attempt: u32| attempt < policy.max_attempts && started.elapsed() < policy.max_elapsed;
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -117,7 +133,7 @@ where
             Err(e) => {
                 // Aborting an already-aborted transaction fails harmlessly.
                 let _ = session.abort_transaction().await;
-                if is_labelled(&e, TRANSIENT_TRANSACTION_ERROR) && attempt < policy.max_attempts {
+                if is_labelled(&e, TRANSIENT_TRANSACTION_ERROR) && may_retry(attempt) {
                     debug!(
                         attempt,
                         "transient transaction error; running the transaction again"
@@ -130,10 +146,7 @@ where
         };
         match commit(&mut session, policy).await {
             Ok(()) => return Ok(value),
-            Err(e)
-                if e.contains_label(TRANSIENT_TRANSACTION_ERROR)
-                    && attempt < policy.max_attempts =>
-            {
+            Err(e) if e.contains_label(TRANSIENT_TRANSACTION_ERROR) && may_retry(attempt) => {
                 debug!(
                     attempt,
                     "commit hit a transient error; running the transaction again"

@@ -17,13 +17,15 @@ use std::{future::Future, sync::Arc, time::Duration};
 use axum::{Router, extract::MatchedPath, http::Request};
 use redis::aio::ConnectionManager;
 use tokio::net::TcpListener;
-use tokio_util::{sync::CancellationToken, task::TaskTracker};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
 use tracing::{info, info_span, warn};
 
 use crate::{
     consumer::{Consumer, ConsumerConfig, Handler},
     http::{Health, health_routes},
+    outbox::{Outbox, OutboxSettings},
     publisher::Publisher,
     redis_conn,
     settings::CommonSettings,
@@ -57,7 +59,9 @@ pub struct Runtime {
     pub health: Arc<Health>,
     /// Publisher for this deployment's streams.
     pub publisher: Publisher,
-    tracker: TaskTracker,
+    /// Every background task. Dropping the runtime (or the future of a
+    /// service's `run`) aborts them all, as a killed process would.
+    tasks: std::sync::Mutex<JoinSet<()>>,
     shutdown: CancellationToken,
     initialised: CancellationToken,
 }
@@ -75,7 +79,7 @@ impl Runtime {
             conn,
             health,
             publisher,
-            tracker: TaskTracker::new(),
+            tasks: std::sync::Mutex::new(JoinSet::new()),
             shutdown,
             initialised: CancellationToken::new(),
         })
@@ -113,7 +117,7 @@ impl Runtime {
             self.initialised.clone(),
             self.health.clone(),
         );
-        self.tracker.spawn(async move {
+        self.spawn_task(async move {
             let mut delay = Duration::from_millis(200);
             loop {
                 match init().await {
@@ -153,7 +157,7 @@ impl Runtime {
         )?;
         self.health.watch(consumer.status());
         let (shutdown, initialised) = (self.shutdown.clone(), self.initialised.clone());
-        self.tracker.spawn(async move {
+        self.spawn_task(async move {
             tokio::select! {
                 () = shutdown.cancelled() => return,
                 () = initialised.cancelled() => {}
@@ -169,7 +173,41 @@ impl Runtime {
         F: FnOnce(CancellationToken) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        self.tracker.spawn(task(self.shutdown.clone()));
+        self.spawn_task(task(self.shutdown.clone()));
+    }
+
+    fn spawn_task(&self, task: impl Future<Output = ()> + Send + 'static) {
+        self.tasks
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .spawn(task);
+    }
+
+    /// Runs the outbox relay of this service (one active across replicas).
+    pub fn relay(&self, outbox: &Outbox, settings: OutboxSettings) {
+        let relay = outbox.relay(
+            self.conn.clone(),
+            self.publisher.clone(),
+            &self.settings.consumer_name,
+            settings,
+        );
+        self.spawn(|token| relay.run(token));
+    }
+
+    /// Runs `sweep` every `every` until shutdown (retention clean-ups).
+    pub fn every<F, Fut>(&self, every: Duration, mut sweep: F)
+    where
+        F: FnMut() -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send,
+    {
+        self.spawn(move |token| async move {
+            loop {
+                tokio::select! {
+                    () = token.cancelled() => return,
+                    () = tokio::time::sleep(every) => sweep().await,
+                }
+            }
+        });
     }
 
     /// Serves `router` (plus `/healthz`, `/readyz`) on `listener` until
@@ -189,8 +227,13 @@ impl Runtime {
             .with_graceful_shutdown(self.shutdown.clone().cancelled_owned())
             .await;
         self.shutdown.cancel();
-        self.tracker.close();
-        self.tracker.wait().await;
+        let mut tasks = std::mem::take(
+            &mut *self
+                .tasks
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        );
+        while tasks.join_next().await.is_some() {}
         info!("stopped");
         result.map_err(StartError::Http)
     }

@@ -23,6 +23,12 @@
 //! | `RETRY_BACKOFF_MS` | `200` | first retry delay; doubles per attempt, capped at half the min-idle |
 //! | `RECLAIM_MIN_IDLE_MS` | `5000` | a pending message idle this long is taken over (XAUTOCLAIM) |
 //! | `RECLAIM_INTERVAL_MS` | `1000` | how often each consumer looks for such messages |
+//! | `CONSUMER_MAX_DEFER_MS` | `300000` | how long a message may wait for an earlier event (deferral) before it is dead-lettered; keep it well above MongoDB's `transactionLifetimeLimitSeconds` |
+//! | `OUTBOX_POLL_MS` | `250` | longest sleep of the outbox relay when nothing wakes it |
+//! | `OUTBOX_BATCH` | `500` | outbox entries published per round |
+//! | `OUTBOX_LEASE_MS` | `5000` | relay lease TTL: a dead relay is replaced within this |
+//! | `OUTBOX_RETENTION_SECS` | `3600` | published outbox entries are deleted after this |
+//! | `INBOX_RETENTION_SECS` | `604800` (7 days) | processed event ids are remembered this long |
 //! | `LOKI_URL` | unset | when set, logs are also pushed to this Loki |
 //! | `LOG_FORMAT` | `json` | `json` or `pretty` (stdout) |
 //! | `RUST_LOG` | `info` | log filter (tracing-subscriber `EnvFilter` syntax) |
@@ -182,6 +188,8 @@ pub struct ConsumerSettings {
     pub reclaim_min_idle: Duration,
     /// Period of the XAUTOCLAIM scan.
     pub reclaim_interval: Duration,
+    /// Longest a message may be deferred (by its age in the stream).
+    pub max_defer: Duration,
 }
 
 impl Default for ConsumerSettings {
@@ -195,6 +203,7 @@ impl Default for ConsumerSettings {
             retry_backoff: Duration::from_millis(200),
             reclaim_min_idle: Duration::from_millis(5000),
             reclaim_interval: Duration::from_millis(1000),
+            max_defer: Duration::from_secs(300),
         }
     }
 }
@@ -212,6 +221,7 @@ impl ConsumerSettings {
             retry_backoff: env.millis("RETRY_BACKOFF_MS", millis(d.retry_backoff)),
             reclaim_min_idle: env.millis("RECLAIM_MIN_IDLE_MS", millis(d.reclaim_min_idle)),
             reclaim_interval: env.millis("RECLAIM_INTERVAL_MS", millis(d.reclaim_interval)),
+            max_defer: env.millis("CONSUMER_MAX_DEFER_MS", millis(d.max_defer)),
         };
         env.check(s.batch_size >= 1, "CONSUMER_BATCH_SIZE must be at least 1");
         env.check(
@@ -261,6 +271,10 @@ pub struct CommonSettings {
     pub consumer_name: String,
     /// Consumer-loop tuning.
     pub consumer: ConsumerSettings,
+    /// Outbox relay tuning.
+    pub outbox: crate::outbox::OutboxSettings,
+    /// How long processed event ids stay in the inbox.
+    pub inbox_retention: Duration,
     /// Loki base URL; logs are shipped there when set.
     pub loki_url: Option<Url>,
     /// Stdout log format.
@@ -302,6 +316,8 @@ impl CommonSettings {
             stream_prefix: env.string("STREAM_PREFIX", ""),
             stream_maxlen: (maxlen > 0).then_some(maxlen),
             consumer: ConsumerSettings::from_env(env),
+            outbox: crate::outbox::OutboxSettings::from_env(env),
+            inbox_retention: Duration::from_secs(env.parse("INBOX_RETENTION_SECS", 7 * 24 * 3600)),
             loki_url: env.optional("LOKI_URL"),
             log_format: env.parse("LOG_FORMAT", LogFormat::Json),
             log_filter: env.string("RUST_LOG", "info"),

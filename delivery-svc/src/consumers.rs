@@ -1,4 +1,6 @@
-//! What delivery-svc reacts to.
+//! What delivery-svc reacts to. Both handlers commit their effect, the
+//! event's inbox entry and their outgoing events in one transaction, then
+//! wake the outbox relay.
 
 use bson::oid::ObjectId;
 use common::{
@@ -10,18 +12,13 @@ use common::{
 };
 use tracing::info;
 
-use crate::{
-    publish::Events,
-    store::{StatusChange, Store},
-};
+use crate::store::{Creation, StatusChange, Store};
 
 /// `orders-stream`: creates a delivery when an order goes out for delivery.
 #[derive(Debug, Clone)]
 pub struct OrdersHandler {
-    /// Deliveries.
+    /// Deliveries, outbox, inbox.
     pub store: Store,
-    /// Events out.
-    pub events: Events,
 }
 
 impl Handler for OrdersHandler {
@@ -38,17 +35,21 @@ impl Handler for OrdersHandler {
         })?;
         let created = self
             .store
-            .create(&p.order_id, &customer.address, &msg.envelope.correlation_id)
+            .create(&p.order_id, &customer.address, &msg.envelope)
             .await
-            .map_err(HandlerError::retry)?;
+            .map_err(HandlerError::from_mongo)?;
         match created {
-            Some(d) => {
-                self.events.delivery_created(&d).await;
+            Creation::Created(d) => {
+                self.store.outbox.wake();
                 info!(order_id = %p.order_id, delivery_id = %d.id, "delivery created");
                 Ok(Outcome::Done)
             }
-            None => {
-                info!(order_id = %p.order_id, "the order already has its delivery; duplicate ignored");
+            Creation::Exists => {
+                info!(order_id = %p.order_id, "the order already has its delivery; ignored");
+                Ok(Outcome::Skipped)
+            }
+            Creation::Duplicate => {
+                info!(order_id = %p.order_id, "event already handled (inbox); duplicate ignored");
                 Ok(Outcome::Skipped)
             }
         }
@@ -58,10 +59,8 @@ impl Handler for OrdersHandler {
 /// `delivery-status-stream`: applies the courier's status changes.
 #[derive(Debug, Clone)]
 pub struct CourierHandler {
-    /// Deliveries.
+    /// Deliveries, outbox, inbox.
     pub store: Store,
-    /// Events out.
-    pub events: Events,
 }
 
 impl Handler for CourierHandler {
@@ -73,32 +72,32 @@ impl Handler for CourierHandler {
         let id = ObjectId::parse_str(&p.delivery_id).map_err(|_| {
             HandlerError::reject(format!("`{}` is not a delivery id", p.delivery_id))
         })?;
-        match self
+        let change = self
             .store
-            .apply_status(id, p.status)
+            .apply_status(id, p.status, &msg.envelope)
             .await
-            .map_err(HandlerError::retry)?
-        {
-            StatusChange::Moved { delivery, previous } => {
-                self.events
-                    .delivery_status_updated(&delivery, previous, &msg.envelope.correlation_id)
-                    .await;
-                info!(delivery_id = %p.delivery_id, status = p.status.as_str(), "delivery status updated");
+            .map_err(HandlerError::from_mongo)?;
+        let (delivery_id, status) = (&p.delivery_id, p.status.as_str());
+        match change {
+            StatusChange::Moved { .. } => {
+                self.store.outbox.wake();
+                info!(%delivery_id, status, "delivery status updated");
                 Ok(Outcome::Done)
             }
-            StatusChange::Stale(current) => {
-                info!(delivery_id = %p.delivery_id, current = current.as_str(), event = p.status.as_str(), "duplicate or stale status event ignored");
+            StatusChange::Duplicate => {
+                info!(%delivery_id, "event already applied (inbox); duplicate ignored");
                 Ok(Outcome::Skipped)
             }
-            StatusChange::Early(current) => Err(HandlerError::retry(format!(
-                "delivery {} is {}; {} must wait for the statuses before it",
-                p.delivery_id,
-                current.as_str(),
-                p.status.as_str()
+            StatusChange::Stale(current) => {
+                info!(%delivery_id, current = current.as_str(), event = status, "stale status event ignored");
+                Ok(Outcome::Skipped)
+            }
+            StatusChange::Early(current) => Err(HandlerError::defer(format!(
+                "delivery {delivery_id} is {}; {status} must wait for the statuses before it",
+                current.as_str()
             ))),
             StatusChange::Missing => Err(HandlerError::retry(format!(
-                "delivery {} does not exist",
-                p.delivery_id
+                "delivery {delivery_id} does not exist"
             ))),
         }
     }

@@ -3,15 +3,17 @@
 //! * consumes `orders-stream`: when an order goes out for delivery
 //!   (`order.status_updated.v1` with status `out_for_delivery`) it creates the
 //!   order's one delivery (a unique index on `order_id` makes a second one
-//!   impossible), then publishes `delivery.created.v1` to `deliveries-stream`
-//!   and a courier simulation request to `simulate-delivery-stream`;
+//!   impossible) and, in the same transaction, writes `delivery.created.v1`
+//!   (for `deliveries-stream`) and a courier simulation request (for
+//!   `simulate-delivery-stream`) to its outbox;
 //! * consumes `delivery-status-stream`: applies each courier status change that
-//!   is the delivery's next status and publishes `delivery.status_updated.v1`;
+//!   is the delivery's next status, writing `delivery.status_updated.v1` to
+//!   the outbox in the same transaction;
 //! * serves `GET /api/v1/deliveries/{id}` and `GET /api/v1/deliveries?order_id=`.
 
 pub mod api;
 pub mod consumers;
-pub mod publish;
+pub mod events;
 pub mod settings;
 pub mod store;
 
@@ -26,7 +28,6 @@ pub use settings::Settings;
 
 use crate::{
     consumers::{CourierHandler, OrdersHandler},
-    publish::Events,
     store::Store,
 };
 
@@ -36,9 +37,9 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
-    let rt = Runtime::new(&settings.common, shutdown)?;
-    let store = Store::new(rt.with_mongo().await?, &settings.common.mongo_db);
-    let events = Events::new(rt.publisher.clone(), &settings.common.service_name);
+    let common = &settings.common;
+    let rt = Runtime::new(common, shutdown)?;
+    let store = Store::new(rt.with_mongo().await?, &common.mongo_db, common.namespace());
     let s = store.clone();
     rt.initialise("creating indexes", move || {
         let s = s.clone();
@@ -49,7 +50,6 @@ pub async fn run(
         groups::DELIVERY_SVC,
         OrdersHandler {
             store: store.clone(),
-            events: events.clone(),
         },
     )?;
     rt.consume(
@@ -57,8 +57,13 @@ pub async fn run(
         groups::DELIVERY_SVC,
         CourierHandler {
             store: store.clone(),
-            events,
         },
     )?;
+    rt.relay(&store.outbox, common.outbox);
+    let (s, retention) = (store.clone(), common.inbox_retention);
+    rt.every(std::time::Duration::from_secs(60), move || {
+        let s = s.clone();
+        async move { s.inbox.sweep(retention).await }
+    });
     rt.serve(listener, api::router(store)).await
 }

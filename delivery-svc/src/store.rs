@@ -1,16 +1,25 @@
-//! MongoDB access: the `deliveries` collection.
+//! MongoDB access: the `deliveries` collection, with the service's outbox and
+//! inbox. Every effect of an event (creating a delivery, changing its status)
+//! commits in one transaction with the event's inbox entry and the outgoing
+//! events.
 
 use bson::{doc, oid::ObjectId};
 use chrono::{DateTime, Utc};
 use common::{
+    Envelope,
     events::{DeliveryStatus, Lifecycle, Transition},
-    mongo::{RetryPolicy, is_duplicate_key, run_transaction},
+    inbox::Inbox,
+    mongo::{MaybeMongoError, RetryPolicy, run_transaction},
+    outbox::Outbox,
+    streams::{Namespace, Stream, groups},
 };
 use mongodb::{
     ClientSession, Collection, IndexModel,
     options::{IndexOptions, ReturnDocument},
 };
 use serde::{Deserialize, Serialize};
+
+use crate::events;
 
 /// A delivery as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,6 +45,17 @@ pub struct Delivery {
     pub updated_at: DateTime<Utc>,
 }
 
+/// Outcome of an order going out for delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Creation {
+    /// The delivery was created.
+    Created(Delivery),
+    /// The order already has its delivery.
+    Exists,
+    /// This event was handled before (the inbox has it).
+    Duplicate,
+}
+
 /// Outcome of applying a courier status.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum StatusChange {
@@ -46,12 +66,34 @@ pub enum StatusChange {
         /// Status before.
         previous: DeliveryStatus,
     },
-    /// Duplicate or stale.
+    /// Already at or past it.
     Stale(DeliveryStatus),
     /// Skips ahead of the current status.
     Early(DeliveryStatus),
     /// No such delivery.
     Missing,
+    /// This event was applied before (the inbox has it).
+    Duplicate,
+}
+
+/// Aborts a transaction that must not commit.
+#[derive(Debug, thiserror::Error)]
+enum Abort {
+    #[error("already processed")]
+    Duplicate,
+    #[error("early: the delivery is {0:?}")]
+    Early(DeliveryStatus),
+    #[error(transparent)]
+    Mongo(#[from] mongodb::error::Error),
+}
+
+impl MaybeMongoError for Abort {
+    fn as_mongo(&self) -> Option<&mongodb::error::Error> {
+        match self {
+            Self::Mongo(e) => Some(e),
+            _ => None,
+        }
+    }
 }
 
 /// Handle to the deliveries.
@@ -59,18 +101,25 @@ pub enum StatusChange {
 pub struct Store {
     client: mongodb::Client,
     deliveries: Collection<Delivery>,
+    /// Events committed with the deliveries.
+    pub outbox: Outbox,
+    /// Events already handled.
+    pub inbox: Inbox,
 }
 
 impl Store {
-    /// The `deliveries` collection of `db`.
-    pub fn new(client: mongodb::Client, db: &str) -> Self {
+    /// The collections of `db`; Redis keys (the relay lease) in `ns`.
+    pub fn new(client: mongodb::Client, db: &str, ns: Namespace) -> Self {
+        let db = client.database(db);
         Self {
-            deliveries: client.database(db).collection("deliveries"),
+            deliveries: db.collection("deliveries"),
+            outbox: Outbox::new(&db, ns, events::SOURCE),
+            inbox: Inbox::new(&db),
             client,
         }
     }
 
-    /// Creates the unique index on `order_id` (idempotent).
+    /// Creates the unique index on `order_id` and the outbox index (idempotent).
     pub async fn ensure_indexes(&self) -> mongodb::error::Result<()> {
         let unique = IndexOptions::builder().unique(true).build();
         self.deliveries
@@ -80,17 +129,58 @@ impl Store {
                     .options(unique)
                     .build(),
             )
-            .await
-            .map(drop)
+            .await?;
+        self.outbox.ensure_indexes().await
     }
 
-    /// Creates the order's delivery; `None` if it already has one.
+    /// Creates the order's delivery (once per order, once per event).
     pub async fn create(
         &self,
         order_id: &str,
         address: &str,
-        correlation_id: &str,
-    ) -> mongodb::error::Result<Option<Delivery>> {
+        cause: &Envelope,
+    ) -> mongodb::error::Result<Creation> {
+        let ctx = (self, order_id, address, cause);
+        let result = run_transaction(
+            &self.client,
+            RetryPolicy::default(),
+            &ctx,
+            |s, (store, order_id, address, cause)| {
+                Box::pin(store.create_in(s, order_id, address, cause))
+            },
+        )
+        .await;
+        match result {
+            Ok(c) => Ok(c),
+            Err(Abort::Duplicate) => Ok(Creation::Duplicate),
+            Err(Abort::Early(_)) => unreachable!("creation is never early"),
+            Err(Abort::Mongo(e)) => Err(e),
+        }
+    }
+
+    async fn create_in(
+        &self,
+        s: &mut ClientSession,
+        order_id: &str,
+        address: &str,
+        cause: &Envelope,
+    ) -> Result<Creation, Abort> {
+        if !self
+            .inbox
+            .claim(&mut *s, groups::DELIVERY_SVC, cause.event_id)
+            .await?
+        {
+            return Err(Abort::Duplicate);
+        }
+        if self
+            .deliveries
+            .find_one(doc! { "order_id": order_id })
+            .session(&mut *s)
+            .await?
+            .is_some()
+        {
+            return Ok(Creation::Exists);
+        }
         let now = Utc::now();
         let delivery = Delivery {
             id: ObjectId::new(),
@@ -98,15 +188,21 @@ impl Store {
             status: DeliveryStatus::WaitingForPickup,
             version: 1,
             address: address.to_owned(),
-            correlation_id: correlation_id.to_owned(),
+            correlation_id: cause.correlation_id.clone(),
             created_at: now,
             updated_at: now,
         };
-        match self.deliveries.insert_one(&delivery).await {
-            Ok(_) => Ok(Some(delivery)),
-            Err(e) if is_duplicate_key(&e) => Ok(None),
-            Err(e) => Err(e),
+        // The unique index on order_id stays the last line of defence.
+        self.deliveries
+            .insert_one(&delivery)
+            .session(&mut *s)
+            .await?;
+        for (stream, event) in events::delivery_created(&delivery) {
+            self.outbox
+                .add(&mut *s, stream, &event, delivery.version)
+                .await?;
         }
+        Ok(Creation::Created(delivery))
     }
 
     /// One delivery.
@@ -121,20 +217,28 @@ impl Store {
             .await
     }
 
-    /// Moves a delivery to `to` if that is its next status.
+    /// Applies a courier status: moves the delivery to `to` if that is its
+    /// next status, once per event.
     pub async fn apply_status(
         &self,
         id: ObjectId,
         to: DeliveryStatus,
+        cause: &Envelope,
     ) -> mongodb::error::Result<StatusChange> {
-        let ctx = (self, id, to);
-        run_transaction(
+        let ctx = (self, id, to, cause);
+        let result = run_transaction(
             &self.client,
             RetryPolicy::default(),
             &ctx,
-            |s, (store, id, to)| Box::pin(store.apply_status_in(s, *id, *to)),
+            |s, (store, id, to, cause)| Box::pin(store.apply_status_in(s, *id, *to, cause)),
         )
-        .await
+        .await;
+        match result {
+            Ok(c) => Ok(c),
+            Err(Abort::Duplicate) => Ok(StatusChange::Duplicate),
+            Err(Abort::Early(current)) => Ok(StatusChange::Early(current)),
+            Err(Abort::Mongo(e)) => Err(e),
+        }
     }
 
     async fn apply_status_in(
@@ -142,7 +246,15 @@ impl Store {
         s: &mut ClientSession,
         id: ObjectId,
         to: DeliveryStatus,
-    ) -> mongodb::error::Result<StatusChange> {
+        cause: &Envelope,
+    ) -> Result<StatusChange, Abort> {
+        if !self
+            .inbox
+            .claim(&mut *s, groups::DELIVERY_SVC, cause.event_id)
+            .await?
+        {
+            return Err(Abort::Duplicate);
+        }
         let Some(current) = self
             .deliveries
             .find_one(doc! { "_id": id })
@@ -153,7 +265,7 @@ impl Store {
         };
         match current.status.transition(to) {
             Transition::Stale => return Ok(StatusChange::Stale(current.status)),
-            Transition::Early => return Ok(StatusChange::Early(current.status)),
+            Transition::Early => return Err(Abort::Early(current.status)),
             Transition::Apply => {}
         }
         let updated = self
@@ -168,11 +280,17 @@ impl Store {
             .return_document(ReturnDocument::After)
             .session(&mut *s)
             .await?;
-        Ok(
-            updated.map_or(StatusChange::Missing, |delivery| StatusChange::Moved {
-                delivery,
-                previous: current.status,
-            }),
-        )
+        let Some(delivery) = updated else {
+            return Ok(StatusChange::Missing);
+        };
+        let event =
+            events::delivery_status_updated(&delivery, current.status, &cause.correlation_id);
+        self.outbox
+            .add(&mut *s, Stream::Deliveries, &event, delivery.version)
+            .await?;
+        Ok(StatusChange::Moved {
+            delivery,
+            previous: current.status,
+        })
     }
 }

@@ -1,6 +1,11 @@
 //! The persisting consumer: one group (`notify-svc`) on `orders-stream` and
 //! `deliveries-stream` appends each timeline event to its order's stored
 //! timeline, once per event id.
+//!
+//! This handler needs no separate inbox: its only effect is one update of one
+//! document that both records the event id and appends the entry, guarded by
+//! "this event id is not there yet". The record and the effect are a single
+//! atomic write, which is what an inbox transaction provides elsewhere.
 
 use common::consumer::{Handler, HandlerError, Message, Outcome};
 
@@ -22,7 +27,7 @@ impl Handler for TimelineHandler {
             .store
             .append(&order_id, &entry)
             .await
-            .map_err(HandlerError::retry)?;
+            .map_err(HandlerError::from_mongo)?;
         Ok(if appended {
             Outcome::Done
         } else {

@@ -5,19 +5,19 @@ use axum::{
     body::Bytes,
     extract::{DefaultBodyLimit, FromRequest, Path, Request, State, rejection::PathRejection},
     http::{HeaderMap, HeaderValue, StatusCode, header},
-    response::IntoResponse,
+    response::{IntoResponse, Response},
     routing::{get, post},
 };
-use chrono::{DateTime, Utc};
-use common::events::{Customer, OrderStatus};
-use serde::Serialize;
+use common::failpoint;
 use serde_json::Value;
 
 use crate::{
     AppState,
     domain::{parse_id, parse_new_order},
     error::ApiError,
-    store::{MenuItem, Order, PlaceError},
+    idempotency,
+    store::PlaceError,
+    views::{MenuItemView, OrderView},
 };
 
 /// Largest accepted request body.
@@ -34,77 +34,6 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/orders/{id}", get(get_order))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
-}
-
-/// A menu item as the API shows it.
-#[derive(Debug, Serialize)]
-pub struct MenuItemView {
-    id: String,
-    name: String,
-    description: String,
-    category: String,
-    price_cents: i64,
-    stock: i64,
-}
-
-impl From<MenuItem> for MenuItemView {
-    fn from(i: MenuItem) -> Self {
-        Self {
-            id: i.id.to_hex(),
-            name: i.name,
-            description: i.description,
-            category: i.category,
-            price_cents: i.price_cents,
-            stock: i.stock,
-        }
-    }
-}
-
-/// An order as the API shows it.
-#[derive(Debug, Serialize)]
-pub struct OrderView {
-    id: String,
-    status: OrderStatus,
-    version: u32,
-    customer: Customer,
-    items: Vec<LineView>,
-    total_cents: i64,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
-}
-
-#[derive(Debug, Serialize)]
-struct LineView {
-    item_id: String,
-    name: String,
-    quantity: u32,
-    unit_price_cents: i64,
-    line_total_cents: i64,
-}
-
-impl From<Order> for OrderView {
-    fn from(o: Order) -> Self {
-        Self {
-            id: o.id.to_hex(),
-            status: o.status,
-            version: o.version,
-            customer: o.customer,
-            items: o
-                .items
-                .into_iter()
-                .map(|l| LineView {
-                    line_total_cents: l.unit_price_cents * i64::from(l.quantity),
-                    item_id: l.item_id,
-                    name: l.name,
-                    quantity: l.quantity,
-                    unit_price_cents: l.unit_price_cents,
-                })
-                .collect(),
-            total_cents: o.total_cents,
-            created_at: o.created_at,
-            updated_at: o.updated_at,
-        }
-    }
 }
 
 async fn list_menu(State(st): State<AppState>) -> Result<Json<Vec<MenuItemView>>, ApiError> {
@@ -144,34 +73,102 @@ async fn create_order(
     State(st): State<AppState>,
     headers: HeaderMap,
     JsonBody(body): JsonBody,
-) -> Result<impl IntoResponse, ApiError> {
+) -> Result<Response, ApiError> {
+    let key = idempotency::from_request(&headers, &body)?;
+    if let Some(key) = &key
+        && let Some(stored) = st.store.keys.get(&key.value).await.map_err(db_error)?
+    {
+        return replay(key, stored);
+    }
     let new = parse_new_order(&body, st.limits).map_err(ApiError::Validation)?;
     let correlation_id = correlation_id(&headers);
-    let order = st
+    let placed = match st
         .store
-        .place_order(&new, &correlation_id)
+        .place_order(&new, &correlation_id, key.as_ref())
         .await
-        .map_err(|e| match e {
-            PlaceError::UnknownItems(f) => ApiError::UnknownItems(f),
-            PlaceError::InsufficientStock { fields, names } => {
-                ApiError::InsufficientStock { fields, names }
-            }
-            PlaceError::Mongo(e) => db_error(e),
-        })?;
-    st.events.order_created(&order).await;
-    let location = format!("/api/v1/orders/{}", order.id.to_hex());
-    let mut response_headers = HeaderMap::new();
-    if let Ok(v) = HeaderValue::from_str(&location) {
-        response_headers.insert(header::LOCATION, v);
+    {
+        Ok(placed) => placed,
+        Err(PlaceError::KeyTaken) => return replay_taken(&st, key.as_ref()).await,
+        Err(PlaceError::Mongo(e)) => return Err(db_error(e)),
+        Err(refusal) => {
+            let error = match refusal {
+                PlaceError::UnknownItems(f) => ApiError::UnknownItems(f),
+                PlaceError::InsufficientStock { fields, names } => {
+                    ApiError::InsufficientStock { fields, names }
+                }
+                PlaceError::KeyTaken | PlaceError::Mongo(_) => unreachable!("handled above"),
+            };
+            return refuse(&st, key.as_ref(), error).await;
+        }
+    };
+    failpoint::hit(st.store.outbox.namespace(), "order-svc.after_commit").await;
+    st.store.outbox.wake();
+    let mut response = json_response(StatusCode::CREATED, placed.body);
+    let headers = response.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&placed.location) {
+        headers.insert(header::LOCATION, v);
     }
     if let Ok(v) = HeaderValue::from_str(&correlation_id) {
-        response_headers.insert(CORRELATION_HEADER, v);
+        headers.insert(CORRELATION_HEADER, v);
     }
-    Ok((
-        StatusCode::CREATED,
-        response_headers,
-        Json(OrderView::from(order)),
-    ))
+    Ok(response)
+}
+
+fn json_response(status: StatusCode, body: String) -> Response {
+    (
+        status,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// The stored response of `key`, or `422` if it came with another body.
+fn replay(key: &idempotency::Key, stored: idempotency::Stored) -> Result<Response, ApiError> {
+    if stored.body_hash != key.body_hash {
+        return Err(ApiError::IdempotencyKeyReused);
+    }
+    let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
+    let mut response = json_response(status, stored.body);
+    let headers = response.headers_mut();
+    headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
+    if let Some(v) = stored.location.and_then(|l| HeaderValue::from_str(&l).ok()) {
+        headers.insert(header::LOCATION, v);
+    }
+    Ok(response)
+}
+
+/// A twin request stored the key first: answer with its response.
+async fn replay_taken(st: &AppState, key: Option<&idempotency::Key>) -> Result<Response, ApiError> {
+    let key =
+        key.ok_or_else(|| ApiError::Internal(anyhow::anyhow!("key conflict without a key")))?;
+    let stored = st.store.keys.get(&key.value).await.map_err(db_error)?;
+    let stored =
+        stored.ok_or_else(|| ApiError::Unavailable(anyhow::anyhow!("idempotency key vanished")))?;
+    replay(key, stored)
+}
+
+/// A business refusal; with a key, stored so that a retry gets the same answer.
+async fn refuse(
+    st: &AppState,
+    key: Option<&idempotency::Key>,
+    error: ApiError,
+) -> Result<Response, ApiError> {
+    let Some(key) = key else { return Err(error) };
+    let (status, body) = error.status_and_body();
+    match st
+        .store
+        .keys
+        .store(key, status.as_u16(), &body.to_string())
+        .await
+    {
+        Ok(()) => Err(error),
+        Err(idempotency::StoreError::Taken(_)) => replay_taken(st, Some(key)).await,
+        Err(idempotency::StoreError::Mongo(e)) => Err(db_error(e)),
+    }
 }
 
 fn path_id(

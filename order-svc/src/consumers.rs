@@ -5,10 +5,16 @@
 //!   the courier handed it over, so the order is delivered too.
 //!
 //! Either way the order moves only to its next status (see
-//! [`common::events::Lifecycle`]); the change is published as
-//! `order.status_updated.v1`. Duplicates and stale events are acknowledged
-//! and ignored; an event that skips ahead is retried until its predecessor
-//! has been applied (or dead-lettered after `MAX_ATTEMPTS`).
+//! [`common::events::Lifecycle`]), and `order.status_updated.v1` goes to the
+//! outbox in the same transaction, together with the event's inbox entry.
+//!
+//! * an event already applied (inbox) is acknowledged and ignored;
+//! * a stale one (the order is at or past its status) likewise;
+//! * an early one (it skips a status) is deferred until its predecessor has
+//!   been applied (which may take a takeover from a dead replica), without
+//!   using up attempts, and dead-lettered (`deferred_too_long`) if that never
+//!   happens within `CONSUMER_MAX_DEFER_MS`: that needs an operator (see the
+//!   dead-letter CLI).
 
 use common::{
     consumer::{Handler, HandlerError, Message, Outcome},
@@ -21,17 +27,14 @@ use tracing::info;
 
 use crate::{
     domain::parse_id,
-    publish::Events,
     store::{StatusChange, Store},
 };
 
 /// Applies status events to orders.
 #[derive(Debug, Clone)]
 pub struct StatusHandler {
-    /// Orders.
+    /// Orders (and their outbox and inbox).
     pub store: Store,
-    /// Where the resulting events go.
-    pub events: Events,
 }
 
 impl StatusHandler {
@@ -43,29 +46,32 @@ impl StatusHandler {
     ) -> Result<Outcome, HandlerError> {
         let id = parse_id(order_id)
             .ok_or_else(|| HandlerError::reject(format!("`{order_id}` is not an order id")))?;
-        match self
+        let change = self
             .store
-            .apply_status(id, to)
+            .apply_status(id, to, &msg.envelope)
             .await
-            .map_err(HandlerError::retry)?
-        {
-            StatusChange::Moved { order, previous } => {
-                self.events
-                    .order_status_updated(&order, previous, &msg.envelope.correlation_id)
-                    .await;
+            .map_err(HandlerError::from_mongo)?;
+        match change {
+            StatusChange::Moved { .. } => {
+                // The event is in the outbox, committed with the change.
+                self.store.outbox.wake();
                 info!(order_id, status = to.as_str(), "order status updated");
                 Ok(Outcome::Done)
+            }
+            StatusChange::Duplicate => {
+                info!(order_id, "event already applied (inbox); duplicate ignored");
+                Ok(Outcome::Skipped)
             }
             StatusChange::Stale(current) => {
                 info!(
                     order_id,
                     current = current.as_str(),
                     event = to.as_str(),
-                    "duplicate or stale status event ignored"
+                    "stale status event ignored"
                 );
                 Ok(Outcome::Skipped)
             }
-            StatusChange::Early(current) => Err(HandlerError::retry(format!(
+            StatusChange::Early(current) => Err(HandlerError::defer(format!(
                 "order {order_id} is {}; {} must wait for the statuses before it",
                 current.as_str(),
                 to.as_str()

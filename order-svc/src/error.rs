@@ -63,6 +63,12 @@ pub enum ApiError {
         /// Item names.
         names: Vec<String>,
     },
+    /// The `Idempotency-Key` header is malformed.
+    #[error("Idempotency-Key must be 1 to 255 visible ASCII characters")]
+    InvalidIdempotencyKey,
+    /// The key was used before with a different body.
+    #[error("this Idempotency-Key was used with a different request body")]
+    IdempotencyKeyReused,
     /// The database stayed contended or unreachable through every retry.
     #[error("the service is busy; retry shortly")]
     Unavailable(#[source] anyhow::Error),
@@ -84,8 +90,35 @@ impl ApiError {
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::UnknownItems(_) => (StatusCode::NOT_FOUND, "item_not_found"),
             Self::InsufficientStock { .. } => (StatusCode::CONFLICT, "insufficient_stock"),
+            Self::InvalidIdempotencyKey => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "invalid_idempotency_key")
+            }
+            Self::IdempotencyKeyReused => {
+                (StatusCode::UNPROCESSABLE_ENTITY, "idempotency_key_reused")
+            }
             Self::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
             Self::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+        }
+    }
+}
+
+impl ApiError {
+    /// Status and JSON body, exactly as [`IntoResponse`] sends them (and as
+    /// idempotency keys store refusals).
+    pub fn status_and_body(&self) -> (StatusCode, serde_json::Value) {
+        let (status, code) = self.parts();
+        (
+            status,
+            common::http::error_body(code, &self.to_string(), self.fields()),
+        )
+    }
+
+    fn fields(&self) -> Option<&std::collections::BTreeMap<String, String>> {
+        match self {
+            Self::Validation(f)
+            | Self::UnknownItems(f)
+            | Self::InsufficientStock { fields: f, .. } => Some(&f.0),
+            _ => None,
         }
     }
 }
@@ -100,12 +133,6 @@ impl IntoResponse for ApiError {
             }
             _ => tracing::debug!(error = %self, "request rejected"),
         }
-        let fields = match &self {
-            Self::Validation(f)
-            | Self::UnknownItems(f)
-            | Self::InsufficientStock { fields: f, .. } => Some(&f.0),
-            _ => None,
-        };
-        common::http::error_response(status, code, &self.to_string(), fields)
+        common::http::error_response(status, code, &self.to_string(), self.fields())
     }
 }

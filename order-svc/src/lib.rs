@@ -3,13 +3,15 @@
 //! * `GET /api/v1/menu`, `GET /api/v1/menu/{id}`: the menu with live stock;
 //! * `POST /api/v1/orders`: validates the request ([`domain`]), then in one
 //!   MongoDB transaction reserves the stock of every item (only where enough
-//!   is left) and stores the order ([`store`]); after the commit it publishes
-//!   `order.created.v1` to `orders-stream` and a kitchen simulation request to
-//!   `simulate-order-stream` ([`publish`]);
+//!   is left), stores the order and writes `order.created.v1` (for
+//!   `orders-stream`) and a kitchen simulation request (for
+//!   `simulate-order-stream`) to the outbox ([`store`], [`events`]); the outbox
+//!   relay publishes them. An `Idempotency-Key` makes retries safe
+//!   ([`idempotency`]);
 //! * `GET /api/v1/orders/{id}`: the order and its current status;
 //! * it consumes `order-status-stream` and `deliveries-stream` to move orders
-//!   through their lifecycle ([`consumers`]), publishing
-//!   `order.status_updated.v1` for each change.
+//!   through their lifecycle ([`consumers`]), writing
+//!   `order.status_updated.v1` to the outbox with each change.
 //!
 //! Every error is JSON `{error, message, fields?}` ([`error`]); no input
 //! produces a 500, and database contention is retried, never reported.
@@ -18,9 +20,11 @@ pub mod api;
 pub mod consumers;
 pub mod domain;
 pub mod error;
-pub mod publish;
+pub mod events;
+pub mod idempotency;
 pub mod settings;
 pub mod store;
+pub mod views;
 
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use common::{
@@ -33,18 +37,19 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use settings::Settings;
 
-use crate::{consumers::StatusHandler, publish::Events, settings::Limits, store::Store};
+use crate::{consumers::StatusHandler, settings::Limits, store::Store};
 
 /// What request handlers share.
 #[derive(Debug, Clone)]
 pub struct AppState {
-    /// Menu and orders.
+    /// Menu, orders, outbox, inbox, idempotency keys.
     pub store: Store,
-    /// Event publishing.
-    pub events: Events,
     /// Input limits.
     pub limits: Limits,
 }
+
+/// How often expired inbox entries and idempotency keys are removed.
+const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Runs order-svc on `listener` until `shutdown` is cancelled.
 pub async fn run(
@@ -52,9 +57,9 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
-    let rt = Runtime::new(&settings.common, shutdown)?;
-    let store = Store::new(rt.with_mongo().await?, &settings.common.mongo_db);
-    let events = Events::new(rt.publisher.clone(), &settings.common.service_name);
+    let common = &settings.common;
+    let rt = Runtime::new(common, shutdown)?;
+    let store = Store::new(rt.with_mongo().await?, &common.mongo_db, common.namespace());
 
     let s = store.clone();
     rt.initialise("creating indexes", move || {
@@ -63,14 +68,25 @@ pub async fn run(
     });
     let handler = StatusHandler {
         store: store.clone(),
-        events: events.clone(),
     };
     rt.consume(Stream::OrderStatus, groups::ORDER_SVC, handler.clone())?;
     rt.consume(Stream::Deliveries, groups::ORDER_SVC, handler)?;
+    rt.relay(&store.outbox, common.outbox);
+    let (s, inbox_retention, key_ttl) = (
+        store.clone(),
+        common.inbox_retention,
+        settings.idempotency_ttl,
+    );
+    rt.every(SWEEP_EVERY, move || {
+        let s = s.clone();
+        async move {
+            s.inbox.sweep(inbox_retention).await;
+            s.keys.sweep(key_ttl).await;
+        }
+    });
 
     let state = AppState {
         store,
-        events,
         limits: settings.limits,
     };
     let router = api::router(state).layer(cors(&settings.cors_allow_origin));
@@ -104,7 +120,11 @@ fn cors(allow: &str) -> CorsLayer {
 /// Inserts the shipped menu's missing items; returns how many were inserted.
 pub async fn seed_menu(settings: &Settings) -> anyhow::Result<usize> {
     let client = common::mongo::connect(&settings.common.mongo_url, "order-svc-seed").await?;
-    let store = Store::new(client, &settings.common.mongo_db);
+    let store = Store::new(
+        client,
+        &settings.common.mongo_db,
+        settings.common.namespace(),
+    );
     store.ensure_indexes().await?;
     let items: Vec<store::SeedItem> = serde_json::from_str(store::SEED_MENU)?;
     Ok(store.seed_menu(&items).await?)

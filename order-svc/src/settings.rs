@@ -6,6 +6,7 @@
 //! | `MAX_ITEM_QUANTITY` | `20` | most of one item per order line |
 //! | `MAX_ORDER_LINES` | `50` | most lines per order |
 //! | `CORS_ALLOW_ORIGIN` | `*` | origins allowed to call the API from a browser (comma-separated, or `*`) |
+//! | `IDEMPOTENCY_TTL_SECS` | `86400` | how long an `Idempotency-Key` and its response are kept |
 
 use std::net::SocketAddr;
 
@@ -22,6 +23,8 @@ pub struct Settings {
     pub limits: Limits,
     /// Allowed browser origins (`*` for any).
     pub cors_allow_origin: String,
+    /// Lifetime of idempotency keys.
+    pub idempotency_ttl: std::time::Duration,
 }
 
 /// Input limits that keep requests sane.
@@ -59,6 +62,9 @@ impl Settings {
         let s = Self {
             http_addr: http_addr(&mut env, 8001),
             cors_allow_origin: env.string("CORS_ALLOW_ORIGIN", "*"),
+            idempotency_ttl: std::time::Duration::from_secs(
+                env.parse("IDEMPOTENCY_TTL_SECS", 86_400),
+            ),
             common,
             limits,
         };

@@ -7,14 +7,24 @@
 //! [`common::mongo::run_transaction`] resolves by running the loser again; it
 //! then sees the new stock. Stock can therefore never go negative, and an
 //! order either reserves all its items or none.
+//!
+//! The same transaction writes the order's events to the outbox (see
+//! [`common::outbox`]) and, when the request carried one, its idempotency key
+//! with the response (see [`crate::idempotency`]). Applying a status event
+//! claims the event in the inbox (see [`common::inbox`]) in the transaction
+//! that changes the order and writes `order.status_updated.v1`.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, time::Duration};
 
 use bson::{doc, oid::ObjectId};
 use chrono::{DateTime, Utc};
 use common::{
+    Envelope,
     events::{Customer, Lifecycle, OrderLine, OrderStatus, Transition},
+    inbox::Inbox,
     mongo::{MaybeMongoError, RetryPolicy, run_transaction},
+    outbox::Outbox,
+    streams::{Namespace, Stream, groups},
 };
 use futures::TryStreamExt;
 use mongodb::{
@@ -23,7 +33,13 @@ use mongodb::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{domain::NewOrder, error::FieldErrors};
+use crate::{
+    domain::NewOrder,
+    error::FieldErrors,
+    events,
+    idempotency::{self, Key, Keys},
+    views::OrderView,
+};
 
 /// A menu item as stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -85,9 +101,21 @@ pub enum PlaceError {
         /// Item names.
         names: Vec<String>,
     },
+    /// The idempotency key was stored by a request that committed first.
+    #[error("idempotency key already used")]
+    KeyTaken,
     /// The database failed.
     #[error(transparent)]
     Mongo(#[from] mongodb::error::Error),
+}
+
+impl From<idempotency::StoreError> for PlaceError {
+    fn from(e: idempotency::StoreError) -> Self {
+        match e {
+            idempotency::StoreError::Taken(_) => Self::KeyTaken,
+            idempotency::StoreError::Mongo(e) => Self::Mongo(e),
+        }
+    }
 }
 
 impl MaybeMongoError for PlaceError {
@@ -97,6 +125,17 @@ impl MaybeMongoError for PlaceError {
             _ => None,
         }
     }
+}
+
+/// A placed order and its response, as stored for idempotent replays.
+#[derive(Debug, Clone)]
+pub struct Placed {
+    /// The order.
+    pub order: Order,
+    /// The `201` body.
+    pub body: String,
+    /// The `Location` header.
+    pub location: String,
 }
 
 /// The outcome of applying a status event to an order.
@@ -115,6 +154,29 @@ pub enum StatusChange {
     Early(OrderStatus),
     /// No such order.
     Missing,
+    /// This event was applied before (the inbox has it).
+    Duplicate,
+}
+
+/// Why a status was not applied; every variant aborts the transaction (so an
+/// early event's inbox claim rolls back and its retry can apply it).
+#[derive(Debug, thiserror::Error)]
+enum ApplyError {
+    #[error("already processed")]
+    Duplicate,
+    #[error("early: the order is {0:?}")]
+    Early(OrderStatus),
+    #[error(transparent)]
+    Mongo(#[from] mongodb::error::Error),
+}
+
+impl MaybeMongoError for ApplyError {
+    fn as_mongo(&self) -> Option<&mongodb::error::Error> {
+        match self {
+            Self::Mongo(e) => Some(e),
+            _ => None,
+        }
+    }
 }
 
 /// One seed entry (`seed/menu.json`).
@@ -143,15 +205,24 @@ pub struct Store {
     client: mongodb::Client,
     menu: Collection<MenuItem>,
     orders: Collection<Order>,
+    /// Events committed with the orders.
+    pub outbox: Outbox,
+    /// Status events already applied.
+    pub inbox: Inbox,
+    /// Idempotency keys and their responses.
+    pub keys: Keys,
 }
 
 impl Store {
-    /// Collections `menu` and `orders` of `db`.
-    pub fn new(client: mongodb::Client, db: &str) -> Self {
+    /// order-svc's collections of `db`; Redis keys (the relay lease) in `ns`.
+    pub fn new(client: mongodb::Client, db: &str, ns: Namespace) -> Self {
         let db = client.database(db);
         Self {
             menu: db.collection("menu"),
             orders: db.collection("orders"),
+            outbox: Outbox::new(&db, ns, events::SOURCE),
+            inbox: Inbox::new(&db),
+            keys: Keys::new(&db),
             client,
         }
     }
@@ -174,7 +245,7 @@ impl Store {
                     .build(),
             )
             .await?;
-        Ok(())
+        self.outbox.ensure_indexes().await
     }
 
     /// The whole menu, by category then name.
@@ -197,23 +268,27 @@ impl Store {
         self.orders.find_one(doc! { "_id": id }).await
     }
 
-    /// Places an order: all of its stock is reserved and the order stored, or nothing changes.
+    /// Places an order: all of its stock is reserved and the order, its
+    /// events and its idempotency key are stored, or nothing changes.
     pub async fn place_order(
         &self,
         new: &NewOrder,
         correlation_id: &str,
-    ) -> Result<Order, PlaceError> {
+        key: Option<&Key>,
+    ) -> Result<Placed, PlaceError> {
+        // A shopper waits for contention to resolve longer than a consumer does.
         let policy = RetryPolicy {
             max_attempts: 40,
+            max_elapsed: Duration::from_secs(5),
             ..RetryPolicy::default()
         };
-        let ctx = (self, new, correlation_id);
+        let ctx = (self, new, correlation_id, key);
         run_transaction(
             &self.client,
             policy,
             &ctx,
-            |session, (store, new, correlation_id)| {
-                Box::pin(store.place_in(session, new, correlation_id))
+            |session, (store, new, correlation_id, key)| {
+                Box::pin(store.place_in(session, new, correlation_id, *key))
             },
         )
         .await
@@ -224,7 +299,8 @@ impl Store {
         s: &mut ClientSession,
         new: &NewOrder,
         correlation_id: &str,
-    ) -> Result<Order, PlaceError> {
+        key: Option<&Key>,
+    ) -> Result<Placed, PlaceError> {
         let ids: Vec<ObjectId> = new.lines.iter().map(|l| l.item_id).collect();
         let found: Vec<MenuItem> = self
             .menu
@@ -278,10 +354,8 @@ impl Store {
             let Some(item) = updated else {
                 let mut fields = FieldErrors::default();
                 fields.add(format!("items[{i}].quantity"), "not enough left");
-                return Err(PlaceError::InsufficientStock {
-                    fields,
-                    names: vec![items[&line.item_id].name.clone()],
-                });
+                let names = vec![items[&line.item_id].name.clone()];
+                return Err(PlaceError::InsufficientStock { fields, names });
             };
             lines.push(OrderLine {
                 item_id: item.id.to_hex(),
@@ -306,23 +380,51 @@ impl Store {
             updated_at: now,
         };
         self.orders.insert_one(&order).session(&mut *s).await?;
-        Ok(order)
+        for (stream, event) in events::order_created(&order) {
+            self.outbox
+                .add(&mut *s, stream, &event, order.version)
+                .await?;
+        }
+        let body = serde_json::to_string(&OrderView::from(order.clone()))
+            .map_err(mongodb::error::Error::custom)?;
+        let location = format!("/api/v1/orders/{}", order.id.to_hex());
+        if let Some(key) = key {
+            self.keys
+                .store_in(&mut *s, key, 201, &body, Some(&location))
+                .await?;
+        }
+        Ok(Placed {
+            order,
+            body,
+            location,
+        })
     }
 
-    /// Moves an order to `to` if that is its next status (see [`Lifecycle::transition`]).
+    /// Applies a status event: moves the order to `to` if that is its next
+    /// status (see [`Lifecycle::transition`]), once per event.
     pub async fn apply_status(
         &self,
         id: ObjectId,
         to: OrderStatus,
+        cause: &Envelope,
     ) -> mongodb::error::Result<StatusChange> {
-        let ctx = (self, id, to);
-        run_transaction(
+        let ctx = (self, id, to, cause);
+        let policy = RetryPolicy::default();
+        let result = run_transaction(
             &self.client,
-            RetryPolicy::default(),
+            policy,
             &ctx,
-            |session, (store, id, to)| Box::pin(store.apply_status_in(session, *id, *to)),
+            |session, (store, id, to, cause)| {
+                Box::pin(store.apply_status_in(session, *id, *to, cause))
+            },
         )
-        .await
+        .await;
+        match result {
+            Ok(change) => Ok(change),
+            Err(ApplyError::Duplicate) => Ok(StatusChange::Duplicate),
+            Err(ApplyError::Early(current)) => Ok(StatusChange::Early(current)),
+            Err(ApplyError::Mongo(e)) => Err(e),
+        }
     }
 
     async fn apply_status_in(
@@ -330,7 +432,15 @@ impl Store {
         s: &mut ClientSession,
         id: ObjectId,
         to: OrderStatus,
-    ) -> mongodb::error::Result<StatusChange> {
+        cause: &Envelope,
+    ) -> Result<StatusChange, ApplyError> {
+        if !self
+            .inbox
+            .claim(&mut *s, groups::ORDER_SVC, cause.event_id)
+            .await?
+        {
+            return Err(ApplyError::Duplicate);
+        }
         let Some(order) = self
             .orders
             .find_one(doc! { "_id": id })
@@ -341,7 +451,7 @@ impl Store {
         };
         match order.status.transition(to) {
             Transition::Stale => return Ok(StatusChange::Stale(order.status)),
-            Transition::Early => return Ok(StatusChange::Early(order.status)),
+            Transition::Early => return Err(ApplyError::Early(order.status)),
             Transition::Apply => {}
         }
         let now = Utc::now();
@@ -359,12 +469,15 @@ impl Store {
             .await?;
         // The version guard cannot miss inside a transaction: a concurrent
         // change would have been a write conflict (and a retry).
-        Ok(
-            updated.map_or(StatusChange::Missing, |order| StatusChange::Moved {
-                order,
-                previous: to_previous(to),
-            }),
-        )
+        let Some(order) = updated else {
+            return Ok(StatusChange::Missing);
+        };
+        let previous = order_previous(to);
+        let event = events::order_status_updated(&order, previous, &cause.correlation_id);
+        self.outbox
+            .add(&mut *s, Stream::Orders, &event, order.version)
+            .await?;
+        Ok(StatusChange::Moved { order, previous })
     }
 
     /// Inserts the seed items that are missing (by slug); never touches existing ones.
@@ -392,7 +505,7 @@ impl Store {
     }
 }
 
-fn to_previous(to: OrderStatus) -> OrderStatus {
+fn order_previous(to: OrderStatus) -> OrderStatus {
     OrderStatus::FLOW
         .get(to.rank().saturating_sub(1))
         .copied()

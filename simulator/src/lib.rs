@@ -9,6 +9,11 @@
 //!
 //! Pending timers live in Redis, so a restart loses nothing and any replica
 //! can fire them. It serves only `/healthz` and `/readyz`.
+//!
+//! Its inbox is the "simulation started" marker: a request is applied with
+//! `SET NX` on a key per order (or delivery) in the same script that schedules
+//! the first step, so a redelivered or duplicated request, whatever its event
+//! id, never starts a second chain.
 
 pub mod settings;
 pub mod timers;
@@ -56,7 +61,7 @@ impl Handler for RequestHandler {
             .timers
             .start(kind, &id, &order_id, corr)
             .await
-            .map_err(HandlerError::retry)?;
+            .map_err(HandlerError::from_redis)?;
         if started {
             info!(?kind, %id, "simulation started");
             Ok(Outcome::Done)

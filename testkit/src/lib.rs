@@ -462,6 +462,8 @@ impl MongoServer {
                 if let MongoImpl::Mongod(_) = self.imp {
                     initiate_replica_set(&self.url(), self.port);
                 }
+                // Tests kill services mid-transaction; recover in seconds.
+                configure_mongo(&self.url(), 5);
                 return true;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -519,16 +521,51 @@ impl Drop for MongoServer {
     }
 }
 
+/// Runs `f` to completion on a runtime of its own, on a thread of its own
+/// (callers may be inside an async test's runtime, where blocking is not
+/// allowed).
+fn on_own_runtime<F>(f: F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    std::thread::spawn(move || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(f);
+    })
+    .join()
+    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+}
+
+/// Server settings foodchain relies on for quick recovery: a transaction
+/// whose client died mid-commit keeps its documents locked until
+/// `transactionLifetimeLimitSeconds` (60 s by default, in mongod and in
+/// SecantusDB alike); this lowers it.
+pub fn configure_mongo(url: &str, transaction_lifetime_secs: u32) {
+    use mongodb::bson::doc;
+    let url = url.to_owned();
+    on_own_runtime(async move {
+        let client = mongodb::Client::with_uri_str(&url)
+            .await
+            .expect("mongo client");
+        let limit = i32::try_from(transaction_lifetime_secs).unwrap_or(i32::MAX);
+        client
+            .database("admin")
+            .run_command(doc! { "setParameter": 1, "transactionLifetimeLimitSeconds": limit })
+            .await
+            .expect("setParameter transactionLifetimeLimitSeconds");
+    });
+}
+
 /// `replSetInitiate` for a fresh single-node `mongod`, then waits for it to be
 /// primary. (SecantusDB needs none: it is born initiated.)
 pub fn initiate_replica_set(url: &str, port: u16) {
     use mongodb::bson::doc;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
-        let client = mongodb::Client::with_uri_str(url)
+    let url = url.to_owned();
+    on_own_runtime(async move {
+        let client = mongodb::Client::with_uri_str(&url)
             .await
             .expect("mongo client");
         let admin = client.database("admin");

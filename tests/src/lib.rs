@@ -83,10 +83,15 @@ fn base_vars(prefix: &str, db: &str) -> HashMap<String, String> {
         ("RECLAIM_MIN_IDLE_MS", "1500".into()),
         ("RECLAIM_INTERVAL_MS", "100".into()),
         ("RETRY_BACKOFF_MS", "20".into()),
-        ("HANDLER_TIMEOUT_MS", "1000".into()),
+        ("HANDLER_TIMEOUT_MS", "1400".into()),
         ("SIMULATOR_DELAY_SCALE", "0.01".into()),
         ("SIM_POLL_MS", "10".into()),
         ("WS_PING_INTERVAL_MS", "20000".into()),
+        ("OUTBOX_LEASE_MS", "1000".into()),
+        // Above the test servers' 5 s transaction lifetime: a message may wait
+        // for a predecessor held up by a transaction a killed service left open.
+        ("CONSUMER_MAX_DEFER_MS", "20000".into()),
+        ("OUTBOX_POLL_MS", "50".into()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
@@ -110,6 +115,7 @@ impl System {
 
     /// A system with no service running yet.
     pub async fn new(extra: &[(&str, &str)]) -> Self {
+        init_test_logging();
         let prefix = format!("{}:", testkit::unique("sys"));
         let db = testkit::unique_db("sys");
         let mut vars = base_vars(&prefix, &db);
@@ -160,7 +166,9 @@ impl System {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let token = CancellationToken::new();
-        let env = self.env();
+        let mut vars = self.vars.clone();
+        vars.insert("CONSUMER_NAME".into(), self.consumer_name(service, replica));
+        let env = Env::from_map(vars);
         let t = token.clone();
         let task = match service {
             Service::Order => {
@@ -185,6 +193,43 @@ impl System {
         self.wait_ready(service, replica).await;
     }
 
+    /// The consumer name (and outbox relay holder name) of a replica.
+    pub fn consumer_name(&self, service: Service, replica: usize) -> String {
+        format!("{service:?}-{replica}").to_lowercase()
+    }
+
+    /// Kills a replica as `kill -9` would: its tasks are dropped where they
+    /// stand; nothing is acknowledged, marked or released.
+    pub async fn kill_replica(&mut self, service: Service, replica: usize) {
+        let r = self
+            .running
+            .remove(&(service, replica))
+            .expect("service runs");
+        r.task.abort();
+        let _ = r.task.await;
+    }
+
+    /// Which replica of `service` holds its outbox relay lease, if any.
+    pub async fn lease_holder(&self, service: Service) -> Option<usize> {
+        let name = match service {
+            Service::Order => "order-svc",
+            Service::Delivery => "delivery-svc",
+            _ => return None,
+        };
+        let holder: Option<String> = redis::cmd("GET")
+            .arg(self.key(&format!("outbox-lease:{name}")))
+            .query_async(&mut self.redis.clone())
+            .await
+            .unwrap();
+        let holder = holder?;
+        (0..8).find(|r| self.consumer_name(service, *r) == holder)
+    }
+
+    /// The deployment namespace (for failpoints).
+    pub fn namespace(&self) -> common::streams::Namespace {
+        common::streams::Namespace::new(&self.prefix)
+    }
+
     /// Stops replica 0 of a service gracefully and waits until it has drained.
     pub async fn stop_service(&mut self, service: Service) {
         self.stop_replica(service, 0).await;
@@ -203,9 +248,12 @@ impl System {
             .unwrap();
     }
 
-    /// Base URL of replica 0 of a running service.
+    /// Base URL of a running replica of a service (the lowest-numbered one).
     pub fn url(&self, service: Service) -> String {
-        self.replica_url(service, 0)
+        let replica = (0..16)
+            .find(|r| self.running.contains_key(&(service, *r)))
+            .expect("a running replica");
+        self.replica_url(service, replica)
     }
 
     /// Base URL of one replica.
@@ -284,6 +332,32 @@ impl System {
         body
     }
 
+    /// Every entry of a stream of this system.
+    pub async fn stream(&self, stream: common::streams::Stream) -> Vec<common::StreamEntry> {
+        let v: redis::Value = redis::cmd("XRANGE")
+            .arg(self.namespace().stream(stream))
+            .arg("-")
+            .arg("+")
+            .query_async(&mut self.redis.clone())
+            .await
+            .unwrap();
+        common::stream_entry::entries(v).unwrap()
+    }
+
+    /// The envelopes of a stream that concern `order_id`.
+    pub async fn events_of(
+        &self,
+        stream: common::streams::Stream,
+        order_id: &str,
+    ) -> Vec<common::Envelope> {
+        self.stream(stream)
+            .await
+            .iter()
+            .filter_map(|e| common::Envelope::from_entry(e).ok())
+            .filter(|e| e.key == order_id)
+            .collect()
+    }
+
     /// Waits until the order has `status` (via the REST API).
     pub async fn wait_order_status(
         &self,
@@ -334,6 +408,26 @@ impl System {
             self.stop_replica(s, r).await;
         }
     }
+}
+
+/// With `TEST_LOG=<filter>` (e.g. `TEST_LOG=info`), the services' logs go to
+/// stderr (shown for failing tests).
+fn init_test_logging() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if let Ok(filter) = std::env::var("TEST_LOG") {
+            let settings = common::telemetry::TelemetrySettings {
+                service: "tests".into(),
+                env: "test".into(),
+                loki_url: None,
+                format: common::settings::LogFormat::Pretty,
+                filter,
+            };
+            if let Ok((subscriber, _)) = common::telemetry::subscriber(&settings, std::io::stderr) {
+                let _ = tracing::subscriber::set_global_default(subscriber);
+            }
+        }
+    });
 }
 
 /// A valid order request body.

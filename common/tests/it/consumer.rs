@@ -448,3 +448,58 @@ async fn two_consumers_of_one_group_share_the_work_without_duplicates() {
     ids.dedup();
     assert_eq!(ids.len(), 200, "no message handled twice");
 }
+
+#[tokio::test]
+async fn a_deferred_message_waits_without_using_up_attempts() {
+    let ctx = Ctx::with(&[("CONSUMER_MAX_DEFER_MS", "60000")]);
+    // Deferred far more often than MAX_ATTEMPTS (3) allows failures.
+    let handler = TestHandler::new(|_, seen| {
+        if seen < 8 {
+            Act::Defer("waiting for its predecessor")
+        } else {
+            Act::Ok
+        }
+    });
+    let run = Running::start(&ctx, "c1", handler.clone());
+    ctx.publish(S, "a", ORDER_CREATED_V1).await;
+    eventually("handled in the end", WAIT, || async {
+        (handler.finished().len() == 1).then_some(())
+    })
+    .await;
+    eventually("nothing pending", WAIT, || async {
+        (ctx.pending(S, G).await == 0).then_some(())
+    })
+    .await;
+    run.stop().await;
+    let calls = handler.calls();
+    assert_eq!(calls.len(), 9);
+    assert!(
+        calls.iter().all(|c| c.attempt == 1),
+        "waiting is not an attempt: {calls:?}"
+    );
+    assert!(ctx.dead_letters().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_message_deferred_for_too_long_is_dead_lettered() {
+    let ctx = Ctx::with(&[("CONSUMER_MAX_DEFER_MS", "300")]);
+    let handler = TestHandler::new(|_, _| Act::Defer("waiting for confirmed"));
+    let run = Running::start(&ctx, "c1", handler.clone());
+    ctx.publish(S, "a", ORDER_CREATED_V1).await;
+    let dl = eventually("dead letter", WAIT, || async {
+        let d = ctx.dead_letters().await;
+        (!d.is_empty()).then_some(d)
+    })
+    .await;
+    run.stop().await;
+    let d = DeadLetter::from_entry(&dl[0]).unwrap();
+    assert_eq!(
+        (d.reason.as_str(), d.attempts, d.error.as_str()),
+        ("deferred_too_long", 1, "waiting for confirmed")
+    );
+    assert!(
+        handler.calls().len() > 1,
+        "it was looked at again before giving up"
+    );
+    assert_eq!(ctx.pending(S, G).await, 0);
+}

@@ -147,6 +147,7 @@ pub(crate) enum Act {
     Skip,
     Fail(&'static str),
     Reject(&'static str),
+    Defer(&'static str),
     Panic,
     Hang,
     Sleep(Duration),
@@ -227,6 +228,7 @@ impl Handler for TestHandler {
                 Act::Skip => Ok(Outcome::Skipped),
                 Act::Fail(e) => Err(HandlerError::retry(e)),
                 Act::Reject(e) => Err(HandlerError::reject(e)),
+                Act::Defer(e) => Err(HandlerError::defer(e)),
                 Act::Panic => panic!("boom from the test handler"),
                 Act::Hang => std::future::pending().await,
                 Act::Sleep(d) => {

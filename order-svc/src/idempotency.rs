@@ -1,0 +1,253 @@
+//! `Idempotency-Key` on `POST /api/v1/orders`.
+//!
+//! A client that does not know whether its request went through (a timeout, a
+//! dropped connection, a crashed server) sends it again with the same key:
+//!
+//! * same key, same body → the original response (same status, same body,
+//!   same `Location`), marked `Idempotent-Replayed: true`; no second order,
+//!   no second stock reservation;
+//! * same key, different body → `422 idempotency_key_reused`;
+//! * keys expire after `IDEMPOTENCY_TTL_SECS` (default 24 h).
+//!
+//! The key is written in the *same transaction* as the order it produced: the
+//! key exists exactly when the order does. A request that crashed before its
+//! commit left nothing behind, so its retry simply runs; one that crashed
+//! after its commit is answered from the stored response. Two identical
+//! requests racing each other conflict on the key inside their transactions;
+//! the loser is retried, finds the winner's key and replays its response.
+//! Business refusals (`404`, `409`) are stored too, so a retry gets the same
+//! answer even if stock came back meanwhile. Validation errors (`422`) are not
+//! stored: nothing happened.
+//!
+//! The body is compared by the SHA-256 of its canonical JSON (object keys
+//! sorted), so re-serialising the same order differently is not a conflict.
+
+use std::time::Duration;
+
+use axum::http::HeaderMap;
+use bson::{Document, doc};
+use mongodb::{ClientSession, Collection};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::error::ApiError;
+
+/// The request header.
+pub const HEADER: &str = "idempotency-key";
+
+/// A validated key and the hash of the request it came with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Key {
+    /// The client's key.
+    pub value: String,
+    /// SHA-256 (hex) of the canonical request body.
+    pub body_hash: String,
+}
+
+/// The key of a request, if it sent one; `422` for a malformed one.
+pub fn from_request(headers: &HeaderMap, body: &Value) -> Result<Option<Key>, ApiError> {
+    let Some(raw) = headers.get(HEADER) else {
+        return Ok(None);
+    };
+    let value = raw
+        .to_str()
+        .ok()
+        .filter(|v| (1..=255).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_graphic()))
+        .ok_or(ApiError::InvalidIdempotencyKey)?;
+    Ok(Some(Key {
+        value: value.to_owned(),
+        body_hash: hash(body),
+    }))
+}
+
+fn canonical(v: &Value, out: &mut String) {
+    match v {
+        Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push(':');
+                canonical(&map[k], out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical(item, out);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+fn hash(body: &Value) -> String {
+    let mut text = String::new();
+    canonical(body, &mut text);
+    hex::encode(Sha256::digest(text.as_bytes()))
+}
+
+/// A response kept for replays.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    /// Hash of the body that produced it.
+    pub body_hash: String,
+    /// HTTP status.
+    pub status: u16,
+    /// JSON body, as sent.
+    pub body: String,
+    /// `Location` header, for 201s.
+    pub location: Option<String>,
+}
+
+/// The `idempotency_keys` collection.
+#[derive(Debug, Clone)]
+pub struct Keys {
+    coll: Collection<Document>,
+}
+
+/// The key was already taken (by a request that committed first).
+#[derive(Debug, thiserror::Error)]
+#[error("idempotency key already used")]
+pub struct Taken;
+
+impl Keys {
+    /// `idempotency_keys` of `db`.
+    pub fn new(db: &mongodb::Database) -> Self {
+        Self {
+            coll: db.collection("idempotency_keys"),
+        }
+    }
+
+    /// The stored response for `key`, if any.
+    pub async fn get(&self, key: &str) -> mongodb::error::Result<Option<Stored>> {
+        let Some(d) = self.coll.find_one(doc! { "_id": key }).await? else {
+            return Ok(None);
+        };
+        Ok(parse(&d))
+    }
+
+    fn document(key: &Key, status: u16, body: &str, location: Option<&str>) -> Document {
+        doc! {
+            "_id": &key.value,
+            "body_hash": &key.body_hash,
+            "status": i32::from(status),
+            "body": body,
+            "location": location,
+            "created_at": bson::DateTime::now(),
+        }
+    }
+
+    /// Stores the response inside the transaction that produced it.
+    pub async fn store_in(
+        &self,
+        s: &mut ClientSession,
+        key: &Key,
+        status: u16,
+        body: &str,
+        location: Option<&str>,
+    ) -> Result<(), StoreError> {
+        match self
+            .coll
+            .insert_one(Self::document(key, status, body, location))
+            .session(&mut *s)
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if common::mongo::is_duplicate_key(&e) => Err(StoreError::Taken(Taken)),
+            Err(e) => Err(StoreError::Mongo(e)),
+        }
+    }
+
+    /// Stores a response on its own (refusals, which change nothing else).
+    pub async fn store(&self, key: &Key, status: u16, body: &str) -> Result<(), StoreError> {
+        match self
+            .coll
+            .insert_one(Self::document(key, status, body, None))
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if common::mongo::is_duplicate_key(&e) => Err(StoreError::Taken(Taken)),
+            Err(e) => Err(StoreError::Mongo(e)),
+        }
+    }
+
+    /// Deletes keys older than `ttl`.
+    pub async fn sweep(&self, ttl: Duration) {
+        let cutoff =
+            chrono::Utc::now() - chrono::Duration::from_std(ttl).unwrap_or(chrono::Duration::MAX);
+        if let Err(e) = self
+            .coll
+            .delete_many(doc! { "created_at": { "$lt": bson::DateTime::from_chrono(cutoff) } })
+            .await
+        {
+            tracing::warn!(error = %e, "idempotency key sweep failed");
+        }
+    }
+}
+
+/// Storing a key failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Someone else stored it first.
+    #[error(transparent)]
+    Taken(Taken),
+    /// The database failed.
+    #[error(transparent)]
+    Mongo(mongodb::error::Error),
+}
+
+fn parse(d: &Document) -> Option<Stored> {
+    Some(Stored {
+        body_hash: d.get_str("body_hash").ok()?.to_owned(),
+        status: u16::try_from(d.get_i32("status").ok()?).ok()?,
+        body: d.get_str("body").ok()?.to_owned(),
+        location: d.get_str("location").ok().map(str::to_owned),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn the_hash_ignores_key_order_and_whitespace_but_not_values() {
+        let a = json!({"customer": {"name": "A", "phone": "1"}, "items": [{"item_id": "x", "quantity": 1}]});
+        let b: Value = serde_json::from_str(
+            r#"{ "items": [ {"quantity": 1, "item_id": "x"} ], "customer": {"phone": "1", "name": "A"} }"#,
+        )
+        .unwrap();
+        assert_eq!(hash(&a), hash(&b));
+        let c = json!({"customer": {"name": "A", "phone": "1"}, "items": [{"item_id": "x", "quantity": 2}]});
+        assert_ne!(hash(&a), hash(&c));
+    }
+
+    #[test]
+    fn malformed_keys_are_refused() {
+        let mut h = HeaderMap::new();
+        assert_eq!(from_request(&h, &json!({})).unwrap(), None);
+        h.insert(HEADER, "has space".parse().unwrap());
+        assert!(matches!(
+            from_request(&h, &json!({})),
+            Err(ApiError::InvalidIdempotencyKey)
+        ));
+        h.insert(HEADER, "a".repeat(256).parse().unwrap());
+        assert!(from_request(&h, &json!({})).is_err());
+        h.insert(HEADER, "order-2026-11-23-0001".parse().unwrap());
+        assert_eq!(
+            from_request(&h, &json!({})).unwrap().unwrap().value,
+            "order-2026-11-23-0001"
+        );
+    }
+}
