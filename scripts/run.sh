@@ -23,7 +23,7 @@ eval "$(scripts/infra.sh env)"
 export REDIS_URL MONGO_URL
 
 say "building the services (release; the first build takes a few minutes)"
-cargo build --release --locked -p order-svc -p delivery-svc -p notify-svc -p simulator
+cargo build --release --locked -p order-svc -p delivery-svc -p notify-svc -p simulator -p dlq
 BIN=$ROOT/target/release
 mkdir -p "$LOGS"
 
@@ -65,6 +65,7 @@ cat >&2 <<MSG
     health             http://127.0.0.1:{$ORDER_PORT,$DELIVERY_PORT,$NOTIFY_PORT,$SIMULATOR_PORT}/healthz
     Redis / MongoDB    $REDIS_URL  $MONGO_URL
     logs               $LOGS/
+    dead letters       REDIS_URL=$REDIS_URL target/release/dlq list
   Ctrl-C stops everything.
 
 MSG

@@ -81,6 +81,8 @@ pub enum StatusChange {
 enum Abort {
     #[error("already processed")]
     Duplicate,
+    #[error("no such document")]
+    Missing,
     #[error("early: the delivery is {0:?}")]
     Early(DeliveryStatus),
     #[error(transparent)]
@@ -153,7 +155,10 @@ impl Store {
         match result {
             Ok(c) => Ok(c),
             Err(Abort::Duplicate) => Ok(Creation::Duplicate),
-            Err(Abort::Early(_)) => unreachable!("creation is never early"),
+            // Creation neither waits for a predecessor nor looks a delivery up.
+            Err(other @ (Abort::Early(_) | Abort::Missing)) => {
+                Err(mongodb::error::Error::custom(other.to_string()))
+            }
             Err(Abort::Mongo(e)) => Err(e),
         }
     }
@@ -236,6 +241,7 @@ impl Store {
         match result {
             Ok(c) => Ok(c),
             Err(Abort::Duplicate) => Ok(StatusChange::Duplicate),
+            Err(Abort::Missing) => Ok(StatusChange::Missing),
             Err(Abort::Early(current)) => Ok(StatusChange::Early(current)),
             Err(Abort::Mongo(e)) => Err(e),
         }
@@ -261,7 +267,7 @@ impl Store {
             .session(&mut *s)
             .await?
         else {
-            return Ok(StatusChange::Missing);
+            return Err(Abort::Missing);
         };
         match current.status.transition(to) {
             Transition::Stale => return Ok(StatusChange::Stale(current.status)),
@@ -281,7 +287,7 @@ impl Store {
             .session(&mut *s)
             .await?;
         let Some(delivery) = updated else {
-            return Ok(StatusChange::Missing);
+            return Err(Abort::Missing);
         };
         let event =
             events::delivery_status_updated(&delivery, current.status, &cause.correlation_id);

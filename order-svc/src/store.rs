@@ -164,6 +164,8 @@ pub enum StatusChange {
 enum ApplyError {
     #[error("already processed")]
     Duplicate,
+    #[error("no such document")]
+    Missing,
     #[error("early: the order is {0:?}")]
     Early(OrderStatus),
     #[error(transparent)]
@@ -422,6 +424,7 @@ impl Store {
         match result {
             Ok(change) => Ok(change),
             Err(ApplyError::Duplicate) => Ok(StatusChange::Duplicate),
+            Err(ApplyError::Missing) => Ok(StatusChange::Missing),
             Err(ApplyError::Early(current)) => Ok(StatusChange::Early(current)),
             Err(ApplyError::Mongo(e)) => Err(e),
         }
@@ -447,7 +450,7 @@ impl Store {
             .session(&mut *s)
             .await?
         else {
-            return Ok(StatusChange::Missing);
+            return Err(ApplyError::Missing);
         };
         match order.status.transition(to) {
             Transition::Stale => return Ok(StatusChange::Stale(order.status)),
@@ -470,7 +473,7 @@ impl Store {
         // The version guard cannot miss inside a transaction: a concurrent
         // change would have been a write conflict (and a retry).
         let Some(order) = updated else {
-            return Ok(StatusChange::Missing);
+            return Err(ApplyError::Missing);
         };
         let previous = order_previous(to);
         let event = events::order_status_updated(&order, previous, &cause.correlation_id);

@@ -530,3 +530,27 @@ async fn out_of_order_and_duplicate_statuses_never_move_an_order_backwards() {
     assert_eq!(other["status"], "created", "never applied");
     sys.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_for_an_unknown_order_is_dead_lettered_not_swallowed() {
+    // Regression: the inbox claim used to commit with "no such order", so
+    // the retry found the event "already processed" and acknowledged it.
+    let sys = System::start().await;
+    let ghost = "65f1a2b3c4d5e6f708192a3b";
+    xadd(
+        &sys,
+        Stream::OrderStatus,
+        &kitchen(ghost, OrderStatus::Confirmed),
+    )
+    .await;
+    let dead = eventually("dead letter", T, || async {
+        sys.stream(Stream::DeadLetters)
+            .await
+            .first()
+            .map(|e| DeadLetter::from_entry(e).unwrap())
+    })
+    .await;
+    assert_eq!((dead.reason.as_str(), dead.attempts), ("max_attempts", 5));
+    assert!(dead.error.contains("does not exist"), "{}", dead.error);
+    sys.shutdown().await;
+}
