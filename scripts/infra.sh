@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Local infrastructure for foodchain: Redis (AOF on) and MongoDB (replica set).
 #
-#   scripts/infra.sh deps     install redis-server; build SecantusDB once if no mongod
+#   scripts/infra.sh deps     install redis-server and promtool; build SecantusDB once if no mongod
 #   scripts/infra.sh up       start both (idempotent), print their URLs
 #   scripts/infra.sh down     stop both (data is kept under $INFRA_DIR)
 #   scripts/infra.sh status   say what runs
@@ -28,6 +28,7 @@ MONGO_CACHE_SIZE=${MONGO_CACHE_SIZE:-256M}
 SECANTUS_VERSION=0.5.3-beta.196
 SECANTUS_ROOT=${SECANTUS_ROOT:-${XDG_CACHE_HOME:-$HOME/.cache}/foodchain/secantus}
 SECANTUS_BIN=$SECANTUS_ROOT/bin/secantusd-rs
+TOOLS_DIR=${XDG_CACHE_HOME:-$HOME/.cache}/foodchain/tools
 
 REDIS_URL="redis://127.0.0.1:$REDIS_PORT"
 MONGO_URL="mongodb://127.0.0.1:$MONGO_PORT/?directConnection=true"
@@ -62,6 +63,17 @@ cmd_deps() {
     die "cargo not found: install Rust (https://rustup.rs), then run this again"
   if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
     apt_install redis-server redis-tools
+  fi
+  # promtool (checks /metrics output in the tests): taken out of Debian's
+  # prometheus package without installing it (no service gets started).
+  if ! command -v promtool >/dev/null 2>&1 && [ ! -x "$TOOLS_DIR/promtool" ]; then
+    say "fetching promtool into $TOOLS_DIR"
+    local tmp; tmp=$(mktemp -d)
+    (cd "$tmp" && apt-get download prometheus >/dev/null 2>&1) ||
+      { as_root apt-get update -qq >/dev/null && (cd "$tmp" && apt-get download prometheus >/dev/null); }
+    dpkg-deb -x "$tmp"/prometheus_*.deb "$tmp/x"
+    mkdir -p "$TOOLS_DIR" && cp "$tmp/x/usr/bin/promtool" "$TOOLS_DIR/promtool"
+    rm -rf "$tmp"
   fi
   if [ "$(mongo_kind)" = secantus ] && [ ! -x "$SECANTUS_BIN" ]; then
     command -v cmake >/dev/null 2>&1 || apt_install cmake

@@ -910,37 +910,22 @@ impl<H: Handler> Inner<H> {
             .query_async(&mut self.conn.clone())
             .await?;
         for info in stream_entry::array(reply)? {
-            let fields = match info {
-                Value::Map(m) => m,
-                other => {
-                    let flat = stream_entry::array(other)?;
-                    flat.chunks(2)
-                        .filter_map(|kv| Some((kv.first()?.clone(), kv.get(1)?.clone())))
-                        .collect()
-                }
-            };
-            let get = |name: &str| {
-                fields
-                    .iter()
-                    .find(|(k, _)| stream_entry::text(k).is_ok_and(|k| k == name))
-                    .map(|(_, v)| v)
-            };
-            let (Some(name), Some(pending), Some(idle)) =
-                (get("name"), get("pending"), get("idle"))
-            else {
+            let fields = stream_entry::fields_of(info);
+            let (Some(name), Some(pending), Some(idle)) = (
+                fields.get("name"),
+                fields.get("pending"),
+                fields.get("idle"),
+            ) else {
                 continue;
             };
-            let name = stream_entry::text(name)?;
-            let idle = Duration::from_millis(u64::try_from(stream_entry::int(idle)?).unwrap_or(0));
-            if name != self.cfg.consumer
-                && stream_entry::int(pending)? == 0
-                && idle > FORGET_IDLE_CONSUMERS_AFTER
-            {
+            let idle = Duration::from_millis(idle.parse().unwrap_or(0));
+            let pending: u64 = pending.parse().unwrap_or(1);
+            if *name != self.cfg.consumer && pending == 0 && idle > FORGET_IDLE_CONSUMERS_AFTER {
                 redis::cmd("XGROUP")
                     .arg("DELCONSUMER")
                     .arg(&self.cfg.stream)
                     .arg(&self.cfg.group)
-                    .arg(&name)
+                    .arg(name)
                     .query_async::<()>(&mut self.conn.clone())
                     .await?;
                 info!(consumer = %name, "forgot an idle consumer");

@@ -20,6 +20,7 @@
 //! | [`dead_letter`] | the `dead-letters` entry format and the atomic move-and-ack script |
 //! | [`stream_entry`] | raw stream entries and the reply parsers |
 //! | [`redis_conn`] | connection set-up (timeouts that fit blocking reads, reconnects) |
+//! | [`metrics`] | the Prometheus recorder, HTTP metrics by route template |
 //! | [`mongo`] | client set-up and the retried multi-document transaction |
 //! | [`telemetry`] | tracing: JSON logs on stdout, optional Loki shipping |
 //! | [`shutdown`] | one cancellation token cancelled by SIGINT / SIGTERM |
@@ -59,6 +60,7 @@ pub mod events;
 pub mod failpoint;
 pub mod http;
 pub mod inbox;
+pub mod metrics;
 pub mod mongo;
 pub mod outbox;
 pub mod publisher;

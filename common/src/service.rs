@@ -47,7 +47,6 @@ pub enum StartError {
 }
 
 /// Connections, health, background tasks and shutdown of one service.
-#[derive(Debug)]
 pub struct Runtime {
     /// The settings it was built from.
     pub settings: CommonSettings,
@@ -62,17 +61,46 @@ pub struct Runtime {
     /// Every background task. Dropping the runtime (or the future of a
     /// service's `run`) aborts them all, as a killed process would.
     tasks: std::sync::Mutex<JoinSet<()>>,
+    /// Gauges refreshed on every scrape of `/metrics`.
+    samplers: std::sync::Mutex<Vec<Sampler>>,
     shutdown: CancellationToken,
     initialised: CancellationToken,
 }
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("service", &self.settings.service_name)
+            .finish_non_exhaustive()
+    }
+}
+
+type Sampler = Arc<dyn Fn() -> crate::mongo::BoxFuture<'static, ()> + Send + Sync>;
 
 impl Runtime {
     /// Sets up the Redis client (no I/O yet).
     pub fn new(settings: &CommonSettings, shutdown: CancellationToken) -> Result<Self, StartError> {
         let redis = redis_conn::client(&settings.redis_url)?;
         let conn = redis_conn::commands(&redis)?;
+        // Before anything records a metric.
+        crate::metrics::handle();
         let health = Health::new(&settings.service_name, conn.clone());
         let publisher = Publisher::new(conn.clone(), settings.namespace(), settings.stream_maxlen);
+        let dead_letters = settings.namespace().stream(Stream::DeadLetters);
+        let c = conn.clone();
+        let dead_letter_gauge: Sampler = Arc::new(move || {
+            let (mut c, key) = (c.clone(), dead_letters.clone());
+            Box::pin(async move {
+                if let Ok(n) = redis::cmd("XLEN")
+                    .arg(&key)
+                    .query_async::<u64>(&mut c)
+                    .await
+                {
+                    #[allow(clippy::cast_precision_loss)]
+                    metrics::gauge!("dead_letters").set(n as f64);
+                }
+            })
+        });
         Ok(Self {
             settings: settings.clone(),
             redis,
@@ -80,6 +108,7 @@ impl Runtime {
             health,
             publisher,
             tasks: std::sync::Mutex::new(JoinSet::new()),
+            samplers: std::sync::Mutex::new(vec![dead_letter_gauge]),
             shutdown,
             initialised: CancellationToken::new(),
         })
@@ -156,6 +185,7 @@ impl Runtime {
             handler,
         )?;
         self.health.watch(consumer.status());
+        self.sample_group(stream, group);
         let (shutdown, initialised) = (self.shutdown.clone(), self.initialised.clone());
         self.spawn_task(async move {
             tokio::select! {
@@ -165,6 +195,60 @@ impl Runtime {
             consumer.run(shutdown).await;
         });
         Ok(())
+    }
+
+    /// Refreshes a gauge on every scrape of `/metrics` (bounded to 2 s).
+    pub fn sampler<F, Fut>(&self, sample: F)
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let sampler: Sampler = Arc::new(move || Box::pin(sample()));
+        self.samplers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(sampler);
+    }
+
+    /// `consumer_group_lag` and `consumer_group_pending` of one group.
+    fn sample_group(&self, stream: Stream, group: &str) {
+        let (conn, key, group) = (
+            self.conn.clone(),
+            self.namespace().stream(stream),
+            group.to_owned(),
+        );
+        self.sampler(move || {
+            let (mut conn, key, group) = (conn.clone(), key.clone(), group.clone());
+            async move {
+                let Ok(reply) = redis::cmd("XINFO")
+                    .arg("GROUPS")
+                    .arg(&key)
+                    .query_async::<redis::Value>(&mut conn)
+                    .await
+                else {
+                    return;
+                };
+                for info in crate::stream_entry::array(reply).unwrap_or_default() {
+                    let fields = crate::stream_entry::fields_of(info);
+                    if fields.get("name").map(String::as_str) != Some(group.as_str()) {
+                        continue;
+                    }
+                    let labels = [
+                        ("stream", stream.name().to_owned()),
+                        ("group", group.clone()),
+                    ];
+                    for (field, gauge) in [
+                        ("lag", "consumer_group_lag"),
+                        ("pending", "consumer_group_pending"),
+                    ] {
+                        // `lag` is unknown (nil) right after some trims; skip it then.
+                        if let Some(v) = fields.get(field).and_then(|v| v.parse::<f64>().ok()) {
+                            metrics::gauge!(gauge, &labels).set(v);
+                        }
+                    }
+                }
+            }
+        });
     }
 
     /// Runs a background task until shutdown (it gets the token).
@@ -192,6 +276,16 @@ impl Runtime {
             settings,
         );
         self.spawn(|token| relay.run(token));
+        let (outbox, service) = (outbox.clone(), self.settings.service_name.clone());
+        self.sampler(move || {
+            let (outbox, service) = (outbox.clone(), service.clone());
+            async move {
+                if let Ok(n) = outbox.backlog().await {
+                    #[allow(clippy::cast_precision_loss)]
+                    metrics::gauge!("outbox_backlog", "service" => service).set(n as f64);
+                }
+            }
+        });
     }
 
     /// Runs `sweep` every `every` until shutdown (retention clean-ups).
@@ -210,18 +304,44 @@ impl Runtime {
         });
     }
 
-    /// Serves `router` (plus `/healthz`, `/readyz`) on `listener` until
-    /// shutdown, then drains every task.
+    /// Serves `router` (plus `/healthz`, `/readyz`, `/metrics`) on `listener`
+    /// until shutdown, then drains every task.
     pub async fn serve(self, listener: TcpListener, router: Router) -> Result<(), StartError> {
-        let app = router.merge(health_routes(self.health.clone())).layer(
-            TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
-                let route = req
-                    .extensions()
-                    .get::<MatchedPath>()
-                    .map_or("unmatched", MatchedPath::as_str);
-                info_span!("http", method = %req.method(), route = %route)
+        let samplers = self
+            .samplers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let metrics = Router::new().route(
+            "/metrics",
+            axum::routing::get(move || {
+                let samplers = samplers.clone();
+                async move {
+                    let refresh = futures::future::join_all(samplers.iter().map(|s| s()));
+                    let _ = tokio::time::timeout(Duration::from_secs(2), refresh).await;
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "text/plain; version=0.0.4; charset=utf-8",
+                        )],
+                        crate::metrics::handle().render(),
+                    )
+                }
             }),
         );
+        let app = router
+            .merge(health_routes(self.health.clone()))
+            .merge(metrics)
+            .layer(axum::middleware::from_fn(crate::metrics::track_http))
+            .layer(
+                TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+                    let route = req
+                        .extensions()
+                        .get::<MatchedPath>()
+                        .map_or("unmatched", MatchedPath::as_str);
+                    info_span!("http", method = %req.method(), route = %route)
+                }),
+            );
         info!(addr = %listener.local_addr()?, service = %self.settings.service_name, "listening");
         let result = axum::serve(listener, app)
             .with_graceful_shutdown(self.shutdown.clone().cancelled_owned())

@@ -126,3 +126,24 @@ pub fn xread(v: Value) -> Result<Vec<(String, Vec<StreamEntry>)>, ReplyError> {
         .map(|(k, v)| Ok((text(&k)?, entries(v)?)))
         .collect()
 }
+
+/// A reply that is a field/value map (RESP3 map or RESP2 flat array, as
+/// `XINFO` returns), as text.
+pub fn fields_of(v: Value) -> std::collections::HashMap<String, String> {
+    let pairs: Vec<(Value, Value)> = match v {
+        Value::Map(m) => m,
+        other => {
+            let flat = array(other).unwrap_or_default();
+            let mut it = flat.into_iter();
+            let mut pairs = Vec::new();
+            while let (Some(k), Some(v)) = (it.next(), it.next()) {
+                pairs.push((k, v));
+            }
+            pairs
+        }
+    };
+    pairs
+        .into_iter()
+        .filter_map(|(k, v)| Some((text(&k).ok()?, text(&v).ok()?)))
+        .collect()
+}

@@ -56,6 +56,12 @@ pub async fn run(
     )?;
 
     let hub = Hub::new(settings.recent_ttl);
+    let h = hub.clone();
+    rt.sampler(move || {
+        #[allow(clippy::cast_precision_loss)]
+        metrics::gauge!("websocket_sessions").set(h.subscribers() as f64);
+        std::future::ready(())
+    });
     let tail_conn = redis_conn::blocking(&rt.redis, Duration::from_secs(1))?;
     let (h, ns) = (hub.clone(), rt.namespace());
     rt.spawn(move |token| hub::tail(h, tail_conn, ns, token));

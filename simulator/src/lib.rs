@@ -102,6 +102,16 @@ pub async fn run(
             timers: timers.clone(),
         },
     )?;
+    let t = timers.clone();
+    rt.sampler(move || {
+        let t = t.clone();
+        async move {
+            if let Ok(n) = t.pending().await {
+                #[allow(clippy::cast_precision_loss)]
+                metrics::gauge!("simulator_timers_pending").set(n as f64);
+            }
+        }
+    });
     rt.spawn(|token| timers.run(token));
     rt.serve(listener, Router::new()).await
 }

@@ -5,5 +5,6 @@
 
 mod effectively_once;
 mod flow;
+mod ops;
 mod order_api;
 mod tracker;
