@@ -10,7 +10,7 @@
 # Settings (env, with defaults):
 #   INFRA_DIR=<repo>/.infra         data, pid files and logs (git-ignored)
 #   REDIS_PORT=16379                MONGO_PORT=37017
-#   REDIS_APPENDFSYNC=everysec      AOF fsync policy
+#   REDIS_APPENDFSYNC=always        AOF fsync policy (why: docs/delivery-guarantees.md)
 #   MONGO_CACHE_SIZE=256M           SecantusDB WiredTiger cache
 #   SECANTUS_ROOT=${XDG_CACHE_HOME:-~/.cache}/foodchain/secantus   where SecantusDB is built once
 #
@@ -23,7 +23,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 INFRA_DIR=${INFRA_DIR:-$ROOT/.infra}
 REDIS_PORT=${REDIS_PORT:-16379}
 MONGO_PORT=${MONGO_PORT:-37017}
-REDIS_APPENDFSYNC=${REDIS_APPENDFSYNC:-everysec}
+REDIS_APPENDFSYNC=${REDIS_APPENDFSYNC:-always}
 MONGO_CACHE_SIZE=${MONGO_CACHE_SIZE:-256M}
 SECANTUS_VERSION=0.5.3-beta.196
 SECANTUS_ROOT=${SECANTUS_ROOT:-${XDG_CACHE_HOME:-$HOME/.cache}/foodchain/secantus}

@@ -42,6 +42,8 @@ if "$BIN/order-svc" --help 2>/dev/null | grep -q seed-menu; then
   "$BIN/order-svc" seed-menu
 fi
 
+# The tracker page (on notify-svc) calls order-svc, on another port here.
+export ORDER_API_URL=${ORDER_API_URL:-http://127.0.0.1:$ORDER_PORT}
 start() { # <binary> <port>
   PORT=$2 "$BIN/$1" >>"$LOGS/$1.log" 2>&1 &
   pids+=($!)

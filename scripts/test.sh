@@ -13,4 +13,6 @@ say "clippy"
 cargo clippy --workspace --all-targets --locked --quiet -- -D warnings
 say "tests"
 cargo test --workspace --locked
+say "deployment files (compose, Helm, k8s-jobs), validated offline"
+scripts/validate-deploy.sh
 say "all green"

