@@ -131,13 +131,12 @@ async fn track(
         match st.snapshot(&id).await {
             Ok(snapshot) => {
                 let updates = &mut subscription.updates;
+                // While a status is missing, the stored timeline is read again.
+                let refresh = || async { st.store.entries(&id).await.unwrap_or_default() };
+                let (keep_alive, gaps) = (st.keep_alive, ws::Gaps::default());
+                let shutdown = st.shutdown.clone();
                 ws::session(
-                    tx,
-                    rx,
-                    snapshot,
-                    updates,
-                    st.keep_alive,
-                    st.shutdown.clone(),
+                    tx, rx, snapshot, updates, keep_alive, gaps, refresh, shutdown,
                 )
                 .await;
             }

@@ -9,7 +9,11 @@
 //!
 //! where an entry is `{"event_id", "kind": "order"|"delivery", "status", "version", "at", "delivery_id"?}`.
 //! The snapshot comes first, then one update per new status, in order, never
-//! one the client already has. The server pings every `WS_PING_INTERVAL_MS`
+//! one the client already has. The client only ever holds a contiguous prefix
+//! of the flow: a status whose predecessor this replica has not seen yet (it
+//! may be pending at a replica that died, until it is taken over) is held
+//! back while the stored timeline is read again every 500 ms, and sent, in
+//! order, once the hole is filled (or after 30 s regardless). The server pings every `WS_PING_INTERVAL_MS`
 //! and closes a socket whose pong has not come within `WS_PONG_TIMEOUT_MS`.
 //! Close codes: 1001 when the server shuts down, 1011 when the timeline cannot
 //! be loaded, 1013 when the client fell behind (reconnect for a fresh snapshot).
@@ -67,26 +71,144 @@ pub fn snapshot_message(s: &Snapshot) -> serde_json::Value {
     json!({ "type": "snapshot", "order_id": s.order_id, "status": s.status, "delivery": s.delivery, "timeline": s.timeline })
 }
 
+/// How a session deals with holes in what it knows.
+#[derive(Debug, Clone, Copy)]
+pub struct Gaps {
+    /// How often the stored timeline is read again while entries are held.
+    pub refresh_every: Duration,
+    /// After this long with a hole, what is held is sent anyway.
+    pub give_up_after: Duration,
+}
+
+impl Default for Gaps {
+    fn default() -> Self {
+        Self {
+            refresh_every: Duration::from_millis(500),
+            give_up_after: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What the client has been sent, out of what the session knows.
+///
+/// The client only ever gets a *contiguous prefix* of the flow (created,
+/// confirmed, preparing, ...). An entry that would leave a hole (its
+/// predecessor is still pending in a dead replica's group, say) is held until
+/// the predecessor turns up, so the client sees every status, in order.
+#[derive(Debug)]
+struct Feed {
+    known: Snapshot,
+    sent: usize,
+    hole_since: Option<Instant>,
+}
+
+impl Feed {
+    fn new(known: Snapshot) -> Self {
+        let mut feed = Self {
+            known,
+            sent: 0,
+            hole_since: None,
+        };
+        feed.sent = feed.contiguous();
+        feed.note_hole();
+        feed
+    }
+
+    /// Entries at the start of the timeline whose stages have no gap.
+    fn contiguous(&self) -> usize {
+        self.known
+            .timeline
+            .iter()
+            .enumerate()
+            .take_while(|(i, e)| e.stage() == *i)
+            .count()
+    }
+
+    fn note_hole(&mut self) {
+        if self.known.timeline.len() > self.sent {
+            self.hole_since.get_or_insert_with(Instant::now);
+        } else {
+            self.hole_since = None;
+        }
+    }
+
+    fn prefix(&self, n: usize) -> Snapshot {
+        Snapshot::from_entries(
+            &self.known.order_id,
+            self.known.timeline[..n].iter().cloned(),
+        )
+    }
+
+    fn snapshot(&self) -> serde_json::Value {
+        snapshot_message(&self.prefix(self.sent))
+    }
+
+    /// Learns entries; returns the update messages now due, in order.
+    fn learn(
+        &mut self,
+        entries: impl IntoIterator<Item = Entry>,
+        gaps: Gaps,
+    ) -> Vec<serde_json::Value> {
+        for e in entries {
+            self.known.add(e);
+        }
+        let give_up = self
+            .hole_since
+            .is_some_and(|t| t.elapsed() >= gaps.give_up_after);
+        let target = if give_up {
+            self.known.timeline.len()
+        } else {
+            self.contiguous()
+        };
+        if give_up && target > self.contiguous() {
+            tracing::warn!(order_id = %self.known.order_id, "a status never arrived; sending the later ones anyway");
+        }
+        let mut out = Vec::new();
+        while self.sent < target {
+            self.sent += 1;
+            let now = self.prefix(self.sent);
+            out.push(json!({
+                "type": "update",
+                "order_id": now.order_id,
+                "status": now.status,
+                "delivery": now.delivery,
+                "entry": self.known.timeline[self.sent - 1],
+            }));
+        }
+        self.note_hole();
+        out
+    }
+}
+
 /// Runs a session: snapshot, then updates and keep-alive until it ends.
-pub async fn session<S, R, E>(
+/// `refresh` reads the stored timeline again (used while a hole is open).
+#[allow(clippy::too_many_arguments)]
+pub async fn session<S, R, E, F, Fut>(
     mut tx: S,
     mut rx: R,
-    mut snapshot: Snapshot,
+    snapshot: Snapshot,
     updates: &mut mpsc::Receiver<Entry>,
     keep_alive: KeepAlive,
+    gaps: Gaps,
+    refresh: F,
     shutdown: CancellationToken,
 ) -> End
 where
     S: Sink<Message> + Unpin,
     R: Stream<Item = Result<Message, E>> + Unpin,
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Vec<Entry>>,
 {
-    if tx.send(text(&snapshot_message(&snapshot))).await.is_err() {
+    let mut feed = Feed::new(snapshot);
+    if tx.send(text(&feed.snapshot())).await.is_err() {
         return End::ClientGone;
     }
     let mut next_ping = Instant::now() + keep_alive.ping_interval;
     let mut pong_due: Option<Instant> = None;
-    let end = loop {
+    let mut next_refresh = Instant::now() + gaps.refresh_every;
+    let end = 'session: loop {
         let deadline = pong_due.map_or(next_ping, |due| due.min(next_ping));
+        let mut due = Vec::new();
         tokio::select! {
             () = shutdown.cancelled() => {
                 let _ = tx.send(close(1001, "server shutting down")).await;
@@ -97,19 +219,11 @@ where
                     let _ = tx.send(close(1013, "too slow: reconnect for a fresh snapshot")).await;
                     break End::Lagging;
                 };
-                if !snapshot.add(entry.clone()) {
-                    continue;
-                }
-                let msg = json!({
-                    "type": "update",
-                    "order_id": snapshot.order_id,
-                    "status": snapshot.status,
-                    "delivery": snapshot.delivery,
-                    "entry": entry,
-                });
-                if tx.send(text(&msg)).await.is_err() {
-                    break End::ClientGone;
-                }
+                due = feed.learn([entry], gaps);
+            }
+            () = tokio::time::sleep_until(next_refresh), if feed.hole_since.is_some() => {
+                due = feed.learn(refresh().await, gaps);
+                next_refresh = Instant::now() + gaps.refresh_every;
             }
             incoming = rx.next() => match incoming {
                 Some(Ok(Message::Pong(_))) => pong_due = None,
@@ -131,8 +245,13 @@ where
                 }
             }
         }
+        for msg in due {
+            if tx.send(text(&msg)).await.is_err() {
+                break 'session End::ClientGone;
+            }
+        }
     };
-    debug!(?end, order_id = %snapshot.order_id, "tracker session ended");
+    debug!(?end, order_id = %feed.known.order_id, "tracker session ended");
     end
 }
 
@@ -162,6 +281,133 @@ mod tests {
         }
     }
 
+    async fn no_refresh() -> Vec<Entry> {
+        Vec::new()
+    }
+
+    fn stage_entry(id: &str, kind: Kind, status: &str) -> Entry {
+        Entry {
+            event_id: id.into(),
+            kind,
+            status: status.into(),
+            version: 1,
+            at: Utc::now(),
+            delivery_id: None,
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hole_is_held_back_until_the_store_fills_it_then_sent_in_order() {
+        let (out_tx, mut out_rx) = fmpsc::unbounded::<Message>();
+        let (_in_tx, in_rx) = fmpsc::unbounded::<Result<Message, ()>>();
+        let (up_tx, up_rx) = mpsc::channel(8);
+        // Known: created, confirmed, out_for_delivery ("preparing" is missing).
+        let snap = Snapshot::from_entries(
+            "o1",
+            [
+                entry("a", "created", 1),
+                entry("b", "confirmed", 2),
+                entry("d", "out_for_delivery", 4),
+            ],
+        );
+        let store_has_it = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = store_has_it.clone();
+        let refresh = move || {
+            let flag = flag.clone();
+            async move {
+                if flag.load(std::sync::atomic::Ordering::SeqCst) {
+                    vec![entry("c", "preparing", 3)]
+                } else {
+                    Vec::new()
+                }
+            }
+        };
+        let task = tokio::spawn(async move {
+            session(
+                out_tx,
+                in_rx,
+                snap,
+                &mut { up_rx },
+                KA,
+                Gaps::default(),
+                refresh,
+                CancellationToken::new(),
+            )
+            .await
+        });
+        let first = parse(out_rx.next().await.unwrap());
+        let statuses: Vec<&str> = first["timeline"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["status"].as_str().unwrap())
+            .collect();
+        assert_eq!(
+            statuses,
+            ["created", "confirmed"],
+            "only the contiguous prefix"
+        );
+        assert_eq!(first["status"], "confirmed");
+        // A later live update is held too.
+        up_tx
+            .send(stage_entry("e", Kind::Delivery, "waiting_for_pickup"))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        store_has_it.store(true, std::sync::atomic::Ordering::SeqCst);
+        let order: Vec<String> = [
+            parse(out_rx.next().await.unwrap()),
+            parse(out_rx.next().await.unwrap()),
+            parse(out_rx.next().await.unwrap()),
+        ]
+        .iter()
+        .map(|m| m["entry"]["status"].as_str().unwrap().to_owned())
+        .collect();
+        assert_eq!(
+            order,
+            ["preparing", "out_for_delivery", "waiting_for_pickup"]
+        );
+        drop(up_tx);
+        let _ = task.await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_hole_that_never_fills_is_given_up_on() {
+        let (out_tx, mut out_rx) = fmpsc::unbounded::<Message>();
+        let (_in_tx, in_rx) = fmpsc::unbounded::<Result<Message, ()>>();
+        let (_up_tx, up_rx) = mpsc::channel(8);
+        let snap =
+            Snapshot::from_entries("o1", [entry("a", "created", 1), entry("c", "preparing", 3)]);
+        let gaps = Gaps {
+            refresh_every: Duration::from_millis(500),
+            give_up_after: Duration::from_secs(5),
+        };
+        let _task = tokio::spawn(async move {
+            session(
+                out_tx,
+                in_rx,
+                snap,
+                &mut { up_rx },
+                KA,
+                gaps,
+                no_refresh,
+                CancellationToken::new(),
+            )
+            .await
+        });
+        assert_eq!(
+            parse(out_rx.next().await.unwrap())["timeline"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
+        let started = Instant::now();
+        let late = parse(out_rx.next().await.unwrap());
+        assert_eq!(late["entry"]["status"], "preparing");
+        assert!(started.elapsed() >= Duration::from_secs(5));
+    }
+
     const KA: KeepAlive = KeepAlive {
         ping_interval: Duration::from_secs(20),
         pong_timeout: Duration::from_secs(10),
@@ -175,10 +421,19 @@ mod tests {
         let snap = Snapshot::from_entries("o1", [entry("a", "created", 1)]);
         let token = CancellationToken::new();
         let token2 = token.clone();
-        let task =
-            tokio::spawn(
-                async move { session(out_tx, in_rx, snap, &mut { up_rx }, KA, token2).await },
-            );
+        let task = tokio::spawn(async move {
+            session(
+                out_tx,
+                in_rx,
+                snap,
+                &mut { up_rx },
+                KA,
+                Gaps::default(),
+                no_refresh,
+                token2,
+            )
+            .await
+        });
         up_tx.send(entry("a", "created", 1)).await.unwrap(); // already in the snapshot
         up_tx.send(entry("b", "confirmed", 2)).await.unwrap();
         let first = parse(out_rx.next().await.unwrap());
@@ -210,6 +465,8 @@ mod tests {
                 Snapshot::empty("o1"),
                 &mut { up_rx },
                 KA,
+                Gaps::default(),
+                no_refresh,
                 CancellationToken::new(),
             )
             .await
@@ -240,6 +497,8 @@ mod tests {
             Snapshot::empty("o1"),
             &mut { up_rx },
             KA,
+            Gaps::default(),
+            no_refresh,
             CancellationToken::new(),
         )
         .await;

@@ -268,6 +268,11 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}", self.port)
     }
 
+    /// The data directory (the AOF lives in `appendonlydir/` under it).
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     /// The port.
     pub fn port(&self) -> u16 {
         self.port
