@@ -15,4 +15,6 @@ say "tests"
 cargo test --workspace --locked
 say "deployment files (compose, Helm, k8s-jobs), validated offline"
 scripts/validate-deploy.sh
+say "chaos (short run)"
+tests/chaos/short.sh
 say "all green"

@@ -1,0 +1,278 @@
+//! The faults, and how each is injected and measured.
+
+use std::time::{Duration, Instant};
+
+use common::streams::{Namespace, Stream};
+use rand::{Rng, SeedableRng, rngs::StdRng, seq::SliceRandom};
+use serde::Serialize;
+use tokio::sync::mpsc;
+
+use crate::{
+    cluster::{Cluster, REPLICAS, Svc},
+    load::AcceptedBy,
+};
+
+/// A kind of fault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Fault {
+    /// kill -9 the order-svc replica that just answered 201.
+    KillOrderAfterAccept,
+    /// kill -9 the replica holding an outbox relay lease.
+    KillRelayHolder,
+    /// kill -9 a delivery-svc replica while orders flow.
+    KillDeliveryMidBatch,
+    /// kill -9 a notify-svc replica with trackers connected.
+    KillNotifyWithTrackers,
+    /// kill -9 a simulator replica while timers are pending.
+    KillSimulatorWithTimers,
+    /// SIGSTOP a consumer replica past the reclaim idle time, then SIGCONT.
+    PauseConsumer,
+    /// Graceful restart of Redis.
+    RestartRedis,
+    /// Graceful restart of MongoDB.
+    RestartMongo,
+    /// Malformed messages into every event stream.
+    Poison,
+    /// kill -9 of Redis (with the configured appendfsync), then start it again.
+    KillRedis,
+    /// What an OS crash does under `appendfsync everysec`: kill -9 Redis and
+    /// drop the AOF tail written during the last second (never fsynced).
+    LoseRedisLastSecond,
+}
+
+impl Fault {
+    /// The faults of a standard run (every kind but `kill-redis`, which has
+    /// its own scenario: it may break invariants by design).
+    pub const STANDARD: [Fault; 9] = [
+        Fault::KillOrderAfterAccept,
+        Fault::KillRelayHolder,
+        Fault::KillDeliveryMidBatch,
+        Fault::KillNotifyWithTrackers,
+        Fault::KillSimulatorWithTimers,
+        Fault::PauseConsumer,
+        Fault::RestartRedis,
+        Fault::RestartMongo,
+        Fault::Poison,
+    ];
+}
+
+/// One injected fault and how the system took it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Injected {
+    /// What.
+    pub fault: Fault,
+    /// Seconds after the load started.
+    pub at_secs: f64,
+    /// Which part.
+    pub target: String,
+    /// From the fault until every replica answered ready again.
+    pub recovery_secs: Option<f64>,
+    /// Anything worth saying.
+    pub note: String,
+}
+
+/// A schedule: `count` faults drawn from `kinds`, each kind at least once
+/// (as far as `count` allows), in a seeded random order.
+pub fn schedule(kinds: &[Fault], count: usize, seed: u64) -> Vec<Fault> {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed);
+    let mut out: Vec<Fault> = kinds.iter().copied().cycle().take(count).collect();
+    out.shuffle(&mut rng);
+    out
+}
+
+/// Injects one fault; waits for the system to be ready again.
+pub async fn inject(
+    cluster: &Cluster,
+    conn: &mut redis::aio::ConnectionManager,
+    fault: Fault,
+    accepted: &mut mpsc::UnboundedReceiver<AcceptedBy>,
+    poison: &mut Vec<(Stream, String)>,
+    rng: &mut StdRng,
+    load_started: Instant,
+) -> anyhow::Result<Injected> {
+    let at_secs = load_started.elapsed().as_secs_f64();
+    let started = Instant::now();
+    let mut note = String::new();
+    let target = match fault {
+        Fault::KillOrderAfterAccept => {
+            while accepted.try_recv().is_ok() {}
+            let by = tokio::time::timeout(Duration::from_secs(30), accepted.recv())
+                .await
+                .ok()
+                .flatten();
+            let replica = by
+                .and_then(|b| {
+                    (0..REPLICAS)
+                        .find(|r| cluster.url(Svc::OrderSvc, *r).as_deref() == Some(b.url.as_str()))
+                })
+                .unwrap_or(0);
+            kill_and_restart(cluster, Svc::OrderSvc, replica, rng).await?
+        }
+        Fault::KillRelayHolder => {
+            let svc = if rng.random_bool(0.5) {
+                Svc::OrderSvc
+            } else {
+                Svc::DeliverySvc
+            };
+            let replica = cluster.lease_holder(conn, svc).await.unwrap_or(0);
+            note = format!("held the {} outbox lease", svc.name());
+            kill_and_restart(cluster, svc, replica, rng).await?
+        }
+        Fault::KillDeliveryMidBatch => {
+            let replica = rng.random_range(0..REPLICAS);
+            kill_and_restart(cluster, Svc::DeliverySvc, replica, rng).await?
+        }
+        Fault::KillNotifyWithTrackers => {
+            // Wait (up to 20 s) for a replica that has trackers connected.
+            let wait_until = Instant::now() + Duration::from_secs(20);
+            let (replica, sessions) = loop {
+                let best = busiest_notify(cluster).await.unwrap_or((0, 0.0));
+                if best.1 > 0.0 || Instant::now() > wait_until {
+                    break best;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            };
+            note = format!("{sessions} tracker(s) connected");
+            kill_and_restart(cluster, Svc::NotifySvc, replica, rng).await?
+        }
+        Fault::KillSimulatorWithTimers => {
+            let key = format!("{}simulator:timers", cluster.prefix);
+            let pending: usize = redis::cmd("ZCARD")
+                .arg(&key)
+                .query_async(conn)
+                .await
+                .unwrap_or(0);
+            note = format!("{pending} timer(s) pending");
+            let replica = rng.random_range(0..REPLICAS);
+            kill_and_restart(cluster, Svc::Simulator, replica, rng).await?
+        }
+        Fault::PauseConsumer => {
+            let svc = [Svc::DeliverySvc, Svc::OrderSvc, Svc::NotifySvc][rng.random_range(0..3)];
+            let replica = rng.random_range(0..REPLICAS);
+            cluster.pause(svc, replica)?;
+            // Past RECLAIM_MIN_IDLE_MS (2 s): its pending messages are taken over.
+            let pause = Duration::from_millis(rng.random_range(4500..7000));
+            tokio::time::sleep(pause).await;
+            cluster.resume(svc, replica)?;
+            note = format!("stopped {:.1}s", pause.as_secs_f64());
+            format!("{}/{replica}", svc.name())
+        }
+        Fault::RestartRedis => {
+            tokio::task::block_in_place(|| cluster.redis.restart());
+            "redis".into()
+        }
+        Fault::RestartMongo => {
+            tokio::task::block_in_place(|| cluster.mongo.restart());
+            "mongodb".into()
+        }
+        Fault::KillRedis => {
+            tokio::task::block_in_place(|| {
+                cluster.redis.kill();
+                std::thread::sleep(Duration::from_millis(500));
+                cluster.redis.restart();
+            });
+            "redis (kill -9)".into()
+        }
+        Fault::LoseRedisLastSecond => {
+            let (file, size) = aof_size_a_second_ago(cluster).await?;
+            tokio::task::block_in_place(|| -> anyhow::Result<()> {
+                cluster.redis.kill();
+                let before = std::fs::metadata(&file)?.len();
+                std::fs::OpenOptions::new()
+                    .write(true)
+                    .open(&file)?
+                    .set_len(size)?;
+                note = format!("dropped the last {} AOF bytes", before.saturating_sub(size));
+                cluster.redis.restart();
+                Ok(())
+            })?;
+            "redis (OS crash)".into()
+        }
+        Fault::Poison => {
+            let ns = Namespace::new(&cluster.prefix);
+            for stream in [
+                Stream::Orders,
+                Stream::Deliveries,
+                Stream::OrderStatus,
+                Stream::DeliveryStatus,
+                Stream::SimulateOrder,
+                Stream::SimulateDelivery,
+            ] {
+                let id: String = redis::cmd("XADD")
+                    .arg(ns.stream(stream))
+                    .arg("*")
+                    .arg("poison")
+                    .arg(format!("injected at {at_secs:.1}s"))
+                    .query_async(conn)
+                    .await?;
+                poison.push((stream, id));
+            }
+            note = "one malformed message per event stream".into();
+            "every stream".into()
+        }
+    };
+    let recovery = cluster
+        .wait_all_ready(Duration::from_secs(120))
+        .await
+        .ok()
+        .map(|_| started.elapsed().as_secs_f64());
+    Ok(Injected {
+        fault,
+        at_secs,
+        target,
+        recovery_secs: recovery,
+        note,
+    })
+}
+
+/// The incremental AOF file and its size one second ago.
+async fn aof_size_a_second_ago(cluster: &Cluster) -> anyhow::Result<(std::path::PathBuf, u64)> {
+    let dir = cluster.redis.dir().join("appendonlydir");
+    let file = std::fs::read_dir(&dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().ends_with(".incr.aof"))
+        .max()
+        .ok_or_else(|| anyhow::anyhow!("no incremental AOF in {}", dir.display()))?;
+    let size = std::fs::metadata(&file)?.len();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    Ok((file, size))
+}
+
+async fn kill_and_restart(
+    cluster: &Cluster,
+    svc: Svc,
+    replica: usize,
+    rng: &mut StdRng,
+) -> anyhow::Result<String> {
+    let target = format!("{}/{replica}", svc.name());
+    cluster.kill(svc, replica).await?;
+    // Down for a moment, as a crashed pod is before it is replaced.
+    tokio::time::sleep(Duration::from_millis(rng.random_range(300..2000))).await;
+    cluster.restart(svc, replica).await?;
+    Ok(target)
+}
+
+/// The notify replica with the most open WebSockets, and how many.
+async fn busiest_notify(cluster: &Cluster) -> Option<(usize, f64)> {
+    let mut best = None;
+    for r in 0..REPLICAS {
+        let Some(url) = cluster.url(Svc::NotifySvc, r) else {
+            continue;
+        };
+        let Ok(resp) = cluster.http.get(format!("{url}/metrics")).send().await else {
+            continue;
+        };
+        let text = resp.text().await.unwrap_or_default();
+        let sessions: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("websocket_sessions "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0);
+        if best.is_none_or(|(_, s)| sessions > s) {
+            best = Some((r, sessions));
+        }
+    }
+    best
+}

@@ -1,0 +1,487 @@
+//! `chaos`: prove, under faults, that nothing is lost, oversold or applied twice.
+//!
+//! * `chaos run`: starts Redis, MongoDB and two replicas of every service as
+//!   processes, drives load with trackers, injects faults on a seeded
+//!   schedule, then checks the invariants and prints a report (exit 1 on any
+//!   violation);
+//! * `chaos load`: only the load driver, against a running deployment;
+//! * `chaos check`: only the invariant checker, against any deployment.
+
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use common::streams::Namespace;
+use rand::{SeedableRng, rngs::StdRng};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use chaos::{
+    check::{self, Record, Target, Verdict},
+    cluster::{Cluster, Svc},
+    faults::{self, Fault, Injected},
+    load::{self, Accepted, LoadConfig, LoadResult, Targets, TrackerResult},
+};
+
+#[derive(Parser)]
+#[command(
+    version,
+    about = "Chaos runs for foodchain: load + faults + invariant checks"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start everything locally, load it, break it, check it.
+    Run(RunArgs),
+    /// Drive load against a running deployment and record what was accepted.
+    Load(LoadArgs),
+    /// Check the invariants of a running deployment.
+    Check(CheckArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Orders to place.
+    #[arg(long, default_value_t = 300)]
+    orders: usize,
+    /// Orders per second.
+    #[arg(long, default_value_t = 5.0)]
+    rate: f64,
+    /// Faults to inject (default: one of each standard kind).
+    #[arg(long)]
+    faults: Option<usize>,
+    /// Only these kinds (repeatable); default: every kind except kill-redis.
+    #[arg(long = "fault", value_enum)]
+    kinds: Vec<Fault>,
+    /// Fraction of accepted orders tracked over WebSocket.
+    #[arg(long, default_value_t = 0.1)]
+    track: f64,
+    /// Redis appendfsync policy.
+    #[arg(long, default_value = "always", value_parser = ["always", "everysec", "no"])]
+    fsync: String,
+    /// RNG seed (random if unset; printed, to replay a run).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Longest wait for the system to settle after the load.
+    #[arg(long, default_value_t = 120)]
+    settle_secs: u64,
+    /// Directory for logs and the report (default target/chaos/<time>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Where the service binaries are (default: next to this one).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct LoadArgs {
+    /// order-svc base URLs (repeatable).
+    #[arg(long = "order-url", required = true)]
+    order_urls: Vec<String>,
+    /// notify-svc base URLs (repeatable).
+    #[arg(long = "notify-url")]
+    notify_urls: Vec<String>,
+    /// Orders to place.
+    #[arg(long, default_value_t = 100)]
+    orders: usize,
+    /// Orders per second.
+    #[arg(long, default_value_t = 5.0)]
+    rate: f64,
+    /// Fraction tracked over WebSocket.
+    #[arg(long, default_value_t = 0.1)]
+    track: f64,
+    /// RNG seed.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Write the record (accepted orders, initial stock) here, for `check`.
+    #[arg(long)]
+    record: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct CheckArgs {
+    /// Redis.
+    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    redis_url: String,
+    /// MongoDB.
+    #[arg(
+        long,
+        env = "MONGO_URL",
+        default_value = "mongodb://127.0.0.1:27017/?directConnection=true"
+    )]
+    mongo_url: String,
+    /// Database.
+    #[arg(long, env = "MONGO_DB", default_value = "foodchain")]
+    db: String,
+    /// Stream prefix.
+    #[arg(long, env = "STREAM_PREFIX", default_value = "")]
+    prefix: String,
+    /// A record written by `chaos load` (enables the conservation checks).
+    #[arg(long)]
+    record: Option<PathBuf>,
+    /// Longest wait for the system to settle.
+    #[arg(long, default_value_t = 60)]
+    settle_secs: u64,
+}
+
+/// What `chaos load` writes and `chaos check` reads.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct SavedRecord {
+    initial_stock: HashMap<String, i64>,
+    load: LoadResult,
+}
+
+/// The report of a run.
+#[derive(Debug, Serialize)]
+struct Report {
+    seed: u64,
+    orders: usize,
+    accepted: usize,
+    refused: usize,
+    client_errors: Vec<String>,
+    client_retries: usize,
+    trackers: usize,
+    faults: Vec<Injected>,
+    faults_by_kind: HashMap<String, usize>,
+    invariants: Vec<Verdict>,
+    load_secs: f64,
+    total_secs: f64,
+    log_dir: PathBuf,
+}
+
+struct ClusterTargets(Arc<Cluster>);
+
+impl Targets for ClusterTargets {
+    fn orders(&self) -> Vec<String> {
+        self.0.urls(Svc::OrderSvc)
+    }
+    fn notify(&self) -> Vec<String> {
+        self.0.urls(Svc::NotifySvc)
+    }
+}
+
+struct FixedTargets(Vec<String>, Vec<String>);
+
+impl Targets for FixedTargets {
+    fn orders(&self) -> Vec<String> {
+        self.0.clone()
+    }
+    fn notify(&self) -> Vec<String> {
+        self.1.clone()
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run(a) => run(a).await,
+        Command::Load(a) => load_only(a).await.map(|()| true),
+        Command::Check(a) => check_only(a).await,
+    };
+    match result {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::from(1),
+        Err(e) => {
+            eprintln!("chaos: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+/// The menu as the API shows it: id → stock.
+async fn menu(http: &reqwest::Client, order_url: &str) -> anyhow::Result<HashMap<String, i64>> {
+    let items: Vec<Value> = http
+        .get(format!("{order_url}/api/v1/menu"))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    Ok(items
+        .iter()
+        .filter_map(|i| Some((i["id"].as_str()?.to_owned(), i["stock"].as_i64()?)))
+        .collect())
+}
+
+async fn run(a: RunArgs) -> anyhow::Result<bool> {
+    let started = Instant::now();
+    let seed = a.seed.unwrap_or_else(rand::random);
+    let bin_dir = match a.bin_dir {
+        Some(d) => d,
+        None => std::env::current_exe()?
+            .parent()
+            .context("no executable directory")?
+            .to_path_buf(),
+    };
+    let out = a.out.unwrap_or_else(|| {
+        PathBuf::from("target/chaos").join(chrono::Utc::now().format("%Y%m%d-%H%M%S").to_string())
+    });
+    let fsync: &'static str = match a.fsync.as_str() {
+        "everysec" => "everysec",
+        "no" => "no",
+        _ => "always",
+    };
+    println!(
+        "chaos run: seed {seed}, {} orders at {}/s, appendfsync {fsync}, logs in {}",
+        a.orders,
+        a.rate,
+        out.display()
+    );
+    let cluster = Arc::new(Cluster::start(bin_dir, out.clone(), fsync).await?);
+    let redis_client = common::redis_conn::client(&cluster.redis.url())?;
+    let mut conn = common::redis_conn::commands(&redis_client)?;
+    let mongo = common::mongo::connect(&cluster.mongo.url(), "chaos").await?;
+    let db = mongo.database(&cluster.db);
+
+    // Plenty of stock: refusals are not what this run is about.
+    db.collection::<bson::Document>("menu")
+        .update_many(
+            bson::doc! {},
+            bson::doc! { "$set": { "stock": 1_000_000_i64 } },
+        )
+        .await?;
+    let order_url = cluster
+        .urls(Svc::OrderSvc)
+        .first()
+        .cloned()
+        .context("no order-svc")?;
+    let initial_stock = menu(&cluster.http, &order_url).await?;
+
+    let kinds = if a.kinds.is_empty() {
+        Fault::STANDARD.to_vec()
+    } else {
+        a.kinds.clone()
+    };
+    let schedule = faults::schedule(&kinds, a.faults.unwrap_or(kinds.len()), seed);
+    let load_secs = a.orders as f64 / a.rate;
+    let (accepted_tx, mut accepted_rx) = tokio::sync::mpsc::unbounded_channel();
+    let cfg = LoadConfig {
+        orders: a.orders,
+        rate: a.rate,
+        track: a.track,
+        seed,
+        tracker_deadline: Duration::from_secs((load_secs as u64) + 180),
+    };
+    let load_started = Instant::now();
+    let load = tokio::spawn(load::run(
+        Arc::new(ClusterTargets(cluster.clone())),
+        initial_stock.keys().cloned().collect(),
+        cfg,
+        accepted_tx,
+    ));
+
+    let mut injected = Vec::new();
+    let mut poison = Vec::new();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let n = schedule.len();
+    for (i, fault) in schedule.into_iter().enumerate() {
+        let at = Duration::from_secs_f64(load_secs * (0.1 + 0.8 * (i as f64) / (n.max(1) as f64)));
+        tokio::time::sleep_until((load_started + at).into()).await;
+        let inj = faults::inject(
+            &cluster,
+            &mut conn,
+            fault,
+            &mut accepted_rx,
+            &mut poison,
+            &mut rng,
+            load_started,
+        )
+        .await?;
+        println!(
+            "  {:>6.1}s  {:<28} {:<16} recovered in {}  {}",
+            inj.at_secs,
+            format!("{:?}", inj.fault),
+            inj.target,
+            inj.recovery_secs.map_or("-".into(), |s| format!("{s:.1}s")),
+            inj.note
+        );
+        injected.push(inj);
+    }
+    let load_result = load.await?;
+    let load_secs_actual = load_started.elapsed().as_secs_f64();
+    println!(
+        "load done: {} accepted, {} refused, {} errors, {} retries",
+        load_result.accepted.len(),
+        load_result.refused,
+        load_result.errors.len(),
+        load_result.retries
+    );
+
+    let record = Record {
+        accepted: Some(load_result.accepted.clone()),
+        initial_stock: Some(initial_stock),
+        poison: Some(poison),
+        trackers: Some(load_result.trackers.clone()),
+    };
+    let target = Target {
+        conn: conn.clone(),
+        db,
+        ns: Namespace::new(&cluster.prefix),
+    };
+    let mut invariants = check::check(&target, &record, Duration::from_secs(a.settle_secs)).await?;
+    invariants.insert(
+        0,
+        Verdict {
+            invariant: "the client got an answer for every order (201 or 409)".into(),
+            passed: load_result.errors.is_empty(),
+            detail: if load_result.errors.is_empty() {
+                format!("{} answered", a.orders)
+            } else {
+                load_result
+                    .errors
+                    .iter()
+                    .take(3)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            },
+        },
+    );
+    cluster.shutdown().await;
+
+    let mut by_kind: HashMap<String, usize> = HashMap::new();
+    for f in &injected {
+        *by_kind.entry(format!("{:?}", f.fault)).or_default() += 1;
+    }
+    let report = Report {
+        seed,
+        orders: a.orders,
+        accepted: load_result.accepted.len(),
+        refused: load_result.refused,
+        client_errors: load_result.errors.clone(),
+        client_retries: load_result.retries,
+        trackers: load_result.trackers.len(),
+        faults: injected,
+        faults_by_kind: by_kind,
+        invariants,
+        load_secs: load_secs_actual,
+        total_secs: started.elapsed().as_secs_f64(),
+        log_dir: out.clone(),
+    };
+    std::fs::write(
+        out.join("report.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    print_report(&report);
+    Ok(report.invariants.iter().all(|v| v.passed))
+}
+
+fn print_report(r: &Report) {
+    println!("\n=== chaos report (seed {}) ===", r.seed);
+    println!(
+        "orders: {} placed, {} accepted, {} refused, {} client retries, {} trackers",
+        r.orders, r.accepted, r.refused, r.client_retries, r.trackers
+    );
+    println!("faults: {} injected", r.faults.len());
+    let mut kinds: Vec<_> = r.faults_by_kind.iter().collect();
+    kinds.sort();
+    for (k, n) in kinds {
+        let recoveries: Vec<String> = r
+            .faults
+            .iter()
+            .filter(|f| format!("{:?}", f.fault) == *k)
+            .map(|f| {
+                f.recovery_secs
+                    .map_or("never".into(), |s| format!("{s:.1}s"))
+            })
+            .collect();
+        println!("  {n} x {k:<26} recovered in {}", recoveries.join(", "));
+    }
+    println!("invariants:");
+    for v in &r.invariants {
+        println!(
+            "  {} {:<66} {}",
+            if v.passed { "PASS" } else { "FAIL" },
+            v.invariant,
+            v.detail
+        );
+    }
+    let failed = r.invariants.iter().filter(|v| !v.passed).count();
+    println!(
+        "load {:.0}s, total {:.0}s; {}",
+        r.load_secs,
+        r.total_secs,
+        if failed == 0 {
+            "all invariants hold".to_owned()
+        } else {
+            format!("{failed} invariant(s) VIOLATED")
+        }
+    );
+    println!("report: {}", r.log_dir.join("report.json").display());
+}
+
+async fn load_only(a: LoadArgs) -> anyhow::Result<()> {
+    let http = reqwest::Client::new();
+    let initial_stock = menu(&http, &a.order_urls[0]).await?;
+    let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+    let cfg = LoadConfig {
+        orders: a.orders,
+        rate: a.rate,
+        track: a.track,
+        seed: a.seed,
+        tracker_deadline: Duration::from_secs(300),
+    };
+    let targets = Arc::new(FixedTargets(a.order_urls.clone(), a.notify_urls.clone()));
+    let result = load::run(targets, initial_stock.keys().cloned().collect(), cfg, tx).await;
+    println!(
+        "{} accepted, {} refused, {} errors, {} retries",
+        result.accepted.len(),
+        result.refused,
+        result.errors.len(),
+        result.retries
+    );
+    std::fs::write(
+        &a.record,
+        serde_json::to_string_pretty(&SavedRecord {
+            initial_stock,
+            load: result,
+        })?,
+    )?;
+    println!("record written to {}", a.record.display());
+    Ok(())
+}
+
+async fn check_only(a: CheckArgs) -> anyhow::Result<bool> {
+    let client = common::redis_conn::client(&a.redis_url)?;
+    let conn = common::redis_conn::commands(&client)?;
+    let mongo = common::mongo::connect(&a.mongo_url, "chaos-check").await?;
+    let target = Target {
+        conn,
+        db: mongo.database(&a.db),
+        ns: Namespace::new(&a.prefix),
+    };
+    let record = match &a.record {
+        Some(path) => {
+            let saved: SavedRecord = serde_json::from_str(&std::fs::read_to_string(path)?)?;
+            let trackers: Vec<TrackerResult> = saved.load.trackers;
+            let accepted: Vec<Accepted> = saved.load.accepted;
+            Record {
+                accepted: Some(accepted),
+                initial_stock: Some(saved.initial_stock),
+                poison: None,
+                trackers: Some(trackers),
+            }
+        }
+        None => Record::default(),
+    };
+    let verdicts = check::check(&target, &record, Duration::from_secs(a.settle_secs)).await?;
+    for v in &verdicts {
+        println!(
+            "{} {:<66} {}",
+            if v.passed { "PASS" } else { "FAIL" },
+            v.invariant,
+            v.detail
+        );
+    }
+    Ok(verdicts.iter().all(|v| v.passed))
+}
