@@ -191,14 +191,10 @@ pub async fn inject(
         }
         Fault::Poison => {
             let ns = Namespace::new(&cluster.prefix);
-            for stream in [
-                Stream::Orders,
-                Stream::Deliveries,
-                Stream::OrderStatus,
-                Stream::DeliveryStatus,
-                Stream::SimulateOrder,
-                Stream::SimulateDelivery,
-            ] {
+            for stream in Stream::ALL
+                .into_iter()
+                .filter(|s| *s != Stream::DeadLetters)
+            {
                 let id: String = redis::cmd("XADD")
                     .arg(ns.stream(stream))
                     .arg("*")

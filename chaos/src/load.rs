@@ -23,17 +23,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
-/// The whole flow, as `kind:status` labels, in order.
-pub const FULL_FLOW: [&str; 8] = [
-    "order:created",
-    "order:confirmed",
-    "order:preparing",
-    "order:out_for_delivery",
-    "delivery:waiting_for_pickup",
-    "delivery:on_the_way",
-    "delivery:delivered",
-    "order:delivered",
-];
+pub use testkit::FULL_FLOW;
 
 /// An accepted order.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -61,6 +51,19 @@ pub struct LoadResult {
     pub retries: usize,
     /// Tracker outcomes.
     pub trackers: Vec<TrackerResult>,
+}
+
+impl std::fmt::Display for LoadResult {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} accepted, {} refused, {} errors, {} retries",
+            self.accepted.len(),
+            self.refused,
+            self.errors.len(),
+            self.retries
+        )
+    }
 }
 
 /// Where to send requests: the currently running replicas.

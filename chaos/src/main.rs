@@ -309,13 +309,7 @@ async fn run(a: RunArgs) -> anyhow::Result<bool> {
     }
     let load_result = load.await?;
     let load_secs_actual = load_started.elapsed().as_secs_f64();
-    println!(
-        "load done: {} accepted, {} refused, {} errors, {} retries",
-        load_result.accepted.len(),
-        load_result.refused,
-        load_result.errors.len(),
-        load_result.retries
-    );
+    println!("load done: {load_result}");
 
     let record = Record {
         accepted: Some(load_result.accepted.clone()),
@@ -433,13 +427,7 @@ async fn load_only(a: LoadArgs) -> anyhow::Result<()> {
     };
     let targets = Arc::new(FixedTargets(a.order_urls.clone(), a.notify_urls.clone()));
     let result = load::run(targets, initial_stock.keys().cloned().collect(), cfg, tx).await;
-    println!(
-        "{} accepted, {} refused, {} errors, {} retries",
-        result.accepted.len(),
-        result.refused,
-        result.errors.len(),
-        result.retries
-    );
+    println!("{result}");
     std::fs::write(
         &a.record,
         serde_json::to_string_pretty(&SavedRecord {

@@ -263,10 +263,19 @@ mod tests {
     use super::*;
     use crate::timeline::Kind;
 
+    const KA: KeepAlive = KeepAlive {
+        ping_interval: Duration::from_secs(20),
+        pong_timeout: Duration::from_secs(10),
+    };
+
     fn entry(id: &str, status: &str, version: u32) -> Entry {
+        entry_of(Kind::Order, id, status, version)
+    }
+
+    fn entry_of(kind: Kind, id: &str, status: &str, version: u32) -> Entry {
         Entry {
             event_id: id.into(),
-            kind: Kind::Order,
+            kind,
             status: status.into(),
             version,
             at: Utc::now(),
@@ -285,22 +294,52 @@ mod tests {
         Vec::new()
     }
 
-    fn stage_entry(id: &str, kind: Kind, status: &str) -> Entry {
-        Entry {
-            event_id: id.into(),
-            kind,
-            status: status.into(),
-            version: 1,
-            at: Utc::now(),
-            delivery_id: None,
+    /// A session running on in-memory channels: what it sends, what the
+    /// peer answers, the live updates it is fed.
+    struct Peer {
+        sent: fmpsc::UnboundedReceiver<Message>,
+        answer: fmpsc::UnboundedSender<Result<Message, ()>>,
+        updates: mpsc::Sender<Entry>,
+        task: tokio::task::JoinHandle<End>,
+    }
+
+    impl Peer {
+        fn start<R, F>(snap: Snapshot, gaps: Gaps, refresh: R, token: CancellationToken) -> Self
+        where
+            R: Fn() -> F + Send + 'static,
+            F: Future<Output = Vec<Entry>> + Send,
+        {
+            let (out_tx, sent) = fmpsc::unbounded();
+            let (answer, in_rx) = fmpsc::unbounded();
+            let (updates, up_rx) = mpsc::channel(8);
+            let task = tokio::spawn(async move {
+                session(
+                    out_tx,
+                    in_rx,
+                    snap,
+                    &mut { up_rx },
+                    KA,
+                    gaps,
+                    refresh,
+                    token,
+                )
+                .await
+            });
+            Self {
+                sent,
+                answer,
+                updates,
+                task,
+            }
+        }
+
+        async fn next(&mut self) -> serde_json::Value {
+            parse(self.sent.next().await.unwrap())
         }
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_hole_is_held_back_until_the_store_fills_it_then_sent_in_order() {
-        let (out_tx, mut out_rx) = fmpsc::unbounded::<Message>();
-        let (_in_tx, in_rx) = fmpsc::unbounded::<Result<Message, ()>>();
-        let (up_tx, up_rx) = mpsc::channel(8);
         // Known: created, confirmed, out_for_delivery ("preparing" is missing).
         let snap = Snapshot::from_entries(
             "o1",
@@ -322,20 +361,8 @@ mod tests {
                 }
             }
         };
-        let task = tokio::spawn(async move {
-            session(
-                out_tx,
-                in_rx,
-                snap,
-                &mut { up_rx },
-                KA,
-                Gaps::default(),
-                refresh,
-                CancellationToken::new(),
-            )
-            .await
-        });
-        let first = parse(out_rx.next().await.unwrap());
+        let mut peer = Peer::start(snap, Gaps::default(), refresh, CancellationToken::new());
+        let first = peer.next().await;
         let statuses: Vec<&str> = first["timeline"]
             .as_array()
             .unwrap()
@@ -349,97 +376,54 @@ mod tests {
         );
         assert_eq!(first["status"], "confirmed");
         // A later live update is held too.
-        up_tx
-            .send(stage_entry("e", Kind::Delivery, "waiting_for_pickup"))
+        peer.updates
+            .send(entry_of(Kind::Delivery, "e", "waiting_for_pickup", 1))
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_secs(2)).await;
         store_has_it.store(true, std::sync::atomic::Ordering::SeqCst);
-        let order: Vec<String> = [
-            parse(out_rx.next().await.unwrap()),
-            parse(out_rx.next().await.unwrap()),
-            parse(out_rx.next().await.unwrap()),
-        ]
-        .iter()
-        .map(|m| m["entry"]["status"].as_str().unwrap().to_owned())
-        .collect();
+        let mut order = Vec::new();
+        for _ in 0..3 {
+            order.push(
+                peer.next().await["entry"]["status"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned(),
+            );
+        }
         assert_eq!(
             order,
             ["preparing", "out_for_delivery", "waiting_for_pickup"]
         );
-        drop(up_tx);
-        let _ = task.await;
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_hole_that_never_fills_is_given_up_on() {
-        let (out_tx, mut out_rx) = fmpsc::unbounded::<Message>();
-        let (_in_tx, in_rx) = fmpsc::unbounded::<Result<Message, ()>>();
-        let (_up_tx, up_rx) = mpsc::channel(8);
         let snap =
             Snapshot::from_entries("o1", [entry("a", "created", 1), entry("c", "preparing", 3)]);
         let gaps = Gaps {
             refresh_every: Duration::from_millis(500),
             give_up_after: Duration::from_secs(5),
         };
-        let _task = tokio::spawn(async move {
-            session(
-                out_tx,
-                in_rx,
-                snap,
-                &mut { up_rx },
-                KA,
-                gaps,
-                no_refresh,
-                CancellationToken::new(),
-            )
-            .await
-        });
-        assert_eq!(
-            parse(out_rx.next().await.unwrap())["timeline"]
-                .as_array()
-                .unwrap()
-                .len(),
-            1
-        );
+        let mut peer = Peer::start(snap, gaps, no_refresh, CancellationToken::new());
+        assert_eq!(peer.next().await["timeline"].as_array().unwrap().len(), 1);
         let started = Instant::now();
-        let late = parse(out_rx.next().await.unwrap());
+        let late = peer.next().await;
         assert_eq!(late["entry"]["status"], "preparing");
         assert!(started.elapsed() >= Duration::from_secs(5));
     }
 
-    const KA: KeepAlive = KeepAlive {
-        ping_interval: Duration::from_secs(20),
-        pong_timeout: Duration::from_secs(10),
-    };
-
     #[tokio::test(start_paused = true)]
     async fn snapshot_first_then_only_new_updates_in_order() {
-        let (out_tx, mut out_rx) = fmpsc::unbounded::<Message>();
-        let (_in_tx, in_rx) = fmpsc::unbounded::<Result<Message, ()>>();
-        let (up_tx, up_rx) = mpsc::channel(8);
         let snap = Snapshot::from_entries("o1", [entry("a", "created", 1)]);
         let token = CancellationToken::new();
-        let token2 = token.clone();
-        let task = tokio::spawn(async move {
-            session(
-                out_tx,
-                in_rx,
-                snap,
-                &mut { up_rx },
-                KA,
-                Gaps::default(),
-                no_refresh,
-                token2,
-            )
-            .await
-        });
-        up_tx.send(entry("a", "created", 1)).await.unwrap(); // already in the snapshot
-        up_tx.send(entry("b", "confirmed", 2)).await.unwrap();
-        let first = parse(out_rx.next().await.unwrap());
+        let mut peer = Peer::start(snap, Gaps::default(), no_refresh, token.clone());
+        peer.updates.send(entry("a", "created", 1)).await.unwrap(); // already in the snapshot
+        peer.updates.send(entry("b", "confirmed", 2)).await.unwrap();
+        let first = peer.next().await;
         assert_eq!(first["type"], "snapshot");
         assert_eq!(first["timeline"].as_array().unwrap().len(), 1);
-        let second = parse(out_rx.next().await.unwrap());
+        let second = peer.next().await;
         assert_eq!(
             (
                 second["type"].as_str(),
@@ -449,61 +433,46 @@ mod tests {
         );
         assert_eq!(second["status"], "confirmed");
         token.cancel();
-        assert_eq!(task.await.unwrap(), End::Shutdown);
-        assert!(matches!(out_rx.next().await, Some(Message::Close(Some(f))) if f.code == 1001));
+        assert_eq!(peer.task.await.unwrap(), End::Shutdown);
+        assert!(matches!(peer.sent.next().await, Some(Message::Close(Some(f))) if f.code == 1001));
     }
 
     #[tokio::test(start_paused = true)]
     async fn pings_and_drops_a_peer_that_stops_answering() {
-        let (out_tx, mut out_rx) = fmpsc::unbounded::<Message>();
-        let (in_tx, in_rx) = fmpsc::unbounded::<Result<Message, ()>>();
-        let (_up_tx, up_rx) = mpsc::channel(8);
-        let task = tokio::spawn(async move {
-            session(
-                out_tx,
-                in_rx,
-                Snapshot::empty("o1"),
-                &mut { up_rx },
-                KA,
-                Gaps::default(),
-                no_refresh,
-                CancellationToken::new(),
-            )
-            .await
-        });
-        assert_eq!(parse(out_rx.next().await.unwrap())["type"], "snapshot");
+        let mut peer = Peer::start(
+            Snapshot::empty("o1"),
+            Gaps::default(),
+            no_refresh,
+            CancellationToken::new(),
+        );
+        assert_eq!(peer.next().await["type"], "snapshot");
         // First ping after the interval; answering it keeps the session.
-        assert!(matches!(out_rx.next().await, Some(Message::Ping(_))));
-        in_tx
+        assert!(matches!(peer.sent.next().await, Some(Message::Ping(_))));
+        peer.answer
             .unbounded_send(Ok(Message::Pong(Default::default())))
             .unwrap();
-        assert!(matches!(out_rx.next().await, Some(Message::Ping(_))));
+        assert!(matches!(peer.sent.next().await, Some(Message::Ping(_))));
         // Not answering this one: dropped after the pong timeout.
         let started = Instant::now();
-        assert!(matches!(out_rx.next().await, Some(Message::Close(Some(f))) if f.code == 1001));
-        assert_eq!(task.await.unwrap(), End::PongTimeout);
+        assert!(matches!(peer.sent.next().await, Some(Message::Close(Some(f))) if f.code == 1001));
+        assert_eq!(peer.task.await.unwrap(), End::PongTimeout);
         assert_eq!(started.elapsed(), KA.pong_timeout);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_lagging_subscription_closes_with_1013() {
-        let (out_tx, mut out_rx) = fmpsc::unbounded::<Message>();
-        let (_in_tx, in_rx) = fmpsc::unbounded::<Result<Message, ()>>();
-        let (up_tx, up_rx) = mpsc::channel(8);
-        drop(up_tx); // what the hub does to a subscriber that fell behind
-        let end = session(
-            out_tx,
-            in_rx,
+        let mut peer = Peer::start(
             Snapshot::empty("o1"),
-            &mut { up_rx },
-            KA,
             Gaps::default(),
             no_refresh,
             CancellationToken::new(),
-        )
-        .await;
-        assert_eq!(end, End::Lagging);
-        let _snapshot = out_rx.next().await;
-        assert!(matches!(out_rx.next().await, Some(Message::Close(Some(f))) if f.code == 1013));
+        );
+        // What the hub does to a subscriber that fell behind: drop its sender.
+        let Peer { updates, task, .. } = &mut peer;
+        let (dead, _) = mpsc::channel(1);
+        drop(std::mem::replace(updates, dead));
+        assert_eq!(task.await.unwrap(), End::Lagging);
+        let _snapshot = peer.sent.next().await;
+        assert!(matches!(peer.sent.next().await, Some(Message::Close(Some(f))) if f.code == 1013));
     }
 }

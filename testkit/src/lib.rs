@@ -37,6 +37,20 @@ use std::{
     time::{Duration, Instant},
 };
 
+/// The whole flow of one order as a tracker sees it, `kind:status` labels in
+/// order: what every end-to-end test and the chaos checker expect a complete
+/// timeline to be.
+pub const FULL_FLOW: [&str; 8] = [
+    "order:created",
+    "order:confirmed",
+    "order:preparing",
+    "order:out_for_delivery",
+    "delivery:waiting_for_pickup",
+    "delivery:on_the_way",
+    "delivery:delivered",
+    "order:delivered",
+];
+
 /// A name no other test (in this run or a concurrent one) uses: `<prefix>-<pid>-<n>-<rand>`.
 pub fn unique(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);

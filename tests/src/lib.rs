@@ -500,14 +500,4 @@ where
     }
 }
 
-/// The full, ordered flow every tracker must see after the snapshot.
-pub const FULL_FLOW: [&str; 8] = [
-    "order:created",
-    "order:confirmed",
-    "order:preparing",
-    "order:out_for_delivery",
-    "delivery:waiting_for_pickup",
-    "delivery:on_the_way",
-    "delivery:delivered",
-    "order:delivered",
-];
+pub use testkit::FULL_FLOW;

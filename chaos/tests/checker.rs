@@ -1,0 +1,306 @@
+//! The invariant checker must be able to fail: a checker that always passes
+//! would make every chaos run green. These tests write a healthy end state
+//! into a real MongoDB and Redis, check that every invariant passes, then
+//! break one thing at a time and check that exactly its invariant fails.
+
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
+use std::{collections::HashMap, time::Duration};
+
+use bson::{Document, doc, oid::ObjectId};
+use chaos::{
+    check::{GROUPS, Record, Target, Verdict, check},
+    load::{Accepted, FULL_FLOW, TrackerResult},
+};
+use common::streams::{Namespace, Stream};
+
+/// A small finished run: two items, three delivered orders.
+struct World {
+    target: Target,
+    record: Record,
+    orders: Vec<ObjectId>,
+    items: Vec<ObjectId>,
+}
+
+fn timeline(order: &str, labels: &[&str]) -> Document {
+    let entries: Vec<Document> = labels
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let (kind, status) = l.split_once(':').unwrap();
+            doc! { "event_id": format!("{order}-{i}"), "kind": kind, "status": status }
+        })
+        .collect();
+    doc! { "_id": order, "entries": entries }
+}
+
+async fn world() -> World {
+    let redis_url = testkit::shared_redis().url();
+    let mongo = mongodb::Client::with_uri_str(testkit::shared_mongo().url())
+        .await
+        .unwrap();
+    let db = mongo.database(&testkit::unique_db("checker"));
+    let ns = Namespace::new(&format!("{}:", testkit::unique("checker")));
+    let conn = redis::Client::open(redis_url)
+        .unwrap()
+        .get_connection_manager()
+        .await
+        .unwrap();
+    // Every consuming group exists and has nothing pending.
+    for (stream, group) in GROUPS {
+        let _: () = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(ns.stream(stream))
+            .arg(group)
+            .arg("$")
+            .arg("MKSTREAM")
+            .query_async(&mut conn.clone())
+            .await
+            .unwrap();
+    }
+
+    let items = vec![ObjectId::new(), ObjectId::new()];
+    // Initial stock 10 and 5; the three orders bought 2+1 of the first, 3 of the second.
+    db.collection::<Document>("menu")
+        .insert_many([
+            doc! { "_id": items[0], "stock": 7_i64 },
+            doc! { "_id": items[1], "stock": 2_i64 },
+        ])
+        .await
+        .unwrap();
+    let orders = vec![ObjectId::new(), ObjectId::new(), ObjectId::new()];
+    let bought = [(0, 2), (0, 1), (1, 3)];
+    let mut accepted = Vec::new();
+    for (o, (item, q)) in orders.iter().zip(bought) {
+        let id = o.to_hex();
+        db.collection::<Document>("orders")
+            .insert_one(doc! { "_id": o, "status": "delivered" })
+            .await
+            .unwrap();
+        db.collection::<Document>("deliveries")
+            .insert_one(doc! { "_id": ObjectId::new(), "order_id": &id })
+            .await
+            .unwrap();
+        db.collection::<Document>("timelines")
+            .insert_one(timeline(&id, &FULL_FLOW))
+            .await
+            .unwrap();
+        accepted.push(Accepted {
+            order_id: id,
+            key: format!("k-{o}"),
+            items: vec![(items[item].to_hex(), q)],
+            attempts: 1,
+        });
+    }
+    for svc in ["order_svc", "delivery_svc"] {
+        db.collection::<Document>(&format!("outbox_{svc}"))
+            .insert_one(doc! { "published": true })
+            .await
+            .unwrap();
+    }
+    let trackers = vec![TrackerResult {
+        order_id: orders[0].to_hex(),
+        seen: FULL_FLOW.iter().map(|s| (*s).to_owned()).collect(),
+        reconnects: 1,
+        violations: vec![],
+    }];
+    let record = Record {
+        accepted: Some(accepted),
+        initial_stock: Some(HashMap::from([
+            (items[0].to_hex(), 10),
+            (items[1].to_hex(), 5),
+        ])),
+        poison: Some(vec![]),
+        trackers: Some(trackers),
+    };
+    World {
+        target: Target { conn, db, ns },
+        record,
+        orders,
+        items,
+    }
+}
+
+async fn failing(w: &World) -> Vec<String> {
+    let verdicts: Vec<Verdict> = check(&w.target, &w.record, Duration::ZERO).await.unwrap();
+    assert_eq!(verdicts.len(), 9, "{verdicts:#?}");
+    verdicts
+        .into_iter()
+        .filter(|v| !v.passed)
+        .map(|v| format!("{}: {}", v.invariant, v.detail))
+        .collect()
+}
+
+fn only(failed: &[String], invariant: &str) {
+    assert_eq!(
+        failed.len(),
+        1,
+        "expected only '{invariant}' to fail: {failed:#?}"
+    );
+    assert!(failed[0].starts_with(invariant), "{failed:#?}");
+}
+
+#[tokio::test]
+async fn a_healthy_end_state_passes_every_invariant() {
+    let w = world().await;
+    assert_eq!(failing(&w).await, Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn an_order_stuck_before_delivered_fails() {
+    let w = world().await;
+    w.target
+        .db
+        .collection::<Document>("orders")
+        .update_one(
+            doc! { "_id": w.orders[1] },
+            doc! { "$set": { "status": "preparing" } },
+        )
+        .await
+        .unwrap();
+    only(&failing(&w).await, "every order reaches delivered");
+}
+
+#[tokio::test]
+async fn a_lost_or_extra_order_fails() {
+    let mut w = world().await;
+    w.record.accepted.as_mut().unwrap().pop();
+    let failed = failing(&w).await;
+    // The order nobody accepted exists, and the stock it took is unaccounted for.
+    assert!(
+        failed
+            .iter()
+            .any(|f| f.starts_with("every accepted order exists exactly once")),
+        "{failed:#?}"
+    );
+    assert!(
+        failed.iter().any(|f| f.starts_with("stock is conserved")),
+        "{failed:#?}"
+    );
+}
+
+#[tokio::test]
+async fn oversold_or_negative_stock_fails() {
+    let w = world().await;
+    w.target
+        .db
+        .collection::<Document>("menu")
+        .update_one(
+            doc! { "_id": w.items[1] },
+            doc! { "$set": { "stock": -1_i64 } },
+        )
+        .await
+        .unwrap();
+    only(&failing(&w).await, "stock is conserved and never negative");
+}
+
+#[tokio::test]
+async fn a_second_delivery_fails() {
+    let w = world().await;
+    w.target
+        .db
+        .collection::<Document>("deliveries")
+        .insert_one(doc! { "_id": ObjectId::new(), "order_id": w.orders[2].to_hex() })
+        .await
+        .unwrap();
+    only(&failing(&w).await, "exactly one delivery per order");
+}
+
+#[tokio::test]
+async fn a_timeline_with_a_hole_or_a_duplicate_fails() {
+    let w = world().await;
+    let timelines = w.target.db.collection::<Document>("timelines");
+    let mut holed = FULL_FLOW.to_vec();
+    holed.remove(2);
+    timelines
+        .replace_one(
+            doc! { "_id": w.orders[0].to_hex() },
+            timeline(&w.orders[0].to_hex(), &holed),
+        )
+        .await
+        .unwrap();
+    only(&failing(&w).await, "every timeline is complete");
+    let mut doubled = FULL_FLOW.to_vec();
+    doubled.push("order:delivered");
+    timelines
+        .replace_one(
+            doc! { "_id": w.orders[0].to_hex() },
+            timeline(&w.orders[0].to_hex(), &doubled),
+        )
+        .await
+        .unwrap();
+    only(&failing(&w).await, "every timeline is complete");
+}
+
+#[tokio::test]
+async fn a_tracker_that_missed_a_status_fails() {
+    let mut w = world().await;
+    w.record.trackers.as_mut().unwrap()[0].seen.remove(3);
+    only(&failing(&w).await, "every tracker saw the full timeline");
+}
+
+#[tokio::test]
+async fn a_pending_entry_and_an_unpublished_event_fail() {
+    let w = world().await;
+    let stream = w.target.ns.stream(Stream::Orders);
+    let mut conn = w.target.conn.clone();
+    let _: String = redis::cmd("XADD")
+        .arg(&stream)
+        .arg("*")
+        .arg("k")
+        .arg("v")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // Read but never acknowledged.
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(GROUPS[0].1)
+        .arg("c1")
+        .arg("STREAMS")
+        .arg(&stream)
+        .arg(">")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    only(&failing(&w).await, "no pending entries once quiet");
+
+    let w = world().await;
+    w.target
+        .db
+        .collection::<Document>("outbox_delivery_svc")
+        .insert_one(doc! { "published": false })
+        .await
+        .unwrap();
+    only(&failing(&w).await, "the outbox is drained");
+}
+
+#[tokio::test]
+async fn poison_that_was_not_dead_lettered_fails() {
+    let mut w = world().await;
+    w.record.poison = Some(vec![(Stream::Deliveries, "1-1".into())]);
+    let failed = failing(&w).await;
+    only(&failed, "the dead letters hold exactly the injected poison");
+    // Once per consuming group of that stream.
+    assert!(
+        failed[0].contains("order-svc") && failed[0].contains("notify-svc"),
+        "{failed:#?}"
+    );
+}
+
+#[tokio::test]
+async fn a_dead_letter_nobody_injected_fails() {
+    let w = world().await;
+    let _: String = redis::cmd("XADD")
+        .arg(w.target.ns.stream(Stream::DeadLetters))
+        .arg("*")
+        .arg("junk")
+        .arg("1")
+        .query_async(&mut w.target.conn.clone())
+        .await
+        .unwrap();
+    only(
+        &failing(&w).await,
+        "the dead letters hold exactly the injected poison",
+    );
+}
