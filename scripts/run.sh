@@ -72,7 +72,9 @@ cat >&2 <<MSG
 
 MSG
 wait -n "${pids[@]}" || true
-# On Ctrl-C every service exits at once; one dying alone is worth a word.
-for pid in "${pids[@]}"; do
-  if kill -0 "$pid" 2>/dev/null; then say "a service exited unexpectedly; see $LOGS"; break; fi
-done
+# On Ctrl-C the terminal signals every service at once and they drain
+# gracefully, which takes a moment; one still running after that means one
+# died alone, which is worth a word.
+alive() { for pid in "${pids[@]}"; do kill -0 "$pid" 2>/dev/null && return 0; done; return 1; }
+for _ in $(seq 50); do alive || break; sleep 0.1; done
+if alive; then say "a service exited unexpectedly; see $LOGS"; fi
