@@ -51,8 +51,27 @@ impl Svc {
     }
 }
 
-/// Replicas per service.
-pub const REPLICAS: usize = 2;
+/// How to start a [`Cluster`].
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Redis `appendfsync` policy.
+    pub fsync: &'static str,
+    /// Replicas per service.
+    pub replicas: usize,
+    /// Environment for every service, over the cluster's own (later wins).
+    pub env: Vec<(String, String)>,
+}
+
+impl Default for Options {
+    /// Two replicas of everything, `appendfsync always`: what the chaos runs use.
+    fn default() -> Self {
+        Self {
+            fsync: "always",
+            replicas: 2,
+            env: Vec::new(),
+        }
+    }
+}
 
 #[derive(Debug)]
 struct Proc {
@@ -79,15 +98,19 @@ pub struct Cluster {
     generation: Mutex<HashMap<(Svc, usize), u32>>,
     /// HTTP client.
     pub http: reqwest::Client,
+    /// Replicas per service.
+    pub replicas: usize,
+    env: Vec<(String, String)>,
 }
 
 impl Cluster {
-    /// Starts infrastructure and `REPLICAS` of each service; waits until all are ready.
-    pub async fn start(
-        bin_dir: PathBuf,
-        dir: PathBuf,
-        fsync: &'static str,
-    ) -> anyhow::Result<Self> {
+    /// Starts infrastructure and `opts.replicas` of each service; waits until all are ready.
+    pub async fn start(bin_dir: PathBuf, dir: PathBuf, opts: Options) -> anyhow::Result<Self> {
+        let Options {
+            fsync,
+            replicas,
+            env,
+        } = opts;
         for svc in Svc::ALL {
             let bin = bin_dir.join(svc.name());
             if !bin.is_file() {
@@ -118,15 +141,17 @@ impl Cluster {
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(15))
                 .build()?,
+            replicas,
+            env,
         };
         cluster.seed().await?;
         for svc in Svc::ALL {
-            for r in 0..REPLICAS {
+            for r in 0..cluster.replicas {
                 cluster.spawn(svc, r)?;
             }
         }
         for svc in Svc::ALL {
-            for r in 0..REPLICAS {
+            for r in 0..cluster.replicas {
                 cluster.wait_ready(svc, r, Duration::from_secs(60)).await?;
             }
         }
@@ -154,7 +179,22 @@ impl Cluster {
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))
+        .chain(self.env.iter().cloned())
         .collect()
+    }
+
+    /// Process ids of the running replicas, by replica name.
+    pub fn pids(&self) -> Vec<(String, u32)> {
+        let procs = self
+            .procs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut out: Vec<_> = procs
+            .values()
+            .filter_map(|p| Some((p.name.clone(), p.child.id()?)))
+            .collect();
+        out.sort();
+        out
     }
 
     async fn seed(&self) -> anyhow::Result<()> {
@@ -223,7 +263,9 @@ impl Cluster {
 
     /// URLs of the running replicas of a service.
     pub fn urls(&self, svc: Svc) -> Vec<String> {
-        (0..REPLICAS).filter_map(|r| self.url(svc, r)).collect()
+        (0..self.replicas)
+            .filter_map(|r| self.url(svc, r))
+            .collect()
     }
 
     /// Polls `/readyz` until 200.
@@ -259,7 +301,7 @@ impl Cluster {
     pub async fn wait_all_ready(&self, timeout: Duration) -> anyhow::Result<Duration> {
         let started = Instant::now();
         for svc in Svc::ALL {
-            for r in 0..REPLICAS {
+            for r in 0..self.replicas {
                 if self.url(svc, r).is_some() {
                     self.wait_ready(svc, r, timeout.saturating_sub(started.elapsed()))
                         .await?;
@@ -327,7 +369,7 @@ impl Cluster {
             .await
             .ok()?;
         let holder = holder?;
-        (0..REPLICAS).find(|r| self.name(svc, *r).as_deref() == Some(holder.as_str()))
+        (0..self.replicas).find(|r| self.name(svc, *r).as_deref() == Some(holder.as_str()))
     }
 
     /// Graceful stop of every service (SIGTERM), waiting for each.

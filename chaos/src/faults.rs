@@ -8,7 +8,7 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 
 use crate::{
-    cluster::{Cluster, REPLICAS, Svc},
+    cluster::{Cluster, Svc},
     load::AcceptedBy,
 };
 
@@ -103,7 +103,7 @@ pub async fn inject(
                 .flatten();
             let replica = by
                 .and_then(|b| {
-                    (0..REPLICAS)
+                    (0..cluster.replicas)
                         .find(|r| cluster.url(Svc::OrderSvc, *r).as_deref() == Some(b.url.as_str()))
                 })
                 .unwrap_or(0);
@@ -120,7 +120,7 @@ pub async fn inject(
             kill_and_restart(cluster, svc, replica, rng).await?
         }
         Fault::KillDeliveryMidBatch => {
-            let replica = rng.random_range(0..REPLICAS);
+            let replica = rng.random_range(0..cluster.replicas);
             kill_and_restart(cluster, Svc::DeliverySvc, replica, rng).await?
         }
         Fault::KillNotifyWithTrackers => {
@@ -144,12 +144,12 @@ pub async fn inject(
                 .await
                 .unwrap_or(0);
             note = format!("{pending} timer(s) pending");
-            let replica = rng.random_range(0..REPLICAS);
+            let replica = rng.random_range(0..cluster.replicas);
             kill_and_restart(cluster, Svc::Simulator, replica, rng).await?
         }
         Fault::PauseConsumer => {
             let svc = [Svc::DeliverySvc, Svc::OrderSvc, Svc::NotifySvc][rng.random_range(0..3)];
-            let replica = rng.random_range(0..REPLICAS);
+            let replica = rng.random_range(0..cluster.replicas);
             cluster.pause(svc, replica)?;
             // Past RECLAIM_MIN_IDLE_MS (2 s): its pending messages are taken over.
             let pause = Duration::from_millis(rng.random_range(4500..7000));
@@ -253,7 +253,7 @@ async fn kill_and_restart(
 /// The notify replica with the most open WebSockets, and how many.
 async fn busiest_notify(cluster: &Cluster) -> Option<(usize, f64)> {
     let mut best = None;
-    for r in 0..REPLICAS {
+    for r in 0..cluster.replicas {
         let Some(url) = cluster.url(Svc::NotifySvc, r) else {
             continue;
         };

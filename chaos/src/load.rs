@@ -340,3 +340,21 @@ pub async fn track(
     }
     r
 }
+
+/// The menu as the API shows it: id → stock.
+pub async fn menu(
+    http: &reqwest::Client,
+    order_url: &str,
+) -> anyhow::Result<std::collections::HashMap<String, i64>> {
+    let items: Vec<Value> = http
+        .get(format!("{order_url}/api/v1/menu"))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    Ok(items
+        .iter()
+        .filter_map(|i| Some((i["id"].as_str()?.to_owned(), i["stock"].as_i64()?)))
+        .collect())
+}

@@ -5,7 +5,8 @@
 //!   schedule, then checks the invariants and prints a report (exit 1 on any
 //!   violation);
 //! * `chaos load`: only the load driver, against a running deployment;
-//! * `chaos check`: only the invariant checker, against any deployment.
+//! * `chaos check`: only the invariant checker, against any deployment;
+//! * `chaos bench`: throughput, latency and memory with nothing breaking.
 
 use std::{
     collections::HashMap,
@@ -19,13 +20,13 @@ use clap::{Parser, Subcommand};
 use common::streams::Namespace;
 use rand::{SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use chaos::{
+    bench::{self, BenchConfig},
     check::{self, Record, Target, Verdict},
-    cluster::{Cluster, Svc},
+    cluster::{Cluster, Options, Svc},
     faults::{self, Fault, Injected},
-    load::{self, Accepted, LoadConfig, LoadResult, Targets, TrackerResult},
+    load::{self, Accepted, LoadConfig, LoadResult, Targets, TrackerResult, menu},
 };
 
 #[derive(Parser)]
@@ -46,6 +47,30 @@ enum Command {
     Load(LoadArgs),
     /// Check the invariants of a running deployment.
     Check(CheckArgs),
+    /// Measure throughput, latency and memory with nothing breaking.
+    Bench(BenchArgs),
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Orders to place (after a warm-up of 50).
+    #[arg(long, default_value_t = 2000)]
+    orders: usize,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Replicas per service.
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
+    /// Redis appendfsync policy.
+    #[arg(long, default_value = "always", value_parser = ["always", "everysec", "no"])]
+    fsync: String,
+    /// Directory for logs and bench.json (default target/bench/<time>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Where the service binaries are (default: next to this one).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -187,6 +212,7 @@ async fn main() -> std::process::ExitCode {
         Command::Run(a) => run(a).await,
         Command::Load(a) => load_only(a).await.map(|()| true),
         Command::Check(a) => check_only(a).await,
+        Command::Bench(a) => bench_cmd(a).await.map(|()| true),
     };
     match result {
         Ok(true) => std::process::ExitCode::SUCCESS,
@@ -198,46 +224,31 @@ async fn main() -> std::process::ExitCode {
     }
 }
 
-/// The menu as the API shows it: id → stock.
-async fn menu(http: &reqwest::Client, order_url: &str) -> anyhow::Result<HashMap<String, i64>> {
-    let items: Vec<Value> = http
-        .get(format!("{order_url}/api/v1/menu"))
-        .send()
-        .await?
-        .error_for_status()?
-        .json()
-        .await?;
-    Ok(items
-        .iter()
-        .filter_map(|i| Some((i["id"].as_str()?.to_owned(), i["stock"].as_i64()?)))
-        .collect())
-}
-
 async fn run(a: RunArgs) -> anyhow::Result<bool> {
     let started = Instant::now();
     let seed = a.seed.unwrap_or_else(rand::random);
-    let bin_dir = match a.bin_dir {
-        Some(d) => d,
-        None => std::env::current_exe()?
-            .parent()
-            .context("no executable directory")?
-            .to_path_buf(),
-    };
+    let bin_dir = default_bin_dir(a.bin_dir)?;
     let out = a.out.unwrap_or_else(|| {
         PathBuf::from("target/chaos").join(chrono::Utc::now().format("%Y%m%d-%H%M%S").to_string())
     });
-    let fsync: &'static str = match a.fsync.as_str() {
-        "everysec" => "everysec",
-        "no" => "no",
-        _ => "always",
-    };
+    let fsync = fsync_policy(&a.fsync);
     println!(
         "chaos run: seed {seed}, {} orders at {}/s, appendfsync {fsync}, logs in {}",
         a.orders,
         a.rate,
         out.display()
     );
-    let cluster = Arc::new(Cluster::start(bin_dir, out.clone(), fsync).await?);
+    let cluster = Arc::new(
+        Cluster::start(
+            bin_dir,
+            out.clone(),
+            Options {
+                fsync,
+                ..Options::default()
+            },
+        )
+        .await?,
+    );
     let redis_client = common::redis_conn::client(&cluster.redis.url())?;
     let mut conn = common::redis_conn::commands(&redis_client)?;
     let mongo = common::mongo::connect(&cluster.mongo.url(), "chaos").await?;
@@ -472,4 +483,52 @@ async fn check_only(a: CheckArgs) -> anyhow::Result<bool> {
         );
     }
     Ok(verdicts.iter().all(|v| v.passed))
+}
+
+fn fsync_policy(s: &str) -> &'static str {
+    match s {
+        "everysec" => "everysec",
+        "no" => "no",
+        _ => "always",
+    }
+}
+
+fn default_bin_dir(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    match given {
+        Some(d) => Ok(d),
+        None => Ok(std::env::current_exe()?
+            .parent()
+            .context("no executable directory")?
+            .to_path_buf()),
+    }
+}
+
+async fn bench_cmd(a: BenchArgs) -> anyhow::Result<()> {
+    let out = a.out.unwrap_or_else(|| {
+        PathBuf::from("target/bench").join(chrono::Utc::now().format("%Y%m%d-%H%M%S").to_string())
+    });
+    let cfg = BenchConfig {
+        orders: a.orders,
+        concurrency: a.concurrency,
+        replicas: a.replicas,
+        fsync: fsync_policy(&a.fsync),
+        bin_dir: default_bin_dir(a.bin_dir)?,
+        out: out.clone(),
+    };
+    println!(
+        "bench: {} orders, {} clients, {} replica(s), binaries in {}, logs in {}",
+        cfg.orders,
+        cfg.concurrency,
+        cfg.replicas,
+        cfg.bin_dir.display(),
+        out.display()
+    );
+    let report = bench::run(cfg).await?;
+    print!("{report}");
+    std::fs::write(
+        out.join("bench.json"),
+        serde_json::to_string_pretty(&report)?,
+    )?;
+    println!("report: {}", out.join("bench.json").display());
+    Ok(())
 }

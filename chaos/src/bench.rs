@@ -1,0 +1,448 @@
+//! The benchmark: how fast the system is when nothing breaks, and how much
+//! memory each service takes doing it.
+//!
+//! It starts the same local deployment as a chaos run (real processes, Redis
+//! with AOF, MongoDB), with the simulator's delays at zero so that what is
+//! measured is the system and not the pretend kitchen, then:
+//!
+//! 1. **order creation**: `orders` POSTs (one random item each, with an
+//!    `Idempotency-Key`) from `concurrency` closed-loop clients. Each is a
+//!    replica-set transaction (stock decrement + order + outbox) plus the
+//!    idempotency record. Prints throughput and latency percentiles.
+//! 2. **the event pipeline**: for every order, the time from its
+//!    `created_at` to the `order:delivered` entry in its timeline: eight
+//!    events through the outbox relays, six streams, four consumer groups
+//!    and the simulator's durable timers. Prints percentiles, and how long
+//!    the whole backlog took to drain after the last POST.
+//! 3. **memory**: peak and current resident set of every service process
+//!    (`VmHWM`, `VmRSS` from `/proc`).
+//!
+//! Numbers, not assertions: run it, compare with the previous run.
+
+use std::{
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicUsize, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail};
+use chrono::{DateTime, Utc};
+use futures::{StreamExt, stream};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use serde::Serialize;
+use serde_json::{Value, json};
+
+use crate::{
+    cluster::{Cluster, Options, Svc},
+    load::{FULL_FLOW, menu},
+};
+
+/// Benchmark parameters.
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    /// Orders to place (after a warm-up of 50).
+    pub orders: usize,
+    /// Concurrent clients.
+    pub concurrency: usize,
+    /// Replicas per service.
+    pub replicas: usize,
+    /// Redis `appendfsync`.
+    pub fsync: &'static str,
+    /// Where the service binaries are.
+    pub bin_dir: PathBuf,
+    /// Logs and `bench.json`.
+    pub out: PathBuf,
+}
+
+/// Latency percentiles, in milliseconds.
+#[derive(Debug, Clone, Serialize)]
+pub struct Percentiles {
+    /// Samples.
+    pub n: usize,
+    /// Median.
+    pub p50: f64,
+    /// 95th percentile.
+    pub p95: f64,
+    /// 99th percentile.
+    pub p99: f64,
+    /// Slowest.
+    pub max: f64,
+}
+
+impl Percentiles {
+    /// Percentiles of `samples` (nearest rank).
+    pub fn of(mut samples: Vec<f64>) -> Self {
+        samples.sort_by(f64::total_cmp);
+        let at = |q: f64| -> f64 {
+            if samples.is_empty() {
+                return f64::NAN;
+            }
+            let rank = ((q * samples.len() as f64).ceil() as usize).clamp(1, samples.len());
+            samples[rank - 1]
+        };
+        Self {
+            n: samples.len(),
+            p50: at(0.50),
+            p95: at(0.95),
+            p99: at(0.99),
+            max: at(1.0),
+        }
+    }
+}
+
+impl std::fmt::Display for Percentiles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "p50 {:.1} ms, p95 {:.1} ms, p99 {:.1} ms, max {:.1} ms ({} samples)",
+            self.p50, self.p95, self.p99, self.max, self.n
+        )
+    }
+}
+
+/// Memory of one process, in MiB.
+#[derive(Debug, Clone, Serialize)]
+pub struct Memory {
+    /// Replica name.
+    pub process: String,
+    /// Peak resident set.
+    pub peak_mib: f64,
+    /// Resident set at the end.
+    pub current_mib: f64,
+}
+
+/// The time between two consecutive statuses of one order (their events'
+/// `occurred_at`).
+#[derive(Debug, Clone, Serialize)]
+pub struct Hop {
+    /// Earlier status.
+    pub from: String,
+    /// Next status.
+    pub to: String,
+    /// Percentiles over the orders.
+    pub latency: Percentiles,
+}
+
+/// What the benchmark measured.
+#[derive(Debug, Clone, Serialize)]
+pub struct BenchReport {
+    /// Orders placed in the measured phase.
+    pub orders: usize,
+    /// Concurrent clients.
+    pub concurrency: usize,
+    /// Replicas per service.
+    pub replicas: usize,
+    /// Redis `appendfsync`.
+    pub fsync: String,
+    /// Orders per second accepted (201).
+    pub create_per_sec: f64,
+    /// POST latency.
+    pub create_latency: Percentiles,
+    /// Answers other than 201.
+    pub create_errors: usize,
+    /// `created_at` → `order:delivered`.
+    pub pipeline_latency: Percentiles,
+    /// Between each two consecutive statuses of the flow.
+    pub hops: Vec<Hop>,
+    /// From the last 201 until every order was delivered.
+    pub drain_secs: f64,
+    /// Per process.
+    pub memory: Vec<Memory>,
+}
+
+impl std::fmt::Display for BenchReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "=== bench: {} orders, {} clients, {} replica(s) per service, appendfsync {} ===",
+            self.orders, self.concurrency, self.replicas, self.fsync
+        )?;
+        writeln!(
+            f,
+            "order creation   {:.0} orders/s; {}; {} non-201",
+            self.create_per_sec, self.create_latency, self.create_errors
+        )?;
+        writeln!(
+            f,
+            "created→delivered {}; backlog drained {:.1} s after the last POST",
+            self.pipeline_latency, self.drain_secs
+        )?;
+        for h in &self.hops {
+            writeln!(
+                f,
+                "  {:<28} → {:<28} p50 {:>6.1} ms, p99 {:>6.1} ms",
+                h.from, h.to, h.latency.p50, h.latency.p99
+            )?;
+        }
+        writeln!(f, "memory (MiB)     peak   now")?;
+        for m in &self.memory {
+            writeln!(
+                f,
+                "  {:<16} {:>5.1} {:>5.1}",
+                m.process, m.peak_mib, m.current_mib
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// `VmHWM` and `VmRSS` of a process, in MiB.
+fn memory_of(pid: u32) -> Option<(f64, f64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib = |key: &str| -> Option<f64> {
+        let line = status.lines().find(|l| l.starts_with(key))?;
+        line.split_whitespace().nth(1)?.parse::<f64>().ok()
+    };
+    Some((kib("VmHWM:")? / 1024.0, kib("VmRSS:")? / 1024.0))
+}
+
+async fn post_order(
+    http: &reqwest::Client,
+    url: &str,
+    key: &str,
+    item: &str,
+) -> anyhow::Result<(u16, Value)> {
+    let body = json!({
+        "customer": {"name": "Bench Mark", "address": "1 Fast Lane", "phone": "+1 555 0199"},
+        "items": [{"item_id": item, "quantity": 1}],
+    });
+    let r = http
+        .post(format!("{url}/api/v1/orders"))
+        .header("idempotency-key", key)
+        .json(&body)
+        .send()
+        .await?;
+    let status = r.status().as_u16();
+    Ok((status, r.json().await.unwrap_or_default()))
+}
+
+/// Places `n` orders from `concurrency` clients; returns `(order id, latency ms)`
+/// of the accepted ones and the number of other answers.
+async fn place_many(
+    http: &reqwest::Client,
+    urls: &[String],
+    items: &[String],
+    n: usize,
+    concurrency: usize,
+    tag: &str,
+) -> (Vec<(String, f64)>, usize) {
+    let errors = Arc::new(AtomicUsize::new(0));
+    let mut rng = StdRng::seed_from_u64(7);
+    let picks: Vec<usize> = (0..n).map(|_| rng.random_range(0..items.len())).collect();
+    let accepted: Vec<(String, f64)> = stream::iter(picks.into_iter().enumerate())
+        .map(|(i, pick)| {
+            let errors = errors.clone();
+            let url = &urls[i % urls.len()];
+            let key = format!("bench-{tag}-{i}");
+            async move {
+                let started = Instant::now();
+                match post_order(http, url, &key, &items[pick]).await {
+                    Ok((201, order)) => Some((
+                        order["id"].as_str()?.to_owned(),
+                        started.elapsed().as_secs_f64() * 1e3,
+                    )),
+                    _ => {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                        None
+                    }
+                }
+            }
+        })
+        .buffer_unordered(concurrency.max(1))
+        .filter_map(|x| async move { x })
+        .collect()
+        .await;
+    (accepted, errors.load(Ordering::Relaxed))
+}
+
+/// `created_at` → the `order:delivered` entry, and the time between each
+/// two consecutive timeline entries, in milliseconds.
+async fn pipeline_ms(
+    http: &reqwest::Client,
+    order_url: &str,
+    notify_url: &str,
+    id: &str,
+) -> anyhow::Result<(f64, Vec<f64>)> {
+    let order: Value = http
+        .get(format!("{order_url}/api/v1/orders/{id}"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let timeline: Value = http
+        .get(format!("{notify_url}/api/v1/orders/{id}/timeline"))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let created: DateTime<Utc> = order["created_at"]
+        .as_str()
+        .context("no created_at")?
+        .parse()?;
+    let entries = timeline["timeline"].as_array().context("no timeline")?;
+    let mut at: Vec<DateTime<Utc>> = Vec::with_capacity(FULL_FLOW.len());
+    for stage in FULL_FLOW {
+        let (kind, status) = stage.split_once(':').unwrap_or_default();
+        let entry = entries
+            .iter()
+            .find(|e| e["kind"] == kind && e["status"] == status)
+            .with_context(|| format!("no {stage}"))?;
+        at.push(entry["at"].as_str().context("no at")?.parse()?);
+    }
+    let ms = |a: DateTime<Utc>, b: DateTime<Utc>| {
+        (b - a).num_microseconds().unwrap_or(i64::MAX) as f64 / 1e3
+    };
+    let hops = at.windows(2).map(|w| ms(w[0], w[1])).collect();
+    Ok((ms(created, at[at.len() - 1]), hops))
+}
+
+/// Runs the benchmark.
+pub async fn run(cfg: BenchConfig) -> anyhow::Result<BenchReport> {
+    let env = [
+        ("SIMULATOR_DELAY_SCALE", "0"),
+        // The services' own defaults, not the chaos runs' tighter polling.
+        ("SIM_POLL_MS", "100"),
+        ("OUTBOX_POLL_MS", "250"),
+    ];
+    let cluster = Cluster::start(
+        cfg.bin_dir.clone(),
+        cfg.out.clone(),
+        Options {
+            fsync: cfg.fsync,
+            replicas: cfg.replicas,
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        },
+    )
+    .await?;
+    let result = measure(&cluster, &cfg).await;
+    cluster.shutdown().await;
+    result
+}
+
+async fn measure(cluster: &Cluster, cfg: &BenchConfig) -> anyhow::Result<BenchReport> {
+    let mongo = common::mongo::connect(&cluster.mongo.url(), "bench").await?;
+    let orders = mongo
+        .database(&cluster.db)
+        .collection::<bson::Document>("orders");
+    mongo
+        .database(&cluster.db)
+        .collection::<bson::Document>("menu")
+        .update_many(
+            bson::doc! {},
+            bson::doc! { "$set": { "stock": 10_000_000_i64 } },
+        )
+        .await?;
+    let order_urls = cluster.urls(Svc::OrderSvc);
+    let notify_urls = cluster.urls(Svc::NotifySvc);
+    let (Some(order_url), Some(notify_url)) = (order_urls.first(), notify_urls.first()) else {
+        bail!("no order-svc or notify-svc running");
+    };
+    let items: Vec<String> = menu(&cluster.http, order_url).await?.into_keys().collect();
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(cfg.concurrency)
+        .timeout(Duration::from_secs(30))
+        .build()?;
+
+    let (warm, _) = place_many(&http, &order_urls, &items, 50, cfg.concurrency, "warm").await;
+    wait_delivered(&orders, Duration::from_secs(120)).await?;
+    drop(warm);
+
+    let started = Instant::now();
+    let (accepted, create_errors) = place_many(
+        &http,
+        &order_urls,
+        &items,
+        cfg.orders,
+        cfg.concurrency,
+        "run",
+    )
+    .await;
+    let create_secs = started.elapsed().as_secs_f64();
+    let last_post = Instant::now();
+    wait_delivered(&orders, Duration::from_secs(600)).await?;
+    let drain_secs = last_post.elapsed().as_secs_f64();
+
+    let create_latency = Percentiles::of(accepted.iter().map(|(_, ms)| *ms).collect());
+    let measured: Vec<(f64, Vec<f64>)> = stream::iter(&accepted)
+        .map(|(id, _)| pipeline_ms(&http, order_url, notify_url, id))
+        .buffer_unordered(16)
+        .filter_map(|r| async move { r.ok() })
+        .collect()
+        .await;
+    let hops = FULL_FLOW
+        .windows(2)
+        .enumerate()
+        .map(|(i, w)| Hop {
+            from: w[0].to_owned(),
+            to: w[1].to_owned(),
+            latency: Percentiles::of(measured.iter().map(|(_, h)| h[i]).collect()),
+        })
+        .collect();
+    let pipeline = measured.into_iter().map(|(total, _)| total).collect();
+    let memory = cluster
+        .pids()
+        .into_iter()
+        .filter_map(|(process, pid)| {
+            let (peak_mib, current_mib) = memory_of(pid)?;
+            Some(Memory {
+                process: process.trim_end_matches("-g1").to_owned(),
+                peak_mib,
+                current_mib,
+            })
+        })
+        .collect();
+    Ok(BenchReport {
+        orders: cfg.orders,
+        concurrency: cfg.concurrency,
+        replicas: cfg.replicas,
+        fsync: cfg.fsync.to_owned(),
+        create_per_sec: accepted.len() as f64 / create_secs,
+        create_latency,
+        create_errors,
+        pipeline_latency: Percentiles::of(pipeline),
+        hops,
+        drain_secs,
+        memory,
+    })
+}
+
+async fn wait_delivered(
+    orders: &mongodb::Collection<bson::Document>,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let open = orders
+            .count_documents(bson::doc! { "status": { "$ne": "delivered" } })
+            .await?;
+        if open == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("{open} orders not delivered after {timeout:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        let p = Percentiles::of((1..=100).rev().map(f64::from).collect());
+        assert_eq!(
+            (p.n, p.p50, p.p95, p.p99, p.max),
+            (100, 50.0, 95.0, 99.0, 100.0)
+        );
+        assert!(Percentiles::of(vec![]).p50.is_nan());
+        assert_eq!(Percentiles::of(vec![3.0]).p99, 3.0);
+    }
+}
