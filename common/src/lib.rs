@@ -14,6 +14,7 @@
 //! | [`streams`] | stream and group names in one place, with a per-deployment key prefix |
 //! | [`outbox`] | the transactional outbox and its single active relay (lease in Redis) |
 //! | [`inbox`] | processed event ids per group, recorded in the effect's transaction |
+//! | [`transition`] | guarded status transitions of a versioned document, once per event, with their outbox event |
 //! | [`failpoint`] | test-only crash points (cargo feature `failpoints`) |
 //! | [`publisher`] | XADD with approximate MAXLEN trimming |
 //! | [`consumer`] | the consumer-group loop: XREADGROUP, XACK, retries, XAUTOCLAIM, dead letters |
@@ -71,6 +72,7 @@ pub mod shutdown;
 pub mod stream_entry;
 pub mod streams;
 pub mod telemetry;
+pub mod transition;
 
 pub use envelope::Envelope;
 pub use stream_entry::StreamEntry;

@@ -7,16 +7,14 @@ use bson::{doc, oid::ObjectId};
 use chrono::{DateTime, Utc};
 use common::{
     Envelope,
-    events::{DeliveryStatus, Lifecycle, Transition},
+    events::DeliveryStatus,
     inbox::Inbox,
     mongo::{MaybeMongoError, RetryPolicy, run_transaction},
     outbox::Outbox,
     streams::{Namespace, Stream, groups},
+    transition::{Guarded, Versioned},
 };
-use mongodb::{
-    ClientSession, Collection, IndexModel,
-    options::{IndexOptions, ReturnDocument},
-};
+use mongodb::{ClientSession, Collection, IndexModel, options::IndexOptions};
 use serde::{Deserialize, Serialize};
 
 use crate::events;
@@ -57,36 +55,25 @@ pub enum Creation {
 }
 
 /// Outcome of applying a courier status.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StatusChange {
-    /// Moved on.
-    Moved {
-        /// The delivery now.
-        delivery: Delivery,
-        /// Status before.
-        previous: DeliveryStatus,
-    },
-    /// Already at or past it.
-    Stale(DeliveryStatus),
-    /// Skips ahead of the current status.
-    Early(DeliveryStatus),
-    /// No such delivery.
-    Missing,
-    /// This event was applied before (the inbox has it).
-    Duplicate,
-}
+pub type StatusChange = common::transition::StatusChange<DeliveryStatus>;
 
 /// Aborts a transaction that must not commit.
 #[derive(Debug, thiserror::Error)]
 enum Abort {
     #[error("already processed")]
     Duplicate,
-    #[error("no such document")]
-    Missing,
-    #[error("early: the delivery is {0:?}")]
-    Early(DeliveryStatus),
     #[error(transparent)]
     Mongo(#[from] mongodb::error::Error),
+}
+
+impl Versioned for Delivery {
+    type Status = DeliveryStatus;
+    fn status(&self) -> DeliveryStatus {
+        self.status
+    }
+    fn version(&self) -> u32 {
+        self.version
+    }
 }
 
 impl MaybeMongoError for Abort {
@@ -155,10 +142,6 @@ impl Store {
         match result {
             Ok(c) => Ok(c),
             Err(Abort::Duplicate) => Ok(Creation::Duplicate),
-            // Creation neither waits for a predecessor nor looks a delivery up.
-            Err(other @ (Abort::Early(_) | Abort::Missing)) => {
-                Err(mongodb::error::Error::custom(other.to_string()))
-            }
             Err(Abort::Mongo(e)) => Err(e),
         }
     }
@@ -223,80 +206,23 @@ impl Store {
     }
 
     /// Applies a courier status: moves the delivery to `to` if that is its
-    /// next status, once per event.
+    /// next status, once per event (see `common::transition`).
     pub async fn apply_status(
         &self,
         id: ObjectId,
         to: DeliveryStatus,
         cause: &Envelope,
     ) -> mongodb::error::Result<StatusChange> {
-        let ctx = (self, id, to, cause);
-        let result = run_transaction(
-            &self.client,
-            RetryPolicy::default(),
-            &ctx,
-            |s, (store, id, to, cause)| Box::pin(store.apply_status_in(s, *id, *to, cause)),
-        )
-        .await;
-        match result {
-            Ok(c) => Ok(c),
-            Err(Abort::Duplicate) => Ok(StatusChange::Duplicate),
-            Err(Abort::Missing) => Ok(StatusChange::Missing),
-            Err(Abort::Early(current)) => Ok(StatusChange::Early(current)),
-            Err(Abort::Mongo(e)) => Err(e),
+        Guarded {
+            client: &self.client,
+            collection: &self.deliveries,
+            inbox: &self.inbox,
+            group: groups::DELIVERY_SVC,
+            outbox: &self.outbox,
+            stream: Stream::Deliveries,
+            event: events::delivery_status_updated,
         }
-    }
-
-    async fn apply_status_in(
-        &self,
-        s: &mut ClientSession,
-        id: ObjectId,
-        to: DeliveryStatus,
-        cause: &Envelope,
-    ) -> Result<StatusChange, Abort> {
-        if !self
-            .inbox
-            .claim(&mut *s, groups::DELIVERY_SVC, cause.event_id)
-            .await?
-        {
-            return Err(Abort::Duplicate);
-        }
-        let Some(current) = self
-            .deliveries
-            .find_one(doc! { "_id": id })
-            .session(&mut *s)
-            .await?
-        else {
-            return Err(Abort::Missing);
-        };
-        match current.status.transition(to) {
-            Transition::Stale => return Ok(StatusChange::Stale(current.status)),
-            Transition::Early => return Err(Abort::Early(current.status)),
-            Transition::Apply => {}
-        }
-        let updated = self
-            .deliveries
-            .find_one_and_update(
-                doc! { "_id": id, "version": current.version },
-                doc! {
-                    "$set": { "status": to.as_str(), "updated_at": bson::DateTime::now() },
-                    "$inc": { "version": 1 },
-                },
-            )
-            .return_document(ReturnDocument::After)
-            .session(&mut *s)
-            .await?;
-        let Some(delivery) = updated else {
-            return Err(Abort::Missing);
-        };
-        let event =
-            events::delivery_status_updated(&delivery, current.status, &cause.correlation_id);
-        self.outbox
-            .add(&mut *s, Stream::Deliveries, &event, delivery.version)
-            .await?;
-        Ok(StatusChange::Moved {
-            delivery,
-            previous: current.status,
-        })
+        .apply(id, to, cause)
+        .await
     }
 }

@@ -20,11 +20,12 @@ use bson::{doc, oid::ObjectId};
 use chrono::{DateTime, Utc};
 use common::{
     Envelope,
-    events::{Customer, Lifecycle, OrderLine, OrderStatus, Transition},
+    events::{Customer, OrderLine, OrderStatus},
     inbox::Inbox,
     mongo::{MaybeMongoError, RetryPolicy, run_transaction},
     outbox::Outbox,
     streams::{Namespace, Stream, groups},
+    transition::{Guarded, Versioned},
 };
 use futures::TryStreamExt;
 use mongodb::{
@@ -139,45 +140,15 @@ pub struct Placed {
 }
 
 /// The outcome of applying a status event to an order.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StatusChange {
-    /// Moved on; the order as it is now, and its previous status.
-    Moved {
-        /// The order after the change.
-        order: Order,
-        /// Status before.
-        previous: OrderStatus,
-    },
-    /// Already at or past that status (duplicate or stale event).
-    Stale(OrderStatus),
-    /// The status skips ahead of the current one.
-    Early(OrderStatus),
-    /// No such order.
-    Missing,
-    /// This event was applied before (the inbox has it).
-    Duplicate,
-}
+pub type StatusChange = common::transition::StatusChange<OrderStatus>;
 
-/// Why a status was not applied; every variant aborts the transaction (so an
-/// early event's inbox claim rolls back and its retry can apply it).
-#[derive(Debug, thiserror::Error)]
-enum ApplyError {
-    #[error("already processed")]
-    Duplicate,
-    #[error("no such document")]
-    Missing,
-    #[error("early: the order is {0:?}")]
-    Early(OrderStatus),
-    #[error(transparent)]
-    Mongo(#[from] mongodb::error::Error),
-}
-
-impl MaybeMongoError for ApplyError {
-    fn as_mongo(&self) -> Option<&mongodb::error::Error> {
-        match self {
-            Self::Mongo(e) => Some(e),
-            _ => None,
-        }
+impl Versioned for Order {
+    type Status = OrderStatus;
+    fn status(&self) -> OrderStatus {
+        self.status
+    }
+    fn version(&self) -> u32 {
+        self.version
     }
 }
 
@@ -403,84 +374,24 @@ impl Store {
     }
 
     /// Applies a status event: moves the order to `to` if that is its next
-    /// status (see [`Lifecycle::transition`]), once per event.
+    /// status, once per event (see [`common::transition`]).
     pub async fn apply_status(
         &self,
         id: ObjectId,
         to: OrderStatus,
         cause: &Envelope,
     ) -> mongodb::error::Result<StatusChange> {
-        let ctx = (self, id, to, cause);
-        let policy = RetryPolicy::default();
-        let result = run_transaction(
-            &self.client,
-            policy,
-            &ctx,
-            |session, (store, id, to, cause)| {
-                Box::pin(store.apply_status_in(session, *id, *to, cause))
-            },
-        )
-        .await;
-        match result {
-            Ok(change) => Ok(change),
-            Err(ApplyError::Duplicate) => Ok(StatusChange::Duplicate),
-            Err(ApplyError::Missing) => Ok(StatusChange::Missing),
-            Err(ApplyError::Early(current)) => Ok(StatusChange::Early(current)),
-            Err(ApplyError::Mongo(e)) => Err(e),
+        Guarded {
+            client: &self.client,
+            collection: &self.orders,
+            inbox: &self.inbox,
+            group: groups::ORDER_SVC,
+            outbox: &self.outbox,
+            stream: Stream::Orders,
+            event: events::order_status_updated,
         }
-    }
-
-    async fn apply_status_in(
-        &self,
-        s: &mut ClientSession,
-        id: ObjectId,
-        to: OrderStatus,
-        cause: &Envelope,
-    ) -> Result<StatusChange, ApplyError> {
-        if !self
-            .inbox
-            .claim(&mut *s, groups::ORDER_SVC, cause.event_id)
-            .await?
-        {
-            return Err(ApplyError::Duplicate);
-        }
-        let Some(order) = self
-            .orders
-            .find_one(doc! { "_id": id })
-            .session(&mut *s)
-            .await?
-        else {
-            return Err(ApplyError::Missing);
-        };
-        match order.status.transition(to) {
-            Transition::Stale => return Ok(StatusChange::Stale(order.status)),
-            Transition::Early => return Err(ApplyError::Early(order.status)),
-            Transition::Apply => {}
-        }
-        let now = Utc::now();
-        let updated = self
-            .orders
-            .find_one_and_update(
-                doc! { "_id": id, "version": order.version },
-                doc! {
-                    "$set": { "status": to.as_str(), "updated_at": bson::DateTime::from_chrono(now) },
-                    "$inc": { "version": 1 },
-                },
-            )
-            .return_document(ReturnDocument::After)
-            .session(&mut *s)
-            .await?;
-        // The version guard cannot miss inside a transaction: a concurrent
-        // change would have been a write conflict (and a retry).
-        let Some(order) = updated else {
-            return Err(ApplyError::Missing);
-        };
-        let previous = order_previous(to);
-        let event = events::order_status_updated(&order, previous, &cause.correlation_id);
-        self.outbox
-            .add(&mut *s, Stream::Orders, &event, order.version)
-            .await?;
-        Ok(StatusChange::Moved { order, previous })
+        .apply(id, to, cause)
+        .await
     }
 
     /// Inserts the seed items that are missing (by slug); never touches existing ones.
@@ -506,11 +417,4 @@ impl Store {
         }
         Ok(inserted)
     }
-}
-
-fn order_previous(to: OrderStatus) -> OrderStatus {
-    OrderStatus::FLOW
-        .get(to.rank().saturating_sub(1))
-        .copied()
-        .unwrap_or(to)
 }

@@ -9,3 +9,4 @@ mod helpers;
 mod mongo;
 mod publisher;
 mod telemetry;
+mod transition;

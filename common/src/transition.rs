@@ -1,0 +1,185 @@
+//! Guarded status transitions of a versioned document, once per event.
+//!
+//! order-svc (orders) and delivery-svc (deliveries) apply status events the
+//! same way, and this module is that way, written once. In one retried
+//! replica-set transaction:
+//!
+//! 1. the event id is claimed in the consumer group's [`Inbox`]; a second
+//!    delivery of the same event finds it claimed and changes nothing
+//!    ([`StatusChange::Duplicate`]);
+//! 2. the document is read and the [`Lifecycle`] decides: the next status is
+//!    applied; one at or behind the current status is acknowledged and
+//!    ignored ([`StatusChange::Stale`], never moved backwards); one that
+//!    skips ahead ([`StatusChange::Early`]) aborts, so the consumer can defer
+//!    it until its predecessor has been applied;
+//! 3. the status is set and `version` incremented, guarded by the version read
+//!    (inside the transaction a concurrent change is a write conflict, and a
+//!    retry, never a lost update);
+//! 4. the resulting event goes into the [`Outbox`] in the same transaction,
+//!    with the new version as its sequence number.
+//!
+//! Early, duplicate and missing abort the transaction, so the inbox claim is
+//! rolled back with them: a deferred or retried event is still new when it
+//! comes back.
+
+use bson::{doc, oid::ObjectId};
+use mongodb::{ClientSession, Collection, options::ReturnDocument};
+use serde::{Serialize, de::DeserializeOwned};
+
+use crate::{
+    envelope::Envelope,
+    events::{Lifecycle, Transition},
+    inbox::Inbox,
+    mongo::{MaybeMongoError, RetryPolicy, run_transaction},
+    outbox::Outbox,
+    streams::Stream,
+};
+
+/// A document with a status lifecycle and a version counter (fields `status`
+/// and `version`).
+pub trait Versioned: DeserializeOwned + Send + Sync + Unpin + 'static {
+    /// Its status.
+    type Status: Lifecycle + Serialize + Send + Sync + std::fmt::Debug;
+    /// The current status.
+    fn status(&self) -> Self::Status;
+    /// The current version.
+    fn version(&self) -> u32;
+}
+
+/// What applying a status event did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StatusChange<S> {
+    /// Moved on from `previous`; the event is in the outbox.
+    Moved {
+        /// Status before.
+        previous: S,
+    },
+    /// Already at or past it (a stale or duplicate event): nothing changed.
+    Stale(S),
+    /// Skips ahead of the current status: nothing changed, try again later.
+    Early(S),
+    /// This event was applied before (inbox): nothing changed.
+    Duplicate,
+    /// No such document.
+    Missing,
+}
+
+/// Where one kind of document lives and where its events go.
+#[derive(Debug)]
+pub struct Guarded<'a, T: Versioned> {
+    /// The client (for the session).
+    pub client: &'a mongodb::Client,
+    /// The documents.
+    pub collection: &'a Collection<T>,
+    /// The consumer group's inbox.
+    pub inbox: &'a Inbox,
+    /// The consumer group applying the events.
+    pub group: &'a str,
+    /// Where the resulting events are written.
+    pub outbox: &'a Outbox,
+    /// Their stream.
+    pub stream: Stream,
+    /// Builds the resulting event: `(document after, previous status, correlation id)`.
+    pub event: fn(&T, T::Status, &str) -> Envelope,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum Abort<S: std::fmt::Debug> {
+    #[error("already processed")]
+    Duplicate,
+    #[error("no such document")]
+    Missing,
+    #[error("early: the document is {0:?}")]
+    Early(S),
+    #[error(transparent)]
+    Mongo(#[from] mongodb::error::Error),
+}
+
+impl<S: std::fmt::Debug> MaybeMongoError for Abort<S> {
+    fn as_mongo(&self) -> Option<&mongodb::error::Error> {
+        match self {
+            Abort::Mongo(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl<T: Versioned> Guarded<'_, T> {
+    /// Moves document `id` to status `to` because of `cause`, at most once per
+    /// event (see the module doc).
+    pub async fn apply(
+        &self,
+        id: ObjectId,
+        to: T::Status,
+        cause: &Envelope,
+    ) -> mongodb::error::Result<StatusChange<T::Status>> {
+        let ctx = (self, id, to, cause);
+        let result = run_transaction(
+            self.client,
+            RetryPolicy::default(),
+            &ctx,
+            |s, (this, id, to, cause)| Box::pin(this.apply_in(s, *id, *to, cause)),
+        )
+        .await;
+        match result {
+            Ok(change) => Ok(change),
+            Err(Abort::Duplicate) => Ok(StatusChange::Duplicate),
+            Err(Abort::Missing) => Ok(StatusChange::Missing),
+            Err(Abort::Early(current)) => Ok(StatusChange::Early(current)),
+            Err(Abort::Mongo(e)) => Err(e),
+        }
+    }
+
+    async fn apply_in(
+        &self,
+        s: &mut ClientSession,
+        id: ObjectId,
+        to: T::Status,
+        cause: &Envelope,
+    ) -> Result<StatusChange<T::Status>, Abort<T::Status>> {
+        if !self
+            .inbox
+            .claim(&mut *s, self.group, cause.event_id)
+            .await?
+        {
+            return Err(Abort::Duplicate);
+        }
+        let Some(current) = self
+            .collection
+            .find_one(doc! { "_id": id })
+            .session(&mut *s)
+            .await?
+        else {
+            return Err(Abort::Missing);
+        };
+        let previous = current.status();
+        match previous.transition(to) {
+            Transition::Stale => return Ok(StatusChange::Stale(previous)),
+            Transition::Early => return Err(Abort::Early(previous)),
+            Transition::Apply => {}
+        }
+        let status = bson::to_bson(&to).map_err(mongodb::error::Error::custom)?;
+        let updated = self
+            .collection
+            .find_one_and_update(
+                doc! { "_id": id, "version": current.version() },
+                doc! {
+                    "$set": { "status": status, "updated_at": bson::DateTime::now() },
+                    "$inc": { "version": 1 },
+                },
+            )
+            .return_document(ReturnDocument::After)
+            .session(&mut *s)
+            .await?;
+        // The version guard cannot miss inside a transaction: a concurrent
+        // change would have been a write conflict (and a retry).
+        let Some(after) = updated else {
+            return Err(Abort::Missing);
+        };
+        let event = (self.event)(&after, previous, &cause.correlation_id);
+        self.outbox
+            .add(&mut *s, self.stream, &event, after.version())
+            .await?;
+        Ok(StatusChange::Moved { previous })
+    }
+}

@@ -1,0 +1,150 @@
+//! `common::transition` on a real replica set: the next status applies once
+//! with its outbox event; duplicates, stale and early events change nothing,
+//! and an early event is still new when it comes back.
+
+use bson::{doc, oid::ObjectId};
+use common::{
+    Envelope,
+    events::DeliveryStatus,
+    inbox::Inbox,
+    mongo,
+    outbox::Outbox,
+    streams::{Namespace, Stream},
+    transition::{Guarded, StatusChange, Versioned},
+};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Serialize, Deserialize)]
+struct Parcel {
+    #[serde(rename = "_id")]
+    id: ObjectId,
+    status: DeliveryStatus,
+    version: u32,
+}
+
+impl Versioned for Parcel {
+    type Status = DeliveryStatus;
+    fn status(&self) -> DeliveryStatus {
+        self.status
+    }
+    fn version(&self) -> u32 {
+        self.version
+    }
+}
+
+fn moved_event(p: &Parcel, previous: DeliveryStatus, correlation_id: &str) -> Envelope {
+    Envelope::new(
+        "parcel.moved.v1",
+        p.id.to_hex(),
+        correlation_id,
+        "test",
+        &serde_json::json!({ "from": previous, "to": p.status, "version": p.version }),
+    )
+    .unwrap()
+}
+
+fn cause() -> Envelope {
+    Envelope::new(
+        "courier.said.v1",
+        "k",
+        "corr-1",
+        "test",
+        &serde_json::json!({}),
+    )
+    .unwrap()
+}
+
+#[tokio::test]
+async fn only_the_next_status_applies_and_only_once() {
+    let client = mongo::connect(&testkit::shared_mongo().url(), "common-tests")
+        .await
+        .unwrap();
+    let db = client.database(&testkit::unique_db("transition"));
+    let parcels = db.collection::<Parcel>("parcels");
+    let (inbox, outbox) = (
+        Inbox::new(&db),
+        Outbox::new(&db, Namespace::new("t:"), "test"),
+    );
+    let id = ObjectId::new();
+    parcels
+        .insert_one(Parcel {
+            id,
+            status: DeliveryStatus::WaitingForPickup,
+            version: 1,
+        })
+        .await
+        .unwrap();
+    let g = Guarded {
+        client: &client,
+        collection: &parcels,
+        inbox: &inbox,
+        group: "g",
+        outbox: &outbox,
+        stream: Stream::Deliveries,
+        event: moved_event,
+    };
+    let version = || async {
+        parcels
+            .find_one(doc! { "_id": id })
+            .await
+            .unwrap()
+            .unwrap()
+            .version
+    };
+
+    // Early: skips on_the_way. Nothing changes, and the claim rolls back.
+    let early = cause();
+    assert_eq!(
+        g.apply(id, DeliveryStatus::Delivered, &early)
+            .await
+            .unwrap(),
+        StatusChange::Early(DeliveryStatus::WaitingForPickup)
+    );
+    assert_eq!((version().await, outbox.len().await.unwrap()), (1, 0));
+
+    // The next status applies, with its event in the outbox.
+    let next = cause();
+    assert_eq!(
+        g.apply(id, DeliveryStatus::OnTheWay, &next).await.unwrap(),
+        StatusChange::Moved {
+            previous: DeliveryStatus::WaitingForPickup
+        }
+    );
+    assert_eq!((version().await, outbox.len().await.unwrap()), (2, 1));
+
+    // The same event again: a duplicate. The same status in a new event: stale.
+    assert_eq!(
+        g.apply(id, DeliveryStatus::OnTheWay, &next).await.unwrap(),
+        StatusChange::Duplicate
+    );
+    assert_eq!(
+        g.apply(id, DeliveryStatus::WaitingForPickup, &cause())
+            .await
+            .unwrap(),
+        StatusChange::Stale(DeliveryStatus::OnTheWay)
+    );
+    assert_eq!((version().await, outbox.len().await.unwrap()), (2, 1));
+
+    // The early event, redelivered now that its predecessor is in, applies.
+    assert_eq!(
+        g.apply(id, DeliveryStatus::Delivered, &early)
+            .await
+            .unwrap(),
+        StatusChange::Moved {
+            previous: DeliveryStatus::OnTheWay
+        }
+    );
+    let after = parcels.find_one(doc! { "_id": id }).await.unwrap().unwrap();
+    assert_eq!(
+        (after.status, after.version),
+        (DeliveryStatus::Delivered, 3)
+    );
+    assert_eq!(outbox.len().await.unwrap(), 2);
+
+    assert_eq!(
+        g.apply(ObjectId::new(), DeliveryStatus::OnTheWay, &cause())
+            .await
+            .unwrap(),
+        StatusChange::Missing
+    );
+}
