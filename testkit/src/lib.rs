@@ -51,6 +51,26 @@ pub const FULL_FLOW: [&str; 8] = [
     "order:delivered",
 ];
 
+/// Polls `check` every 20 ms until it returns `Some`, or fails the test
+/// (panics) naming `what`: how tests wait for a condition instead of sleeping.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A name no other test (in this run or a concurrent one) uses: `<prefix>-<pid>-<n>-<rand>`.
 pub fn unique(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);

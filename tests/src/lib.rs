@@ -13,7 +13,7 @@
 // Test code fails by panicking.
 #![allow(clippy::unwrap_used)]
 
-use std::{collections::HashMap, future::Future, net::SocketAddr, time::Duration};
+use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
 use common::settings::Env;
 use futures::StreamExt;
@@ -481,23 +481,20 @@ impl Tracker {
     }
 }
 
-/// Polls `check` every 25 ms until it returns `Some`, or fails the test.
-pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
+pub use testkit::{FULL_FLOW, eventually};
 
-pub use testkit::FULL_FLOW;
+/// A timeline (the `timeline` array notify-svc serves) as `kind:status` labels.
+pub fn labels(timeline: &Value) -> Vec<String> {
+    timeline
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            format!(
+                "{}:{}",
+                e["kind"].as_str().unwrap(),
+                e["status"].as_str().unwrap()
+            )
+        })
+        .collect()
+}

@@ -121,25 +121,6 @@ impl Ctx {
     }
 }
 
-/// Polls `check` every 20 ms until it returns `Some`, or fails the test.
-pub(crate) async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// What the test handler does on one call.
 #[derive(Debug, Clone)]
 pub(crate) enum Act {
@@ -244,3 +225,5 @@ impl Handler for TestHandler {
         }
     }
 }
+
+pub(crate) use testkit::eventually;

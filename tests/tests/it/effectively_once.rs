@@ -13,7 +13,7 @@ use common::{
     failpoint::{self, Action},
     streams::{Stream, groups},
 };
-use foodchain_tests::{FULL_FLOW, Service, System, eventually, order_body};
+use foodchain_tests::{FULL_FLOW, Service, System, eventually, labels, order_body};
 use serde_json::Value;
 
 const T: Duration = Duration::from_secs(30);
@@ -50,18 +50,7 @@ async fn timeline_labels(sys: &System, order_id: &str) -> Vec<String> {
             &format!("/api/v1/orders/{order_id}/timeline"),
         )
         .await;
-    t["timeline"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            format!(
-                "{}:{}",
-                e["kind"].as_str().unwrap(),
-                e["status"].as_str().unwrap()
-            )
-        })
-        .collect()
+    labels(&t["timeline"])
 }
 
 async fn xadd(sys: &System, stream: Stream, event: &Envelope) {

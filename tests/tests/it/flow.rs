@@ -1,24 +1,8 @@
 use std::time::Duration;
 
-use foodchain_tests::{FULL_FLOW, Service, System};
-use serde_json::Value;
+use foodchain_tests::{FULL_FLOW, Service, System, labels};
 
 const FLOW_TIMEOUT: Duration = Duration::from_secs(30);
-
-fn labels(timeline: &Value) -> Vec<String> {
-    timeline
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| {
-            format!(
-                "{}:{}",
-                e["kind"].as_str().unwrap(),
-                e["status"].as_str().unwrap()
-            )
-        })
-        .collect()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_order_reaches_delivered_and_trackers_see_every_status_in_order() {

@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use foodchain_tests::{FULL_FLOW, Service, System};
+use foodchain_tests::{FULL_FLOW, Service, System, labels};
 use futures::StreamExt;
 use tokio_tungstenite::tungstenite::{Message, protocol::frame::coding::CloseCode};
 
@@ -26,20 +26,7 @@ async fn trackers_on_every_notify_replica_get_every_update() {
     let mut seen = Vec::new();
     for t in &mut trackers {
         let snapshot = t.next(T).await;
-        seen.push(
-            snapshot["timeline"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|e| {
-                    format!(
-                        "{}:{}",
-                        e["kind"].as_str().unwrap(),
-                        e["status"].as_str().unwrap()
-                    )
-                })
-                .collect::<Vec<_>>(),
-        );
+        seen.push(labels(&snapshot["timeline"]));
     }
     sys.start_service(Service::Simulator).await;
     for (t, seen) in trackers.iter_mut().zip(&mut seen) {
