@@ -6,6 +6,7 @@
 //!
 //! | module | what it gives |
 //! |---|---|
+//! | [`backoff`] | the one exponential backoff of every wait-for-a-dependency loop |
 //! | [`service`] | the runtime each service is built on: clients, health, start-up, consumers, graceful HTTP |
 //! | [`settings`] | one [`settings::CommonSettings`] from env vars, documented defaults, fail-fast validation |
 //! | [`envelope`] | the [`envelope::Envelope`] every event travels in, and its stream-entry encoding |
@@ -54,6 +55,7 @@
 //! * **Graceful shutdown.** When the shutdown token is cancelled, the loop
 //!   stops reading, finishes and acknowledges the batch it holds, and returns.
 
+pub mod backoff;
 pub mod consumer;
 pub mod dead_letter;
 pub mod envelope;

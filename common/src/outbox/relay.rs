@@ -1,204 +1,25 @@
-//! The transactional outbox: events commit with the state change that caused
-//! them, and a relay publishes them.
-//!
-//! # Writing
-//!
-//! A service writes its events with [`Outbox::add`] *inside* the MongoDB
-//! transaction that changes its state, into its own collection
-//! (`outbox_<service>`). Either both commit or neither does: an event can no
-//! longer be lost between a commit and a publish, nor published for a change
-//! that rolled back. Each entry records the server time it was written
-//! (`$currentDate`, one clock for all replicas) and the aggregate's version
-//! (`seq`).
-//!
-//! # Relaying
-//!
-//! One [`Relay`] per service is active at a time, across replicas: it holds a
-//! lease in Redis (`SET NX PX`, renewed at a third of its TTL by a script that
-//! checks the holder), and a replica whose holder died takes over when the
-//! lease expires. The active relay loops:
-//!
-//! 1. read up to `batch` unpublished entries in written order;
-//! 2. publish them in one pipeline, each order's events in `seq` order;
-//! 3. mark them published.
-//!
-//! A crash between 2 and 3 republishes those entries later: consumers dedupe
-//! by `event_id` (their inbox), so that costs a duplicate message, never a
-//! duplicate effect. A relay that was paused past its lease (say SIGSTOP)
-//! checks the lease again before publishing, so two relays overlap at most for
-//! one batch, with the same harmless duplicates.
-//!
-//! The relay wakes up at once when this process commits an entry
-//! ([`Outbox::wake`]), when a change stream on the collection reports an insert
-//! by any replica, and otherwise every `poll` interval. Published entries are
-//! deleted once older than the retention (`OUTBOX_RETENTION_SECS`).
+//! The relay: one active per service across replicas (a lease in Redis),
+//! publishing the outbox in written order, each key's events in `seq` order.
 
 use std::{collections::HashMap, sync::Arc, time::Duration};
 
 use bson::{Document, doc, oid::ObjectId};
 use futures::{StreamExt, TryStreamExt};
-use mongodb::{ClientSession, Collection, IndexModel};
+use mongodb::Collection;
 use redis::{Script, aio::ConnectionManager};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::{Outbox, OutboxSettings};
 use crate::{
-    Envelope, failpoint,
+    Envelope,
+    backoff::Backoff,
+    failpoint,
     publisher::Publisher,
-    streams::{Namespace, Stream},
+    settings::RETENTION_SWEEP_EVERY,
+    streams::Stream,
 };
-
-/// Outbox tuning.
-#[derive(Debug, Clone, Copy)]
-pub struct OutboxSettings {
-    /// Entries per relay round.
-    pub batch: i64,
-    /// Longest sleep when nothing wakes the relay.
-    pub poll: Duration,
-    /// Lease time to live; a dead holder is replaced after at most this.
-    pub lease_ttl: Duration,
-    /// How long published entries are kept.
-    pub retention: Duration,
-}
-
-impl Default for OutboxSettings {
-    fn default() -> Self {
-        Self {
-            batch: 500,
-            poll: Duration::from_millis(250),
-            lease_ttl: Duration::from_secs(5),
-            retention: Duration::from_secs(3600),
-        }
-    }
-}
-
-impl OutboxSettings {
-    /// Reads `OUTBOX_BATCH`, `OUTBOX_POLL_MS`, `OUTBOX_LEASE_MS`, `OUTBOX_RETENTION_SECS`.
-    pub fn from_env(env: &mut crate::settings::Env) -> Self {
-        let d = Self::default();
-        let s = Self {
-            batch: env.parse("OUTBOX_BATCH", d.batch),
-            poll: env.millis("OUTBOX_POLL_MS", 250),
-            lease_ttl: env.millis("OUTBOX_LEASE_MS", 5000),
-            retention: Duration::from_secs(env.parse("OUTBOX_RETENTION_SECS", 3600)),
-        };
-        env.check(s.batch >= 1, "OUTBOX_BATCH must be at least 1");
-        env.check(
-            s.lease_ttl >= Duration::from_millis(300),
-            "OUTBOX_LEASE_MS must be at least 300",
-        );
-        env.check(!s.poll.is_zero(), "OUTBOX_POLL_MS must be at least 1");
-        s
-    }
-}
-
-/// Where a service's transactions put their events.
-#[derive(Debug, Clone)]
-pub struct Outbox {
-    coll: Collection<Document>,
-    wake: Arc<Notify>,
-    ns: Namespace,
-    service: String,
-}
-
-impl Outbox {
-    /// The outbox of `service` in `db`.
-    pub fn new(db: &mongodb::Database, ns: Namespace, service: &str) -> Self {
-        Self {
-            coll: db.collection(&format!("outbox_{}", service.replace('-', "_"))),
-            wake: Arc::new(Notify::new()),
-            ns,
-            service: service.to_owned(),
-        }
-    }
-
-    /// Creates the index the relay reads by (idempotent).
-    pub async fn ensure_indexes(&self) -> mongodb::error::Result<()> {
-        self.coll
-            .create_index(
-                IndexModel::builder()
-                    .keys(doc! { "published": 1, "written_at": 1, "_id": 1 })
-                    .build(),
-            )
-            .await
-            .map(drop)
-    }
-
-    /// Adds an event for `stream` inside the caller's transaction. `seq` is the
-    /// aggregate version after the change (orders the events of one key).
-    pub async fn add(
-        &self,
-        s: &mut ClientSession,
-        stream: Stream,
-        event: &Envelope,
-        seq: u32,
-    ) -> mongodb::error::Result<()> {
-        let mut fields = Document::new();
-        for (k, v) in event.to_fields() {
-            fields.insert(k, v);
-        }
-        // An upsert, so that `$currentDate` stamps the entry with the
-        // database's clock: one clock for every replica that writes.
-        self.coll
-            .update_one(
-                doc! { "_id": ObjectId::new() },
-                doc! {
-                    "$currentDate": { "written_at": true },
-                    "$setOnInsert": {
-                        "stream": stream.name(),
-                        "key": &event.key,
-                        "seq": i64::from(seq),
-                        "event_id": event.event_id.to_string(),
-                        "fields": fields,
-                        "published": false,
-                    },
-                },
-            )
-            .upsert(true)
-            .session(&mut *s)
-            .await
-            .map(drop)
-    }
-
-    /// The namespace of the relay's lease (and of failpoints).
-    pub fn namespace(&self) -> &Namespace {
-        &self.ns
-    }
-
-    /// Tells this process' relay that an entry was committed.
-    pub fn wake(&self) {
-        self.wake.notify_one();
-    }
-
-    /// Unpublished entries.
-    pub async fn backlog(&self) -> mongodb::error::Result<u64> {
-        self.coll.count_documents(doc! { "published": false }).await
-    }
-
-    /// Entries in the collection (published or not).
-    pub async fn len(&self) -> mongodb::error::Result<u64> {
-        self.coll.count_documents(doc! {}).await
-    }
-
-    /// The relay for this outbox.
-    pub fn relay(
-        &self,
-        conn: ConnectionManager,
-        publisher: Publisher,
-        holder: &str,
-        settings: OutboxSettings,
-    ) -> Relay {
-        Relay {
-            outbox: self.clone(),
-            conn,
-            publisher,
-            lease_key: self.ns.key(&format!("outbox-lease:{}", self.service)),
-            holder: holder.to_owned(),
-            settings,
-        }
-    }
-}
 
 /// Publishes an outbox while holding its lease; see the module docs.
 #[derive(Debug)]
@@ -209,6 +30,25 @@ pub struct Relay {
     lease_key: String,
     holder: String,
     settings: OutboxSettings,
+}
+
+impl Relay {
+    pub(super) fn new(
+        outbox: Outbox,
+        conn: ConnectionManager,
+        publisher: Publisher,
+        holder: &str,
+        settings: OutboxSettings,
+    ) -> Self {
+        Self {
+            lease_key: outbox.ns.key(&format!("outbox-lease:{}", outbox.service)),
+            outbox,
+            conn,
+            publisher,
+            holder: holder.to_owned(),
+            settings,
+        }
+    }
 }
 
 static RENEW: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
@@ -269,7 +109,7 @@ impl Relay {
                     Ok(n) => more = n as i64 >= self.settings.batch,
                     Err(e) => warn!(error = %e, "outbox relay round failed; retrying"),
                 }
-                if last_sweep.elapsed() > Duration::from_secs(30) {
+                if last_sweep.elapsed() > RETENTION_SWEEP_EVERY {
                     self.sweep().await;
                     last_sweep = tokio::time::Instant::now();
                 }
@@ -443,7 +283,7 @@ fn order_by_key(batch: &[Document]) -> Result<Vec<(Stream, Envelope, ObjectId)>,
 /// Wakes the relay on every insert any replica commits (a change stream).
 /// Without change streams the relay still polls.
 async fn watch_inserts(coll: Collection<Document>, wake: Arc<Notify>, shutdown: CancellationToken) {
-    let mut backoff = Duration::from_millis(500);
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     while !shutdown.is_cancelled() {
         match coll
             .watch()
@@ -451,7 +291,7 @@ async fn watch_inserts(coll: Collection<Document>, wake: Arc<Notify>, shutdown: 
             .await
         {
             Ok(mut stream) => {
-                backoff = Duration::from_millis(500);
+                backoff.reset();
                 loop {
                     tokio::select! {
                         () = shutdown.cancelled() => return,
@@ -465,11 +305,9 @@ async fn watch_inserts(coll: Collection<Document>, wake: Arc<Notify>, shutdown: 
             }
             Err(e) => debug!(error = %e, "outbox change stream unavailable; polling"),
         }
-        tokio::select! {
-            () = shutdown.cancelled() => return,
-            () = tokio::time::sleep(backoff) => {}
+        if !backoff.sleep(&shutdown).await {
+            return;
         }
-        backoff = (backoff * 2).min(Duration::from_secs(30));
     }
 }
 

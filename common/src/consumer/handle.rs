@@ -1,0 +1,235 @@
+//! Handling one message: the envelope, the attempt count, the handler with its
+//! timeout and panic guard, then acknowledge, retry, defer or dead-letter.
+
+use std::{
+    panic::AssertUnwindSafe,
+    time::{Duration, Instant},
+};
+
+use futures::FutureExt;
+use tracing::{Instrument, debug, error, info_span, warn};
+
+use super::{
+    Handler, HandlerError, InFlight, Inner, Message, Outcome, Pending, entry_age, error_chain,
+    lock, panic_text,
+};
+use crate::{
+    Envelope, StreamEntry,
+    dead_letter::{self, MoveRequest, Reason},
+};
+
+/// How long the last-error hash lives after its last write.
+const ERRORS_TTL_SECS: u64 = 7 * 24 * 3600;
+
+impl<H: Handler> Inner<H> {
+    pub(super) async fn process_one(&self, entry: StreamEntry, delivery_count: u32) {
+        let Some(_in_flight) = InFlight::enter(&self.in_flight, &entry.id) else {
+            // Taken over from ourselves while a handler here still runs it.
+            return;
+        };
+        let envelope = match Envelope::from_entry(&entry) {
+            Ok(e) => e,
+            Err(e) => {
+                let error = format!("not a valid envelope: {e}");
+                return self
+                    .dead_letter(&entry, Reason::Malformed, &error, delivery_count)
+                    .await;
+            }
+        };
+        let span = info_span!(
+            "event",
+            stream = %self.cfg.label,
+            group = %self.cfg.group,
+            event_id = %envelope.event_id,
+            event_type = %envelope.event_type,
+            correlation_id = %envelope.correlation_id,
+            key = %envelope.key,
+            entry_id = %entry.id,
+            attempt = delivery_count,
+        );
+        self.handle_envelope(entry, envelope, delivery_count)
+            .instrument(span)
+            .await;
+    }
+
+    async fn handle_envelope(&self, entry: StreamEntry, envelope: Envelope, attempt: u32) {
+        let max = self.settings().max_attempts;
+        if attempt > max {
+            // Delivered more often than handled: earlier attempts died with
+            // their process (or timed out) before they could record a result.
+            let error = self.last_error(&entry.id).await.unwrap_or_else(|| {
+                "the consumer stopped during the attempt (crash, kill or timeout)".to_owned()
+            });
+            return self
+                .dead_letter(&entry, Reason::MaxAttempts, &error, attempt - 1)
+                .await;
+        }
+        let msg = Message {
+            stream: self.cfg.stream.clone(),
+            id: entry.id.clone(),
+            envelope,
+            attempt,
+        };
+        let timeout = self.settings().handler_timeout;
+        let started = Instant::now();
+        let guarded = AssertUnwindSafe(self.handler.handle(&msg)).catch_unwind();
+        let result = match tokio::time::timeout(timeout, guarded).await {
+            Err(_) => Err(HandlerError::retry(format!(
+                "handler timed out after {timeout:?}"
+            ))),
+            Ok(Err(panic)) => Err(HandlerError::retry(format!(
+                "handler panicked: {}",
+                panic_text(&*panic)
+            ))),
+            Ok(Ok(result)) => result,
+        };
+        self.metrics.duration.record(started.elapsed());
+        match result {
+            Ok(outcome) => {
+                match outcome {
+                    Outcome::Done => {
+                        self.metrics.done.increment(1);
+                        let point = format!("{}.before_ack", self.cfg.group);
+                        crate::failpoint::hit(&self.cfg.namespace, &point).await;
+                    }
+                    Outcome::Skipped => self.metrics.skipped.increment(1),
+                }
+                if let Err(e) = self.ack(&msg.id, attempt > 1).await {
+                    warn!(error = %e, "acknowledgement failed; the message will be redelivered");
+                } else {
+                    debug!(?outcome, "handled");
+                }
+            }
+            Err(HandlerError::Reject(e)) => {
+                self.metrics.failed.increment(1);
+                let error = error_chain(&*e);
+                self.dead_letter(&entry, Reason::Rejected, &error, attempt)
+                    .await;
+            }
+            Err(HandlerError::Retry(e)) => {
+                self.metrics.failed.increment(1);
+                let error = error_chain(&*e);
+                if attempt >= max {
+                    self.dead_letter(&entry, Reason::MaxAttempts, &error, attempt)
+                        .await;
+                } else {
+                    warn!(error = %error, "handler failed; will retry");
+                    if let Err(e) = self.record_error(&msg.id, &error).await {
+                        warn!(error = %e, "could not record the error text");
+                    }
+                    self.schedule_retry(msg.id, attempt);
+                }
+            }
+            Err(HandlerError::Unavailable(e)) => {
+                self.metrics.failed.increment(1);
+                let error = error_chain(&*e);
+                warn!(error = %error, "a dependency is unavailable; will retry without using up an attempt");
+                self.schedule_deferral(msg.id, entry_age(&entry));
+            }
+            Err(HandlerError::Defer(e)) => {
+                let error = error_chain(&*e);
+                let age = entry_age(&entry);
+                if age > self.settings().max_defer {
+                    self.dead_letter(&entry, Reason::DeferredTooLong, &error, attempt)
+                        .await;
+                } else {
+                    debug!(error = %error, ?age, "deferred; will look again");
+                    if let Err(e) = self.record_error(&msg.id, &error).await {
+                        warn!(error = %e, "could not record the error text");
+                    }
+                    self.schedule_deferral(msg.id, age);
+                }
+            }
+        }
+    }
+
+    async fn ack(&self, id: &str, had_failed: bool) -> redis::RedisResult<()> {
+        let mut pipe = redis::pipe();
+        pipe.cmd("XACK")
+            .arg(&self.cfg.stream)
+            .arg(&self.cfg.group)
+            .arg(id)
+            .ignore();
+        if had_failed {
+            pipe.cmd("HDEL").arg(&self.errors_key).arg(id).ignore();
+        }
+        pipe.query_async::<()>(&mut self.conn.clone()).await
+    }
+
+    async fn record_error(&self, id: &str, error: &str) -> redis::RedisResult<()> {
+        redis::pipe()
+            .cmd("HSET")
+            .arg(&self.errors_key)
+            .arg(id)
+            .arg(error)
+            .ignore()
+            .cmd("EXPIRE")
+            .arg(&self.errors_key)
+            .arg(ERRORS_TTL_SECS)
+            .ignore()
+            .query_async::<()>(&mut self.conn.clone())
+            .await
+    }
+
+    async fn last_error(&self, id: &str) -> Option<String> {
+        redis::cmd("HGET")
+            .arg(&self.errors_key)
+            .arg(id)
+            .query_async::<Option<String>>(&mut self.conn.clone())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    async fn dead_letter(&self, entry: &StreamEntry, reason: Reason, error: &str, attempts: u32) {
+        let req = MoveRequest {
+            stream: &self.cfg.stream,
+            group: &self.cfg.group,
+            consumer: &self.cfg.consumer,
+            dead_letters: &self.cfg.dead_letters,
+            errors_key: &self.errors_key,
+            entry,
+            reason,
+            error,
+            attempts,
+        };
+        match dead_letter::move_and_ack(&mut self.conn.clone(), req).await {
+            Ok(true) => {
+                self.metrics.dead_lettered(reason).increment(1);
+                error!(entry_id = %entry.id, %reason, attempts, error, "message moved to the dead letters");
+            }
+            Ok(false) => debug!(entry_id = %entry.id, "already acknowledged elsewhere"),
+            Err(e) => warn!(
+                entry_id = %entry.id,
+                error = %e,
+                "could not dead-letter; the message stays pending and will be taken over"
+            ),
+        }
+    }
+
+    fn schedule_retry(&self, id: String, attempt: u32) {
+        let s = self.settings();
+        let exp = s
+            .retry_backoff
+            .saturating_mul(1 << attempt.saturating_sub(1).min(16));
+        let delay = exp.min(s.reclaim_min_idle / 2);
+        lock(&self.retries).push(Pending {
+            due: Instant::now() + delay,
+            id,
+            keep_count: false,
+        });
+        self.retry_added.notify_one();
+    }
+
+    /// Young deferred messages are looked at again soon, old ones less often.
+    fn schedule_deferral(&self, id: String, age: Duration) {
+        let s = self.settings();
+        let delay = (age / 10).clamp(s.retry_backoff, s.reclaim_min_idle / 2);
+        lock(&self.retries).push(Pending {
+            due: Instant::now() + delay,
+            id,
+            keep_count: true,
+        });
+        self.retry_added.notify_one();
+    }
+}

@@ -1,0 +1,194 @@
+//! The transactional outbox: events commit with the state change that caused
+//! them, and a relay publishes them.
+//!
+//! # Writing
+//!
+//! A service writes its events with [`Outbox::add`] *inside* the MongoDB
+//! transaction that changes its state, into its own collection
+//! (`outbox_<service>`). Either both commit or neither does: an event can no
+//! longer be lost between a commit and a publish, nor published for a change
+//! that rolled back. Each entry records the server time it was written
+//! (`$currentDate`, one clock for all replicas) and the aggregate's version
+//! (`seq`).
+//!
+//! # Relaying
+//!
+//! One [`Relay`] per service is active at a time, across replicas: it holds a
+//! lease in Redis (`SET NX PX`, renewed at a third of its TTL by a script that
+//! checks the holder), and a replica whose holder died takes over when the
+//! lease expires. The active relay loops:
+//!
+//! 1. read up to `batch` unpublished entries in written order;
+//! 2. publish them in one pipeline, each order's events in `seq` order;
+//! 3. mark them published.
+//!
+//! A crash between 2 and 3 republishes those entries later: consumers dedupe
+//! by `event_id` (their inbox), so that costs a duplicate message, never a
+//! duplicate effect. A relay that was paused past its lease (say SIGSTOP)
+//! checks the lease again before publishing, so two relays overlap at most for
+//! one batch, with the same harmless duplicates.
+//!
+//! The relay wakes up at once when this process commits an entry
+//! ([`Outbox::wake`]), when a change stream on the collection reports an insert
+//! by any replica, and otherwise every `poll` interval. Published entries are
+//! deleted once older than the retention (`OUTBOX_RETENTION_SECS`).
+
+mod relay;
+
+use std::{sync::Arc, time::Duration};
+
+use bson::{Document, doc, oid::ObjectId};
+use mongodb::{ClientSession, Collection, IndexModel};
+use redis::aio::ConnectionManager;
+use tokio::sync::Notify;
+
+pub use self::relay::Relay;
+use crate::{
+    Envelope,
+    publisher::Publisher,
+    streams::{Namespace, Stream},
+};
+
+/// Outbox tuning.
+#[derive(Debug, Clone, Copy)]
+pub struct OutboxSettings {
+    /// Entries per relay round.
+    pub batch: i64,
+    /// Longest sleep when nothing wakes the relay.
+    pub poll: Duration,
+    /// Lease time to live; a dead holder is replaced after at most this.
+    pub lease_ttl: Duration,
+    /// How long published entries are kept.
+    pub retention: Duration,
+}
+
+impl Default for OutboxSettings {
+    fn default() -> Self {
+        Self {
+            batch: 500,
+            poll: Duration::from_millis(250),
+            lease_ttl: Duration::from_secs(5),
+            retention: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl OutboxSettings {
+    /// Reads `OUTBOX_BATCH`, `OUTBOX_POLL_MS`, `OUTBOX_LEASE_MS`, `OUTBOX_RETENTION_SECS`.
+    pub fn from_env(env: &mut crate::settings::Env) -> Self {
+        let d = Self::default();
+        let s = Self {
+            batch: env.parse("OUTBOX_BATCH", d.batch),
+            poll: env.millis("OUTBOX_POLL_MS", 250),
+            lease_ttl: env.millis("OUTBOX_LEASE_MS", 5000),
+            retention: Duration::from_secs(env.parse("OUTBOX_RETENTION_SECS", 3600)),
+        };
+        env.check(s.batch >= 1, "OUTBOX_BATCH must be at least 1");
+        env.check(
+            s.lease_ttl >= Duration::from_millis(300),
+            "OUTBOX_LEASE_MS must be at least 300",
+        );
+        env.check(!s.poll.is_zero(), "OUTBOX_POLL_MS must be at least 1");
+        s
+    }
+}
+
+/// Where a service's transactions put their events.
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    coll: Collection<Document>,
+    wake: Arc<Notify>,
+    ns: Namespace,
+    service: String,
+}
+
+impl Outbox {
+    /// The outbox of `service` in `db`.
+    pub fn new(db: &mongodb::Database, ns: Namespace, service: &str) -> Self {
+        Self {
+            coll: db.collection(&format!("outbox_{}", service.replace('-', "_"))),
+            wake: Arc::new(Notify::new()),
+            ns,
+            service: service.to_owned(),
+        }
+    }
+
+    /// Creates the index the relay reads by (idempotent).
+    pub async fn ensure_indexes(&self) -> mongodb::error::Result<()> {
+        self.coll
+            .create_index(
+                IndexModel::builder()
+                    .keys(doc! { "published": 1, "written_at": 1, "_id": 1 })
+                    .build(),
+            )
+            .await
+            .map(drop)
+    }
+
+    /// Adds an event for `stream` inside the caller's transaction. `seq` is the
+    /// aggregate version after the change (orders the events of one key).
+    pub async fn add(
+        &self,
+        s: &mut ClientSession,
+        stream: Stream,
+        event: &Envelope,
+        seq: u32,
+    ) -> mongodb::error::Result<()> {
+        let mut fields = Document::new();
+        for (k, v) in event.to_fields() {
+            fields.insert(k, v);
+        }
+        // An upsert, so that `$currentDate` stamps the entry with the
+        // database's clock: one clock for every replica that writes.
+        self.coll
+            .update_one(
+                doc! { "_id": ObjectId::new() },
+                doc! {
+                    "$currentDate": { "written_at": true },
+                    "$setOnInsert": {
+                        "stream": stream.name(),
+                        "key": &event.key,
+                        "seq": i64::from(seq),
+                        "event_id": event.event_id.to_string(),
+                        "fields": fields,
+                        "published": false,
+                    },
+                },
+            )
+            .upsert(true)
+            .session(&mut *s)
+            .await
+            .map(drop)
+    }
+
+    /// The namespace of the relay's lease (and of failpoints).
+    pub fn namespace(&self) -> &Namespace {
+        &self.ns
+    }
+
+    /// Tells this process' relay that an entry was committed.
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Unpublished entries.
+    pub async fn backlog(&self) -> mongodb::error::Result<u64> {
+        self.coll.count_documents(doc! { "published": false }).await
+    }
+
+    /// Entries in the collection (published or not).
+    pub async fn len(&self) -> mongodb::error::Result<u64> {
+        self.coll.count_documents(doc! {}).await
+    }
+
+    /// The relay for this outbox.
+    pub fn relay(
+        &self,
+        conn: ConnectionManager,
+        publisher: Publisher,
+        holder: &str,
+        settings: OutboxSettings,
+    ) -> Relay {
+        Relay::new(self.clone(), conn, publisher, holder, settings)
+    }
+}
