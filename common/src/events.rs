@@ -54,6 +54,9 @@ pub trait Lifecycle: Copy + Eq + Sized + 'static {
     /// Every status, first to last.
     const FLOW: &'static [Self];
 
+    /// The wire name (`out_for_delivery`).
+    fn name(self) -> &'static str;
+
     /// Position in [`Lifecycle::FLOW`].
     fn rank(self) -> usize {
         Self::FLOW.iter().position(|s| *s == self).unwrap_or(0)
@@ -106,6 +109,10 @@ impl Lifecycle for OrderStatus {
         Self::OutForDelivery,
         Self::Delivered,
     ];
+
+    fn name(self) -> &'static str {
+        self.as_str()
+    }
 }
 
 impl OrderStatus {
@@ -135,6 +142,10 @@ pub enum DeliveryStatus {
 
 impl Lifecycle for DeliveryStatus {
     const FLOW: &'static [Self] = &[Self::WaitingForPickup, Self::OnTheWay, Self::Delivered];
+
+    fn name(self) -> &'static str {
+        self.as_str()
+    }
 }
 
 impl DeliveryStatus {

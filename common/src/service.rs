@@ -1,18 +1,35 @@
 //! The runtime every service is built on.
 //!
 //! A service's `run(settings, listener, shutdown)` creates a [`Runtime`],
-//! registers its start-up work and its consumer loops, and calls
-//! [`Runtime::serve`] with its router. The runtime:
+//! declares what it needs (start-up work, consumer loops, the outbox relay,
+//! periodic sweeps, metric samplers, background tasks), and hands it its
+//! router with [`Runtime::serve`]. Declaring starts nothing: everything is
+//! started by `serve`, in one place, so a runtime cannot be left
+//! half-configured (start-up work that forgot to release the consumers, or
+//! consumers started before the indexes exist). `serve`:
 //!
-//! * connects lazily to Redis (and MongoDB, for services that use it), so the process starts (and answers
-//!   `/healthz`, and `/readyz` with 503) while either is still down;
-//! * runs the start-up work (creating indexes, ...) in the background, retried
-//!   with backoff until it succeeds, and only then starts the consumer loops;
-//! * serves HTTP with `/healthz` and `/readyz` merged in and a request span per
-//!   request, until the shutdown token is cancelled; then waits for every
-//!   consumer loop and background task to drain.
+//! * connects lazily to Redis (and MongoDB, for services that use it), so the
+//!   process starts (and answers `/healthz`, and `/readyz` with 503) while
+//!   either is still down;
+//! * runs the start-up work in the background, each step retried with
+//!   [`Backoff`] until it succeeds, and only then marks the service
+//!   initialised and starts the consumer loops (a service without start-up
+//!   work is initialised at once);
+//! * serves HTTP with `/healthz`, `/readyz` and `/metrics` merged in and a
+//!   request span per request, until the shutdown token is cancelled;
+//! * then drains: in-flight requests, consumer batches and background tasks
+//!   get `SHUTDOWN_TIMEOUT_MS` (10 s) in all to finish; what is still running
+//!   after that is abandoned (what a consumer held stays pending and is taken
+//!   over, an unfinished transaction rolls back).
+//!
+//! Every `state` argument is passed by value and cloned for each run, so a
+//! service hands over its store once instead of cloning it into closures.
 
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{
+    future::{Future, IntoFuture},
+    sync::Arc,
+    time::Duration,
+};
 
 use axum::{Router, extract::MatchedPath, http::Request};
 use redis::aio::ConnectionManager;
@@ -23,9 +40,11 @@ use tower_http::trace::TraceLayer;
 use tracing::{info, info_span, warn};
 
 use crate::{
+    backoff::Backoff,
     consumer::{Consumer, ConsumerConfig, Handler},
     http::{Health, health_routes},
-    outbox::{Outbox, OutboxSettings},
+    mongo::BoxFuture,
+    outbox::Outbox,
     publisher::Publisher,
     redis_conn,
     settings::CommonSettings,
@@ -46,6 +65,13 @@ pub enum StartError {
     Http(#[from] std::io::Error),
 }
 
+/// A task started by [`Runtime::serve`]; it gets the shutdown token.
+type Task = Box<dyn FnOnce(CancellationToken) -> BoxFuture<'static, ()> + Send + Sync>;
+/// One start-up step: run again until it returns `Ok`.
+type Step = Box<dyn FnMut() -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+/// A gauge refreshed on every scrape.
+type Sampler = Arc<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>;
+
 /// Connections, health, background tasks and shutdown of one service.
 pub struct Runtime {
     /// The settings it was built from.
@@ -58,13 +84,15 @@ pub struct Runtime {
     pub health: Arc<Health>,
     /// Publisher for this deployment's streams.
     pub publisher: Publisher,
-    /// Every background task. Dropping the runtime (or the future of a
-    /// service's `run`) aborts them all, as a killed process would.
-    tasks: std::sync::Mutex<JoinSet<()>>,
+    /// Start-up work, in order; the consumers wait for all of it.
+    startup: Vec<(&'static str, Step)>,
+    /// Consumer loops, started once start-up is done.
+    consumers: Vec<Task>,
+    /// Other background tasks, started at once.
+    tasks: Vec<Task>,
     /// Gauges refreshed on every scrape of `/metrics`.
-    samplers: std::sync::Mutex<Vec<Sampler>>,
+    samplers: Vec<Sampler>,
     shutdown: CancellationToken,
-    initialised: CancellationToken,
 }
 
 impl std::fmt::Debug for Runtime {
@@ -75,7 +103,10 @@ impl std::fmt::Debug for Runtime {
     }
 }
 
-type Sampler = Arc<dyn Fn() -> crate::mongo::BoxFuture<'static, ()> + Send + Sync>;
+/// First and longest wait between two runs of a failing start-up step.
+const STARTUP_BACKOFF: (Duration, Duration) = (Duration::from_millis(200), Duration::from_secs(5));
+/// Longest a metrics scrape waits for its samplers.
+const SAMPLE_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Runtime {
     /// Sets up the Redis client (no I/O yet).
@@ -86,36 +117,34 @@ impl Runtime {
         crate::metrics::handle();
         let health = Health::new(&settings.service_name, conn.clone());
         let publisher = Publisher::new(conn.clone(), settings.namespace(), settings.stream_maxlen);
-        let dead_letters = settings.namespace().stream(Stream::DeadLetters);
-        let c = conn.clone();
-        let dead_letter_gauge: Sampler = Arc::new(move || {
-            let (mut c, key) = (c.clone(), dead_letters.clone());
-            Box::pin(async move {
-                if let Ok(n) = redis::cmd("XLEN")
-                    .arg(&key)
-                    .query_async::<u64>(&mut c)
-                    .await
-                {
-                    #[allow(clippy::cast_precision_loss)]
-                    metrics::gauge!("dead_letters").set(n as f64);
-                }
-            })
-        });
-        Ok(Self {
+        let mut rt = Self {
             settings: settings.clone(),
             redis,
-            conn,
+            conn: conn.clone(),
             health,
             publisher,
-            tasks: std::sync::Mutex::new(JoinSet::new()),
-            samplers: std::sync::Mutex::new(vec![dead_letter_gauge]),
+            startup: Vec::new(),
+            consumers: Vec::new(),
+            tasks: Vec::new(),
+            samplers: Vec::new(),
             shutdown,
-            initialised: CancellationToken::new(),
-        })
+        };
+        let dead_letters = settings.namespace().stream(Stream::DeadLetters);
+        rt.sampler((conn, dead_letters), |(mut conn, key)| async move {
+            if let Ok(n) = redis::cmd("XLEN")
+                .arg(&key)
+                .query_async::<u64>(&mut conn)
+                .await
+            {
+                #[allow(clippy::cast_precision_loss)]
+                metrics::gauge!("dead_letters").set(n as f64);
+            }
+        });
+        Ok(rt)
     }
 
     /// Sets up the MongoDB client and makes readiness depend on it.
-    pub async fn with_mongo(&self) -> Result<mongodb::Client, StartError> {
+    pub async fn mongo(&self) -> Result<mongodb::Client, StartError> {
         let mongo =
             crate::mongo::connect(&self.settings.mongo_url, &self.settings.service_name).await?;
         self.health
@@ -128,53 +157,29 @@ impl Runtime {
         self.settings.namespace()
     }
 
-    /// The shutdown token.
-    pub fn shutdown_token(&self) -> CancellationToken {
-        self.shutdown.clone()
-    }
-
-    /// Runs `init` in the background until it succeeds (backoff 200 ms → 5 s),
-    /// then marks the service initialised and lets the consumers start.
-    pub fn initialise<F, Fut, E>(&self, what: &'static str, mut init: F)
+    /// Start-up work (creating indexes, ...): run by [`Runtime::serve`] in the
+    /// background, retried with backoff until it succeeds; the consumer loops
+    /// start after every step succeeded.
+    pub fn startup<S, F, Fut, E>(&mut self, what: &'static str, state: S, init: F)
     where
-        F: FnMut() -> Fut + Send + 'static,
-        Fut: Future<Output = Result<(), E>> + Send,
+        S: Clone + Send + Sync + 'static,
+        F: Fn(S) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<(), E>> + Send + 'static,
         E: std::fmt::Display,
     {
-        let (shutdown, done, health) = (
-            self.shutdown.clone(),
-            self.initialised.clone(),
-            self.health.clone(),
-        );
-        self.spawn_task(async move {
-            let mut delay = Duration::from_millis(200);
-            loop {
-                match init().await {
-                    Ok(()) => break,
-                    Err(e) => warn!(error = %e, "{what} failed; retrying in {delay:?}"),
-                }
-                tokio::select! {
-                    () = shutdown.cancelled() => return,
-                    () = tokio::time::sleep(delay) => {}
-                }
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-            info!("{what} done");
-            health.set_initialised();
-            done.cancel();
-        });
-    }
-
-    /// Marks the service initialised without start-up work.
-    pub fn no_initialisation(&self) {
-        self.health.set_initialised();
-        self.initialised.cancel();
+        self.startup.push((
+            what,
+            Box::new(move || {
+                let run = init(state.clone());
+                Box::pin(async move { run.await.map_err(|e| e.to_string()) })
+            }),
+        ));
     }
 
     /// A consumer of `group` on `stream`, watched by readiness and started
-    /// (after initialisation) by this runtime.
+    /// (after start-up) by [`Runtime::serve`].
     pub fn consume<H: Handler>(
-        &self,
+        &mut self,
         stream: Stream,
         group: &str,
         handler: H,
@@ -186,139 +191,151 @@ impl Runtime {
         )?;
         self.health.watch(consumer.status());
         self.sample_group(stream, group);
-        let (shutdown, initialised) = (self.shutdown.clone(), self.initialised.clone());
-        self.spawn_task(async move {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                () = initialised.cancelled() => {}
-            }
-            consumer.run(shutdown).await;
-        });
+        self.consumers
+            .push(Box::new(move |token| Box::pin(consumer.run(token))));
         Ok(())
     }
 
-    /// Refreshes a gauge on every scrape of `/metrics` (bounded to 2 s).
-    pub fn sampler<F, Fut>(&self, sample: F)
+    /// Refreshes gauges on every scrape of `/metrics` (bounded to 2 s).
+    pub fn sampler<S, F, Fut>(&mut self, state: S, sample: F)
     where
-        F: Fn() -> Fut + Send + Sync + 'static,
+        S: Clone + Send + Sync + 'static,
+        F: Fn(S) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let sampler: Sampler = Arc::new(move || Box::pin(sample()));
         self.samplers
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .push(sampler);
+            .push(Arc::new(move || Box::pin(sample(state.clone()))));
     }
 
     /// `consumer_group_lag` and `consumer_group_pending` of one group.
-    fn sample_group(&self, stream: Stream, group: &str) {
-        let (conn, key, group) = (
-            self.conn.clone(),
-            self.namespace().stream(stream),
-            group.to_owned(),
-        );
-        self.sampler(move || {
-            let (mut conn, key, group) = (conn.clone(), key.clone(), group.clone());
-            async move {
-                let Ok(reply) = redis::cmd("XINFO")
-                    .arg("GROUPS")
-                    .arg(&key)
-                    .query_async::<redis::Value>(&mut conn)
-                    .await
-                else {
-                    return;
-                };
-                for info in crate::stream_entry::array(reply).unwrap_or_default() {
-                    let fields = crate::stream_entry::fields_of(info);
-                    if fields.get("name").map(String::as_str) != Some(group.as_str()) {
-                        continue;
-                    }
-                    let labels = [
-                        ("stream", stream.name().to_owned()),
-                        ("group", group.clone()),
-                    ];
-                    for (field, gauge) in [
-                        ("lag", "consumer_group_lag"),
-                        ("pending", "consumer_group_pending"),
-                    ] {
-                        // `lag` is unknown (nil) right after some trims; skip it then.
-                        if let Some(v) = fields.get(field).and_then(|v| v.parse::<f64>().ok()) {
-                            metrics::gauge!(gauge, &labels).set(v);
-                        }
+    fn sample_group(&mut self, stream: Stream, group: &str) {
+        let state = (self.conn.clone(), self.namespace().stream(stream), group.to_owned());
+        self.sampler(state, move |(mut conn, key, group)| async move {
+            let Ok(reply) = redis::cmd("XINFO")
+                .arg("GROUPS")
+                .arg(&key)
+                .query_async::<redis::Value>(&mut conn)
+                .await
+            else {
+                return;
+            };
+            for info in crate::stream_entry::array(reply).unwrap_or_default() {
+                let fields = crate::stream_entry::fields_of(info);
+                if fields.get("name").map(String::as_str) != Some(group.as_str()) {
+                    continue;
+                }
+                let labels = [("stream", stream.name().to_owned()), ("group", group.clone())];
+                for (field, gauge) in [
+                    ("lag", "consumer_group_lag"),
+                    ("pending", "consumer_group_pending"),
+                ] {
+                    // `lag` is unknown (nil) right after some trims; skip it then.
+                    if let Some(v) = fields.get(field).and_then(|v| v.parse::<f64>().ok()) {
+                        metrics::gauge!(gauge, &labels).set(v);
                     }
                 }
             }
         });
     }
 
-    /// Runs a background task until shutdown (it gets the token).
-    pub fn spawn<F, Fut>(&self, task: F)
+    /// A background task, started by [`Runtime::serve`]; it gets the shutdown
+    /// token and should return soon after it is cancelled.
+    pub fn spawn<F, Fut>(&mut self, task: F)
     where
-        F: FnOnce(CancellationToken) -> Fut,
+        F: FnOnce(CancellationToken) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        self.spawn_task(task(self.shutdown.clone()));
-    }
-
-    fn spawn_task(&self, task: impl Future<Output = ()> + Send + 'static) {
         self.tasks
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .spawn(task);
+            .push(Box::new(move |token| Box::pin(task(token))));
     }
 
-    /// Runs the outbox relay of this service (one active across replicas).
-    pub fn relay(&self, outbox: &Outbox, settings: OutboxSettings) {
+    /// The outbox relay of this service (one active across replicas), and
+    /// the `outbox_backlog` gauge.
+    pub fn relay(&mut self, outbox: &Outbox) {
         let relay = outbox.relay(
             self.conn.clone(),
             self.publisher.clone(),
             &self.settings.consumer_name,
-            settings,
+            self.settings.outbox,
         );
         self.spawn(|token| relay.run(token));
-        let (outbox, service) = (outbox.clone(), self.settings.service_name.clone());
-        self.sampler(move || {
-            let (outbox, service) = (outbox.clone(), service.clone());
-            async move {
-                if let Ok(n) = outbox.backlog().await {
-                    #[allow(clippy::cast_precision_loss)]
-                    metrics::gauge!("outbox_backlog", "service" => service).set(n as f64);
-                }
+        let state = (outbox.clone(), self.settings.service_name.clone());
+        self.sampler(state, |(outbox, service)| async move {
+            if let Ok(n) = outbox.backlog().await {
+                #[allow(clippy::cast_precision_loss)]
+                metrics::gauge!("outbox_backlog", "service" => service).set(n as f64);
             }
         });
     }
 
-    /// Runs `sweep` every `every` until shutdown (retention clean-ups).
-    pub fn every<F, Fut>(&self, every: Duration, mut sweep: F)
+    /// Runs `sweep(state)` every `period` until shutdown (retention clean-ups).
+    pub fn every<S, F, Fut>(&mut self, period: Duration, state: S, sweep: F)
     where
-        F: FnMut() -> Fut + Send + 'static,
-        Fut: Future<Output = ()> + Send,
+        S: Clone + Send + Sync + 'static,
+        F: Fn(S) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
     {
         self.spawn(move |token| async move {
             loop {
                 tokio::select! {
                     () = token.cancelled() => return,
-                    () = tokio::time::sleep(every) => sweep().await,
+                    () = tokio::time::sleep(period) => sweep(state.clone()).await,
                 }
             }
         });
     }
 
-    /// Serves `router` (plus `/healthz`, `/readyz`, `/metrics`) on `listener`
-    /// until shutdown, then drains every task.
+    /// Runs the start-up steps (each until it succeeds), marks the service
+    /// initialised, then starts the consumers.
+    async fn start_up(
+        mut steps: Vec<(&'static str, Step)>,
+        consumers: Vec<Task>,
+        health: Arc<Health>,
+        shutdown: CancellationToken,
+    ) {
+        for (what, step) in &mut steps {
+            let mut backoff = Backoff::new(STARTUP_BACKOFF.0, STARTUP_BACKOFF.1);
+            loop {
+                match step().await {
+                    Ok(()) => break,
+                    Err(e) => warn!(error = %e, "{what} failed; retrying"),
+                }
+                if !backoff.sleep(&shutdown).await {
+                    return;
+                }
+            }
+            info!("{what} done");
+        }
+        health.set_initialised();
+        let mut loops = JoinSet::new();
+        for consumer in consumers {
+            loops.spawn(consumer(shutdown.clone()));
+        }
+        while loops.join_next().await.is_some() {}
+    }
+
+    /// Starts everything declared, serves `router` (plus `/healthz`,
+    /// `/readyz`, `/metrics`) on `listener` until shutdown, then drains
+    /// within `SHUTDOWN_TIMEOUT_MS` (see the module docs).
     pub async fn serve(self, listener: TcpListener, router: Router) -> Result<(), StartError> {
-        let samplers = self
-            .samplers
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone();
+        let Self {
+            settings,
+            health,
+            startup,
+            consumers,
+            tasks: background,
+            samplers,
+            shutdown,
+            ..
+        } = self;
+        let samplers: Arc<[Sampler]> = samplers.into();
         let metrics = Router::new().route(
             "/metrics",
             axum::routing::get(move || {
                 let samplers = samplers.clone();
                 async move {
                     let refresh = futures::future::join_all(samplers.iter().map(|s| s()));
-                    let _ = tokio::time::timeout(Duration::from_secs(2), refresh).await;
+                    let _ = tokio::time::timeout(SAMPLE_TIMEOUT, refresh).await;
                     (
                         [(
                             axum::http::header::CONTENT_TYPE,
@@ -330,7 +347,7 @@ impl Runtime {
             }),
         );
         let app = router
-            .merge(health_routes(self.health.clone()))
+            .merge(health_routes(health.clone()))
             .merge(metrics)
             .layer(axum::middleware::from_fn(crate::metrics::track_http))
             .layer(
@@ -342,19 +359,62 @@ impl Runtime {
                     info_span!("http", method = %req.method(), route = %route)
                 }),
             );
-        info!(addr = %listener.local_addr()?, service = %self.settings.service_name, "listening");
-        let result = axum::serve(listener, app)
-            .with_graceful_shutdown(self.shutdown.clone().cancelled_owned())
-            .await;
-        self.shutdown.cancel();
-        let mut tasks = std::mem::take(
-            &mut *self
-                .tasks
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner),
-        );
-        while tasks.join_next().await.is_some() {}
+        // Every task of the service. Dropping this set (or the future of a
+        // service's `run`) aborts them all, as a killed process would.
+        let mut tasks = JoinSet::new();
+        tasks.spawn(Self::start_up(
+            startup,
+            consumers,
+            health,
+            shutdown.clone(),
+        ));
+        for task in background {
+            tasks.spawn(task(shutdown.clone()));
+        }
+        info!(addr = %listener.local_addr()?, service = %settings.service_name, "listening");
+        let drain = settings.shutdown_timeout;
+        let server = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+            .into_future();
+        tokio::pin!(server);
+        // From the moment shutdown starts, requests and then background tasks
+        // have `drain` in all to finish.
+        let mut deadline: Option<tokio::time::Instant> = None;
+        let result = loop {
+            tokio::select! {
+                r = &mut server => break r,
+                () = shutdown.cancelled(), if deadline.is_none() => {
+                    deadline = Some(tokio::time::Instant::now() + drain);
+                }
+                () = sleep_until_some(deadline) => {
+                    warn!(?drain, "requests still open at the shutdown timeout; closing them");
+                    break Ok(());
+                }
+            }
+        };
+        shutdown.cancel();
+        let deadline = deadline.unwrap_or_else(|| tokio::time::Instant::now() + drain);
+        let drained = tokio::time::timeout_at(deadline, async {
+            while tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            warn!(
+                ?drain,
+                running = tasks.len(),
+                "background tasks still running at the shutdown timeout; abandoning them"
+            );
+            tasks.shutdown().await;
+        }
         info!("stopped");
         result.map_err(StartError::Http)
+    }
+}
+
+/// Sleeps until `deadline`, or forever while there is none.
+async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
     }
 }

@@ -9,8 +9,8 @@
 //! |---|---|---|
 //! | `SERVICE_NAME` | the binary's name | `source` of published events, `service` label in logs |
 //! | `APP_ENV` | `local` | `env` label in logs |
-//! | `REDIS_URL` | `redis://127.0.0.1:6379` | Redis holding the streams |
-//! | `MONGO_URL` | `mongodb://127.0.0.1:27017/?directConnection=true` | MongoDB replica set (transactions need one) |
+//! | `REDIS_URL` | `redis://127.0.0.1:16379` | Redis holding the streams (the default is where `make run` / `scripts/infra.sh up` start it) |
+//! | `MONGO_URL` | `mongodb://127.0.0.1:37017/?directConnection=true` | MongoDB replica set (transactions need one; the default is `make run`'s) |
 //! | `MONGO_DB` | `foodchain` | database name |
 //! | `STREAM_PREFIX` | empty | prefix of every Redis key (isolates deployments and tests sharing a Redis) |
 //! | `STREAM_MAXLEN` | `100000` | approximate MAXLEN of each event stream; `0` disables trimming |
@@ -29,6 +29,7 @@
 //! | `OUTBOX_LEASE_MS` | `5000` | relay lease TTL: a dead relay is replaced within this |
 //! | `OUTBOX_RETENTION_SECS` | `3600` | published outbox entries are deleted after this |
 //! | `INBOX_RETENTION_SECS` | `604800` (7 days) | processed event ids are remembered this long |
+//! | `SHUTDOWN_TIMEOUT_MS` | `10000` | on SIGTERM, how long in-flight requests, consumer batches and background tasks get to finish before they are abandoned (keep it below the orchestrator's grace period: 30 s in Kubernetes) |
 //! | `LOKI_URL` | unset | when set, logs are also pushed to this Loki |
 //! | `LOG_FORMAT` | `json` | `json` or `pretty` (stdout) |
 //! | `RUST_LOG` | `info` | log filter (tracing-subscriber `EnvFilter` syntax) |
@@ -36,6 +37,18 @@
 use std::{collections::HashMap, fmt::Display, str::FromStr, time::Duration};
 
 use url::Url;
+
+/// How often retention sweeps run: published outbox entries, inbox entries
+/// and idempotency keys older than their retention are deleted this often.
+/// Retentions are hours to days, so a minute between sweeps keeps each
+/// sweep small without mattering to anyone.
+pub const RETENTION_SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// Where `make run` (`scripts/infra.sh up`) starts Redis: every binary of the
+/// workspace (services, `dlq`, `chaos check`) finds it with no configuration.
+pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:16379";
+/// Where `make run` starts MongoDB.
+pub const DEFAULT_MONGO_URL: &str = "mongodb://127.0.0.1:37017/?directConnection=true";
 
 /// Why settings could not be loaded: every offending variable, one per line.
 #[derive(Debug, thiserror::Error)]
@@ -275,6 +288,8 @@ pub struct CommonSettings {
     pub outbox: crate::outbox::OutboxSettings,
     /// How long processed event ids stay in the inbox.
     pub inbox_retention: Duration,
+    /// How long a shutdown waits for in-flight work.
+    pub shutdown_timeout: Duration,
     /// Loki base URL; logs are shipped there when set.
     pub loki_url: Option<Url>,
     /// Stdout log format.
@@ -286,17 +301,14 @@ pub struct CommonSettings {
 impl CommonSettings {
     /// Reads the common variables; `service_name` is the default of `SERVICE_NAME`.
     pub fn from_env(env: &mut Env, service_name: &str) -> Self {
-        let redis_url = env.string("REDIS_URL", "redis://127.0.0.1:6379");
+        let redis_url = env.string("REDIS_URL", DEFAULT_REDIS_URL);
         check_url(
             env,
             "REDIS_URL",
             &redis_url,
             &["redis", "rediss", "redis+unix", "unix"],
         );
-        let mongo_url = env.string(
-            "MONGO_URL",
-            "mongodb://127.0.0.1:27017/?directConnection=true",
-        );
+        let mongo_url = env.string("MONGO_URL", DEFAULT_MONGO_URL);
         check_url(env, "MONGO_URL", &mongo_url, &["mongodb", "mongodb+srv"]);
         let mongo_db = env.string("MONGO_DB", "foodchain");
         env.check(
@@ -318,6 +330,7 @@ impl CommonSettings {
             consumer: ConsumerSettings::from_env(env),
             outbox: crate::outbox::OutboxSettings::from_env(env),
             inbox_retention: Duration::from_secs(env.parse("INBOX_RETENTION_SECS", 7 * 24 * 3600)),
+            shutdown_timeout: env.millis("SHUTDOWN_TIMEOUT_MS", 10_000),
             loki_url: env.optional("LOKI_URL"),
             log_format: env.parse("LOG_FORMAT", LogFormat::Json),
             log_filter: env.string("RUST_LOG", "info"),
@@ -379,7 +392,8 @@ mod tests {
         let s = CommonSettings::from_env(&mut env, "order-svc");
         env.finish().unwrap();
         assert_eq!(s.service_name, "order-svc");
-        assert_eq!(s.redis_url, "redis://127.0.0.1:6379");
+        assert_eq!(s.redis_url, "redis://127.0.0.1:16379");
+        assert_eq!(s.mongo_url, "mongodb://127.0.0.1:37017/?directConnection=true");
         assert_eq!(s.mongo_db, "foodchain");
         assert_eq!(s.stream_maxlen, Some(100_000));
         assert_eq!(s.consumer.max_attempts, 5);

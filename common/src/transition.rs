@@ -26,7 +26,10 @@ use bson::{doc, oid::ObjectId};
 use mongodb::{ClientSession, Collection, options::ReturnDocument};
 use serde::{Serialize, de::DeserializeOwned};
 
+use tracing::info;
+
 use crate::{
+    consumer::{HandlerError, Outcome},
     envelope::Envelope,
     events::{Lifecycle, Transition},
     inbox::Inbox,
@@ -62,6 +65,36 @@ pub enum StatusChange<S> {
     Duplicate,
     /// No such document.
     Missing,
+}
+
+impl<S: Lifecycle> StatusChange<S> {
+    /// What the consumer does with a status event for `what` (`"order"`)
+    /// `id` that asked for status `to`, with a log line: moved → done;
+    /// duplicate or stale → acknowledged and skipped; early → deferred until
+    /// its predecessor is applied; missing → retried (its creation may still
+    /// be on its way), then dead-lettered.
+    pub fn outcome(self, what: &'static str, id: &str, to: S) -> Result<Outcome, HandlerError> {
+        let status = to.name();
+        match self {
+            Self::Moved { .. } => {
+                info!(what, id, status, "status updated");
+                Ok(Outcome::Done)
+            }
+            Self::Duplicate => {
+                info!(what, id, "event already applied (inbox); duplicate ignored");
+                Ok(Outcome::Skipped)
+            }
+            Self::Stale(current) => {
+                info!(what, id, current = current.name(), event = status, "stale status event ignored");
+                Ok(Outcome::Skipped)
+            }
+            Self::Early(current) => Err(HandlerError::defer(format!(
+                "{what} {id} is {}; {status} must wait for the statuses before it",
+                current.name()
+            ))),
+            Self::Missing => Err(HandlerError::retry(format!("{what} {id} does not exist"))),
+        }
+    }
 }
 
 /// Where one kind of document lives and where its events go.
@@ -122,7 +155,13 @@ impl<T: Versioned> Guarded<'_, T> {
         )
         .await;
         match result {
-            Ok(change) => Ok(change),
+            Ok(change) => {
+                if matches!(change, StatusChange::Moved { .. }) {
+                    // The event is in the outbox, committed with the change.
+                    self.outbox.wake();
+                }
+                Ok(change)
+            }
             Err(Abort::Duplicate) => Ok(StatusChange::Duplicate),
             Err(Abort::Missing) => Ok(StatusChange::Missing),
             Err(Abort::Early(current)) => Ok(StatusChange::Early(current)),

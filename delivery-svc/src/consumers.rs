@@ -12,7 +12,7 @@ use common::{
 };
 use tracing::info;
 
-use crate::store::{Creation, StatusChange, Store};
+use crate::store::{Creation, Store};
 
 /// `orders-stream`: creates a delivery when an order goes out for delivery.
 #[derive(Debug, Clone)]
@@ -72,33 +72,10 @@ impl Handler for CourierHandler {
         let id = ObjectId::parse_str(&p.delivery_id).map_err(|_| {
             HandlerError::reject(format!("`{}` is not a delivery id", p.delivery_id))
         })?;
-        let change = self
-            .store
+        self.store
             .apply_status(id, p.status, &msg.envelope)
             .await
-            .map_err(HandlerError::from_mongo)?;
-        let (delivery_id, status) = (&p.delivery_id, p.status.as_str());
-        match change {
-            StatusChange::Moved { .. } => {
-                self.store.outbox.wake();
-                info!(%delivery_id, status, "delivery status updated");
-                Ok(Outcome::Done)
-            }
-            StatusChange::Duplicate => {
-                info!(%delivery_id, "event already applied (inbox); duplicate ignored");
-                Ok(Outcome::Skipped)
-            }
-            StatusChange::Stale(current) => {
-                info!(%delivery_id, current = current.as_str(), event = status, "stale status event ignored");
-                Ok(Outcome::Skipped)
-            }
-            StatusChange::Early(current) => Err(HandlerError::defer(format!(
-                "delivery {delivery_id} is {}; {status} must wait for the statuses before it",
-                current.as_str()
-            ))),
-            StatusChange::Missing => Err(HandlerError::retry(format!(
-                "delivery {delivery_id} does not exist"
-            ))),
-        }
+            .map_err(HandlerError::from_mongo)?
+            .outcome("delivery", &p.delivery_id, p.status)
     }
 }

@@ -19,6 +19,7 @@ pub mod store;
 
 use common::{
     service::{Runtime, StartError},
+    settings::RETENTION_SWEEP_EVERY,
     streams::{Stream, groups},
 };
 use tokio::net::TcpListener;
@@ -38,32 +39,23 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
     let common = &settings.common;
-    let rt = Runtime::new(common, shutdown)?;
-    let store = Store::new(rt.with_mongo().await?, &common.mongo_db, common.namespace());
-    let s = store.clone();
-    rt.initialise("creating indexes", move || {
-        let s = s.clone();
-        async move { s.ensure_indexes().await }
+    let mut rt = Runtime::new(common, shutdown)?;
+    let store = Store::new(rt.mongo().await?, &common.mongo_db, common.namespace());
+    rt.startup("creating indexes", store.clone(), |s| async move {
+        s.ensure_indexes().await
     });
-    rt.consume(
-        Stream::Orders,
-        groups::DELIVERY_SVC,
-        OrdersHandler {
-            store: store.clone(),
-        },
-    )?;
-    rt.consume(
-        Stream::DeliveryStatus,
-        groups::DELIVERY_SVC,
-        CourierHandler {
-            store: store.clone(),
-        },
-    )?;
-    rt.relay(&store.outbox, common.outbox);
-    let (s, retention) = (store.clone(), common.inbox_retention);
-    rt.every(std::time::Duration::from_secs(60), move || {
-        let s = s.clone();
-        async move { s.inbox.sweep(retention).await }
+    let orders = OrdersHandler {
+        store: store.clone(),
+    };
+    rt.consume(Stream::Orders, groups::DELIVERY_SVC, orders)?;
+    let courier = CourierHandler {
+        store: store.clone(),
+    };
+    rt.consume(Stream::DeliveryStatus, groups::DELIVERY_SVC, courier)?;
+    rt.relay(&store.outbox);
+    let retention = common.inbox_retention;
+    rt.every(RETENTION_SWEEP_EVERY, store.clone(), move |s| async move {
+        s.inbox.sweep(retention).await;
     });
     rt.serve(listener, api::router(store)).await
 }

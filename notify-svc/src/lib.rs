@@ -37,27 +37,17 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
-    let rt = Runtime::new(&settings.common, shutdown.clone())?;
-    let store = TimelineStore::new(&rt.with_mongo().await?, &settings.common.mongo_db);
-    rt.no_initialisation();
-    rt.consume(
-        Stream::Orders,
-        groups::NOTIFY_SVC,
-        TimelineHandler {
+    let mut rt = Runtime::new(&settings.common, shutdown.clone())?;
+    let store = TimelineStore::new(&rt.mongo().await?, &settings.common.mongo_db);
+    for stream in [Stream::Orders, Stream::Deliveries] {
+        let handler = TimelineHandler {
             store: store.clone(),
-        },
-    )?;
-    rt.consume(
-        Stream::Deliveries,
-        groups::NOTIFY_SVC,
-        TimelineHandler {
-            store: store.clone(),
-        },
-    )?;
+        };
+        rt.consume(stream, groups::NOTIFY_SVC, handler)?;
+    }
 
     let hub = Hub::new(settings.recent_ttl);
-    let h = hub.clone();
-    rt.sampler(move || {
+    rt.sampler(hub.clone(), |h| {
         #[allow(clippy::cast_precision_loss)]
         metrics::gauge!("websocket_sessions").set(h.subscribers() as f64);
         std::future::ready(())

@@ -23,12 +23,8 @@ use common::{
         OrderStatus, OrderStatusChanged,
     },
 };
-use tracing::info;
 
-use crate::{
-    domain::parse_id,
-    store::{StatusChange, Store},
-};
+use crate::{domain::parse_id, store::Store};
 
 /// Applies status events to orders.
 #[derive(Debug, Clone)]
@@ -46,43 +42,13 @@ impl StatusHandler {
     ) -> Result<Outcome, HandlerError> {
         let id = parse_id(order_id)
             .ok_or_else(|| HandlerError::reject(format!("`{order_id}` is not an order id")))?;
-        let change = self
-            .store
+        self.store
             .apply_status(id, to, &msg.envelope)
             .await
-            .map_err(HandlerError::from_mongo)?;
-        match change {
-            StatusChange::Moved { .. } => {
-                // The event is in the outbox, committed with the change.
-                self.store.outbox.wake();
-                info!(order_id, status = to.as_str(), "order status updated");
-                Ok(Outcome::Done)
-            }
-            StatusChange::Duplicate => {
-                info!(order_id, "event already applied (inbox); duplicate ignored");
-                Ok(Outcome::Skipped)
-            }
-            StatusChange::Stale(current) => {
-                info!(
-                    order_id,
-                    current = current.as_str(),
-                    event = to.as_str(),
-                    "stale status event ignored"
-                );
-                Ok(Outcome::Skipped)
-            }
-            StatusChange::Early(current) => Err(HandlerError::defer(format!(
-                "order {order_id} is {}; {} must wait for the statuses before it",
-                current.as_str(),
-                to.as_str()
-            ))),
-            StatusChange::Missing => Err(HandlerError::retry(format!(
-                "order {order_id} does not exist"
-            ))),
-        }
+            .map_err(HandlerError::from_mongo)?
+            .outcome("order", order_id, to)
     }
 }
-
 impl Handler for StatusHandler {
     async fn handle(&self, msg: &Message) -> Result<Outcome, HandlerError> {
         match msg.envelope.event_type.as_str() {

@@ -29,6 +29,7 @@ pub mod views;
 use axum::http::{HeaderName, HeaderValue, Method, header};
 use common::{
     service::{Runtime, StartError},
+    settings::RETENTION_SWEEP_EVERY,
     streams::{Stream, groups},
 };
 use tokio::net::TcpListener;
@@ -48,9 +49,6 @@ pub struct AppState {
     pub limits: Limits,
 }
 
-/// How often expired inbox entries and idempotency keys are removed.
-const SWEEP_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
-
 /// Runs order-svc on `listener` until `shutdown` is cancelled.
 pub async fn run(
     settings: Settings,
@@ -58,38 +56,31 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
     let common = &settings.common;
-    let rt = Runtime::new(common, shutdown)?;
-    let store = Store::new(rt.with_mongo().await?, &common.mongo_db, common.namespace());
-
-    let s = store.clone();
-    rt.initialise("creating indexes", move || {
-        let s = s.clone();
-        async move { s.ensure_indexes().await }
+    let mut rt = Runtime::new(common, shutdown)?;
+    let store = Store::new(rt.mongo().await?, &common.mongo_db, common.namespace());
+    rt.startup("creating indexes", store.clone(), |s| async move {
+        s.ensure_indexes().await
     });
     let handler = StatusHandler {
         store: store.clone(),
     };
     rt.consume(Stream::OrderStatus, groups::ORDER_SVC, handler.clone())?;
     rt.consume(Stream::Deliveries, groups::ORDER_SVC, handler)?;
-    rt.relay(&store.outbox, common.outbox);
-    let (s, inbox_retention, key_ttl) = (
-        store.clone(),
-        common.inbox_retention,
-        settings.idempotency_ttl,
+    rt.relay(&store.outbox);
+    let retention = (common.inbox_retention, settings.idempotency_ttl);
+    rt.every(
+        RETENTION_SWEEP_EVERY,
+        (store.clone(), retention),
+        |(s, (inbox, keys))| async move {
+            s.inbox.sweep(inbox).await;
+            s.keys.sweep(keys).await;
+        },
     );
-    rt.every(SWEEP_EVERY, move || {
-        let s = s.clone();
-        async move {
-            s.inbox.sweep(inbox_retention).await;
-            s.keys.sweep(key_ttl).await;
-        }
-    });
-
-    let state = AppState {
+    let router = api::router(AppState {
         store,
         limits: settings.limits,
-    };
-    let router = api::router(state).layer(cors(&settings.cors_allow_origin));
+    })
+    .layer(cors(&settings.cors_allow_origin));
     rt.serve(listener, router).await
 }
 

@@ -78,8 +78,7 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
-    let rt = Runtime::new(&settings.common, shutdown)?;
-    rt.no_initialisation();
+    let mut rt = Runtime::new(&settings.common, shutdown)?;
     let timers = Timers::new(
         rt.conn.clone(),
         rt.namespace(),
@@ -88,28 +87,16 @@ pub async fn run(
         &settings.common.service_name,
     )
     .with_poll(settings.poll);
-    rt.consume(
-        Stream::SimulateOrder,
-        groups::SIMULATOR,
-        RequestHandler {
+    for stream in [Stream::SimulateOrder, Stream::SimulateDelivery] {
+        let handler = RequestHandler {
             timers: timers.clone(),
-        },
-    )?;
-    rt.consume(
-        Stream::SimulateDelivery,
-        groups::SIMULATOR,
-        RequestHandler {
-            timers: timers.clone(),
-        },
-    )?;
-    let t = timers.clone();
-    rt.sampler(move || {
-        let t = t.clone();
-        async move {
-            if let Ok(n) = t.pending().await {
-                #[allow(clippy::cast_precision_loss)]
-                metrics::gauge!("simulator_timers_pending").set(n as f64);
-            }
+        };
+        rt.consume(stream, groups::SIMULATOR, handler)?;
+    }
+    rt.sampler(timers.clone(), |t| async move {
+        if let Ok(n) = t.pending().await {
+            #[allow(clippy::cast_precision_loss)]
+            metrics::gauge!("simulator_timers_pending").set(n as f64);
         }
     });
     rt.spawn(|token| timers.run(token));
