@@ -1,18 +1,18 @@
 //! Failpoints: named places where a test can make a service "crash".
 //!
-//! Compiled in only with the `failpoints` cargo feature, which nothing but
-//! the test crates enables; in every other build [`hit`] is an empty inline
-//! function. Even when compiled in, a failpoint does nothing until armed.
+//! Compiled in only with the `failpoints` cargo feature, which only the
+//! end-to-end test crate enables, and only as a dev-dependency: a build of any
+//! binary (`cargo build --release`, `make run`, the Dockerfile) never has it,
+//! and `scripts/check-release.sh` (part of `make test`) proves it by looking
+//! for [`MARKER`] in every release binary. Without the feature [`hit`] is an
+//! empty inline function. Even when compiled in, a failpoint does nothing
+//! until a test arms it.
 //!
-//! * In-process tests arm one with [`arm`] and [`Action::Hang`]: the task that
-//!   reaches it stops there forever (it never acknowledges, never marks, never
-//!   answers), and [`wait_hit`] tells the test, which then kills the service
-//!   (drops its tasks) as a `kill -9` would.
-//! * Process-level tests set `FAILPOINTS=name=abort,...`: the process aborts
-//!   on the spot.
-//!
-//! Names are scoped by the deployment's stream prefix, so tests running
-//! side by side in one process do not trip each other's failpoints.
+//! A test arms one with [`arm`]: the task that reaches it stops there forever
+//! (it never acknowledges, never marks, never answers), [`wait_hit`] tells the
+//! test, which then kills the service (drops its tasks) as a `kill -9` would.
+//! Names are scoped by the deployment's stream prefix, so tests running side
+//! by side in one process do not trip each other's failpoints.
 //!
 //! | name | where |
 //! |---|---|
@@ -23,14 +23,9 @@
 
 use crate::streams::Namespace;
 
-/// What an armed failpoint does.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    /// Stop the task here forever (the test then kills the service).
-    Hang,
-    /// Abort the process.
-    Abort,
-}
+/// Text that is in a binary exactly when failpoints are compiled into it (the
+/// log line of a failpoint that was hit): what the release check looks for.
+pub const MARKER: &str = "foodchain failpoint reached; this task stops here";
 
 #[cfg(feature = "failpoints")]
 mod imp {
@@ -41,38 +36,14 @@ mod imp {
 
     use tokio::sync::Notify;
 
-    use super::Action;
-
     #[derive(Default)]
     struct Point {
-        action: Option<Action>,
+        armed: bool,
         hits: usize,
         notify: Arc<Notify>,
     }
 
-    static POINTS: LazyLock<Mutex<HashMap<String, Point>>> = LazyLock::new(|| {
-        let mut points = HashMap::new();
-        for spec in std::env::var("FAILPOINTS")
-            .unwrap_or_default()
-            .split(',')
-            .filter(|s| !s.is_empty())
-        {
-            let (name, action) = spec.split_once('=').unwrap_or((spec, "abort"));
-            let action = if action == "hang" {
-                Action::Hang
-            } else {
-                Action::Abort
-            };
-            points.insert(
-                name.to_owned(),
-                Point {
-                    action: Some(action),
-                    ..Point::default()
-                },
-            );
-        }
-        Mutex::new(points)
-    });
+    static POINTS: LazyLock<Mutex<HashMap<String, Point>>> = LazyLock::new(Mutex::default);
 
     fn points() -> std::sync::MutexGuard<'static, HashMap<String, Point>> {
         POINTS
@@ -80,41 +51,25 @@ mod imp {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// The scoped name (`key`) wins; the bare name is how `FAILPOINTS` arms
-    /// a whole process.
-    pub(super) async fn hit(key: &str, bare: &str) {
-        let action = {
-            let mut points = points();
-            match points.get_mut(key).filter(|p| p.action.is_some()) {
-                Some(point) => {
-                    point.hits += 1;
-                    point.notify.notify_waiters();
-                    point.action
-                }
-                None => points.get(bare).and_then(|p| p.action),
+    pub(super) async fn hit(key: &str) {
+        let armed = match points().get_mut(key) {
+            Some(point) if point.armed => {
+                point.hits += 1;
+                point.notify.notify_waiters();
+                true
             }
+            _ => false,
         };
-        act(action, key).await;
-    }
-
-    async fn act(action: Option<Action>, name: &str) {
-        match action {
-            None => {}
-            Some(Action::Abort) => {
-                eprintln!("failpoint {name}: aborting the process");
-                std::process::abort();
-            }
-            Some(Action::Hang) => {
-                tracing::warn!(failpoint = name, "failpoint hit: this task stops here");
-                std::future::pending::<()>().await;
-            }
+        if armed {
+            tracing::warn!(failpoint = key, "{}", super::MARKER);
+            std::future::pending::<()>().await;
         }
     }
 
-    pub(super) fn arm(key: String, action: Option<Action>) {
+    pub(super) fn arm(key: String, armed: bool) {
         let mut points = points();
         let point = points.entry(key).or_default();
-        point.action = action;
+        point.armed = armed;
         point.hits = 0;
     }
 
@@ -142,7 +97,7 @@ mod imp {
 /// Passes the failpoint `name` of namespace `ns`.
 #[cfg(feature = "failpoints")]
 pub async fn hit(ns: &Namespace, name: &str) {
-    imp::hit(&format!("{}{name}", ns.prefix()), name).await;
+    imp::hit(&format!("{}{name}", ns.prefix())).await;
 }
 
 /// Passes the failpoint `name` (no-op: failpoints are not compiled in).
@@ -150,10 +105,16 @@ pub async fn hit(ns: &Namespace, name: &str) {
 #[inline(always)]
 pub async fn hit(_ns: &Namespace, _name: &str) {}
 
-/// Arms (`Some`) or disarms (`None`) failpoint `name` of namespace `ns`.
+/// Arms failpoint `name` of namespace `ns`: the next task to reach it stops there.
 #[cfg(feature = "failpoints")]
-pub fn arm(ns: &Namespace, name: &str, action: Option<Action>) {
-    imp::arm(format!("{}{name}", ns.prefix()), action);
+pub fn arm(ns: &Namespace, name: &str) {
+    imp::arm(format!("{}{name}", ns.prefix()), true);
+}
+
+/// Disarms failpoint `name` of namespace `ns`.
+#[cfg(feature = "failpoints")]
+pub fn disarm(ns: &Namespace, name: &str) {
+    imp::arm(format!("{}{name}", ns.prefix()), false);
 }
 
 /// Waits until failpoint `name` of namespace `ns` was hit since it was armed.

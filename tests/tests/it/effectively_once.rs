@@ -10,7 +10,7 @@ use common::{
         ORDER_CREATED_V1, ORDER_STATUS_CHANGED_V1, ORDER_STATUS_UPDATED_V1, OrderStatus,
         OrderStatusChanged,
     },
-    failpoint::{self, Action},
+    failpoint,
     streams::{Stream, groups},
 };
 use foodchain_tests::{FULL_FLOW, Service, System, eventually, labels, order_body};
@@ -87,8 +87,8 @@ async fn a_crash_between_commit_and_publish_loses_nothing_and_the_retry_replays(
     let mut sys = System::start().await;
     let menu = sys.seed_menu().await;
     let ns = sys.namespace();
-    failpoint::arm(&ns, "order-svc.after_commit", Some(Action::Hang));
-    failpoint::arm(&ns, "outbox.before_publish", Some(Action::Hang));
+    failpoint::arm(&ns, "order-svc.after_commit");
+    failpoint::arm(&ns, "outbox.before_publish");
     let body = order_body(&[(menu[0]["id"].as_str().unwrap(), 1)]);
     let request = {
         let (url, http, body) = (sys.url(Service::Order), sys.http.clone(), body.clone());
@@ -110,8 +110,8 @@ async fn a_crash_between_commit_and_publish_loses_nothing_and_the_retry_replays(
         sys.stream(Stream::Orders).await.is_empty(),
         "nothing was published before the crash"
     );
-    failpoint::arm(&ns, "order-svc.after_commit", None);
-    failpoint::arm(&ns, "outbox.before_publish", None);
+    failpoint::disarm(&ns, "order-svc.after_commit");
+    failpoint::disarm(&ns, "outbox.before_publish");
 
     sys.start_service(Service::Order).await;
     // The careful client retries with the same key: the original order.
@@ -143,14 +143,14 @@ async fn a_crash_between_xadd_and_marking_republishes_but_applies_once() {
     let mut sys = System::start().await;
     let menu = sys.seed_menu().await;
     let ns = sys.namespace();
-    failpoint::arm(&ns, "outbox.after_publish", Some(Action::Hang));
+    failpoint::arm(&ns, "outbox.after_publish");
     let order = sys
         .place_order(&[(menu[1]["id"].as_str().unwrap(), 1)])
         .await;
     let id = order["id"].as_str().unwrap().to_owned();
     failpoint::wait_hit(&ns, "outbox.after_publish").await;
     sys.kill_replica(Service::Order, 0).await;
-    failpoint::arm(&ns, "outbox.after_publish", None);
+    failpoint::disarm(&ns, "outbox.after_publish");
     sys.start_service(Service::Order).await;
 
     sys.wait_order_status(&id, "delivered", T).await;
@@ -187,7 +187,7 @@ async fn a_crash_after_the_effect_before_xack_is_not_applied_twice_after_reclaim
     let mut sys = System::start().await;
     let menu = sys.seed_menu().await;
     let ns = sys.namespace();
-    failpoint::arm(&ns, "delivery-svc.before_ack", Some(Action::Hang));
+    failpoint::arm(&ns, "delivery-svc.before_ack");
     let order = sys
         .place_order(&[(menu[2]["id"].as_str().unwrap(), 1)])
         .await;
@@ -201,7 +201,7 @@ async fn a_crash_after_the_effect_before_xack_is_not_applied_twice_after_reclaim
     );
     assert_eq!(pending(&sys, Stream::Orders, groups::DELIVERY_SVC).await, 1);
     sys.kill_replica(Service::Delivery, 0).await;
-    failpoint::arm(&ns, "delivery-svc.before_ack", None);
+    failpoint::disarm(&ns, "delivery-svc.before_ack");
     sys.start_service(Service::Delivery).await;
 
     sys.wait_order_status(&id, "delivered", T).await;
