@@ -15,8 +15,8 @@ use crate::{
     AppState,
     domain::{parse_id, parse_new_order},
     error::ApiError,
-    idempotency,
-    store::PlaceError,
+    idempotency::{self, Reply},
+    store::{Order, PlaceError},
     views::{MenuItemView, OrderView},
 };
 
@@ -84,7 +84,7 @@ async fn create_order(
     let correlation_id = correlation_id(&headers);
     let placed = match st
         .store
-        .place_order(&new, &correlation_id, key.as_ref())
+        .place_order(&new, &correlation_id, key.as_ref(), created)
         .await
     {
         Ok(placed) => placed,
@@ -103,27 +103,41 @@ async fn create_order(
     };
     failpoint::hit(st.store.outbox.namespace(), "order-svc.after_commit").await;
     st.store.outbox.wake();
-    let mut response = json_response(StatusCode::CREATED, placed.body);
-    let headers = response.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&placed.location) {
-        headers.insert(header::LOCATION, v);
-    }
+    let mut response = respond(placed.reply);
     if let Ok(v) = HeaderValue::from_str(&correlation_id) {
-        headers.insert(CORRELATION_HEADER, v);
+        response.headers_mut().insert(CORRELATION_HEADER, v);
     }
     Ok(response)
 }
 
-fn json_response(status: StatusCode, body: String) -> Response {
-    (
+/// The answer to a placed order: `201 Created`, the order, its `Location`.
+/// Built here and stored with the order, so that a replay of its
+/// Idempotency-Key answers exactly the same.
+fn created(order: &Order) -> Reply {
+    Reply {
+        status: StatusCode::CREATED.as_u16(),
+        body: serde_json::to_string(&OrderView::from(order.clone()))
+            .expect("an order view always serialises"),
+        location: Some(format!("/api/v1/orders/{}", order.id.to_hex())),
+    }
+}
+
+/// A [`Reply`] as an HTTP response.
+fn respond(reply: Reply) -> Response {
+    let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::OK);
+    let mut response = (
         status,
         [(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         )],
-        body,
+        reply.body,
     )
-        .into_response()
+        .into_response();
+    if let Some(v) = reply.location.and_then(|l| HeaderValue::from_str(&l).ok()) {
+        response.headers_mut().insert(header::LOCATION, v);
+    }
+    response
 }
 
 /// The stored response of `key`, or `422` if it came with another body.
@@ -131,13 +145,10 @@ fn replay(key: &idempotency::Key, stored: idempotency::Stored) -> Result<Respons
     if stored.body_hash != key.body_hash {
         return Err(ApiError::IdempotencyKeyReused);
     }
-    let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
-    let mut response = json_response(status, stored.body);
-    let headers = response.headers_mut();
-    headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
-    if let Some(v) = stored.location.and_then(|l| HeaderValue::from_str(&l).ok()) {
-        headers.insert(header::LOCATION, v);
-    }
+    let mut response = respond(stored.reply);
+    response
+        .headers_mut()
+        .insert("idempotent-replayed", HeaderValue::from_static("true"));
     Ok(response)
 }
 
@@ -159,12 +170,12 @@ async fn refuse(
 ) -> Result<Response, ApiError> {
     let Some(key) = key else { return Err(error) };
     let (status, body) = error.status_and_body();
-    match st
-        .store
-        .keys
-        .store(key, status.as_u16(), &body.to_string())
-        .await
-    {
+    let reply = Reply {
+        status: status.as_u16(),
+        body: body.to_string(),
+        location: None,
+    };
+    match st.store.keys.store(None, key, &reply).await {
         Ok(()) => Err(error),
         Err(idempotency::StoreError::Taken(_)) => replay_taken(st, Some(key)).await,
         Err(idempotency::StoreError::Mongo(e)) => Err(db_error(e)),

@@ -96,17 +96,25 @@ fn hash(body: &Value) -> String {
     hex::encode(Sha256::digest(text.as_bytes()))
 }
 
-/// A response kept for replays.
+/// An HTTP answer as the API sent it, kept for replays (built by the API
+/// layer; stored here as it is).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Stored {
-    /// Hash of the body that produced it.
-    pub body_hash: String,
+pub struct Reply {
     /// HTTP status.
     pub status: u16,
     /// JSON body, as sent.
     pub body: String,
     /// `Location` header, for 201s.
     pub location: Option<String>,
+}
+
+/// A response kept for replays.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    /// Hash of the body that produced it.
+    pub body_hash: String,
+    /// What was answered.
+    pub reply: Reply,
 }
 
 /// The `idempotency_keys` collection.
@@ -136,45 +144,31 @@ impl Keys {
         Ok(parse(&d))
     }
 
-    fn document(key: &Key, status: u16, body: &str, location: Option<&str>) -> Document {
+    fn document(key: &Key, reply: &Reply) -> Document {
         doc! {
             "_id": &key.value,
             "body_hash": &key.body_hash,
-            "status": i32::from(status),
-            "body": body,
-            "location": location,
+            "status": i32::from(reply.status),
+            "body": &reply.body,
+            "location": reply.location.as_deref(),
             "created_at": bson::DateTime::now(),
         }
     }
 
-    /// Stores the response inside the transaction that produced it.
-    pub async fn store_in(
+    /// Stores the reply inside the transaction that produced it (`None`: on
+    /// its own, for refusals, which change nothing else).
+    pub async fn store(
         &self,
-        s: &mut ClientSession,
+        s: Option<&mut ClientSession>,
         key: &Key,
-        status: u16,
-        body: &str,
-        location: Option<&str>,
+        reply: &Reply,
     ) -> Result<(), StoreError> {
-        match self
-            .coll
-            .insert_one(Self::document(key, status, body, location))
-            .session(&mut *s)
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(e) if common::mongo::is_duplicate_key(&e) => Err(StoreError::Taken(Taken)),
-            Err(e) => Err(StoreError::Mongo(e)),
-        }
-    }
-
-    /// Stores a response on its own (refusals, which change nothing else).
-    pub async fn store(&self, key: &Key, status: u16, body: &str) -> Result<(), StoreError> {
-        match self
-            .coll
-            .insert_one(Self::document(key, status, body, None))
-            .await
-        {
+        let insert = self.coll.insert_one(Self::document(key, reply));
+        let result = match s {
+            Some(s) => insert.session(s).await,
+            None => insert.await,
+        };
+        match result {
             Ok(_) => Ok(()),
             Err(e) if common::mongo::is_duplicate_key(&e) => Err(StoreError::Taken(Taken)),
             Err(e) => Err(StoreError::Mongo(e)),
@@ -209,9 +203,11 @@ pub enum StoreError {
 fn parse(d: &Document) -> Option<Stored> {
     Some(Stored {
         body_hash: d.get_str("body_hash").ok()?.to_owned(),
-        status: u16::try_from(d.get_i32("status").ok()?).ok()?,
-        body: d.get_str("body").ok()?.to_owned(),
-        location: d.get_str("location").ok().map(str::to_owned),
+        reply: Reply {
+            status: u16::try_from(d.get_i32("status").ok()?).ok()?,
+            body: d.get_str("body").ok()?.to_owned(),
+            location: d.get_str("location").ok().map(str::to_owned),
+        },
     })
 }
 

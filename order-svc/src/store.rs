@@ -38,8 +38,7 @@ use crate::{
     domain::NewOrder,
     error::FieldErrors,
     events,
-    idempotency::{self, Key, Keys},
-    views::OrderView,
+    idempotency::{self, Key, Keys, Reply},
 };
 
 /// A menu item as stored.
@@ -128,15 +127,14 @@ impl MaybeMongoError for PlaceError {
     }
 }
 
-/// A placed order and its response, as stored for idempotent replays.
+/// A placed order and the API's answer to it (stored with the order for
+/// idempotent replays).
 #[derive(Debug, Clone)]
 pub struct Placed {
     /// The order.
     pub order: Order,
-    /// The `201` body.
-    pub body: String,
-    /// The `Location` header.
-    pub location: String,
+    /// The answer, as the API layer built it.
+    pub reply: Reply,
 }
 
 /// The outcome of applying a status event to an order.
@@ -242,12 +240,14 @@ impl Store {
     }
 
     /// Places an order: all of its stock is reserved and the order, its
-    /// events and its idempotency key are stored, or nothing changes.
+    /// events and its idempotency key with `reply(order)` (the API's answer)
+    /// are stored, or nothing changes.
     pub async fn place_order(
         &self,
         new: &NewOrder,
         correlation_id: &str,
         key: Option<&Key>,
+        reply: fn(&Order) -> Reply,
     ) -> Result<Placed, PlaceError> {
         // A shopper waits for contention to resolve longer than a consumer does.
         let policy = RetryPolicy {
@@ -255,13 +255,13 @@ impl Store {
             max_elapsed: Duration::from_secs(5),
             ..RetryPolicy::default()
         };
-        let ctx = (self, new, correlation_id, key);
+        let ctx = (self, new, correlation_id, key, reply);
         run_transaction(
             &self.client,
             policy,
             &ctx,
-            |session, (store, new, correlation_id, key)| {
-                Box::pin(store.place_in(session, new, correlation_id, *key))
+            |session, (store, new, correlation_id, key, reply)| {
+                Box::pin(store.place_in(session, new, correlation_id, *key, *reply))
             },
         )
         .await
@@ -273,6 +273,7 @@ impl Store {
         new: &NewOrder,
         correlation_id: &str,
         key: Option<&Key>,
+        reply: fn(&Order) -> Reply,
     ) -> Result<Placed, PlaceError> {
         let ids: Vec<ObjectId> = new.lines.iter().map(|l| l.item_id).collect();
         let found: Vec<MenuItem> = self
@@ -358,19 +359,11 @@ impl Store {
                 .add(&mut *s, stream, &event, order.version)
                 .await?;
         }
-        let body = serde_json::to_string(&OrderView::from(order.clone()))
-            .map_err(mongodb::error::Error::custom)?;
-        let location = format!("/api/v1/orders/{}", order.id.to_hex());
+        let reply = reply(&order);
         if let Some(key) = key {
-            self.keys
-                .store_in(&mut *s, key, 201, &body, Some(&location))
-                .await?;
+            self.keys.store(Some(&mut *s), key, &reply).await?;
         }
-        Ok(Placed {
-            order,
-            body,
-            location,
-        })
+        Ok(Placed { order, reply })
     }
 
     /// Applies a status event: moves the order to `to` if that is its next
