@@ -19,8 +19,8 @@ use std::{sync::LazyLock, time::Duration};
 use common::{
     Envelope,
     events::{
-        DELIVERY_STATUS_CHANGED_V1, DeliveryStatus, DeliveryStatusChanged, ORDER_STATUS_CHANGED_V1,
-        OrderStatus, OrderStatusChanged,
+        DELIVERY_STATUS_CHANGED_V1, DeliveryStatus, DeliveryStatusChanged, Lifecycle,
+        ORDER_STATUS_CHANGED_V1, OrderStatus, OrderStatusChanged,
     },
     streams::{Namespace, Stream},
 };
@@ -49,13 +49,29 @@ impl Kind {
         }
     }
 
+    /// How many steps this lifecycle's chain fires.
     fn steps(self) -> usize {
         match self {
-            Kind::Order => 3,
-            Kind::Delivery => 2,
+            Kind::Order => kitchen_steps().len(),
+            Kind::Delivery => courier_steps().len(),
         }
     }
 }
+
+/// The statuses the kitchen moves an order to, in order: from `created` up
+/// to handing it to a courier (the courier's `delivered` moves it on after).
+fn kitchen_steps() -> &'static [OrderStatus] {
+    &OrderStatus::FLOW[1..=OrderStatus::OutForDelivery.rank()]
+}
+
+/// The statuses the courier moves a delivery to, in order: all after the first.
+fn courier_steps() -> &'static [DeliveryStatus] {
+    &DeliveryStatus::FLOW[1..]
+}
+
+/// Due timers fired per look at the set; more wait for the next look, which
+/// comes at once when this many were due.
+const FIRE_BATCH: usize = 200;
 
 /// One pending step (the sorted-set member, as JSON).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -251,7 +267,7 @@ impl Timers {
             .arg(now_ms())
             .arg("LIMIT")
             .arg(0)
-            .arg(200)
+            .arg(FIRE_BATCH)
             .query_async(&mut self.conn.clone())
             .await?;
         let mut fired = 0;
@@ -311,12 +327,7 @@ impl Timers {
     fn event_for(&self, t: &Timer) -> Option<(Stream, Envelope)> {
         let (stream, event_type, payload) = match t.kind {
             Kind::Order => {
-                let status = [
-                    OrderStatus::Confirmed,
-                    OrderStatus::Preparing,
-                    OrderStatus::OutForDelivery,
-                ]
-                .get(t.step)?;
+                let status = kitchen_steps().get(t.step)?;
                 let p = OrderStatusChanged {
                     order_id: t.order_id.clone(),
                     status: *status,
@@ -328,7 +339,7 @@ impl Timers {
                 )
             }
             Kind::Delivery => {
-                let status = [DeliveryStatus::OnTheWay, DeliveryStatus::Delivered].get(t.step)?;
+                let status = courier_steps().get(t.step)?;
                 let p = DeliveryStatusChanged {
                     delivery_id: t.id.clone(),
                     order_id: t.order_id.clone(),
@@ -350,5 +361,33 @@ impl Timers {
         )
         .ok()?;
         Some((stream, event))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_chains_are_the_flows_after_their_first_status() {
+        assert_eq!(
+            kitchen_steps(),
+            [
+                OrderStatus::Confirmed,
+                OrderStatus::Preparing,
+                OrderStatus::OutForDelivery
+            ]
+        );
+        assert_eq!(
+            courier_steps(),
+            [DeliveryStatus::OnTheWay, DeliveryStatus::Delivered]
+        );
+        // One configured delay per step (SIM_CONFIRM_MS ... SIM_DELIVER_MS).
+        let d = crate::Settings::from_env(common::settings::Env::from_map::<&str, &str>([]))
+            .unwrap()
+            .delays;
+        assert_eq!(d.order.len(), Kind::Order.steps());
+        assert_eq!(d.delivery.len(), Kind::Delivery.steps());
     }
 }
