@@ -58,6 +58,9 @@ for port in "$ORDER_PORT" "$DELIVERY_PORT" "$NOTIFY_PORT" "$SIMULATOR_PORT"; do
   for _ in $(seq 100); do port_open "$port" && break; sleep 0.1; done
 done
 
+# Every binary defaults to the Redis that infra.sh starts on its default port.
+DLQ_CMD="target/release/dlq list"
+[ "$REDIS_URL" = redis://127.0.0.1:16379 ] || DLQ_CMD="REDIS_URL=$REDIS_URL $DLQ_CMD"
 cat >&2 <<MSG
 
   foodchain is running.
@@ -67,7 +70,7 @@ cat >&2 <<MSG
     health             http://127.0.0.1:{$ORDER_PORT,$DELIVERY_PORT,$NOTIFY_PORT,$SIMULATOR_PORT}/healthz
     Redis / MongoDB    $REDIS_URL  $MONGO_URL
     logs               $LOGS/
-    dead letters       REDIS_URL=$REDIS_URL target/release/dlq list
+    dead letters       $DLQ_CMD
   Ctrl-C stops everything.
 
 MSG

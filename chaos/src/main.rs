@@ -135,14 +135,10 @@ struct LoadArgs {
 #[derive(clap::Args)]
 struct CheckArgs {
     /// Redis.
-    #[arg(long, env = "REDIS_URL", default_value = "redis://127.0.0.1:6379")]
+    #[arg(long, env = "REDIS_URL", default_value = common::settings::DEFAULT_REDIS_URL)]
     redis_url: String,
     /// MongoDB.
-    #[arg(
-        long,
-        env = "MONGO_URL",
-        default_value = "mongodb://127.0.0.1:27017/?directConnection=true"
-    )]
+    #[arg(long, env = "MONGO_URL", default_value = common::settings::DEFAULT_MONGO_URL)]
     mongo_url: String,
     /// Database.
     #[arg(long, env = "MONGO_DB", default_value = "foodchain")]

@@ -22,7 +22,7 @@ struct Cli {
     #[arg(
         long,
         env = "REDIS_URL",
-        default_value = "redis://127.0.0.1:6379",
+        default_value = common::settings::DEFAULT_REDIS_URL,
         global = true
     )]
     redis_url: String,
