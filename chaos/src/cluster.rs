@@ -122,13 +122,11 @@ impl Cluster {
             }
         }
         std::fs::create_dir_all(&dir)?;
-        let redis = tokio::task::spawn_blocking(move || {
-            RedisServer::start_with(RedisOptions {
-                appendfsync: Some(fsync),
-            })
+        let redis = RedisServer::start_with(RedisOptions {
+            appendfsync: Some(fsync),
         })
-        .await?;
-        let mongo = tokio::task::spawn_blocking(MongoServer::start).await?;
+        .await;
+        let mongo = MongoServer::start().await;
         let cluster = Self {
             redis,
             mongo,

@@ -159,34 +159,29 @@ pub async fn inject(
             format!("{}/{replica}", svc.name())
         }
         Fault::RestartRedis => {
-            tokio::task::block_in_place(|| cluster.redis.restart());
+            cluster.redis.restart().await;
             "redis".into()
         }
         Fault::RestartMongo => {
-            tokio::task::block_in_place(|| cluster.mongo.restart());
+            cluster.mongo.restart().await;
             "mongodb".into()
         }
         Fault::KillRedis => {
-            tokio::task::block_in_place(|| {
-                cluster.redis.kill();
-                std::thread::sleep(Duration::from_millis(500));
-                cluster.redis.restart();
-            });
+            cluster.redis.kill().await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            cluster.redis.restart().await;
             "redis (kill -9)".into()
         }
         Fault::LoseRedisLastSecond => {
             let (file, size) = aof_size_a_second_ago(cluster).await?;
-            tokio::task::block_in_place(|| -> anyhow::Result<()> {
-                cluster.redis.kill();
-                let before = std::fs::metadata(&file)?.len();
-                std::fs::OpenOptions::new()
-                    .write(true)
-                    .open(&file)?
-                    .set_len(size)?;
-                note = format!("dropped the last {} AOF bytes", before.saturating_sub(size));
-                cluster.redis.restart();
-                Ok(())
-            })?;
+            cluster.redis.kill().await;
+            let before = std::fs::metadata(&file)?.len();
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&file)?
+                .set_len(size)?;
+            note = format!("dropped the last {} AOF bytes", before.saturating_sub(size));
+            cluster.redis.restart().await;
             "redis (OS crash)".into()
         }
         Fault::Poison => {

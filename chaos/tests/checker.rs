@@ -35,8 +35,8 @@ fn timeline(order: &str, labels: &[&str]) -> Document {
 }
 
 async fn world() -> World {
-    let redis_url = testkit::shared_redis().url();
-    let mongo = mongodb::Client::with_uri_str(testkit::shared_mongo().url())
+    let redis_url = testkit::shared_redis().await.url();
+    let mongo = mongodb::Client::with_uri_str(testkit::shared_mongo().await.url())
         .await
         .unwrap();
     let db = mongo.database(&testkit::unique_db("checker"));

@@ -70,9 +70,9 @@ pub struct System {
 }
 
 /// Environment of every service of a test system.
-fn base_vars(prefix: &str, db: &str) -> HashMap<String, String> {
-    let redis = testkit::shared_redis();
-    let mongo = testkit::shared_mongo();
+async fn base_vars(prefix: &str, db: &str) -> HashMap<String, String> {
+    let redis = testkit::shared_redis().await;
+    let mongo = testkit::shared_mongo().await;
     [
         ("REDIS_URL", redis.url()),
         ("MONGO_URL", mongo.url()),
@@ -118,7 +118,7 @@ impl System {
         init_test_logging();
         let prefix = format!("{}:", testkit::unique("sys"));
         let db = testkit::unique_db("sys");
-        let mut vars = base_vars(&prefix, &db);
+        let mut vars = base_vars(&prefix, &db).await;
         for (k, v) in extra {
             vars.insert((*k).to_owned(), (*v).to_owned());
         }

@@ -39,7 +39,7 @@ impl Running {
 
 #[tokio::test]
 async fn acks_every_handled_message() {
-    let ctx = Ctx::new();
+    let ctx = Ctx::new().await;
     let handler = TestHandler::ok();
     let run = Running::start(&ctx, "c1", handler.clone());
     for k in ["a", "b", "c"] {
@@ -62,7 +62,7 @@ async fn acks_every_handled_message() {
 
 #[tokio::test]
 async fn a_failed_message_is_retried_until_it_succeeds() {
-    let ctx = Ctx::new();
+    let ctx = Ctx::new().await;
     // Fails twice, then succeeds (MAX_ATTEMPTS is 3).
     let handler = TestHandler::new(|_, seen| {
         if seen < 2 {
@@ -102,7 +102,7 @@ async fn a_failed_message_is_retried_until_it_succeeds() {
 
 #[tokio::test]
 async fn a_message_left_by_a_dead_consumer_is_taken_over_with_xautoclaim() {
-    let ctx = Ctx::new();
+    let ctx = Ctx::new().await;
     let dying = TestHandler::new(|_, _| Act::Hang);
     let run = Running::start(&ctx, "dies", dying.clone());
     let called = dying.called.notified();
@@ -136,7 +136,7 @@ async fn a_message_left_by_a_dead_consumer_is_taken_over_with_xautoclaim() {
 
 #[tokio::test]
 async fn a_poison_message_is_dead_lettered_after_exactly_max_attempts_with_its_context() {
-    let ctx = Ctx::new();
+    let ctx = Ctx::new().await;
     let handler = TestHandler::new(|m, _| {
         if m.envelope.key == "poison" {
             Act::Fail("cannot parse the menu")
@@ -202,7 +202,7 @@ async fn a_poison_message_is_dead_lettered_after_exactly_max_attempts_with_its_c
 
 #[tokio::test]
 async fn a_malformed_message_goes_straight_to_the_dead_letters() {
-    let ctx = Ctx::new();
+    let ctx = Ctx::new().await;
     let handler = TestHandler::ok();
     let run = Running::start(&ctx, "c1", handler.clone());
     let id = ctx
@@ -239,7 +239,7 @@ async fn a_malformed_message_goes_straight_to_the_dead_letters() {
 
 #[tokio::test]
 async fn a_rejected_message_is_dead_lettered_at_once_and_a_panic_is_a_failure() {
-    let ctx = Ctx::new();
+    let ctx = Ctx::new().await;
     let handler = TestHandler::new(|m, _| match m.envelope.key.as_str() {
         "invalid" => Act::Reject("quantity must be positive"),
         "panics" => Act::Panic,
@@ -282,7 +282,7 @@ async fn a_rejected_message_is_dead_lettered_at_once_and_a_panic_is_a_failure() 
 
 #[tokio::test]
 async fn attempts_survive_crashes_because_they_are_counted_by_redis() {
-    let ctx = Ctx::new();
+    let ctx = Ctx::new().await;
     // A message that took down three consumers in a row: delivered three
     // times (the delivery count says so), never acknowledged.
     ctx.publish(S, "crashy", ORDER_CREATED_V1).await;
@@ -345,7 +345,7 @@ async fn attempts_survive_crashes_because_they_are_counted_by_redis() {
 
 #[tokio::test]
 async fn shutdown_finishes_and_acks_the_batch_in_hand() {
-    let ctx = Ctx::new();
+    let ctx = Ctx::new().await;
     for i in 0..6 {
         ctx.publish(S, &format!("k{}", i % 3), ORDER_CREATED_V1)
             .await;
@@ -365,7 +365,7 @@ async fn shutdown_finishes_and_acks_the_batch_in_hand() {
 
 #[tokio::test]
 async fn messages_of_one_key_stay_in_order_while_keys_run_concurrently() {
-    let ctx = Ctx::new();
+    let ctx = Ctx::new().await;
     let mut published: HashMap<String, Vec<String>> = HashMap::new();
     for i in 0..30 {
         let key = format!("order-{}", i % 3);
@@ -401,7 +401,7 @@ async fn messages_of_one_key_stay_in_order_while_keys_run_concurrently() {
 
 #[tokio::test]
 async fn unknown_event_types_are_skipped_and_acknowledged() {
-    let ctx = Ctx::new();
+    let ctx = Ctx::new().await;
     let handler = TestHandler::new(|m, _| {
         if m.envelope.event_type == "menu.renamed.v9" {
             Act::Skip
@@ -421,7 +421,7 @@ async fn unknown_event_types_are_skipped_and_acknowledged() {
 
 #[tokio::test]
 async fn two_consumers_of_one_group_share_the_work_without_duplicates() {
-    let ctx = Ctx::new();
+    let ctx = Ctx::new().await;
     let (h1, h2) = (TestHandler::ok(), TestHandler::ok());
     let r1 = Running::start(&ctx, "c1", h1.clone());
     let r2 = Running::start(&ctx, "c2", h2.clone());
@@ -451,7 +451,7 @@ async fn two_consumers_of_one_group_share_the_work_without_duplicates() {
 
 #[tokio::test]
 async fn a_deferred_message_waits_without_using_up_attempts() {
-    let ctx = Ctx::with(&[("CONSUMER_MAX_DEFER_MS", "60000")]);
+    let ctx = Ctx::with(&[("CONSUMER_MAX_DEFER_MS", "60000")]).await;
     // Deferred far more often than MAX_ATTEMPTS (3) allows failures.
     let handler = TestHandler::new(|_, seen| {
         if seen < 8 {
@@ -482,7 +482,7 @@ async fn a_deferred_message_waits_without_using_up_attempts() {
 
 #[tokio::test]
 async fn a_message_deferred_for_too_long_is_dead_lettered() {
-    let ctx = Ctx::with(&[("CONSUMER_MAX_DEFER_MS", "300")]);
+    let ctx = Ctx::with(&[("CONSUMER_MAX_DEFER_MS", "300")]).await;
     let handler = TestHandler::new(|_, _| Act::Defer("waiting for confirmed"));
     let run = Running::start(&ctx, "c1", handler.clone());
     ctx.publish(S, "a", ORDER_CREATED_V1).await;

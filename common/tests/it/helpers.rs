@@ -37,12 +37,12 @@ pub(crate) const FAST: [(&str, &str); 6] = [
 ];
 
 impl Ctx {
-    pub(crate) fn new() -> Self {
-        Self::with(&[])
+    pub(crate) async fn new() -> Self {
+        Self::with(&[]).await
     }
 
-    pub(crate) fn with(extra: &[(&str, &str)]) -> Self {
-        let redis = testkit::shared_redis();
+    pub(crate) async fn with(extra: &[(&str, &str)]) -> Self {
+        let redis = testkit::shared_redis().await;
         let prefix = format!("{}:", testkit::unique("t"));
         let mut vars: HashMap<String, String> = FAST
             .iter()
@@ -82,16 +82,7 @@ impl Ctx {
     }
 
     pub(crate) async fn publish(&self, stream: Stream, key: &str, event_type: &str) -> Envelope {
-        let e = Envelope::new(
-            event_type,
-            key,
-            format!("corr-{key}"),
-            "test",
-            &serde_json::json!({"key": key}),
-        )
-        .unwrap();
-        self.publisher.publish(stream, &e).await.unwrap();
-        e
+        testkit::publish(&self.publisher, stream, key, event_type).await
     }
 
     /// Entries pending in `group` on `stream` (XPENDING summary).

@@ -6,7 +6,7 @@ use mongodb::{
 };
 
 async fn db() -> (mongodb::Client, mongodb::Database) {
-    let server = testkit::shared_mongo();
+    let server = testkit::shared_mongo().await;
     let client = mongo::connect(&server.url(), "common-tests").await.unwrap();
     let db = client.database(&testkit::unique_db("tx"));
     (client, db)

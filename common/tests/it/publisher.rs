@@ -4,7 +4,7 @@ use crate::helpers::Ctx;
 
 #[tokio::test]
 async fn publish_appends_the_envelope_fields_and_trims_approximately() {
-    let ctx = Ctx::with(&[("STREAM_MAXLEN", "100")]);
+    let ctx = Ctx::with(&[("STREAM_MAXLEN", "100")]).await;
     let first = ctx.publish(Stream::Orders, "o-1", ORDER_CREATED_V1).await;
     let stored = ctx.range(Stream::Orders).await;
     assert_eq!(stored.len(), 1);

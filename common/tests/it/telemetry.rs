@@ -77,7 +77,7 @@ async fn handler_logs_carry_the_event_fields_on_stdout_and_reach_loki() {
     let (subscriber, shipper) = telemetry::subscriber(&settings, stdout.clone()).unwrap();
     let _guard = tracing::subscriber::set_default(subscriber);
 
-    let ctx = Ctx::new();
+    let ctx = Ctx::new().await;
     let handler = TestHandler::ok();
     let token = CancellationToken::new();
     let task = tokio::spawn(

@@ -56,7 +56,7 @@ fn cause() -> Envelope {
 
 #[tokio::test]
 async fn only_the_next_status_applies_and_only_once() {
-    let client = mongo::connect(&testkit::shared_mongo().url(), "common-tests")
+    let client = mongo::connect(&testkit::shared_mongo().await.url(), "common-tests")
         .await
         .unwrap();
     let db = client.database(&testkit::unique_db("transition"));

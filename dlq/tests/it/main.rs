@@ -64,7 +64,7 @@ impl World {
     async fn new() -> Self {
         let prefix = format!("{}:", testkit::unique("dlq"));
         let mut env = Env::from_map([
-            ("REDIS_URL", testkit::shared_redis().url()),
+            ("REDIS_URL", testkit::shared_redis().await.url()),
             ("STREAM_PREFIX", prefix),
             ("CONSUMER_BLOCK_MS", "100".into()),
             ("RECLAIM_MIN_IDLE_MS", "400".into()),
@@ -100,16 +100,7 @@ impl World {
     }
 
     async fn publish(&self, stream: Stream, key: &str, event_type: &str) -> Envelope {
-        let e = Envelope::new(
-            event_type,
-            key,
-            format!("corr-{key}"),
-            "test",
-            &serde_json::json!({"key": key}),
-        )
-        .unwrap();
-        self.publisher.publish(stream, &e).await.unwrap();
-        e
+        testkit::publish(&self.publisher, stream, key, event_type).await
     }
 
     fn dlq(&self, args: &[&str]) -> Output {

@@ -1,9 +1,10 @@
 //! `mongo-setup <mongo-url> <port> <mongod|secantus> [txn-lifetime-secs]`:
 //! prepares a freshly started local MongoDB for foodchain (used by
 //! `scripts/infra.sh`): initiates a `mongod` single-node replica set, then
-//! lowers `transactionLifetimeLimitSeconds` (see `testkit::configure_mongo`).
+//! lowers `transactionLifetimeLimitSeconds` (see `testkit::mongo::prepare`).
 
-fn main() {
+#[tokio::main(flavor = "current_thread")]
+async fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let (Some(url), Some(port), Some(kind)) = (
         args.first(),
@@ -14,8 +15,5 @@ fn main() {
         std::process::exit(2);
     };
     let lifetime = args.get(3).and_then(|s| s.parse().ok()).unwrap_or(10);
-    if kind == "mongod" {
-        testkit::initiate_replica_set(url, port);
-    }
-    testkit::configure_mongo(url, lifetime);
+    testkit::mongo::prepare(url, port, kind == "mongod", lifetime).await;
 }

@@ -131,7 +131,8 @@ async fn metrics_use_route_templates_and_pass_promtool() {
 async fn readiness_follows_redis_down_and_back() {
     let redis = RedisServer::start_with(RedisOptions {
         appendfsync: Some("everysec"),
-    });
+    })
+    .await;
     let sys = System::start_with(&[("REDIS_URL", &redis.url())]).await;
     for s in Service::ALL {
         assert_eq!(readiness(&sys, s).await.0, 200, "{s:?} ready");
@@ -144,7 +145,7 @@ async fn readiness_follows_redis_down_and_back() {
         assert_eq!(live.status(), 200);
     }
 
-    redis.stop();
+    redis.stop().await;
     for s in Service::ALL {
         let body = eventually(&format!("{s:?} not ready"), T, || async {
             let (code, body) = readiness(&sys, s).await;
@@ -169,7 +170,7 @@ async fn readiness_follows_redis_down_and_back() {
         );
     }
 
-    redis.restart();
+    redis.restart().await;
     for s in Service::ALL {
         eventually(&format!("{s:?} ready again"), T, || async {
             (readiness(&sys, s).await.0 == 200).then_some(())
@@ -187,9 +188,9 @@ async fn readiness_follows_redis_down_and_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_follows_mongo_down_and_back() {
-    let mongo = MongoServer::start();
+    let mongo = MongoServer::start().await;
     let sys = System::start_with(&[("MONGO_URL", &mongo.url())]).await;
-    mongo.stop();
+    mongo.stop().await;
     for s in [Service::Order, Service::Delivery, Service::Notify] {
         let body = eventually(&format!("{s:?} not ready"), T, || async {
             let (code, body) = readiness(&sys, s).await;
@@ -216,7 +217,7 @@ async fn readiness_follows_mongo_down_and_back() {
     assert_eq!(r.status(), 503);
     assert_eq!(r.headers()["retry-after"], "1");
 
-    mongo.restart();
+    mongo.restart().await;
     for s in Service::ALL {
         eventually(&format!("{s:?} ready again"), T, || async {
             (readiness(&sys, s).await.0 == 200).then_some(())
