@@ -259,7 +259,8 @@ impl ConsumerSettings {
     }
 }
 
-fn millis(d: Duration) -> u64 {
+/// A duration in whole milliseconds (for defaults of [`Env::millis`]).
+pub fn millis(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
@@ -329,7 +330,10 @@ impl CommonSettings {
             stream_maxlen: (maxlen > 0).then_some(maxlen),
             consumer: ConsumerSettings::from_env(env),
             outbox: crate::outbox::OutboxSettings::from_env(env),
-            inbox_retention: Duration::from_secs(env.parse("INBOX_RETENTION_SECS", 7 * 24 * 3600)),
+            inbox_retention: Duration::from_secs(env.parse(
+                "INBOX_RETENTION_SECS",
+                crate::inbox::DEFAULT_RETENTION.as_secs(),
+            )),
             shutdown_timeout: env.millis("SHUTDOWN_TIMEOUT_MS", 10_000),
             loki_url: env.optional("LOKI_URL"),
             log_format: env.parse("LOG_FORMAT", LogFormat::Json),

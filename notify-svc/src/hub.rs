@@ -26,7 +26,9 @@ use std::{
 };
 
 use common::{
-    Envelope, stream_entry,
+    Envelope,
+    backoff::Backoff,
+    stream_entry,
     streams::{Namespace, Stream},
 };
 use redis::aio::ConnectionManager;
@@ -38,6 +40,13 @@ use crate::timeline::{Entry, entry_of};
 
 /// Updates a subscriber may have queued before it counts as too slow.
 const QUEUE: usize = 64;
+/// Entries the live tail reads per XREAD.
+const TAIL_BATCH: usize = 500;
+/// How long one XREAD of the tail blocks; the tail's connection must allow it
+/// (see `lib.rs`), and a shutdown waits for at most this.
+pub const TAIL_BLOCK: Duration = Duration::from_secs(1);
+/// How often orders not seen for `RECENT_EVENTS_TTL_SECS` are forgotten.
+const PRUNE_EVERY: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Default)]
 struct State {
@@ -160,7 +169,7 @@ impl Hub {
 }
 
 /// Tails the order and delivery streams into `hub` until `shutdown`.
-/// `conn` must allow blocking reads of one second.
+/// `conn` must allow blocking reads of [`TAIL_BLOCK`].
 pub async fn tail(
     hub: Arc<Hub>,
     conn: ConnectionManager,
@@ -175,15 +184,15 @@ pub async fn tail(
     let Some(mut last) = current_ends(&conn, &keys, &shutdown).await else {
         return;
     };
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::default();
     info!("live tail started");
     let mut pruned = Instant::now();
     while !shutdown.is_cancelled() {
         let read = redis::cmd("XREAD")
             .arg("COUNT")
-            .arg(500)
+            .arg(TAIL_BATCH)
             .arg("BLOCK")
-            .arg(1000)
+            .arg(u64::try_from(TAIL_BLOCK.as_millis()).unwrap_or(1000))
             .arg("STREAMS")
             .arg(&keys)
             .arg(&last)
@@ -196,15 +205,13 @@ pub async fn tail(
             Ok(b) => b,
             Err(e) => {
                 warn!(error = %e, "live tail read failed; retrying");
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    () = tokio::time::sleep(backoff) => {}
+                if !backoff.sleep(&shutdown).await {
+                    break;
                 }
-                backoff = (backoff * 2).min(Duration::from_secs(5));
                 continue;
             }
         };
-        backoff = Duration::from_millis(100);
+        backoff.reset();
         let mut entries = Vec::new();
         for (key, batch) in batches {
             if let (Some(i), Some(newest)) = (keys.iter().position(|k| *k == key), batch.last()) {
@@ -224,7 +231,7 @@ pub async fn tail(
                 Err(e) => debug!(error = %e, "live tail skipped an event"),
             }
         }
-        if pruned.elapsed() > Duration::from_secs(10) {
+        if pruned.elapsed() > PRUNE_EVERY {
             hub.prune();
             pruned = Instant::now();
         }
@@ -239,7 +246,7 @@ async fn current_ends(
     keys: &[String; 2],
     shutdown: &CancellationToken,
 ) -> Option<[String; 2]> {
-    let mut backoff = Duration::from_millis(100);
+    let mut backoff = Backoff::default();
     loop {
         let mut ends = [String::new(), String::new()];
         let mut failed = None;
@@ -265,11 +272,9 @@ async fn current_ends(
         }
         let Some(e) = failed else { return Some(ends) };
         warn!(error = %e, "live tail cannot start yet; retrying");
-        tokio::select! {
-            () = shutdown.cancelled() => return None,
-            () = tokio::time::sleep(backoff) => {}
+        if !backoff.sleep(shutdown).await {
+            return None;
         }
-        backoff = (backoff * 2).min(Duration::from_secs(5));
     }
 }
 

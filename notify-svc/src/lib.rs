@@ -17,8 +17,6 @@ pub mod settings;
 pub mod timeline;
 pub mod ws;
 
-use std::time::Duration;
-
 use common::{
     redis_conn,
     service::{Runtime, StartError},
@@ -52,7 +50,7 @@ pub async fn run(
         metrics::gauge!("websocket_sessions").set(h.subscribers() as f64);
         std::future::ready(())
     });
-    let tail_conn = redis_conn::blocking(&rt.redis, Duration::from_secs(1))?;
+    let tail_conn = redis_conn::blocking(&rt.redis, hub::TAIL_BLOCK)?;
     let (h, ns) = (hub.clone(), rt.namespace());
     rt.spawn(move |token| hub::tail(h, tail_conn, ns, token));
 

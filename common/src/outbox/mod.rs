@@ -79,9 +79,11 @@ impl OutboxSettings {
         let d = Self::default();
         let s = Self {
             batch: env.parse("OUTBOX_BATCH", d.batch),
-            poll: env.millis("OUTBOX_POLL_MS", 250),
-            lease_ttl: env.millis("OUTBOX_LEASE_MS", 5000),
-            retention: Duration::from_secs(env.parse("OUTBOX_RETENTION_SECS", 3600)),
+            poll: env.millis("OUTBOX_POLL_MS", crate::settings::millis(d.poll)),
+            lease_ttl: env.millis("OUTBOX_LEASE_MS", crate::settings::millis(d.lease_ttl)),
+            retention: Duration::from_secs(
+                env.parse("OUTBOX_RETENTION_SECS", d.retention.as_secs()),
+            ),
         };
         env.check(s.batch >= 1, "OUTBOX_BATCH must be at least 1");
         env.check(
