@@ -13,6 +13,8 @@ say "clippy"
 cargo clippy --workspace --all-targets --locked --quiet -- -D warnings
 say "tests"
 cargo test --workspace --locked
+say "release binaries carry no test-only code (failpoints)"
+scripts/check-release.sh
 say "deployment files (compose, Helm, k8s-jobs), validated offline"
 scripts/validate-deploy.sh
 say "chaos (short run)"

@@ -16,6 +16,7 @@ use futures::{SinkExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 
 use crate::{
+    Settings,
     hub::Hub,
     timeline::{Snapshot, TimelineStore},
     ws::{self, KeepAlive},
@@ -34,6 +35,29 @@ pub struct AppState {
     pub page: Arc<str>,
     /// Closes sockets on shutdown.
     pub shutdown: CancellationToken,
+}
+
+impl AppState {
+    /// The state of a service with `settings`.
+    pub fn new(
+        settings: &Settings,
+        store: TimelineStore,
+        hub: Arc<Hub>,
+        shutdown: CancellationToken,
+    ) -> Self {
+        Self {
+            store,
+            hub,
+            keep_alive: KeepAlive {
+                ping_interval: settings.ping_interval,
+                pong_timeout: settings.pong_timeout,
+            },
+            page: PAGE
+                .replace("__ORDER_API__", &settings.order_api_url)
+                .into(),
+            shutdown,
+        }
+    }
 }
 
 /// The tracker page template (`__ORDER_API__` is replaced at start-up).

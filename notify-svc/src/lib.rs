@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use settings::Settings;
 
-use crate::{consumers::TimelineHandler, hub::Hub, timeline::TimelineStore, ws::KeepAlive};
+use crate::{consumers::TimelineHandler, hub::Hub, timeline::TimelineStore};
 
 /// Runs notify-svc on `listener` until `shutdown` is cancelled.
 pub async fn run(
@@ -54,17 +54,6 @@ pub async fn run(
     let (h, ns) = (hub.clone(), rt.namespace());
     rt.spawn(move |token| hub::tail(h, tail_conn, ns, token));
 
-    let state = api::AppState {
-        store,
-        hub,
-        keep_alive: KeepAlive {
-            ping_interval: settings.ping_interval,
-            pong_timeout: settings.pong_timeout,
-        },
-        page: api::PAGE
-            .replace("__ORDER_API__", &settings.order_api_url)
-            .into(),
-        shutdown,
-    };
+    let state = api::AppState::new(&settings, store, hub, shutdown);
     rt.serve(listener, api::router(state)).await
 }

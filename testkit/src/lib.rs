@@ -9,6 +9,7 @@
 //!   tests that stop, kill or restart it. It is killed when dropped.
 //! * [`publish`]: a test event on a stream, for the tests of the consumer
 //!   loop and of the dead-letter CLI.
+//! * [`http`]: a service's router called in process, for its 4xx behaviour.
 //!
 //! Both servers are one child-process type, [`Server`] ([`process`]):
 //! spawned with `PR_SET_PDEATHSIG` from one long-lived thread, so the kernel
@@ -20,6 +21,7 @@
 
 #![allow(unsafe_code)] // one `prctl` call in `pre_exec` and `kill(2)`, see `process`
 
+pub mod http;
 pub mod mongo;
 pub mod process;
 pub mod redis;
@@ -102,7 +104,12 @@ pub async fn shared_mongo() -> &'static MongoServer {
 
 /// Publishes a test event of `event_type` with ordering key `key` (payload
 /// `{"key": key}`, correlation id `corr-<key>`, source `test`) to `stream`.
-pub async fn publish(publisher: &Publisher, stream: Stream, key: &str, event_type: &str) -> Envelope {
+pub async fn publish(
+    publisher: &Publisher,
+    stream: Stream,
+    key: &str,
+    event_type: &str,
+) -> Envelope {
     let e = Envelope::new(
         event_type,
         key,

@@ -59,16 +59,26 @@ impl Launch for MongoImpl {
             }
             MongoImpl::Mongod(bin) => {
                 let mut c = Command::new(bin);
-                c.args(["--replSet", "rs0", "--bind_ip", "127.0.0.1", "--port", &port, "--dbpath"])
-                    .arg(&data)
-                    .args(["--quiet", "--wiredTigerCacheSizeGB", "0.25"]);
+                c.args([
+                    "--replSet",
+                    "rs0",
+                    "--bind_ip",
+                    "127.0.0.1",
+                    "--port",
+                    &port,
+                    "--dbpath",
+                ])
+                .arg(&data)
+                .args(["--quiet", "--wiredTigerCacheSizeGB", "0.25"]);
                 c
             }
         }
     }
 
     async fn ready(&self, port: u16) -> bool {
-        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+        tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
     }
 
     async fn configure(&self, port: u16) {

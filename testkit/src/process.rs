@@ -271,4 +271,3 @@ fn log_file(dir: &Path, name: &str) -> Stdio {
         .map(Stdio::from)
         .unwrap_or_else(|_| Stdio::null())
 }
-

@@ -25,10 +25,17 @@ impl Launch for RedisOptions {
         let mut cmd = Command::new(
             std::env::var("REDIS_SERVER_BIN").unwrap_or_else(|_| "redis-server".into()),
         );
-        cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", ""])
-            .arg("--dir")
-            .arg(dir)
-            .args(["--daemonize", "no", "--protected-mode", "no"]);
+        cmd.args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+        ])
+        .arg("--dir")
+        .arg(dir)
+        .args(["--daemonize", "no", "--protected-mode", "no"]);
         match self.appendfsync {
             Some(policy) => cmd.args(["--appendonly", "yes", "--appendfsync", policy]),
             None => cmd.args(["--appendonly", "no"]),
@@ -38,7 +45,9 @@ impl Launch for RedisOptions {
 
     async fn ready(&self, port: u16) -> bool {
         let ping = async {
-            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.ok()?;
+            let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .ok()?;
             s.write_all(b"PING\r\n").await.ok()?;
             let mut buf = [0u8; 16];
             let n = s.read(&mut buf).await.ok()?;
