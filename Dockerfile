@@ -37,6 +37,10 @@ WORKDIR /src
 # Whole workspace: cargo needs every member's manifest to resolve the
 # workspace, and seed/ and notify-svc/static/ are compiled into the binaries.
 COPY . .
+# Every image builds the workspace's default members (every shipped binary),
+# as `make run` and a plain `cargo build --release` build them: one feature
+# resolution, so the four images share one compiled cache (and
+# scripts/check-release.sh proves these binaries carry no test code).
 RUN --mount=type=cache,id=foodchain-cargo-registry,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,id=foodchain-cargo-git,target=/usr/local/cargo/git,sharing=locked \
     --mount=type=cache,id=foodchain-target,target=/src/target,sharing=locked \
@@ -46,8 +50,7 @@ RUN --mount=type=cache,id=foodchain-cargo-registry,target=/usr/local/cargo/regis
       delivery-svc|notify-svc|simulator) bins="$SERVICE" ;; \
       *) echo "SERVICE must be order-svc, delivery-svc, notify-svc or simulator (got '$SERVICE')" >&2; exit 1 ;; \
     esac; \
-    pkgs=""; for b in $bins; do pkgs="$pkgs -p $b"; done; \
-    cargo build --release --locked $pkgs; \
+    cargo build --release --locked; \
     mkdir -p /out; \
     for b in $bins; do cp "target/release/$b" /out/; done
 

@@ -23,7 +23,7 @@ eval "$(scripts/infra.sh env)"
 export REDIS_URL MONGO_URL
 
 say "building the services (release; the first build takes a few minutes)"
-cargo build --release --locked -p order-svc -p delivery-svc -p notify-svc -p simulator -p dlq
+cargo build --release --locked
 BIN=$ROOT/target/release
 mkdir -p "$LOGS"
 
