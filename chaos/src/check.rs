@@ -13,10 +13,10 @@ use std::{
 };
 
 use bson::{Document, doc};
-use common::{
+use contract::{
     dead_letter::DeadLetter,
-    stream_entry,
-    streams::{Namespace, Stream, groups},
+    redis as stream_entry,
+    streams::{Namespace, Stream},
 };
 use futures::TryStreamExt;
 use serde::Serialize;
@@ -47,17 +47,13 @@ pub struct Record {
     pub trackers: Option<Vec<TrackerResult>>,
 }
 
-/// Every (stream, group) that consumes, from the stream table in `common::streams`.
-pub const GROUPS: [(Stream, &str); 8] = [
-    (Stream::Orders, groups::DELIVERY_SVC),
-    (Stream::Orders, groups::NOTIFY_SVC),
-    (Stream::Deliveries, groups::ORDER_SVC),
-    (Stream::Deliveries, groups::NOTIFY_SVC),
-    (Stream::OrderStatus, groups::ORDER_SVC),
-    (Stream::DeliveryStatus, groups::DELIVERY_SVC),
-    (Stream::SimulateOrder, groups::SIMULATOR),
-    (Stream::SimulateDelivery, groups::SIMULATOR),
-];
+/// Every (stream, group) that consumes, from the stream table of the contract.
+pub fn groups() -> Vec<(Stream, &'static str)> {
+    Stream::ALL
+        .into_iter()
+        .flat_map(|s| s.groups().iter().map(move |g| (s, *g)))
+        .collect()
+}
 
 /// Connections to the deployment.
 #[derive(Debug)]
@@ -303,7 +299,7 @@ pub async fn check(t: &Target, record: &Record, settle: Duration) -> anyhow::Res
     let mut backlog;
     loop {
         pending = Vec::new();
-        for (stream, group) in GROUPS {
+        for (stream, group) in groups() {
             let v: redis::Value = redis::cmd("XPENDING")
                 .arg(t.ns.stream(stream))
                 .arg(group)
@@ -375,10 +371,10 @@ pub async fn check(t: &Target, record: &Record, settle: Duration) -> anyhow::Res
             let expected: BTreeSet<(String, String, String)> = poison
                 .iter()
                 .flat_map(|(stream, id)| {
-                    GROUPS
+                    stream
+                        .groups()
                         .iter()
-                        .filter(move |(s, _)| s == stream)
-                        .map(move |(s, g)| (s.name().to_owned(), id.clone(), (*g).to_owned()))
+                        .map(move |g| (stream.name().to_owned(), id.clone(), (*g).to_owned()))
                 })
                 .collect();
             problems.extend(

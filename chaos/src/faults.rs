@@ -2,7 +2,7 @@
 
 use std::time::{Duration, Instant};
 
-use common::streams::{Namespace, Stream};
+use contract::streams::{Namespace, Stream};
 use rand::{Rng, SeedableRng, rngs::StdRng, seq::SliceRandom};
 use serde::Serialize;
 use tokio::sync::mpsc;

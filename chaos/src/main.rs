@@ -17,7 +17,7 @@ use std::{
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use common::streams::Namespace;
+use contract::streams::Namespace;
 use rand::{SeedableRng, rngs::StdRng};
 use serde::{Deserialize, Serialize};
 
@@ -245,8 +245,8 @@ async fn run(a: RunArgs) -> anyhow::Result<bool> {
         )
         .await?,
     );
-    let redis_client = common::redis_conn::client(&cluster.redis.url())?;
-    let mut conn = common::redis_conn::commands(&redis_client)?;
+    let redis_client = contract::redis::client(&cluster.redis.url())?;
+    let mut conn = contract::redis::commands(&redis_client)?;
     let mongo = common::mongo::connect(&cluster.mongo.url(), "chaos").await?;
     let db = mongo.database(&cluster.db);
 
@@ -447,8 +447,8 @@ async fn load_only(a: LoadArgs) -> anyhow::Result<()> {
 }
 
 async fn check_only(a: CheckArgs) -> anyhow::Result<bool> {
-    let client = common::redis_conn::client(&a.redis_url)?;
-    let conn = common::redis_conn::commands(&client)?;
+    let client = contract::redis::client(&a.redis_url)?;
+    let conn = contract::redis::commands(&client)?;
     let mongo = common::mongo::connect(&a.mongo_url, "chaos-check").await?;
     let target = Target {
         conn,

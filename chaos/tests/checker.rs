@@ -9,10 +9,10 @@ use std::{collections::HashMap, time::Duration};
 
 use bson::{Document, doc, oid::ObjectId};
 use chaos::{
-    check::{GROUPS, Record, Target, Verdict, check},
+    check::{Record, Target, Verdict, check, groups},
     load::{Accepted, FULL_FLOW, TrackerResult},
 };
-use common::streams::{Namespace, Stream};
+use contract::streams::{Namespace, Stream};
 
 /// A small finished run: two items, three delivered orders.
 struct World {
@@ -47,7 +47,7 @@ async fn world() -> World {
         .await
         .unwrap();
     // Every consuming group exists and has nothing pending.
-    for (stream, group) in GROUPS {
+    for (stream, group) in groups() {
         let _: () = redis::cmd("XGROUP")
             .arg("CREATE")
             .arg(ns.stream(stream))
@@ -255,7 +255,7 @@ async fn a_pending_entry_and_an_unpublished_event_fail() {
     // Read but never acknowledged.
     let _: redis::Value = redis::cmd("XREADGROUP")
         .arg("GROUP")
-        .arg(GROUPS[0].1)
+        .arg(groups()[0].1)
         .arg("c1")
         .arg("STREAMS")
         .arg(&stream)

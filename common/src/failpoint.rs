@@ -21,7 +21,7 @@
 //! | `outbox.after_publish` | the relay XADDed a batch, before marking it published |
 //! | `<group>.before_ack` | a handler of `<group>` succeeded (its effect committed), before XACK |
 
-use crate::streams::Namespace;
+use contract::streams::Namespace;
 
 /// Text that is in a binary exactly when failpoints are compiled into it (the
 /// log line of a failpoint that was hit): what the release check looks for.

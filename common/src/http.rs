@@ -104,7 +104,7 @@ impl Health {
         let redis = async {
             match tokio::time::timeout(
                 CHECK_TIMEOUT,
-                crate::redis_conn::ping(&mut self.redis.clone()),
+                contract::redis::ping(&mut self.redis.clone()),
             )
             .await
             {

@@ -1,27 +1,23 @@
-//! Everything the four foodchain services share, and nothing service-specific.
+//! The runtime the four foodchain services share, and nothing service-specific.
 //!
 //! The services never call one another: they communicate only through Redis
-//! Streams. This crate is the contract between them and the machinery that
-//! makes the contract hold.
+//! Streams. The `contract` crate says what crosses the streams; this crate is
+//! the machinery that makes the contract hold: the consumer loop, the outbox
+//! and inbox, guarded transitions, HTTP, MongoDB, telemetry.
 //!
 //! | module | what it gives |
 //! |---|---|
 //! | [`backoff`] | the one exponential backoff of every wait-for-a-dependency loop |
 //! | [`service`] | the runtime each service is built on: clients, health, start-up, consumers, graceful HTTP |
 //! | [`settings`] | one [`settings::CommonSettings`] from env vars, documented defaults, fail-fast validation |
-//! | [`envelope`] | the [`envelope::Envelope`] every event travels in, and its stream-entry encoding |
-//! | [`events`] | the contract: event type names (versioned: `order.created.v1`), payloads, status lifecycles |
 //! | [`http`] | `/healthz` and `/readyz` every service mounts |
-//! | [`streams`] | stream and group names in one place, with a per-deployment key prefix |
 //! | [`outbox`] | the transactional outbox and its single active relay (lease in Redis) |
 //! | [`inbox`] | processed event ids per group, recorded in the effect's transaction |
 //! | [`transition`] | guarded status transitions of a versioned document, once per event, with their outbox event |
 //! | [`failpoint`] | test-only crash points (cargo feature `failpoints`) |
 //! | [`publisher`] | XADD with approximate MAXLEN trimming |
 //! | [`consumer`] | the consumer-group loop: XREADGROUP, XACK, retries, XAUTOCLAIM, dead letters |
-//! | [`dead_letter`] | the `dead-letters` entry format and the atomic move-and-ack script |
-//! | [`stream_entry`] | raw stream entries and the reply parsers |
-//! | [`redis_conn`] | connection set-up (timeouts that fit blocking reads, reconnects) |
+//! | [`dead_letter`] | the atomic move-and-ack script (the entry format is `contract::dead_letter`) |
 //! | [`metrics`] | the Prometheus recorder, HTTP metrics by route template |
 //! | [`mongo`] | client set-up and the retried multi-document transaction |
 //! | [`telemetry`] | tracing: JSON logs on stdout, optional Loki shipping |
@@ -42,8 +38,9 @@
 //!   delivery). Messages left behind by a consumer that died are taken over by
 //!   any live consumer with XAUTOCLAIM once idle for `RECLAIM_MIN_IDLE_MS`.
 //! * **Atomic dead-lettering.** After `MAX_ATTEMPTS` failed attempts, or at once
-//!   for a message that is not a valid envelope or that its handler rejects as
-//!   permanently invalid, the message is copied to the `dead-letters` stream
+//!   for a message that is not a valid envelope, not an event of its stream
+//!   (unknown type, payload that does not fit), or that its handler rejects
+//!   as permanently invalid, the message is copied to the `dead-letters` stream
 //!   with its full context *and* acknowledged in one Lua script: a crash can
 //!   neither lose it nor dead-letter it twice.
 //! * **Ordering where it matters.** Within a batch, messages with the same
@@ -58,8 +55,6 @@
 pub mod backoff;
 pub mod consumer;
 pub mod dead_letter;
-pub mod envelope;
-pub mod events;
 pub mod failpoint;
 pub mod http;
 pub mod inbox;
@@ -67,14 +62,8 @@ pub mod metrics;
 pub mod mongo;
 pub mod outbox;
 pub mod publisher;
-pub mod redis_conn;
 pub mod service;
 pub mod settings;
 pub mod shutdown;
-pub mod stream_entry;
-pub mod streams;
 pub mod telemetry;
 pub mod transition;
-
-pub use envelope::Envelope;
-pub use stream_entry::StreamEntry;

@@ -9,7 +9,7 @@
 
 use redis::{ToRedisArgs, aio::ConnectionManager};
 
-use crate::{
+use contract::{
     Envelope,
     streams::{Namespace, Stream},
 };

@@ -46,8 +46,11 @@ use crate::{
     mongo::BoxFuture,
     outbox::Outbox,
     publisher::Publisher,
-    redis_conn,
     settings::CommonSettings,
+};
+use contract::{
+    events::StreamEvent,
+    redis as wire,
     streams::{Namespace, Stream},
 };
 
@@ -111,8 +114,8 @@ const SAMPLE_TIMEOUT: Duration = Duration::from_secs(2);
 impl Runtime {
     /// Sets up the Redis client (no I/O yet).
     pub fn new(settings: &CommonSettings, shutdown: CancellationToken) -> Result<Self, StartError> {
-        let redis = redis_conn::client(&settings.redis_url)?;
-        let conn = redis_conn::commands(&redis)?;
+        let redis = wire::client(&settings.redis_url)?;
+        let conn = wire::commands(&redis)?;
         // Before anything records a metric.
         crate::metrics::handle();
         let health = Health::new(&settings.service_name, conn.clone());
@@ -176,14 +179,15 @@ impl Runtime {
         ));
     }
 
-    /// A consumer of `group` on `stream`, watched by readiness and started
-    /// (after start-up) by [`Runtime::serve`].
-    pub fn consume<H: Handler>(
+    /// A consumer of `group` on the stream of `E` (its events decoded into
+    /// `E` for `handler`), watched by readiness and started (after start-up)
+    /// by [`Runtime::serve`].
+    pub fn consume<E: StreamEvent, H: Handler<E>>(
         &mut self,
-        stream: Stream,
         group: &str,
         handler: H,
     ) -> Result<(), StartError> {
+        let stream = E::STREAM;
         let consumer = Consumer::new(
             &self.redis,
             ConsumerConfig::new(&self.settings, stream, group),
@@ -209,7 +213,11 @@ impl Runtime {
 
     /// `consumer_group_lag` and `consumer_group_pending` of one group.
     fn sample_group(&mut self, stream: Stream, group: &str) {
-        let state = (self.conn.clone(), self.namespace().stream(stream), group.to_owned());
+        let state = (
+            self.conn.clone(),
+            self.namespace().stream(stream),
+            group.to_owned(),
+        );
         self.sampler(state, move |(mut conn, key, group)| async move {
             let Ok(reply) = redis::cmd("XINFO")
                 .arg("GROUPS")
@@ -219,12 +227,15 @@ impl Runtime {
             else {
                 return;
             };
-            for info in crate::stream_entry::array(reply).unwrap_or_default() {
-                let fields = crate::stream_entry::fields_of(info);
+            for info in contract::redis::array(reply).unwrap_or_default() {
+                let fields = contract::redis::fields_of(info);
                 if fields.get("name").map(String::as_str) != Some(group.as_str()) {
                     continue;
                 }
-                let labels = [("stream", stream.name().to_owned()), ("group", group.clone())];
+                let labels = [
+                    ("stream", stream.name().to_owned()),
+                    ("group", group.clone()),
+                ];
                 for (field, gauge) in [
                     ("lag", "consumer_group_lag"),
                     ("pending", "consumer_group_pending"),
@@ -362,12 +373,7 @@ impl Runtime {
         // Every task of the service. Dropping this set (or the future of a
         // service's `run`) aborts them all, as a killed process would.
         let mut tasks = JoinSet::new();
-        tasks.spawn(Self::start_up(
-            startup,
-            consumers,
-            health,
-            shutdown.clone(),
-        ));
+        tasks.spawn(Self::start_up(startup, consumers, health, shutdown.clone()));
         for task in background {
             tasks.spawn(task(shutdown.clone()));
         }

@@ -342,9 +342,9 @@ impl CommonSettings {
         }
     }
 
-    /// Key namespace of this deployment (see [`crate::streams`]).
-    pub fn namespace(&self) -> crate::streams::Namespace {
-        crate::streams::Namespace::new(&self.stream_prefix)
+    /// Key namespace of this deployment (see [`contract::streams`]).
+    pub fn namespace(&self) -> contract::streams::Namespace {
+        contract::streams::Namespace::new(&self.stream_prefix)
     }
 }
 
@@ -397,7 +397,10 @@ mod tests {
         env.finish().unwrap();
         assert_eq!(s.service_name, "order-svc");
         assert_eq!(s.redis_url, "redis://127.0.0.1:16379");
-        assert_eq!(s.mongo_url, "mongodb://127.0.0.1:37017/?directConnection=true");
+        assert_eq!(
+            s.mongo_url,
+            "mongodb://127.0.0.1:37017/?directConnection=true"
+        );
         assert_eq!(s.mongo_db, "foodchain");
         assert_eq!(s.stream_maxlen, Some(100_000));
         assert_eq!(s.consumer.max_attempts, 5);

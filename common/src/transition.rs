@@ -23,19 +23,20 @@
 //! comes back.
 
 use bson::{doc, oid::ObjectId};
+use contract::{
+    Envelope,
+    status::{Lifecycle, Transition},
+    streams::Stream,
+};
 use mongodb::{ClientSession, Collection, options::ReturnDocument};
 use serde::{Serialize, de::DeserializeOwned};
-
 use tracing::info;
 
 use crate::{
     consumer::{HandlerError, Outcome},
-    envelope::Envelope,
-    events::{Lifecycle, Transition},
     inbox::Inbox,
     mongo::{MaybeMongoError, RetryPolicy, run_transaction},
     outbox::Outbox,
-    streams::Stream,
 };
 
 /// A document with a status lifecycle and a version counter (fields `status`
@@ -85,7 +86,13 @@ impl<S: Lifecycle> StatusChange<S> {
                 Ok(Outcome::Skipped)
             }
             Self::Stale(current) => {
-                info!(what, id, current = current.name(), event = status, "stale status event ignored");
+                info!(
+                    what,
+                    id,
+                    current = current.name(),
+                    event = status,
+                    "stale status event ignored"
+                );
                 Ok(Outcome::Skipped)
             }
             Self::Early(current) => Err(HandlerError::defer(format!(

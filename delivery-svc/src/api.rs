@@ -12,7 +12,7 @@ use axum::{
 };
 use bson::oid::ObjectId;
 use chrono::{DateTime, Utc};
-use common::events::DeliveryStatus;
+use contract::{DeliveryId, OrderId, status::DeliveryStatus};
 use serde::{Deserialize, Serialize};
 
 use crate::store::{Delivery, Store};
@@ -74,7 +74,7 @@ pub fn router(store: Store) -> Router {
 #[derive(Debug, Serialize)]
 pub struct DeliveryView {
     id: String,
-    order_id: String,
+    order_id: OrderId,
     status: DeliveryStatus,
     version: u32,
     address: String,
@@ -107,10 +107,9 @@ async fn get_one(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<DeliveryView>, ApiError> {
     let raw = id.map_err(|r| ApiError::Invalid(r.body_text()))?.0;
-    let id = ObjectId::parse_str(&raw)
-        .map_err(|_| ApiError::Invalid(format!("`{raw}` is not a valid delivery id")))?;
+    let id = DeliveryId::parse(&raw).map_err(|e| ApiError::Invalid(e.to_string()))?;
     store
-        .get(id)
+        .get(ObjectId::from_bytes(id.bytes()))
         .await?
         .map(|d| Json(d.into()))
         .ok_or(ApiError::NotFound)
@@ -123,14 +122,9 @@ async fn find(
     let q = q
         .map_err(|r| ApiError::Invalid(format!("expected ?order_id=<id>: {}", r.body_text())))?
         .0;
-    if ObjectId::parse_str(&q.order_id).is_err() {
-        return Err(ApiError::Invalid(format!(
-            "`{}` is not a valid order id",
-            q.order_id
-        )));
-    }
+    let order_id = OrderId::parse(&q.order_id).map_err(|e| ApiError::Invalid(e.to_string()))?;
     store
-        .for_order(&q.order_id)
+        .for_order(order_id)
         .await?
         .map(|d| Json(d.into()))
         .ok_or(ApiError::NotFound)

@@ -3,12 +3,10 @@
 //! wake the outbox relay.
 
 use bson::oid::ObjectId;
-use common::{
-    consumer::{Handler, HandlerError, Message, Outcome},
-    events::{
-        DELIVERY_STATUS_CHANGED_V1, DeliveryStatusChanged, ORDER_STATUS_UPDATED_V1, OrderStatus,
-        OrderStatusUpdated,
-    },
+use common::consumer::{Handler, HandlerError, Message, Outcome};
+use contract::{
+    events::{DeliveryStatusEvent, OrdersEvent},
+    status::HANDOVER,
 };
 use tracing::info;
 
@@ -21,21 +19,20 @@ pub struct OrdersHandler {
     pub store: Store,
 }
 
-impl Handler for OrdersHandler {
-    async fn handle(&self, msg: &Message) -> Result<Outcome, HandlerError> {
-        if msg.envelope.event_type != ORDER_STATUS_UPDATED_V1 {
-            return Ok(Outcome::Skipped);
-        }
-        let p: OrderStatusUpdated = msg.payload()?;
-        if p.status != OrderStatus::OutForDelivery {
-            return Ok(Outcome::Skipped);
-        }
-        let customer = p.customer.ok_or_else(|| {
+impl Handler<OrdersEvent> for OrdersHandler {
+    async fn handle(&self, msg: &Message<OrdersEvent>) -> Result<Outcome, HandlerError> {
+        let p = match &msg.event {
+            OrdersEvent::StatusUpdated(p) if p.status == HANDOVER => p,
+            OrdersEvent::StatusUpdated(_) | OrdersEvent::Created(_) => {
+                return Ok(Outcome::Skipped);
+            }
+        };
+        let customer = p.customer.as_ref().ok_or_else(|| {
             HandlerError::reject("an out_for_delivery event without the customer's address")
         })?;
         let created = self
             .store
-            .create(&p.order_id, &customer.address, &msg.envelope)
+            .create(p.order_id, &customer.address, &msg.envelope)
             .await
             .map_err(HandlerError::from_mongo)?;
         match created {
@@ -63,19 +60,14 @@ pub struct CourierHandler {
     pub store: Store,
 }
 
-impl Handler for CourierHandler {
-    async fn handle(&self, msg: &Message) -> Result<Outcome, HandlerError> {
-        if msg.envelope.event_type != DELIVERY_STATUS_CHANGED_V1 {
-            return Ok(Outcome::Skipped);
-        }
-        let p: DeliveryStatusChanged = msg.payload()?;
-        let id = ObjectId::parse_str(&p.delivery_id).map_err(|_| {
-            HandlerError::reject(format!("`{}` is not a delivery id", p.delivery_id))
-        })?;
+impl Handler<DeliveryStatusEvent> for CourierHandler {
+    async fn handle(&self, msg: &Message<DeliveryStatusEvent>) -> Result<Outcome, HandlerError> {
+        let DeliveryStatusEvent::Changed(p) = &msg.event;
+        let id = ObjectId::from_bytes(p.delivery_id.bytes());
         self.store
             .apply_status(id, p.status, &msg.envelope)
             .await
             .map_err(HandlerError::from_mongo)?
-            .outcome("delivery", &p.delivery_id, p.status)
+            .outcome("delivery", &p.delivery_id.to_string(), p.status)
     }
 }

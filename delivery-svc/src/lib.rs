@@ -20,8 +20,8 @@ pub mod store;
 use common::{
     service::{Runtime, StartError},
     settings::RETENTION_SWEEP_EVERY,
-    streams::{Stream, groups},
 };
+use contract::streams::groups;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -47,11 +47,11 @@ pub async fn run(
     let orders = OrdersHandler {
         store: store.clone(),
     };
-    rt.consume(Stream::Orders, groups::DELIVERY_SVC, orders)?;
+    rt.consume(groups::DELIVERY_SVC, orders)?;
     let courier = CourierHandler {
         store: store.clone(),
     };
-    rt.consume(Stream::DeliveryStatus, groups::DELIVERY_SVC, courier)?;
+    rt.consume(groups::DELIVERY_SVC, courier)?;
     rt.relay(&store.outbox);
     let retention = common.inbox_retention;
     rt.every(RETENTION_SWEEP_EVERY, store.clone(), move |s| async move {

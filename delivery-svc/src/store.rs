@@ -6,13 +6,15 @@
 use bson::{doc, oid::ObjectId};
 use chrono::{DateTime, Utc};
 use common::{
-    Envelope,
-    events::DeliveryStatus,
     inbox::Inbox,
     mongo::{MaybeMongoError, RetryPolicy, run_transaction},
     outbox::Outbox,
-    streams::{Namespace, Stream, groups},
     transition::{Guarded, Versioned},
+};
+use contract::{
+    Envelope, OrderId,
+    status::DeliveryStatus,
+    streams::{Namespace, Stream, groups},
 };
 use mongodb::{ClientSession, Collection, IndexModel, options::IndexOptions};
 use serde::{Deserialize, Serialize};
@@ -26,7 +28,7 @@ pub struct Delivery {
     #[serde(rename = "_id")]
     pub id: ObjectId,
     /// The order it delivers (unique: one delivery per order).
-    pub order_id: String,
+    pub order_id: OrderId,
     /// Current status.
     pub status: DeliveryStatus,
     /// Incremented by every status change.
@@ -125,7 +127,7 @@ impl Store {
     /// Creates the order's delivery (once per order, once per event).
     pub async fn create(
         &self,
-        order_id: &str,
+        order_id: OrderId,
         address: &str,
         cause: &Envelope,
     ) -> mongodb::error::Result<Creation> {
@@ -135,7 +137,7 @@ impl Store {
             RetryPolicy::default(),
             &ctx,
             |s, (store, order_id, address, cause)| {
-                Box::pin(store.create_in(s, order_id, address, cause))
+                Box::pin(store.create_in(s, *order_id, address, cause))
             },
         )
         .await;
@@ -149,7 +151,7 @@ impl Store {
     async fn create_in(
         &self,
         s: &mut ClientSession,
-        order_id: &str,
+        order_id: OrderId,
         address: &str,
         cause: &Envelope,
     ) -> Result<Creation, Abort> {
@@ -162,7 +164,7 @@ impl Store {
         }
         if self
             .deliveries
-            .find_one(doc! { "order_id": order_id })
+            .find_one(doc! { "order_id": order_id.to_string() })
             .session(&mut *s)
             .await?
             .is_some()
@@ -172,7 +174,7 @@ impl Store {
         let now = Utc::now();
         let delivery = Delivery {
             id: ObjectId::new(),
-            order_id: order_id.to_owned(),
+            order_id,
             status: DeliveryStatus::WaitingForPickup,
             version: 1,
             address: address.to_owned(),
@@ -199,9 +201,9 @@ impl Store {
     }
 
     /// The delivery of an order.
-    pub async fn for_order(&self, order_id: &str) -> mongodb::error::Result<Option<Delivery>> {
+    pub async fn for_order(&self, order_id: OrderId) -> mongodb::error::Result<Option<Delivery>> {
         self.deliveries
-            .find_one(doc! { "order_id": order_id })
+            .find_one(doc! { "order_id": order_id.to_string() })
             .await
     }
 

@@ -1,7 +1,7 @@
 //! The dead-letter toolkit behind the `dlq` command.
 //!
 //! Dead letters are entries of the `dead-letters` stream written by the
-//! consumer loop (format: [`common::dead_letter`]). This crate lists and
+//! consumer loop (format: [`contract::dead_letter`]). This crate lists and
 //! filters them, computes statistics, replays them and purges them.
 //!
 //! **Replaying** an entry is one Lua script: if the dead letter still exists,
@@ -15,10 +15,10 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use common::{
+use contract::{
     StreamEntry,
     dead_letter::DeadLetter,
-    redis_conn, stream_entry,
+    redis::{self as redis_conn, self as stream_entry},
     streams::{Namespace, Stream},
 };
 use redis::{Script, Value, aio::ConnectionManager};
@@ -76,7 +76,7 @@ impl Letter {
 
     /// When it was dead-lettered (from its id).
     pub fn dead_lettered_ms(&self) -> u64 {
-        stream_entry::id_millis(self.id()).unwrap_or(0)
+        contract::entry::id_millis(self.id()).unwrap_or(0)
     }
 }
 

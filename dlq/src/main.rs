@@ -22,7 +22,7 @@ struct Cli {
     #[arg(
         long,
         env = "REDIS_URL",
-        default_value = common::settings::DEFAULT_REDIS_URL,
+        default_value = contract::redis::DEFAULT_URL,
         global = true
     )]
     redis_url: String,

@@ -15,6 +15,8 @@ use axum::{
 use futures::{SinkExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 
+use contract::OrderId;
+
 use crate::{
     Settings,
     hub::Hub,
@@ -109,18 +111,14 @@ impl IntoResponse for ApiError {
 }
 
 /// The order id from the path.
-fn order_id(id: Result<Path<String>, PathRejection>) -> Result<String, ApiError> {
+fn order_id(id: Result<Path<String>, PathRejection>) -> Result<OrderId, ApiError> {
     let id = id.map_err(|r| ApiError::InvalidId(r.body_text()))?.0;
-    if id.len() == 24 && id.bytes().all(|b| b.is_ascii_hexdigit()) {
-        Ok(id.to_ascii_lowercase())
-    } else {
-        Err(ApiError::InvalidId(id))
-    }
+    OrderId::parse(&id).map_err(|_| ApiError::InvalidId(id))
 }
 
 impl AppState {
     /// Stored timeline plus what this replica saw live recently.
-    async fn snapshot(&self, order_id: &str) -> mongodb::error::Result<Snapshot> {
+    async fn snapshot(&self, order_id: OrderId) -> mongodb::error::Result<Snapshot> {
         let stored = self.store.entries(order_id).await?;
         Ok(Snapshot::from_entries(
             order_id,
@@ -134,7 +132,7 @@ async fn timeline(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let id = order_id(id)?;
-    let snapshot = st.snapshot(&id).await.map_err(ApiError::Unavailable)?;
+    let snapshot = st.snapshot(id).await.map_err(ApiError::Unavailable)?;
     if snapshot.timeline.is_empty() {
         return Err(ApiError::NotFound);
     }
@@ -150,13 +148,13 @@ async fn track(
     let upgrade = upgrade.map_err(|r| ApiError::NotWebSocket(r.body_text()))?;
     Ok(upgrade.on_upgrade(move |socket| async move {
         // Subscribe before loading: nothing published meanwhile is missed.
-        let mut subscription = st.hub.subscribe(&id);
+        let mut subscription = st.hub.subscribe(id);
         let (mut tx, rx) = socket.split();
-        match st.snapshot(&id).await {
+        match st.snapshot(id).await {
             Ok(snapshot) => {
                 let updates = &mut subscription.updates;
                 // While a status is missing, the stored timeline is read again.
-                let refresh = || async { st.store.entries(&id).await.unwrap_or_default() };
+                let refresh = || async { st.store.entries(id).await.unwrap_or_default() };
                 let (keep_alive, gaps) = (st.keep_alive, ws::Gaps::default());
                 let shutdown = st.shutdown.clone();
                 ws::session(

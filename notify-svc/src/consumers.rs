@@ -8,8 +8,12 @@
 //! atomic write, which is what an inbox transaction provides elsewhere.
 
 use common::consumer::{Handler, HandlerError, Message, Outcome};
+use contract::{
+    OrderId,
+    events::{DeliveriesEvent, OrdersEvent},
+};
 
-use crate::timeline::{TimelineStore, entry_of};
+use crate::timeline::{Entry, TimelineStore, delivery_entry, order_entry};
 
 /// Appends timeline events to MongoDB.
 #[derive(Debug, Clone)]
@@ -18,14 +22,11 @@ pub struct TimelineHandler {
     pub store: TimelineStore,
 }
 
-impl Handler for TimelineHandler {
-    async fn handle(&self, msg: &Message) -> Result<Outcome, HandlerError> {
-        let Some((order_id, entry)) = entry_of(&msg.envelope).map_err(HandlerError::reject)? else {
-            return Ok(Outcome::Skipped);
-        };
+impl TimelineHandler {
+    async fn append(&self, (order_id, entry): (OrderId, Entry)) -> Result<Outcome, HandlerError> {
         let appended = self
             .store
-            .append(&order_id, &entry)
+            .append(order_id, &entry)
             .await
             .map_err(HandlerError::from_mongo)?;
         Ok(if appended {
@@ -33,5 +34,17 @@ impl Handler for TimelineHandler {
         } else {
             Outcome::Skipped
         })
+    }
+}
+
+impl Handler<OrdersEvent> for TimelineHandler {
+    async fn handle(&self, msg: &Message<OrdersEvent>) -> Result<Outcome, HandlerError> {
+        self.append(order_entry(&msg.envelope, &msg.event)).await
+    }
+}
+
+impl Handler<DeliveriesEvent> for TimelineHandler {
+    async fn handle(&self, msg: &Message<DeliveriesEvent>) -> Result<Outcome, HandlerError> {
+        self.append(delivery_entry(&msg.envelope, &msg.event)).await
     }
 }

@@ -25,10 +25,11 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{
-    Envelope,
-    backoff::Backoff,
-    stream_entry,
+use common::backoff::Backoff;
+use contract::{
+    Envelope, OrderId,
+    events::{DeliveriesEvent, OrdersEvent, StreamEvent},
+    redis as stream_entry,
     streams::{Namespace, Stream},
 };
 use redis::aio::ConnectionManager;
@@ -36,8 +37,10 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::timeline::{Entry, entry_of};
+use crate::timeline::{Entry, delivery_entry, order_entry};
 
+/// The streams the tail reads.
+const STREAMS: [Stream; 2] = [Stream::Orders, Stream::Deliveries];
 /// Updates a subscriber may have queued before it counts as too slow.
 const QUEUE: usize = 64;
 /// Entries the live tail reads per XREAD.
@@ -50,8 +53,8 @@ const PRUNE_EVERY: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Default)]
 struct State {
-    subscribers: HashMap<String, Vec<(u64, mpsc::Sender<Entry>)>>,
-    recent: HashMap<String, (Instant, Vec<Entry>)>,
+    subscribers: HashMap<OrderId, Vec<(u64, mpsc::Sender<Entry>)>>,
+    recent: HashMap<OrderId, (Instant, Vec<Entry>)>,
 }
 
 /// Subscribers and recent events of this replica.
@@ -66,7 +69,7 @@ pub struct Hub {
 #[derive(Debug)]
 pub struct Subscription {
     hub: Arc<Hub>,
-    order_id: String,
+    order_id: OrderId,
     id: u64,
     /// Live entries for the order.
     pub updates: mpsc::Receiver<Entry>,
@@ -101,17 +104,17 @@ impl Hub {
     }
 
     /// Subscribes to an order's live entries.
-    pub fn subscribe(self: &Arc<Self>, order_id: &str) -> Subscription {
+    pub fn subscribe(self: &Arc<Self>, order_id: OrderId) -> Subscription {
         let (tx, rx) = mpsc::channel(QUEUE);
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         self.lock()
             .subscribers
-            .entry(order_id.to_owned())
+            .entry(order_id)
             .or_default()
             .push((id, tx));
         Subscription {
             hub: self.clone(),
-            order_id: order_id.to_owned(),
+            order_id,
             id,
             updates: rx,
         }
@@ -123,32 +126,32 @@ impl Hub {
     }
 
     /// Entries this replica saw live for an order recently.
-    pub fn recent(&self, order_id: &str) -> Vec<Entry> {
+    pub fn recent(&self, order_id: OrderId) -> Vec<Entry> {
         self.lock()
             .recent
-            .get(order_id)
+            .get(&order_id)
             .map(|(_, e)| e.clone())
             .unwrap_or_default()
     }
 
     /// Remembers an entry and hands it to the order's subscribers.
-    pub fn publish(&self, order_id: &str, entry: Entry) {
+    pub fn publish(&self, order_id: OrderId, entry: Entry) {
         let mut state = self.lock();
         let recent = state
             .recent
-            .entry(order_id.to_owned())
+            .entry(order_id)
             .or_insert_with(|| (Instant::now(), Vec::new()));
         recent.0 = Instant::now();
         if recent.1.iter().any(|e| e.event_id == entry.event_id) {
             return;
         }
         recent.1.push(entry.clone());
-        if let Some(subs) = state.subscribers.get_mut(order_id) {
+        if let Some(subs) = state.subscribers.get_mut(&order_id) {
             subs.retain(|(id, tx)| match tx.try_send(entry.clone()) {
                 Ok(()) => true,
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     warn!(
-                        order_id,
+                        %order_id,
                         subscriber = id,
                         "tracker too slow; disconnecting it"
                     );
@@ -176,7 +179,7 @@ pub async fn tail(
     ns: Namespace,
     shutdown: CancellationToken,
 ) {
-    let keys = [ns.stream(Stream::Orders), ns.stream(Stream::Deliveries)];
+    let keys = STREAMS.map(|s| ns.stream(s));
     // Start after what each stream holds now, then always continue from the
     // last id seen, so a Redis hiccup loses nothing. (Never pass `$` twice:
     // it means "the end, at the time of *this* call", and would skip whatever
@@ -214,20 +217,27 @@ pub async fn tail(
         backoff.reset();
         let mut entries = Vec::new();
         for (key, batch) in batches {
-            if let (Some(i), Some(newest)) = (keys.iter().position(|k| *k == key), batch.last()) {
+            let Some(i) = keys.iter().position(|k| *k == key) else {
+                continue;
+            };
+            if let Some(newest) = batch.last() {
                 last[i].clone_from(&newest.id);
             }
-            entries.extend(batch);
+            entries.extend(batch.into_iter().map(|e| (STREAMS[i], e)));
         }
         // Both streams in one causal order: by entry id (time, then sequence).
-        entries.sort_by_key(|e| id_key(&e.id));
-        for raw in entries {
+        entries.sort_by_key(|(_, e)| id_key(&e.id));
+        for (stream, raw) in entries {
             let Ok(envelope) = Envelope::from_entry(&raw) else {
                 continue;
             };
-            match entry_of(&envelope) {
-                Ok(Some((order_id, entry))) => hub.publish(&order_id, entry),
-                Ok(None) => {}
+            let decoded = if stream == Stream::Orders {
+                OrdersEvent::decode(&envelope).map(|e| order_entry(&envelope, &e))
+            } else {
+                DeliveriesEvent::decode(&envelope).map(|e| delivery_entry(&envelope, &e))
+            };
+            match decoded {
+                Ok((order_id, entry)) => hub.publish(order_id, entry),
                 Err(e) => debug!(error = %e, "live tail skipped an event"),
             }
         }
@@ -243,7 +253,7 @@ pub async fn tail(
 /// stream), retried until Redis answers or shutdown.
 async fn current_ends(
     conn: &ConnectionManager,
-    keys: &[String; 2],
+    keys: &[String],
     shutdown: &CancellationToken,
 ) -> Option<[String; 2]> {
     let mut backoff = Backoff::default();

@@ -17,10 +17,11 @@ pub mod settings;
 pub mod timeline;
 pub mod ws;
 
-use common::{
-    redis_conn,
-    service::{Runtime, StartError},
-    streams::{Stream, groups},
+use common::service::{Runtime, StartError};
+use contract::{
+    events::{DeliveriesEvent, OrdersEvent},
+    redis as redis_conn,
+    streams::groups,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -37,12 +38,11 @@ pub async fn run(
 ) -> Result<(), StartError> {
     let mut rt = Runtime::new(&settings.common, shutdown.clone())?;
     let store = TimelineStore::new(&rt.mongo().await?, &settings.common.mongo_db);
-    for stream in [Stream::Orders, Stream::Deliveries] {
-        let handler = TimelineHandler {
-            store: store.clone(),
-        };
-        rt.consume(stream, groups::NOTIFY_SVC, handler)?;
-    }
+    let handler = TimelineHandler {
+        store: store.clone(),
+    };
+    rt.consume::<OrdersEvent, _>(groups::NOTIFY_SVC, handler.clone())?;
+    rt.consume::<DeliveriesEvent, _>(groups::NOTIFY_SVC, handler)?;
 
     let hub = Hub::new(settings.recent_ttl);
     rt.sampler(hub.clone(), |h| {

@@ -5,150 +5,99 @@
 //! tracker that connects. Appending is idempotent: an entry whose `event_id`
 //! is already there is not added again.
 //!
-//! Entries are ordered by the flow's *stage* (created, confirmed, preparing,
-//! out for delivery, waiting for pickup, on the way, delivery delivered, order
-//! delivered), not by timestamps: timestamps come from different hosts'
-//! clocks, while the stage order is the causal order of the flow.
+//! Entries are ordered by their step's *stage* in the tracking flow
+//! ([`contract::status::tracking_flow`], derived from the order and delivery
+//! flows), not by timestamps: timestamps come from different hosts' clocks,
+//! while the stage order is the causal order of the flow.
 
 use chrono::{DateTime, Utc};
-use common::{
-    Envelope,
-    events::{
-        DELIVERY_CREATED_V1, DELIVERY_STATUS_UPDATED_V1, DeliveryCreated, DeliveryStatus,
-        DeliveryStatusUpdated, ORDER_CREATED_V1, ORDER_STATUS_UPDATED_V1, OrderCreated,
-        OrderStatus, OrderStatusUpdated,
-    },
-    mongo::is_duplicate_key,
+use common::mongo::is_duplicate_key;
+use contract::{
+    DeliveryId, Envelope, OrderId,
+    events::{DeliveriesEvent, OrdersEvent},
+    status::{DeliveryStatus, OrderStatus, Step},
 };
 use mongodb::{Collection, bson::doc};
 use serde::{Deserialize, Serialize};
-
-/// Whose status an entry is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Kind {
-    /// The order's.
-    Order,
-    /// The delivery's.
-    Delivery,
-}
 
 /// One status an order or its delivery reached.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Entry {
     /// The event that reported it (unique).
     pub event_id: String,
-    /// Order or delivery.
-    pub kind: Kind,
-    /// Status reached (`preparing`, `on_the_way`, ...).
-    pub status: String,
+    /// The step: `{"kind": "order", "status": "preparing"}`.
+    #[serde(flatten)]
+    pub step: Step,
     /// Version of the order or delivery after this status.
     pub version: u32,
     /// When it happened.
     pub at: DateTime<Utc>,
     /// The delivery's id, for delivery entries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub delivery_id: Option<String>,
+    pub delivery_id: Option<DeliveryId>,
 }
 
 impl Entry {
-    /// Position of this entry's stage in the flow (see the module docs).
+    /// Position of this entry's step in the tracking flow (see the module docs).
     pub fn stage(&self) -> usize {
-        let order = |s: OrderStatus| match s {
-            OrderStatus::Delivered => 7,
-            other => other as usize,
-        };
-        let status = serde_json::Value::String(self.status.clone());
-        match self.kind {
-            Kind::Order => serde_json::from_value(status).map_or(usize::MAX, order),
-            Kind::Delivery => serde_json::from_value(status)
-                .map_or(usize::MAX, |d: DeliveryStatus| 4 + d as usize),
+        self.step.stage()
+    }
+
+    fn new(e: &Envelope, step: Step, version: u32, delivery_id: Option<DeliveryId>) -> Self {
+        Self {
+            event_id: e.event_id.to_string(),
+            step,
+            version,
+            at: e.occurred_at,
+            delivery_id,
         }
     }
 }
 
-/// Why an event could not be turned into an entry.
-#[derive(Debug, thiserror::Error)]
-#[error("invalid {event_type} payload: {source}")]
-pub struct BadPayload {
-    event_type: String,
-    #[source]
-    source: serde_json::Error,
+/// The order id and entry an `orders-stream` event contributes.
+pub fn order_entry(e: &Envelope, event: &OrdersEvent) -> (OrderId, Entry) {
+    match event {
+        OrdersEvent::Created(p) => (
+            p.order_id,
+            Entry::new(e, Step::Order(p.status), p.version, None),
+        ),
+        OrdersEvent::StatusUpdated(p) => (
+            p.order_id,
+            Entry::new(e, Step::Order(p.status), p.version, None),
+        ),
+    }
 }
 
-/// The order id and entry an event contributes, if it is a timeline event.
-pub fn entry_of(e: &Envelope) -> Result<Option<(String, Entry)>, BadPayload> {
-    let bad = |source| BadPayload {
-        event_type: e.event_type.clone(),
-        source,
-    };
-    let entry = |kind, status: &str, version, delivery_id| Entry {
-        event_id: e.event_id.to_string(),
-        kind,
-        status: status.to_owned(),
-        version,
-        at: e.occurred_at,
-        delivery_id,
-    };
-    Ok(Some(match e.event_type.as_str() {
-        ORDER_CREATED_V1 => {
-            let p: OrderCreated = e.payload_as().map_err(bad)?;
-            (
-                p.order_id,
-                entry(Kind::Order, p.status.as_str(), p.version, None),
-            )
-        }
-        ORDER_STATUS_UPDATED_V1 => {
-            let p: OrderStatusUpdated = e.payload_as().map_err(bad)?;
-            (
-                p.order_id,
-                entry(Kind::Order, p.status.as_str(), p.version, None),
-            )
-        }
-        DELIVERY_CREATED_V1 => {
-            let p: DeliveryCreated = e.payload_as().map_err(bad)?;
-            (
-                p.order_id,
-                entry(
-                    Kind::Delivery,
-                    p.status.as_str(),
-                    p.version,
-                    Some(p.delivery_id),
-                ),
-            )
-        }
-        DELIVERY_STATUS_UPDATED_V1 => {
-            let p: DeliveryStatusUpdated = e.payload_as().map_err(bad)?;
-            (
-                p.order_id,
-                entry(
-                    Kind::Delivery,
-                    p.status.as_str(),
-                    p.version,
-                    Some(p.delivery_id),
-                ),
-            )
-        }
-        _ => return Ok(None),
-    }))
+/// The order id and entry a `deliveries-stream` event contributes.
+pub fn delivery_entry(e: &Envelope, event: &DeliveriesEvent) -> (OrderId, Entry) {
+    match event {
+        DeliveriesEvent::Created(p) => (
+            p.order_id,
+            Entry::new(e, Step::Delivery(p.status), p.version, Some(p.delivery_id)),
+        ),
+        DeliveriesEvent::StatusUpdated(p) => (
+            p.order_id,
+            Entry::new(e, Step::Delivery(p.status), p.version, Some(p.delivery_id)),
+        ),
+    }
 }
 
 /// A delivery's latest state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct DeliveryState {
     /// Delivery id.
-    pub id: String,
+    pub id: Option<DeliveryId>,
     /// Latest status.
-    pub status: String,
+    pub status: DeliveryStatus,
 }
 
 /// Everything known about an order, as sent to trackers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Snapshot {
     /// Order id.
-    pub order_id: String,
+    pub order_id: OrderId,
     /// Latest order status (`None` until its creation was seen).
-    pub status: Option<String>,
+    pub status: Option<OrderStatus>,
     /// Its delivery, once there is one.
     pub delivery: Option<DeliveryState>,
     /// Every entry, in flow order.
@@ -157,9 +106,9 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// An empty snapshot.
-    pub fn empty(order_id: &str) -> Self {
+    pub fn empty(order_id: OrderId) -> Self {
         Self {
-            order_id: order_id.to_owned(),
+            order_id,
             status: None,
             delivery: None,
             timeline: Vec::new(),
@@ -167,7 +116,7 @@ impl Snapshot {
     }
 
     /// Builds a snapshot from entries in any order, with duplicates.
-    pub fn from_entries(order_id: &str, entries: impl IntoIterator<Item = Entry>) -> Self {
+    pub fn from_entries(order_id: OrderId, entries: impl IntoIterator<Item = Entry>) -> Self {
         let mut s = Self::empty(order_id);
         for e in entries {
             s.add(e);
@@ -189,21 +138,17 @@ impl Snapshot {
             .timeline
             .partition_point(|e| (e.stage(), e.version) <= (entry.stage(), entry.version));
         self.timeline.insert(at, entry);
-        self.status = self
-            .timeline
-            .iter()
-            .rev()
-            .find(|e| e.kind == Kind::Order)
-            .map(|e| e.status.clone());
-        self.delivery = self
-            .timeline
-            .iter()
-            .rev()
-            .find(|e| e.kind == Kind::Delivery)
-            .map(|e| DeliveryState {
-                id: e.delivery_id.clone().unwrap_or_default(),
-                status: e.status.clone(),
-            });
+        self.status = self.timeline.iter().rev().find_map(|e| match e.step {
+            Step::Order(s) => Some(s),
+            Step::Delivery(_) => None,
+        });
+        self.delivery = self.timeline.iter().rev().find_map(|e| match e.step {
+            Step::Delivery(status) => Some(DeliveryState {
+                id: e.delivery_id,
+                status,
+            }),
+            Step::Order(_) => None,
+        });
         true
     }
 }
@@ -211,7 +156,7 @@ impl Snapshot {
 #[derive(Debug, Serialize, Deserialize)]
 struct TimelineDoc {
     #[serde(rename = "_id")]
-    order_id: String,
+    order_id: OrderId,
     entries: Vec<Entry>,
 }
 
@@ -230,7 +175,7 @@ impl TimelineStore {
     }
 
     /// Appends an entry unless its event is already there; `true` if appended.
-    pub async fn append(&self, order_id: &str, entry: &Entry) -> mongodb::error::Result<bool> {
+    pub async fn append(&self, order_id: OrderId, entry: &Entry) -> mongodb::error::Result<bool> {
         let entry = bson::to_bson(entry).map_err(mongodb::error::Error::custom)?;
         let event_id = entry
             .as_document()
@@ -240,7 +185,7 @@ impl TimelineStore {
         let result = self
             .coll
             .update_one(
-                doc! { "_id": order_id, "entries.event_id": { "$ne": &event_id } },
+                doc! { "_id": order_id.to_string(), "entries.event_id": { "$ne": &event_id } },
                 doc! { "$push": { "entries": entry }, "$set": { "updated_at": bson::DateTime::now() } },
             )
             .upsert(true)
@@ -255,10 +200,10 @@ impl TimelineStore {
     }
 
     /// The stored entries of an order (empty if none).
-    pub async fn entries(&self, order_id: &str) -> mongodb::error::Result<Vec<Entry>> {
+    pub async fn entries(&self, order_id: OrderId) -> mongodb::error::Result<Vec<Entry>> {
         Ok(self
             .coll
-            .find_one(doc! { "_id": order_id })
+            .find_one(doc! { "_id": order_id.to_string() })
             .await?
             .map(|d| d.entries)
             .unwrap_or_default())
@@ -266,45 +211,51 @@ impl TimelineStore {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
-    fn e(id: &str, kind: Kind, status: &str, version: u32) -> Entry {
+    fn e(id: &str, step: Step, version: u32) -> Entry {
         Entry {
             event_id: id.into(),
-            kind,
-            status: status.into(),
+            step,
             version,
             at: Utc::now(),
-            delivery_id: (kind == Kind::Delivery).then(|| "d1".into()),
+            delivery_id: matches!(step, Step::Delivery(_))
+                .then(|| DeliveryId::parse("65f1a2b3c4d5e6f708192a3c").unwrap()),
         }
     }
 
     #[test]
     fn snapshots_order_by_stage_and_ignore_duplicates() {
+        use DeliveryStatus as D;
+        use OrderStatus as O;
+        let order = OrderId::parse("65f1a2b3c4d5e6f708192a3b").unwrap();
         let s = Snapshot::from_entries(
-            "o1",
+            order,
             [
-                e("7", Kind::Order, "delivered", 5),
-                e("3", Kind::Order, "preparing", 3),
-                e("1", Kind::Order, "created", 1),
-                e("6", Kind::Delivery, "delivered", 3),
-                e("2", Kind::Order, "confirmed", 2),
-                e("4", Kind::Order, "out_for_delivery", 4),
-                e("5", Kind::Delivery, "waiting_for_pickup", 1),
-                e("3", Kind::Order, "preparing", 3),
-                e("5b", Kind::Delivery, "on_the_way", 2),
+                e("7", Step::Order(O::Delivered), 5),
+                e("3", Step::Order(O::Preparing), 3),
+                e("1", Step::Order(O::Created), 1),
+                e("6", Step::Delivery(D::Delivered), 3),
+                e("2", Step::Order(O::Confirmed), 2),
+                e("4", Step::Order(O::OutForDelivery), 4),
+                e("5", Step::Delivery(D::WaitingForPickup), 1),
+                e("3", Step::Order(O::Preparing), 3),
+                e("5b", Step::Delivery(D::OnTheWay), 2),
             ],
         );
         let ids: Vec<&str> = s.timeline.iter().map(|e| e.event_id.as_str()).collect();
         assert_eq!(ids, ["1", "2", "3", "4", "5", "5b", "6", "7"]);
-        assert_eq!(s.status.as_deref(), Some("delivered"));
+        assert_eq!(s.status, Some(O::Delivered));
+        assert_eq!(s.delivery.as_ref().map(|d| d.status), Some(D::Delivered));
         assert_eq!(
-            s.delivery,
-            Some(DeliveryState {
-                id: "d1".into(),
-                status: "delivered".into()
-            })
+            serde_json::to_value(&s.timeline[5]).unwrap()["status"],
+            "on_the_way"
+        );
+        assert_eq!(
+            serde_json::to_value(&s.timeline[5]).unwrap()["kind"],
+            "delivery"
         );
     }
 }

@@ -134,7 +134,7 @@ impl Feed {
 
     fn prefix(&self, n: usize) -> Snapshot {
         Snapshot::from_entries(
-            &self.known.order_id,
+            self.known.order_id,
             self.known.timeline[..n].iter().cloned(),
         )
     }
@@ -260,8 +260,19 @@ mod tests {
     use chrono::Utc;
     use futures::channel::mpsc as fmpsc;
 
+    use contract::{
+        OrderId,
+        status::{DeliveryStatus, Step},
+    };
+
     use super::*;
-    use crate::timeline::Kind;
+
+    const O1: OrderId = OrderId::from_bytes([1; 12]);
+
+    /// An order step from its wire name.
+    fn order_step(status: &str) -> Step {
+        Step::Order(serde_json::from_value(status.into()).unwrap())
+    }
 
     const KA: KeepAlive = KeepAlive {
         ping_interval: Duration::from_secs(20),
@@ -269,14 +280,13 @@ mod tests {
     };
 
     fn entry(id: &str, status: &str, version: u32) -> Entry {
-        entry_of(Kind::Order, id, status, version)
+        entry_of(order_step(status), id, version)
     }
 
-    fn entry_of(kind: Kind, id: &str, status: &str, version: u32) -> Entry {
+    fn entry_of(step: Step, id: &str, version: u32) -> Entry {
         Entry {
             event_id: id.into(),
-            kind,
-            status: status.into(),
+            step,
             version,
             at: Utc::now(),
             delivery_id: None,
@@ -342,7 +352,7 @@ mod tests {
     async fn a_hole_is_held_back_until_the_store_fills_it_then_sent_in_order() {
         // Known: created, confirmed, out_for_delivery ("preparing" is missing).
         let snap = Snapshot::from_entries(
-            "o1",
+            O1,
             [
                 entry("a", "created", 1),
                 entry("b", "confirmed", 2),
@@ -377,7 +387,11 @@ mod tests {
         assert_eq!(first["status"], "confirmed");
         // A later live update is held too.
         peer.updates
-            .send(entry_of(Kind::Delivery, "e", "waiting_for_pickup", 1))
+            .send(entry_of(
+                Step::Delivery(DeliveryStatus::WaitingForPickup),
+                "e",
+                1,
+            ))
             .await
             .unwrap();
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -400,7 +414,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_hole_that_never_fills_is_given_up_on() {
         let snap =
-            Snapshot::from_entries("o1", [entry("a", "created", 1), entry("c", "preparing", 3)]);
+            Snapshot::from_entries(O1, [entry("a", "created", 1), entry("c", "preparing", 3)]);
         let gaps = Gaps {
             refresh_every: Duration::from_millis(500),
             give_up_after: Duration::from_secs(5),
@@ -415,7 +429,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn snapshot_first_then_only_new_updates_in_order() {
-        let snap = Snapshot::from_entries("o1", [entry("a", "created", 1)]);
+        let snap = Snapshot::from_entries(O1, [entry("a", "created", 1)]);
         let token = CancellationToken::new();
         let mut peer = Peer::start(snap, Gaps::default(), no_refresh, token.clone());
         peer.updates.send(entry("a", "created", 1)).await.unwrap(); // already in the snapshot
@@ -440,7 +454,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn pings_and_drops_a_peer_that_stops_answering() {
         let mut peer = Peer::start(
-            Snapshot::empty("o1"),
+            Snapshot::empty(O1),
             Gaps::default(),
             no_refresh,
             CancellationToken::new(),
@@ -462,7 +476,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_lagging_subscription_closes_with_1013() {
         let mut peer = Peer::start(
-            Snapshot::empty("o1"),
+            Snapshot::empty(O1),
             Gaps::default(),
             no_refresh,
             CancellationToken::new(),

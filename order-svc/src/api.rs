@@ -9,11 +9,12 @@ use axum::{
     routing::{get, post},
 };
 use common::failpoint;
+use contract::{MenuItemId, OrderId};
 use serde_json::Value;
 
 use crate::{
     AppState,
-    domain::{parse_id, parse_new_order},
+    domain::{oid, parse_new_order},
     error::ApiError,
     idempotency::{self, Reply},
     store::{Order, PlaceError},
@@ -45,7 +46,7 @@ async fn get_menu_item(
     State(st): State<AppState>,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<MenuItemView>, ApiError> {
-    let id = path_id(id, "menu item")?;
+    let id = path_id(id, "menu item", MenuItemId::parse, MenuItemId::bytes)?;
     let item = st
         .store
         .menu_item(id)
@@ -59,7 +60,7 @@ async fn get_order(
     State(st): State<AppState>,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<OrderView>, ApiError> {
-    let id = path_id(id, "order")?;
+    let id = path_id(id, "order", OrderId::parse, OrderId::bytes)?;
     let order = st
         .store
         .order(id)
@@ -182,9 +183,12 @@ async fn refuse(
     }
 }
 
-fn path_id(
+/// A path id of the contract type `I` (its `parse` and 12 bytes), as stored.
+fn path_id<I>(
     id: Result<Path<String>, PathRejection>,
     what: &'static str,
+    parse: fn(&str) -> Result<I, contract::ids::InvalidId>,
+    bytes: fn(I) -> [u8; 12],
 ) -> Result<bson::oid::ObjectId, ApiError> {
     let value = id
         .map_err(|r| ApiError::InvalidId {
@@ -192,7 +196,9 @@ fn path_id(
             value: r.body_text(),
         })?
         .0;
-    parse_id(&value).ok_or(ApiError::InvalidId { what, value })
+    parse(&value)
+        .map(|id| oid(bytes(id)))
+        .map_err(|_| ApiError::InvalidId { what, value })
 }
 
 /// The caller's correlation id if it sent a sane one, else a fresh one.

@@ -16,15 +16,14 @@
 //!   happens within `CONSUMER_MAX_DEFER_MS`: that needs an operator (see the
 //!   dead-letter CLI).
 
-use common::{
-    consumer::{Handler, HandlerError, Message, Outcome},
-    events::{
-        DELIVERY_STATUS_UPDATED_V1, DeliveryStatus, DeliveryStatusUpdated, ORDER_STATUS_CHANGED_V1,
-        OrderStatus, OrderStatusChanged,
-    },
+use common::consumer::{Handler, HandlerError, Message, Outcome};
+use contract::{
+    OrderId,
+    events::{DeliveriesEvent, OrderStatusEvent},
+    status::{DeliveryStatus, OrderStatus},
 };
 
-use crate::{domain::parse_id, store::Store};
+use crate::{domain::oid, store::Store};
 
 /// Applies status events to orders.
 #[derive(Debug, Clone)]
@@ -34,36 +33,33 @@ pub struct StatusHandler {
 }
 
 impl StatusHandler {
-    async fn advance(
+    async fn advance<E>(
         &self,
-        msg: &Message,
-        order_id: &str,
+        msg: &Message<E>,
+        order_id: OrderId,
         to: OrderStatus,
     ) -> Result<Outcome, HandlerError> {
-        let id = parse_id(order_id)
-            .ok_or_else(|| HandlerError::reject(format!("`{order_id}` is not an order id")))?;
         self.store
-            .apply_status(id, to, &msg.envelope)
+            .apply_status(oid(order_id.bytes()), to, &msg.envelope)
             .await
             .map_err(HandlerError::from_mongo)?
-            .outcome("order", order_id, to)
+            .outcome("order", &order_id.to_string(), to)
     }
 }
-impl Handler for StatusHandler {
-    async fn handle(&self, msg: &Message) -> Result<Outcome, HandlerError> {
-        match msg.envelope.event_type.as_str() {
-            ORDER_STATUS_CHANGED_V1 => {
-                let p: OrderStatusChanged = msg.payload()?;
-                self.advance(msg, &p.order_id, p.status).await
+impl Handler<OrderStatusEvent> for StatusHandler {
+    async fn handle(&self, msg: &Message<OrderStatusEvent>) -> Result<Outcome, HandlerError> {
+        let OrderStatusEvent::Changed(p) = &msg.event;
+        self.advance(msg, p.order_id, p.status).await
+    }
+}
+
+impl Handler<DeliveriesEvent> for StatusHandler {
+    async fn handle(&self, msg: &Message<DeliveriesEvent>) -> Result<Outcome, HandlerError> {
+        match &msg.event {
+            DeliveriesEvent::StatusUpdated(p) if p.status == DeliveryStatus::Delivered => {
+                self.advance(msg, p.order_id, OrderStatus::Delivered).await
             }
-            DELIVERY_STATUS_UPDATED_V1 => {
-                let p: DeliveryStatusUpdated = msg.payload()?;
-                if p.status != DeliveryStatus::Delivered {
-                    return Ok(Outcome::Skipped);
-                }
-                self.advance(msg, &p.order_id, OrderStatus::Delivered).await
-            }
-            _ => Ok(Outcome::Skipped),
+            DeliveriesEvent::StatusUpdated(_) | DeliveriesEvent::Created(_) => Ok(Outcome::Skipped),
         }
     }
 }

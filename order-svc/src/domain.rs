@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 
 use bson::oid::ObjectId;
-use common::events::Customer;
+use contract::{MenuItemId, events::Customer};
 use serde_json::{Map, Value};
 
 use crate::{error::FieldErrors, settings::Limits};
@@ -43,9 +43,9 @@ impl Quantity {
     }
 }
 
-/// Parses a menu-item or order id from a path or body.
-pub fn parse_id(value: &str) -> Option<ObjectId> {
-    ObjectId::parse_str(value).ok()
+/// The stored id (a MongoDB ObjectId) of a contract id: both are 12 bytes.
+pub fn oid(bytes: [u8; 12]) -> ObjectId {
+    ObjectId::from_bytes(bytes)
 }
 
 const MAX_NAME: usize = 100;
@@ -189,13 +189,10 @@ fn parse_lines(v: &Value, limits: Limits, errs: &mut FieldErrors) -> Option<Vec<
                 errs.add(join(&path, "item_id"), "is required");
                 None
             }
-            Some(Value::String(s)) => match parse_id(s) {
-                Some(id) => Some(id),
-                None => {
-                    errs.add(
-                        join(&path, "item_id"),
-                        format!("`{s}` is not a valid item id (24 hex digits)"),
-                    );
+            Some(Value::String(s)) => match MenuItemId::parse(s) {
+                Ok(id) => Some(oid(id.bytes())),
+                Err(e) => {
+                    errs.add(join(&path, "item_id"), e.to_string());
                     None
                 }
             },

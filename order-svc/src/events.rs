@@ -1,39 +1,29 @@
 //! The events order-svc writes to its outbox, built from committed state.
 
-use common::{
-    Envelope,
-    events::{
-        ORDER_CREATED_V1, ORDER_STATUS_UPDATED_V1, OrderCreated, OrderStatus, OrderStatusUpdated,
-        SIMULATION_ORDER_REQUESTED_V1, SimulationOrderRequested,
-    },
-    streams::Stream,
+use contract::{
+    Envelope, OrderId,
+    events::{Event, OrderCreated, OrderStatusUpdated, SimulationOrderRequested},
+    status::{HANDOVER, OrderStatus},
+    streams::{Stream, services},
 };
 
 use crate::store::Order;
 
 /// The service name used as `source`.
-pub const SOURCE: &str = "order-svc";
+pub const SOURCE: &str = services::ORDER_SVC;
 
-fn envelope(
-    event_type: &str,
-    order: &Order,
-    correlation_id: &str,
-    payload: &impl serde::Serialize,
-) -> Envelope {
-    Envelope::new(
-        event_type,
-        order.id.to_hex(),
-        correlation_id,
-        SOURCE,
-        payload,
-    )
-    .expect("event payloads are plain structs and always serialise")
+fn order_id(order: &Order) -> OrderId {
+    OrderId::from_bytes(order.id.bytes())
+}
+
+fn envelope<E: Event>(event: &E, correlation_id: &str) -> (Stream, Envelope) {
+    (E::STREAM, Envelope::of(event, correlation_id, SOURCE))
 }
 
 /// `order.created.v1` and the kitchen simulation request.
 pub fn order_created(order: &Order) -> [(Stream, Envelope); 2] {
     let created = OrderCreated {
-        order_id: order.id.to_hex(),
+        order_id: order_id(order),
         status: order.status,
         customer: order.customer.clone(),
         items: order.items.clone(),
@@ -42,22 +32,11 @@ pub fn order_created(order: &Order) -> [(Stream, Envelope); 2] {
         created_at: order.created_at,
     };
     let simulate = SimulationOrderRequested {
-        order_id: order.id.to_hex(),
+        order_id: order_id(order),
     };
     [
-        (
-            Stream::Orders,
-            envelope(ORDER_CREATED_V1, order, &order.correlation_id, &created),
-        ),
-        (
-            Stream::SimulateOrder,
-            envelope(
-                SIMULATION_ORDER_REQUESTED_V1,
-                order,
-                &order.correlation_id,
-                &simulate,
-            ),
-        ),
+        envelope(&created, &order.correlation_id),
+        envelope(&simulate, &order.correlation_id),
     ]
 }
 
@@ -68,11 +47,11 @@ pub fn order_status_updated(
     correlation_id: &str,
 ) -> Envelope {
     let updated = OrderStatusUpdated {
-        order_id: order.id.to_hex(),
+        order_id: order_id(order),
         status: order.status,
         previous,
         version: order.version,
-        customer: (order.status == OrderStatus::OutForDelivery).then(|| order.customer.clone()),
+        customer: (order.status == HANDOVER).then(|| order.customer.clone()),
     };
-    envelope(ORDER_STATUS_UPDATED_V1, order, correlation_id, &updated)
+    Envelope::of(&updated, correlation_id, SOURCE)
 }

@@ -30,7 +30,10 @@ use axum::http::{HeaderName, HeaderValue, Method, header};
 use common::{
     service::{Runtime, StartError},
     settings::RETENTION_SWEEP_EVERY,
-    streams::{Stream, groups},
+};
+use contract::{
+    events::{DeliveriesEvent, OrderStatusEvent},
+    streams::groups,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -64,8 +67,8 @@ pub async fn run(
     let handler = StatusHandler {
         store: store.clone(),
     };
-    rt.consume(Stream::OrderStatus, groups::ORDER_SVC, handler.clone())?;
-    rt.consume(Stream::Deliveries, groups::ORDER_SVC, handler)?;
+    rt.consume::<OrderStatusEvent, _>(groups::ORDER_SVC, handler.clone())?;
+    rt.consume::<DeliveriesEvent, _>(groups::ORDER_SVC, handler)?;
     rt.relay(&store.outbox);
     let retention = (common.inbox_retention, settings.idempotency_ttl);
     rt.every(

@@ -19,13 +19,16 @@ use std::{collections::HashMap, time::Duration};
 use bson::{doc, oid::ObjectId};
 use chrono::{DateTime, Utc};
 use common::{
-    Envelope,
-    events::{Customer, OrderLine, OrderStatus},
     inbox::Inbox,
     mongo::{MaybeMongoError, RetryPolicy, run_transaction},
     outbox::Outbox,
-    streams::{Namespace, Stream, groups},
     transition::{Guarded, Versioned},
+};
+use contract::{
+    Envelope, MenuItemId,
+    events::{Customer, OrderLine},
+    status::OrderStatus,
+    streams::{Namespace, Stream, groups},
 };
 use futures::TryStreamExt;
 use mongodb::{
@@ -332,7 +335,7 @@ impl Store {
                 return Err(PlaceError::InsufficientStock { fields, names });
             };
             lines.push(OrderLine {
-                item_id: item.id.to_hex(),
+                item_id: MenuItemId::from_bytes(item.id.bytes()),
                 name: item.name,
                 quantity: line.quantity.get(),
                 unit_price_cents: item.price_cents,

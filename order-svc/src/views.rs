@@ -1,7 +1,7 @@
 //! How menu items and orders look in the API (and in stored idempotent responses).
 
 use chrono::{DateTime, Utc};
-use common::events::{Customer, OrderStatus};
+use contract::{MenuItemId, events::Customer, status::OrderStatus};
 use serde::Serialize;
 
 use crate::store::{MenuItem, Order};
@@ -45,7 +45,7 @@ pub struct OrderView {
 
 #[derive(Debug, Serialize)]
 struct LineView {
-    item_id: String,
+    item_id: MenuItemId,
     name: String,
     quantity: u32,
     unit_price_cents: i64,

@@ -21,12 +21,12 @@ pub mod timers;
 use axum::Router;
 use common::{
     consumer::{Handler, HandlerError, Message, Outcome},
-    events::{
-        SIMULATION_DELIVERY_REQUESTED_V1, SIMULATION_ORDER_REQUESTED_V1,
-        SimulationDeliveryRequested, SimulationOrderRequested,
-    },
     service::{Runtime, StartError},
-    streams::{Stream, groups},
+};
+use contract::{
+    OrderId,
+    events::{SimulateDeliveryEvent, SimulateOrderEvent},
+    streams::groups,
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -43,23 +43,18 @@ pub struct RequestHandler {
     pub timers: Timers,
 }
 
-impl Handler for RequestHandler {
-    async fn handle(&self, msg: &Message) -> Result<Outcome, HandlerError> {
+impl RequestHandler {
+    async fn start<E>(
+        &self,
+        msg: &Message<E>,
+        kind: Kind,
+        id: String,
+        order_id: OrderId,
+    ) -> Result<Outcome, HandlerError> {
         let corr = &msg.envelope.correlation_id;
-        let (kind, id, order_id) = match msg.envelope.event_type.as_str() {
-            SIMULATION_ORDER_REQUESTED_V1 => {
-                let p: SimulationOrderRequested = msg.payload()?;
-                (Kind::Order, p.order_id.clone(), p.order_id)
-            }
-            SIMULATION_DELIVERY_REQUESTED_V1 => {
-                let p: SimulationDeliveryRequested = msg.payload()?;
-                (Kind::Delivery, p.delivery_id, p.order_id)
-            }
-            _ => return Ok(Outcome::Skipped),
-        };
         let started = self
             .timers
-            .start(kind, &id, &order_id, corr)
+            .start(kind, &id, order_id, corr)
             .await
             .map_err(HandlerError::from_redis)?;
         if started {
@@ -69,6 +64,22 @@ impl Handler for RequestHandler {
             info!(?kind, %id, "simulation already started; duplicate request ignored");
             Ok(Outcome::Skipped)
         }
+    }
+}
+
+impl Handler<SimulateOrderEvent> for RequestHandler {
+    async fn handle(&self, msg: &Message<SimulateOrderEvent>) -> Result<Outcome, HandlerError> {
+        let SimulateOrderEvent::Requested(p) = &msg.event;
+        self.start(msg, Kind::Order, p.order_id.to_string(), p.order_id)
+            .await
+    }
+}
+
+impl Handler<SimulateDeliveryEvent> for RequestHandler {
+    async fn handle(&self, msg: &Message<SimulateDeliveryEvent>) -> Result<Outcome, HandlerError> {
+        let SimulateDeliveryEvent::Requested(p) = &msg.event;
+        self.start(msg, Kind::Delivery, p.delivery_id.to_string(), p.order_id)
+            .await
     }
 }
 
@@ -87,12 +98,11 @@ pub async fn run(
         &settings.common.service_name,
     )
     .with_poll(settings.poll);
-    for stream in [Stream::SimulateOrder, Stream::SimulateDelivery] {
-        let handler = RequestHandler {
-            timers: timers.clone(),
-        };
-        rt.consume(stream, groups::SIMULATOR, handler)?;
-    }
+    let handler = RequestHandler {
+        timers: timers.clone(),
+    };
+    rt.consume::<SimulateOrderEvent, _>(groups::SIMULATOR, handler.clone())?;
+    rt.consume::<SimulateDeliveryEvent, _>(groups::SIMULATOR, handler)?;
     rt.sampler(timers.clone(), |t| async move {
         if let Ok(n) = t.pending().await {
             #[allow(clippy::cast_precision_loss)]

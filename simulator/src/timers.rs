@@ -16,12 +16,10 @@
 
 use std::{sync::LazyLock, time::Duration};
 
-use common::{
-    Envelope,
-    events::{
-        DELIVERY_STATUS_CHANGED_V1, DeliveryStatus, DeliveryStatusChanged, Lifecycle,
-        ORDER_STATUS_CHANGED_V1, OrderStatus, OrderStatusChanged,
-    },
+use contract::{
+    DeliveryId, Envelope, OrderId,
+    events::{DeliveryStatusChanged, Event, OrderStatusChanged},
+    status::{DeliveryStatus, Lifecycle, OrderStatus},
     streams::{Namespace, Stream},
 };
 use redis::{Script, aio::ConnectionManager};
@@ -81,7 +79,7 @@ pub struct Timer {
     /// Order id or delivery id.
     pub id: String,
     /// The order (envelope key).
-    pub order_id: String,
+    pub order_id: OrderId,
     /// Carried into every event of the chain.
     pub correlation_id: String,
     /// Index of the step this timer fires.
@@ -179,13 +177,13 @@ impl Timers {
         &self,
         kind: Kind,
         id: &str,
-        order_id: &str,
+        order_id: OrderId,
         correlation_id: &str,
     ) -> redis::RedisResult<bool> {
         let first = Timer {
             kind,
             id: id.to_owned(),
-            order_id: order_id.to_owned(),
+            order_id,
             correlation_id: correlation_id.to_owned(),
             step: 0,
         };
@@ -325,42 +323,28 @@ impl Timers {
     }
 
     fn event_for(&self, t: &Timer) -> Option<(Stream, Envelope)> {
-        let (stream, event_type, payload) = match t.kind {
+        fn envelope<E: Event>(e: &E, t: &Timer, source: &str) -> (Stream, Envelope) {
+            (E::STREAM, Envelope::of(e, &t.correlation_id, source))
+        }
+        Some(match t.kind {
             Kind::Order => {
-                let status = kitchen_steps().get(t.step)?;
+                let status = *kitchen_steps().get(t.step)?;
                 let p = OrderStatusChanged {
-                    order_id: t.order_id.clone(),
-                    status: *status,
+                    order_id: t.order_id,
+                    status,
                 };
-                (
-                    Stream::OrderStatus,
-                    ORDER_STATUS_CHANGED_V1,
-                    serde_json::to_value(p).ok()?,
-                )
+                envelope(&p, t, &self.source)
             }
             Kind::Delivery => {
-                let status = courier_steps().get(t.step)?;
+                let status = *courier_steps().get(t.step)?;
                 let p = DeliveryStatusChanged {
-                    delivery_id: t.id.clone(),
-                    order_id: t.order_id.clone(),
-                    status: *status,
+                    delivery_id: DeliveryId::parse(&t.id).ok()?,
+                    order_id: t.order_id,
+                    status,
                 };
-                (
-                    Stream::DeliveryStatus,
-                    DELIVERY_STATUS_CHANGED_V1,
-                    serde_json::to_value(p).ok()?,
-                )
+                envelope(&p, t, &self.source)
             }
-        };
-        let event = Envelope::new(
-            event_type,
-            &t.order_id,
-            &t.correlation_id,
-            &self.source,
-            &payload,
-        )
-        .ok()?;
-        Some((stream, event))
+        })
     }
 }
 

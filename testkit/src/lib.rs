@@ -31,7 +31,12 @@ use std::{
     time::Duration,
 };
 
-use common::{Envelope, publisher::Publisher, streams::Stream};
+use common::publisher::Publisher;
+use contract::{
+    Envelope,
+    events::{DecodeError, StreamEvent},
+    streams::Stream,
+};
 use tokio::sync::OnceCell;
 
 pub use crate::{
@@ -123,4 +128,27 @@ pub async fn publish(
         .await
         .expect("publish a test event");
     e
+}
+
+/// An event of any type, for tests of the consumer loop itself (which build
+/// their consumers by hand, on any stream): decoding always succeeds, and the
+/// handler reads what it needs from the envelope. Real consumers decode into
+/// their stream's enum instead (`contract::events`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AnyEvent;
+
+impl StreamEvent for AnyEvent {
+    const STREAM: Stream = Stream::Orders;
+
+    fn types() -> Vec<&'static str> {
+        Vec::new()
+    }
+
+    fn decode(_: &Envelope) -> Result<Self, DecodeError> {
+        Ok(Self)
+    }
+
+    fn event_type(&self) -> &'static str {
+        "any"
+    }
 }

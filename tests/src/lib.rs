@@ -122,8 +122,8 @@ impl System {
         for (k, v) in extra {
             vars.insert((*k).to_owned(), (*v).to_owned());
         }
-        let redis_client = common::redis_conn::client(&vars["REDIS_URL"]).unwrap();
-        let redis = common::redis_conn::commands(&redis_client).unwrap();
+        let redis_client = contract::redis::client(&vars["REDIS_URL"]).unwrap();
+        let redis = contract::redis::commands(&redis_client).unwrap();
         let mongo = common::mongo::connect(&vars["MONGO_URL"], "e2e-harness")
             .await
             .unwrap();
@@ -226,8 +226,8 @@ impl System {
     }
 
     /// The deployment namespace (for failpoints).
-    pub fn namespace(&self) -> common::streams::Namespace {
-        common::streams::Namespace::new(&self.prefix)
+    pub fn namespace(&self) -> contract::streams::Namespace {
+        contract::streams::Namespace::new(&self.prefix)
     }
 
     /// Stops replica 0 of a service gracefully and waits until it has drained.
@@ -333,7 +333,7 @@ impl System {
     }
 
     /// Every entry of a stream of this system.
-    pub async fn stream(&self, stream: common::streams::Stream) -> Vec<common::StreamEntry> {
+    pub async fn stream(&self, stream: contract::streams::Stream) -> Vec<contract::StreamEntry> {
         let v: redis::Value = redis::cmd("XRANGE")
             .arg(self.namespace().stream(stream))
             .arg("-")
@@ -341,19 +341,19 @@ impl System {
             .query_async(&mut self.redis.clone())
             .await
             .unwrap();
-        common::stream_entry::entries(v).unwrap()
+        contract::redis::entries(v).unwrap()
     }
 
     /// The envelopes of a stream that concern `order_id`.
     pub async fn events_of(
         &self,
-        stream: common::streams::Stream,
+        stream: contract::streams::Stream,
         order_id: &str,
-    ) -> Vec<common::Envelope> {
+    ) -> Vec<contract::Envelope> {
         self.stream(stream)
             .await
             .iter()
-            .filter_map(|e| common::Envelope::from_entry(e).ok())
+            .filter_map(|e| contract::Envelope::from_entry(e).ok())
             .filter(|e| e.key == order_id)
             .collect()
     }

@@ -9,19 +9,22 @@ use std::{
 use futures::FutureExt;
 use tracing::{Instrument, debug, error, info_span, warn};
 
+use contract::{
+    Envelope, StreamEntry,
+    dead_letter::Reason,
+    events::{DecodeError, StreamEvent},
+};
+
 use super::{
     Handler, HandlerError, InFlight, Inner, Message, Outcome, Pending, entry_age, error_chain,
     lock, panic_text,
 };
-use crate::{
-    Envelope, StreamEntry,
-    dead_letter::{self, MoveRequest, Reason},
-};
+use crate::dead_letter::{self, MoveRequest};
 
 /// How long the last-error hash lives after its last write.
 const ERRORS_TTL_SECS: u64 = 7 * 24 * 3600;
 
-impl<H: Handler> Inner<H> {
+impl<E: StreamEvent, H: Handler<E>> Inner<E, H> {
     pub(super) async fn process_one(&self, entry: StreamEntry, delivery_count: u32) {
         let Some(_in_flight) = InFlight::enter(&self.in_flight, &entry.id) else {
             // Taken over from ourselves while a handler here still runs it.
@@ -53,6 +56,20 @@ impl<H: Handler> Inner<H> {
     }
 
     async fn handle_envelope(&self, entry: StreamEntry, envelope: Envelope, attempt: u32) {
+        // One code path for everything that is not an event of this stream:
+        // retrying cannot fix it, so it goes to the dead letters at once.
+        let event = match E::decode(&envelope) {
+            Ok(event) => event,
+            Err(e) => {
+                let reason = match e {
+                    DecodeError::UnknownType { .. } => Reason::UnknownEvent,
+                    DecodeError::Payload { .. } => Reason::InvalidPayload,
+                };
+                return self
+                    .dead_letter(&entry, reason, &e.to_string(), attempt)
+                    .await;
+            }
+        };
         let max = self.settings().max_attempts;
         if attempt > max {
             // Delivered more often than handled: earlier attempts died with
@@ -68,6 +85,7 @@ impl<H: Handler> Inner<H> {
             stream: self.cfg.stream.clone(),
             id: entry.id.clone(),
             envelope,
+            event,
             attempt,
         };
         let timeout = self.settings().handler_timeout;

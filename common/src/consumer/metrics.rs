@@ -3,7 +3,7 @@
 use metrics::{Counter, Histogram};
 
 use super::ConsumerConfig;
-use crate::dead_letter::Reason;
+use contract::dead_letter::Reason;
 
 pub(super) struct LoopMetrics {
     pub(super) done: Counter,

@@ -72,44 +72,38 @@ use std::{
     time::{Duration, Instant},
 };
 
+use contract::{
+    Envelope, StreamEntry,
+    events::StreamEvent,
+    redis::{self as wire, ReplyError},
+    streams::{Namespace, Stream},
+};
 use redis::{RedisError, aio::ConnectionManager};
 use tokio::sync::Notify;
 use tokio_util::{sync::CancellationToken, task::AbortOnDropHandle};
 use tracing::{Instrument, error, info, info_span};
 
-use crate::{
-    Envelope, StreamEntry, redis_conn,
-    settings::{CommonSettings, ConsumerSettings},
-    stream_entry::ReplyError,
-    streams::{Namespace, Stream},
-};
+use crate::settings::{CommonSettings, ConsumerSettings};
 
 use self::metrics::LoopMetrics;
 
 /// Any error a handler may return.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// A message handed to a [`Handler`].
+/// A message handed to a [`Handler`]: the event of its stream, decoded once,
+/// and the envelope it came in (event id, correlation id, ...).
 #[derive(Debug, Clone)]
-pub struct Message {
+pub struct Message<E> {
     /// Full key of the stream it was read from.
     pub stream: String,
     /// Its entry id.
     pub id: String,
     /// The parsed envelope.
     pub envelope: Envelope,
+    /// The decoded event.
+    pub event: E,
     /// 1 on the first delivery, then 2, 3, ... (the delivery count in Redis).
     pub attempt: u32,
-}
-
-impl Message {
-    /// The payload as `T`; a payload that does not fit is rejected (dead-lettered
-    /// at once: retrying cannot fix it).
-    pub fn payload<T: serde::de::DeserializeOwned>(&self) -> Result<T, HandlerError> {
-        self.envelope.payload_as().map_err(|e| {
-            HandlerError::reject(format!("invalid {} payload: {e}", self.envelope.event_type))
-        })
-    }
 }
 
 /// What a successful handler did.
@@ -185,11 +179,16 @@ impl HandlerError {
     }
 }
 
-/// Handles the messages of one stream.
-pub trait Handler: Send + Sync + 'static {
+/// Handles the events of one stream (`E`, its [`StreamEvent`] enum). One
+/// type may handle several streams by implementing this trait once per
+/// stream.
+pub trait Handler<E: StreamEvent>: Send + Sync + 'static {
     /// Handles one message. Must be idempotent: a message can be delivered
     /// more than once (redelivery after a crash before its acknowledgement).
-    fn handle(&self, msg: &Message) -> impl Future<Output = Result<Outcome, HandlerError>> + Send;
+    fn handle(
+        &self,
+        msg: &Message<E>,
+    ) -> impl Future<Output = Result<Outcome, HandlerError>> + Send;
 }
 
 /// Where one consumer reads and how it behaves.
@@ -259,11 +258,11 @@ impl LoopStatus {
 }
 
 /// A consumer-group member; see the module docs.
-pub struct Consumer<H> {
-    inner: Arc<Inner<H>>,
+pub struct Consumer<E, H> {
+    inner: Arc<Inner<E, H>>,
 }
 
-impl<H> std::fmt::Debug for Consumer<H> {
+impl<E, H> std::fmt::Debug for Consumer<E, H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Consumer")
             .field("cfg", &self.inner.cfg)
@@ -271,7 +270,7 @@ impl<H> std::fmt::Debug for Consumer<H> {
     }
 }
 
-struct Inner<H> {
+struct Inner<E, H> {
     cfg: ConsumerConfig,
     /// Hash of `entry id -> last error`, next to the stream.
     errors_key: String,
@@ -287,6 +286,8 @@ struct Inner<H> {
     in_flight: Mutex<HashSet<String>>,
     status: LoopStatus,
     metrics: LoopMetrics,
+    /// The events this consumer decodes.
+    events: std::marker::PhantomData<fn() -> E>,
 }
 
 /// A message of this consumer waiting to be handled again.
@@ -306,7 +307,7 @@ enum LoopError {
     Reply(#[from] ReplyError),
 }
 
-impl<H: Handler> Consumer<H> {
+impl<E: StreamEvent, H: Handler<E>> Consumer<E, H> {
     /// A consumer on `cfg.stream` for `cfg.group`, using `client` for its two
     /// connections (no I/O until [`Consumer::run`]).
     pub fn new(
@@ -314,8 +315,8 @@ impl<H: Handler> Consumer<H> {
         cfg: ConsumerConfig,
         handler: H,
     ) -> redis::RedisResult<Self> {
-        let conn = redis_conn::commands(client)?;
-        let read_conn = redis_conn::blocking(client, cfg.settings.block)?;
+        let conn = wire::commands(client)?;
+        let read_conn = wire::blocking(client, cfg.settings.block)?;
         let status = LoopStatus::new(format!("{}/{}", cfg.label, cfg.group));
         Ok(Self {
             inner: Arc::new(Inner {
@@ -329,6 +330,7 @@ impl<H: Handler> Consumer<H> {
                 retry_added: Notify::new(),
                 in_flight: Mutex::new(HashSet::new()),
                 status,
+                events: std::marker::PhantomData,
             }),
         })
     }
@@ -366,7 +368,7 @@ impl<H: Handler> Consumer<H> {
     }
 }
 
-impl<H: Handler> Inner<H> {
+impl<E: StreamEvent, H: Handler<E>> Inner<E, H> {
     fn settings(&self) -> &ConsumerSettings {
         &self.cfg.settings
     }

@@ -8,10 +8,12 @@ use redis::Value;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
-use super::{Handler, Inner, LoopError, duration_ms};
-use crate::{StreamEntry, backoff::Backoff, stream_entry};
+use contract::{StreamEntry, events::StreamEvent, redis as wire};
 
-impl<H: Handler> Inner<H> {
+use super::{Handler, Inner, LoopError, duration_ms};
+use crate::backoff::Backoff;
+
+impl<E: StreamEvent, H: Handler<E>> Inner<E, H> {
     async fn ensure_group(&self) -> redis::RedisResult<()> {
         let created = redis::cmd("XGROUP")
             .arg("CREATE")
@@ -83,7 +85,7 @@ impl<H: Handler> Inner<H> {
             .arg(">")
             .query_async(&mut self.read_conn.clone())
             .await?;
-        Ok(stream_entry::xread(reply)?
+        Ok(wire::xread(reply)?
             .into_iter()
             .flat_map(|(_, entries)| entries)
             .collect())

@@ -10,11 +10,13 @@ use redis::{Script, Value};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{Handler, Inner, LoopError, Pending, duration_ms, lock};
-use crate::{
+use contract::{
     StreamEntry,
-    stream_entry::{self, ReplyError},
+    events::StreamEvent,
+    redis::{self as wire, ReplyError},
 };
+
+use super::{Handler, Inner, LoopError, Pending, duration_ms, lock};
 
 /// Consumers holding nothing and idle this long are removed from the group.
 const FORGET_IDLE_CONSUMERS_AFTER: Duration = Duration::from_secs(3600);
@@ -44,7 +46,7 @@ end
 return out
 ";
 
-impl<H: Handler> Inner<H> {
+impl<E: StreamEvent, H: Handler<E>> Inner<E, H> {
     pub(super) async fn reclaim_loop(&self, shutdown: CancellationToken) {
         let interval = self.settings().reclaim_interval;
         // Scan at once: messages of consumers that died before we started.
@@ -95,13 +97,13 @@ impl<H: Handler> Inner<H> {
         }
         let reply: Value = inv.invoke_async(&mut self.conn.clone()).await?;
         let mut items = Vec::new();
-        for pair in stream_entry::array(reply)? {
-            let mut pair = stream_entry::array(pair)?.into_iter();
+        for pair in wire::array(reply)? {
+            let mut pair = wire::array(pair)?.into_iter();
             let (Some(entry), Some(count)) = (pair.next(), pair.next()) else {
                 return Err(ReplyError("claim reply without delivery count".into()).into());
             };
-            let count = u32::try_from(stream_entry::int(&count)?).unwrap_or(u32::MAX);
-            items.push((stream_entry::entry(entry)?, count));
+            let count = u32::try_from(wire::int(&count)?).unwrap_or(u32::MAX);
+            items.push((wire::entry(entry)?, count));
         }
         if !items.is_empty() {
             self.process_batch(items).await;
@@ -123,10 +125,10 @@ impl<H: Handler> Inner<H> {
                 .arg(s.batch_size)
                 .query_async(&mut self.conn.clone())
                 .await?;
-            let mut parts = stream_entry::array(reply)?.into_iter();
-            let next = stream_entry::text(&parts.next().unwrap_or(Value::Nil))?;
+            let mut parts = wire::array(reply)?.into_iter();
+            let next = wire::text(&parts.next().unwrap_or(Value::Nil))?;
             let (busy, claimed): (Vec<StreamEntry>, Vec<StreamEntry>) =
-                stream_entry::entries(parts.next().unwrap_or(Value::Nil))?
+                wire::entries(parts.next().unwrap_or(Value::Nil))?
                     .into_iter()
                     .partition(|e| lock(&self.in_flight).contains(&e.id));
             if !busy.is_empty() {
@@ -196,11 +198,11 @@ impl<H: Handler> Inner<H> {
             .query_async(&mut self.conn.clone())
             .await?;
         let mut counts = HashMap::new();
-        for row in stream_entry::array(reply)? {
-            let row = stream_entry::array(row)?;
+        for row in wire::array(reply)? {
+            let row = wire::array(row)?;
             if let [id, _, _, count] = row.as_slice() {
-                let count = u32::try_from(stream_entry::int(count)?).unwrap_or(u32::MAX);
-                counts.insert(stream_entry::text(id)?, count);
+                let count = u32::try_from(wire::int(count)?).unwrap_or(u32::MAX);
+                counts.insert(wire::text(id)?, count);
             }
         }
         Ok(counts)
@@ -213,8 +215,8 @@ impl<H: Handler> Inner<H> {
             .arg(&self.cfg.group)
             .query_async(&mut self.conn.clone())
             .await?;
-        for info in stream_entry::array(reply)? {
-            let fields = stream_entry::fields_of(info);
+        for info in wire::array(reply)? {
+            let fields = wire::fields_of(info);
             let (Some(name), Some(pending), Some(idle)) = (
                 fields.get("name"),
                 fields.get("pending"),

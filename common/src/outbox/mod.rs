@@ -43,11 +43,12 @@ use redis::aio::ConnectionManager;
 use tokio::sync::Notify;
 
 pub use self::relay::Relay;
-use crate::{
+use contract::{
     Envelope,
-    publisher::Publisher,
     streams::{Namespace, Stream},
 };
+
+use crate::publisher::Publisher;
 
 /// Outbox tuning.
 #[derive(Debug, Clone, Copy)]

@@ -12,14 +12,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use super::{Outbox, OutboxSettings};
-use crate::{
-    Envelope,
-    backoff::Backoff,
-    failpoint,
-    publisher::Publisher,
-    settings::RETENTION_SWEEP_EVERY,
-    streams::Stream,
-};
+use contract::{Envelope, StreamEntry, streams::Stream};
+
+use crate::{backoff::Backoff, failpoint, publisher::Publisher, settings::RETENTION_SWEEP_EVERY};
 
 /// Publishes an outbox while holding its lease; see the module docs.
 #[derive(Debug)]
@@ -248,7 +243,7 @@ fn order_by_key(batch: &[Document]) -> Result<Vec<(Stream, Envelope, ObjectId)>,
         let key = d.get_str("key").map_err(|_| bad())?.to_owned();
         let seq = d.get_i64("seq").map_err(|_| bad())?;
         let fields = d.get_document("fields").map_err(|_| bad())?;
-        let entry = crate::StreamEntry {
+        let entry = StreamEntry {
             id: id.to_hex(),
             fields: fields
                 .iter()

@@ -1,11 +1,15 @@
 use std::{collections::HashMap, time::Duration};
 
-use common::{
+use common::consumer::{Consumer, ConsumerConfig, Handler, HandlerError, Message, Outcome};
+use contract::{
+    Envelope,
     dead_letter::DeadLetter,
     envelope,
-    events::ORDER_CREATED_V1,
+    events::{Event, OrderCreated, OrdersEvent},
     streams::{Stream, groups},
 };
+
+const ORDER_CREATED_V1: &str = OrderCreated::TYPE;
 use tokio_util::sync::CancellationToken;
 
 use crate::helpers::{Act, Ctx, TestHandler, eventually};
@@ -308,9 +312,7 @@ async fn attempts_survive_crashes_because_they_are_counted_by_redis() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    let entry_id = common::stream_entry::xread(read).unwrap()[0].1[0]
-        .id
-        .clone();
+    let entry_id = contract::redis::xread(read).unwrap()[0].1[0].id.clone();
     redis::cmd("XCLAIM")
         .arg(&key)
         .arg(G)
@@ -399,24 +401,63 @@ async fn messages_of_one_key_stay_in_order_while_keys_run_concurrently() {
     );
 }
 
+/// Records the order ids of the `orders-stream` events it was handed.
+#[derive(Clone, Default)]
+struct OrdersRecorder(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Handler<OrdersEvent> for OrdersRecorder {
+    async fn handle(&self, msg: &Message<OrdersEvent>) -> Result<Outcome, HandlerError> {
+        let OrdersEvent::Created(p) = &msg.event else {
+            return Ok(Outcome::Skipped);
+        };
+        self.0.lock().unwrap().push(p.order_id.to_string());
+        Ok(Outcome::Done)
+    }
+}
+
 #[tokio::test]
-async fn unknown_event_types_are_skipped_and_acknowledged() {
+async fn events_are_decoded_once_and_undecodable_ones_dead_lettered_with_the_reason() {
     let ctx = Ctx::new().await;
-    let handler = TestHandler::new(|m, _| {
-        if m.envelope.event_type == "menu.renamed.v9" {
-            Act::Skip
-        } else {
-            Act::Ok
-        }
-    });
-    let run = Running::start(&ctx, "c1", handler.clone());
-    ctx.publish(S, "a", "menu.renamed.v9").await;
-    eventually("nothing pending", WAIT, || async {
-        (handler.finished().len() == 1 && ctx.pending(S, G).await == 0).then_some(())
+    let recorder = OrdersRecorder::default();
+    let mut cfg = ConsumerConfig::new(&ctx.settings, S, G);
+    cfg.consumer = "typed".into();
+    let consumer: Consumer<OrdersEvent, _> =
+        Consumer::new(&ctx.client, cfg, recorder.clone()).unwrap();
+    let token = CancellationToken::new();
+    let task = tokio::spawn(consumer.run(token.clone()));
+
+    let good = Envelope::of(&OrderCreated::example(), "c", "test");
+    let mut unknown = good.clone();
+    unknown.event_id = uuid::Uuid::now_v7();
+    unknown.event_type = "menu.renamed.v9".into();
+    let mut invalid = good.clone();
+    invalid.event_id = uuid::Uuid::now_v7();
+    invalid.payload["items"] = serde_json::json!("pizza");
+    for e in [&good, &unknown, &invalid] {
+        ctx.publisher.publish(S, e).await.unwrap();
+    }
+    let dl = eventually("two dead letters", WAIT, || async {
+        let d = ctx.dead_letters().await;
+        (d.len() == 2 && ctx.pending(S, G).await == 0).then_some(d)
     })
     .await;
-    run.stop().await;
-    assert!(ctx.dead_letters().await.is_empty());
+    token.cancel();
+    task.await.unwrap();
+
+    assert_eq!(*recorder.0.lock().unwrap(), [good.key.clone()]);
+    let reasons: HashMap<String, (String, String)> = dl
+        .iter()
+        .map(|e| {
+            let d = DeadLetter::from_entry(e).unwrap();
+            (d.envelope().unwrap().event_id.to_string(), (d.reason, d.error))
+        })
+        .collect();
+    let (reason, error) = &reasons[&unknown.event_id.to_string()];
+    assert_eq!(reason, "unknown_event");
+    assert!(error.contains("menu.renamed.v9") && error.contains("order.created.v1"), "{error}");
+    let (reason, error) = &reasons[&invalid.event_id.to_string()];
+    assert_eq!(reason, "invalid_payload");
+    assert!(error.contains("invalid order.created.v1 payload"), "{error}");
 }
 
 #[tokio::test]

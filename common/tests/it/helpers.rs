@@ -6,15 +6,17 @@ use std::{
 };
 
 use common::{
-    Envelope, StreamEntry,
     consumer::{Consumer, ConsumerConfig, Handler, HandlerError, Message, Outcome},
     publisher::Publisher,
-    redis_conn,
     settings::{CommonSettings, Env},
-    stream_entry,
+};
+use contract::{
+    Envelope, StreamEntry,
+    redis::{self as redis_conn, self as stream_entry},
     streams::{Namespace, Stream},
 };
 use redis::aio::ConnectionManager;
+use testkit::AnyEvent;
 use tokio::sync::Notify;
 
 /// One test's isolated world: a unique key prefix on the shared Redis.
@@ -69,13 +71,13 @@ impl Ctx {
         }
     }
 
-    pub(crate) fn consumer<H: Handler>(
+    pub(crate) fn consumer<H: Handler<AnyEvent>>(
         &self,
         stream: Stream,
         group: &str,
         name: &str,
         handler: H,
-    ) -> Consumer<H> {
+    ) -> Consumer<AnyEvent, H> {
         let mut cfg = ConsumerConfig::new(&self.settings, stream, group);
         cfg.consumer = name.to_owned();
         Consumer::new(&self.client, cfg, handler).unwrap()
@@ -116,7 +118,6 @@ impl Ctx {
 #[derive(Debug, Clone)]
 pub(crate) enum Act {
     Ok,
-    Skip,
     Fail(&'static str),
     Reject(&'static str),
     Defer(&'static str),
@@ -133,7 +134,7 @@ pub(crate) struct Call {
     pub(crate) finished: bool,
 }
 
-type Script = dyn Fn(&Message, usize) -> Act + Send + Sync;
+type Script = dyn Fn(&Message<AnyEvent>, usize) -> Act + Send + Sync;
 
 /// A handler that records every call and acts as its script says; the script
 /// gets the message and how many times this entry was seen before.
@@ -146,7 +147,9 @@ pub(crate) struct TestHandler {
 }
 
 impl TestHandler {
-    pub(crate) fn new(script: impl Fn(&Message, usize) -> Act + Send + Sync + 'static) -> Self {
+    pub(crate) fn new(
+        script: impl Fn(&Message<AnyEvent>, usize) -> Act + Send + Sync + 'static,
+    ) -> Self {
         Self {
             calls: Arc::default(),
             called: Arc::default(),
@@ -173,8 +176,11 @@ impl TestHandler {
     }
 }
 
-impl Handler for TestHandler {
-    fn handle(&self, msg: &Message) -> impl Future<Output = Result<Outcome, HandlerError>> + Send {
+impl Handler<AnyEvent> for TestHandler {
+    fn handle(
+        &self,
+        msg: &Message<AnyEvent>,
+    ) -> impl Future<Output = Result<Outcome, HandlerError>> + Send {
         let (index, seen) = {
             let mut calls = self.calls.lock().unwrap();
             let seen = calls.iter().filter(|c| c.entry_id == msg.id).count();
@@ -197,7 +203,6 @@ impl Handler for TestHandler {
         async move {
             let result = match act {
                 Act::Ok => Ok(Outcome::Done),
-                Act::Skip => Ok(Outcome::Skipped),
                 Act::Fail(e) => Err(HandlerError::retry(e)),
                 Act::Reject(e) => Err(HandlerError::reject(e)),
                 Act::Defer(e) => Err(HandlerError::defer(e)),

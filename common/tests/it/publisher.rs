@@ -1,4 +1,9 @@
-use common::{events::ORDER_CREATED_V1, streams::Stream};
+use contract::{
+    events::{Event, OrderCreated},
+    streams::Stream,
+};
+
+const ORDER_CREATED_V1: &str = OrderCreated::TYPE;
 
 use crate::helpers::Ctx;
 
@@ -8,13 +13,13 @@ async fn publish_appends_the_envelope_fields_and_trims_approximately() {
     let first = ctx.publish(Stream::Orders, "o-1", ORDER_CREATED_V1).await;
     let stored = ctx.range(Stream::Orders).await;
     assert_eq!(stored.len(), 1);
-    let back = common::Envelope::from_entry(&stored[0]).unwrap();
+    let back = contract::Envelope::from_entry(&stored[0]).unwrap();
     assert_eq!(back.event_id, first.event_id);
     assert_eq!(back.correlation_id, "corr-o-1");
 
-    let many: Vec<common::Envelope> = (0..1000)
+    let many: Vec<contract::Envelope> = (0..1000)
         .map(|i| {
-            common::Envelope::new(
+            contract::Envelope::new(
                 ORDER_CREATED_V1,
                 format!("o-{i}"),
                 "c",

@@ -6,11 +6,15 @@ use std::{
 
 use axum::{Router, body::Bytes, http::StatusCode, routing::post};
 use common::{
-    events::ORDER_CREATED_V1,
     settings::LogFormat,
-    streams::{Stream, groups},
     telemetry::{self, TelemetrySettings},
 };
+use contract::{
+    events::{Event, OrderCreated},
+    streams::{Stream, groups},
+};
+
+const ORDER_CREATED_V1: &str = OrderCreated::TYPE;
 use loki_api::logproto::PushRequest;
 use prost::Message as _;
 use tokio::sync::mpsc;

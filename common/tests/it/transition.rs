@@ -4,13 +4,15 @@
 
 use bson::{doc, oid::ObjectId};
 use common::{
-    Envelope,
-    events::DeliveryStatus,
     inbox::Inbox,
     mongo,
     outbox::Outbox,
-    streams::{Namespace, Stream},
     transition::{Guarded, StatusChange, Versioned},
+};
+use contract::{
+    Envelope,
+    status::DeliveryStatus,
+    streams::{Namespace, Stream},
 };
 use serde::{Deserialize, Serialize};
 

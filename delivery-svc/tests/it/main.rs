@@ -4,7 +4,7 @@
 
 #![allow(clippy::unwrap_used)]
 
-use common::streams::Namespace;
+use contract::streams::Namespace;
 use delivery_svc::{api, store::Store};
 use testkit::http;
 

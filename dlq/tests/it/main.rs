@@ -12,15 +12,20 @@ use std::{
 };
 
 use common::{
-    Envelope,
     consumer::{Consumer, ConsumerConfig, Handler, HandlerError, Message, Outcome},
-    events::{DELIVERY_CREATED_V1, ORDER_CREATED_V1},
     publisher::Publisher,
-    redis_conn,
     settings::{CommonSettings, Env},
-    stream_entry,
+};
+use contract::{
+    Envelope,
+    events::{DeliveryCreated, Event, OrderCreated},
+    redis::{self as redis_conn, self as stream_entry},
     streams::{Stream, groups},
 };
+use testkit::AnyEvent;
+
+const ORDER_CREATED_V1: &str = OrderCreated::TYPE;
+const DELIVERY_CREATED_V1: &str = DeliveryCreated::TYPE;
 use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
@@ -32,8 +37,8 @@ struct Switchable {
     handled: Arc<Mutex<Vec<(String, String, u32)>>>,
 }
 
-impl Handler for Switchable {
-    async fn handle(&self, msg: &Message) -> Result<Outcome, HandlerError> {
+impl Handler<AnyEvent> for Switchable {
+    async fn handle(&self, msg: &Message<AnyEvent>) -> Result<Outcome, HandlerError> {
         let key = msg.envelope.key.clone();
         if self.failing.lock().unwrap().contains(&key) {
             let error = if key == "a" {
@@ -150,7 +155,7 @@ impl World {
         panic!("fewer than {n} dead letters");
     }
 
-    async fn range(&self, stream: Stream) -> Vec<common::StreamEntry> {
+    async fn range(&self, stream: Stream) -> Vec<contract::StreamEntry> {
         let v: redis::Value = redis::cmd("XRANGE")
             .arg(self.settings.namespace().stream(stream))
             .arg("-")

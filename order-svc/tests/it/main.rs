@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 use axum::{Router, body::Body, http::Method};
-use common::streams::Namespace;
+use contract::streams::Namespace;
 use order_svc::{AppState, settings::Limits, store::Store};
 use serde_json::{Value, json};
 use testkit::http::{self, Answer};

@@ -3,16 +3,17 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use common::{
-    Envelope,
+use common::failpoint;
+use contract::{
+    Envelope, OrderId,
     dead_letter::DeadLetter,
-    events::{
-        ORDER_CREATED_V1, ORDER_STATUS_CHANGED_V1, ORDER_STATUS_UPDATED_V1, OrderStatus,
-        OrderStatusChanged,
-    },
-    failpoint,
+    events::{DeliveryCreated, Event, OrderCreated, OrderStatusChanged, OrderStatusUpdated},
+    status::OrderStatus,
     streams::{Stream, groups},
 };
+
+const ORDER_CREATED_V1: &str = OrderCreated::TYPE;
+const ORDER_STATUS_UPDATED_V1: &str = OrderStatusUpdated::TYPE;
 use foodchain_tests::{FULL_FLOW, Service, System, eventually, labels, order_body};
 use serde_json::Value;
 
@@ -65,11 +66,9 @@ async fn xadd(sys: &System, stream: Stream, event: &Envelope) {
 }
 
 fn kitchen(order_id: &str, status: OrderStatus) -> Envelope {
-    let p = OrderStatusChanged {
-        order_id: order_id.to_owned(),
-        status,
-    };
-    Envelope::new(ORDER_STATUS_CHANGED_V1, order_id, "test", "test", &p).unwrap()
+    let order_id = OrderId::parse(order_id).unwrap();
+    let p = OrderStatusChanged { order_id, status };
+    Envelope::of(&p, "test", "test")
 }
 
 async fn pending(sys: &System, stream: Stream, group: &str) -> i64 {
@@ -79,7 +78,7 @@ async fn pending(sys: &System, stream: Stream, group: &str) -> i64 {
         .query_async(&mut sys.redis.clone())
         .await
         .unwrap();
-    common::stream_entry::int(&common::stream_entry::array(v).unwrap()[0]).unwrap()
+    contract::redis::int(&contract::redis::array(v).unwrap()[0]).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -221,7 +220,7 @@ async fn a_crash_after_the_effect_before_xack_is_not_applied_twice_after_reclaim
         .events_of(Stream::Deliveries, &id)
         .await
         .into_iter()
-        .filter(|e| e.event_type == common::events::DELIVERY_CREATED_V1)
+        .filter(|e| e.event_type == DeliveryCreated::TYPE)
         .map(|e| e.event_id)
         .collect();
     assert!(
