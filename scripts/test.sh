@@ -17,6 +17,10 @@ say "release binaries carry no test-only code (failpoints)"
 scripts/check-release.sh
 say "deployment files (compose, Helm, k8s-jobs), validated offline"
 scripts/validate-deploy.sh
+say "API documents: generated from the code, valid AsyncAPI and OpenAPI"
+scripts/check-docs.sh
+say "REST fuzz against the real services, driven by their OpenAPI documents"
+scripts/fuzz-api.sh
 say "chaos (short run)"
 tests/chaos/short.sh
 say "all green"

@@ -49,6 +49,32 @@ enum Command {
     Check(CheckArgs),
     /// Measure throughput, latency and memory with nothing breaking.
     Bench(BenchArgs),
+    /// Start everything locally (one replica each, seeded menu), write the
+    /// services' URLs to a file, and run until SIGINT / SIGTERM: a real
+    /// system for tools such as the REST fuzzer.
+    Up(UpArgs),
+}
+
+#[derive(clap::Args)]
+struct UpArgs {
+    /// Where to write `{"order-svc": "http://...", ...}` once every service is ready.
+    #[arg(long)]
+    ready_file: PathBuf,
+    /// Directory for logs (default target/up/<time>).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Where the service binaries are (default: next to this one).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    /// Extra environment for every service, `NAME=value` (repeatable).
+    #[arg(long = "env", value_parser = parse_env)]
+    env: Vec<(String, String)>,
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("expected NAME=value, got {s:?}"))
 }
 
 #[derive(clap::Args)]
@@ -209,6 +235,7 @@ async fn main() -> std::process::ExitCode {
         Command::Load(a) => load_only(a).await.map(|()| true),
         Command::Check(a) => check_only(a).await,
         Command::Bench(a) => bench_cmd(a).await.map(|()| true),
+        Command::Up(a) => up(a).await.map(|()| true),
     };
     match result {
         Ok(true) => std::process::ExitCode::SUCCESS,
@@ -497,6 +524,36 @@ fn default_bin_dir(given: Option<PathBuf>) -> anyhow::Result<PathBuf> {
             .context("no executable directory")?
             .to_path_buf()),
     }
+}
+
+async fn up(a: UpArgs) -> anyhow::Result<()> {
+    let out = a.out.unwrap_or_else(|| {
+        PathBuf::from("target/up").join(chrono::Utc::now().format("%Y%m%d-%H%M%S").to_string())
+    });
+    let cluster = Cluster::start(
+        default_bin_dir(a.bin_dir)?,
+        out.clone(),
+        Options {
+            fsync: "everysec",
+            replicas: 1,
+            env: a.env,
+        },
+    )
+    .await?;
+    let urls: serde_json::Map<String, serde_json::Value> = Svc::ALL
+        .into_iter()
+        .filter_map(|svc| Some((svc.name().to_owned(), cluster.url(svc, 0)?.into())))
+        .collect();
+    std::fs::write(&a.ready_file, serde_json::to_string_pretty(&urls)?)?;
+    println!(
+        "up: every service ready; URLs in {}, logs in {}",
+        a.ready_file.display(),
+        out.display()
+    );
+    common::shutdown::on_signals().cancelled().await;
+    println!("up: stopping");
+    drop(cluster);
+    Ok(())
 }
 
 async fn bench_cmd(a: BenchArgs) -> anyhow::Result<()> {

@@ -1,4 +1,5 @@
-//! HTTP pieces every service mounts: `/healthz` and `/readyz`.
+//! HTTP pieces every service mounts: `/healthz`, `/readyz`, the error body,
+//! and the OpenAPI description of both (merged into each service's document).
 //!
 //! * `GET /healthz` answers 200 while the process can serve HTTP at all
 //!   (liveness: restart me if this fails).
@@ -25,6 +26,19 @@ use redis::aio::ConnectionManager;
 use serde_json::{Map, Value, json};
 
 use crate::consumer::LoopStatus;
+
+/// The error body every service answers with (the OpenAPI schema of
+/// [`error_body`]).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// A stable machine-readable code (`validation_failed`, `not_found`, ...).
+    pub error: String,
+    /// What is wrong, for people.
+    pub message: String,
+    /// For validation errors: the JSON path of each bad field (`items[1].quantity`) and what is wrong with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fields: Option<std::collections::BTreeMap<String, String>>,
+}
 
 /// The error body every service answers with:
 /// `{"error": <code>, "message": <text>, "fields"?: {<path>: <problem>}}`.
@@ -166,17 +180,31 @@ impl Health {
     }
 }
 
+/// Liveness: 200 while the process serves HTTP at all.
+#[utoipa::path(get, path = "/healthz", tag = "operations",
+    responses((status = 200, description = "The process serves HTTP", body = Object, example = json!({"status": "ok"}))))]
+async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
 /// `/healthz` and `/readyz`.
 pub fn health_routes(health: Arc<Health>) -> Router {
     Router::new()
-        .route(
-            "/healthz",
-            get(|| async { Json(json!({ "status": "ok" })) }),
-        )
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(health)
 }
 
+/// Readiness: 200 only while Redis (and MongoDB, for services that use it)
+/// answer, start-up work is done and every consumer loop runs; 503 with the
+/// failing checks otherwise.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    responses(
+        (status = 200, description = "Ready", body = Object,
+            example = json!({"service": "order-svc", "ready": true, "checks": {"redis": "ok", "mongo": "ok", "startup": "ok"}})),
+        (status = 503, description = "Not ready; `checks` names what is wrong", body = Object,
+            example = json!({"service": "order-svc", "ready": false, "checks": {"redis": "connection refused", "mongo": "ok", "startup": "ok"}})),
+    ))]
 async fn readyz(State(health): State<Arc<Health>>) -> impl IntoResponse {
     let (ready, body) = health.check().await;
     let code = if ready {
@@ -185,4 +213,42 @@ async fn readyz(State(health): State<Arc<Health>>) -> impl IntoResponse {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (code, Json(body))
+}
+
+/// Prometheus metrics in the text exposition format (served by the runtime).
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    responses((status = 200, description = "Prometheus text format 0.0.4", content_type = "text/plain", body = String)))]
+#[allow(dead_code)] // documents the route the runtime serves
+fn metrics_doc() {}
+
+/// The OpenAPI document of the routes every service serves, to merge into a
+/// service's own.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    paths(healthz, readyz, metrics_doc),
+    components(schemas(ErrorBody)),
+    tags((name = "operations", description = "Health, readiness and metrics (every service)"))
+)]
+#[derive(Debug)]
+pub struct OperationsApi;
+
+/// A service's OpenAPI document: its own routes plus [`OperationsApi`], with
+/// the workspace's version.
+pub fn openapi_document(mut own: utoipa::openapi::OpenApi) -> utoipa::openapi::OpenApi {
+    use utoipa::OpenApi as _;
+    own.merge(OperationsApi::openapi());
+    own.info.version = env!("CARGO_PKG_VERSION").to_owned();
+    own
+}
+
+/// `GET /api/v1/openapi.json`: the document, as served by the service.
+pub fn openapi_route(doc: utoipa::openapi::OpenApi) -> Router {
+    let doc = Arc::new(doc);
+    Router::new().route(
+        "/api/v1/openapi.json",
+        get(move || {
+            let doc = doc.clone();
+            async move { Json(doc.as_ref().clone()) }
+        }),
+    )
 }

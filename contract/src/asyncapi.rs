@@ -19,6 +19,8 @@ use crate::{
 /// The document, as JSON (the generator writes it as YAML).
 pub fn document(version: &str) -> Value {
     let events = catalog();
+    let mut schemas = Map::new();
+    schemas.insert("Envelope".into(), schema::envelope_headers(None));
     let mut channels = Map::new();
     let mut operations = Map::new();
     let mut messages = Map::new();
@@ -47,7 +49,7 @@ pub fn document(version: &str) -> Value {
                         "schemaFormat": schema::FORMAT,
                         "schema": schema::envelope_headers(Some(e.event_type)),
                     },
-                    "payload": {"schemaFormat": schema::FORMAT, "schema": e.schema},
+                    "payload": {"schemaFormat": schema::FORMAT, "schema": hoist(&e.schema, &mut schemas)},
                     "examples": [{
                         "name": "example",
                         "headers": {
@@ -124,9 +126,45 @@ pub fn document(version: &str) -> Value {
         "operations": operations,
         "components": {
             "messages": messages,
-            "schemas": {"Envelope": schema::envelope_headers(None)},
+            "schemas": schemas,
         },
     })
+}
+
+/// A standalone schema made part of the document: its `definitions` move to
+/// `components.schemas` (shared by every message that uses them) and its
+/// references follow, since a `$ref` in an AsyncAPI document is resolved
+/// against the document, not against the schema it sits in.
+fn hoist(standalone: &Value, schemas: &mut Map<String, Value>) -> Value {
+    let mut schema = standalone.clone();
+    if let Some(obj) = schema.as_object_mut() {
+        obj.remove("$schema");
+        if let Some(Value::Object(defs)) = obj.remove("definitions") {
+            for (name, def) in defs {
+                let def = rewrite_refs(def);
+                schemas.entry(name).or_insert(def);
+            }
+        }
+    }
+    rewrite_refs(schema)
+}
+
+fn rewrite_refs(v: Value) -> Value {
+    match v {
+        Value::Object(obj) => Value::Object(
+            obj.into_iter()
+                .map(|(k, v)| match (k.as_str(), &v) {
+                    ("$ref", Value::String(r)) => (
+                        k,
+                        Value::String(r.replace("#/definitions/", "#/components/schemas/")),
+                    ),
+                    _ => (k, rewrite_refs(v)),
+                })
+                .collect(),
+        ),
+        Value::Array(items) => Value::Array(items.into_iter().map(rewrite_refs).collect()),
+        other => other,
+    }
 }
 
 fn publish_summary(stream: Stream) -> &'static str {
@@ -192,11 +230,17 @@ mod tests {
         let channels = doc["channels"].as_object().unwrap();
         assert_eq!(channels.len(), Stream::ALL.len());
         let messages = doc["components"]["messages"].as_object().unwrap();
+        let text = doc.to_string();
+        assert!(
+            !text.contains("#/definitions/"),
+            "every ref resolves in the document"
+        );
         for e in catalog() {
             let m = &messages[&e.event_type.replace('.', "_")];
-            assert_eq!(m["payload"]["schema"], e.schema);
+            assert_eq!(m["payload"]["schema"]["title"], e.schema["title"]);
             assert_eq!(m["examples"][0]["payload"], e.example);
         }
+        assert!(doc["components"]["schemas"]["Customer"].is_object());
         let ops = doc["operations"].as_object().unwrap();
         assert!(ops.contains_key("order-svc.send.orders-stream"));
         assert!(ops.contains_key("delivery-svc.receive.orders-stream"));

@@ -12,6 +12,7 @@ use axum::{
 };
 use bson::oid::ObjectId;
 use chrono::{DateTime, Utc};
+use common::http::ErrorBody;
 use contract::{DeliveryId, OrderId, status::DeliveryStatus};
 use serde::{Deserialize, Serialize};
 
@@ -62,30 +63,52 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The OpenAPI document of delivery-svc (served at `/api/v1/openapi.json`).
+#[derive(Debug, utoipa::OpenApi)]
+#[openapi(
+    info(title = "foodchain delivery-svc", description = "Deliveries: one per order that went out for delivery. Generated from the handlers; do not edit docs/openapi/delivery-svc.json by hand (`cargo run -p apidocs`)."),
+    paths(find, get_one),
+    tags((name = "deliveries", description = "Reading deliveries"))
+)]
+pub struct ApiDoc;
+
+/// delivery-svc's OpenAPI document.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    common::http::openapi_document(<ApiDoc as utoipa::OpenApi>::openapi())
+}
+
 /// The routes.
 pub fn router(store: Store) -> Router {
     Router::new()
         .route("/api/v1/deliveries", get(find))
         .route("/api/v1/deliveries/{id}", get(get_one))
         .with_state(store)
+        .merge(common::http::openapi_route(openapi()))
 }
 
 /// A delivery as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct DeliveryView {
-    id: String,
+    /// Id.
+    id: DeliveryId,
+    /// The order it delivers.
     order_id: OrderId,
+    /// Current status.
     status: DeliveryStatus,
+    /// Incremented by every status change.
     version: u32,
+    /// Where to.
     address: String,
+    /// When it was created.
     created_at: DateTime<Utc>,
+    /// Last change.
     updated_at: DateTime<Utc>,
 }
 
 impl From<Delivery> for DeliveryView {
     fn from(d: Delivery) -> Self {
         Self {
-            id: d.id.to_hex(),
+            id: DeliveryId::from_bytes(d.id.bytes()),
             order_id: d.order_id,
             status: d.status,
             version: d.version,
@@ -102,6 +125,15 @@ struct FindQuery {
     order_id: String,
 }
 
+/// One delivery.
+#[utoipa::path(get, path = "/api/v1/deliveries/{id}", tag = "deliveries",
+    params(("id" = DeliveryId, Path, description = "Delivery id")),
+    responses(
+        (status = 200, description = "The delivery", body = DeliveryView),
+        (status = 404, description = "`not_found`: no such delivery", body = ErrorBody),
+        (status = 422, description = "`invalid_request`: not a delivery id", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry (`Retry-After`)", body = ErrorBody),
+    ))]
 async fn get_one(
     State(store): State<Store>,
     id: Result<Path<String>, PathRejection>,
@@ -115,6 +147,15 @@ async fn get_one(
         .ok_or(ApiError::NotFound)
 }
 
+/// The delivery of an order.
+#[utoipa::path(get, path = "/api/v1/deliveries", tag = "deliveries",
+    params(("order_id" = OrderId, Query, description = "The order")),
+    responses(
+        (status = 200, description = "The order's delivery", body = DeliveryView),
+        (status = 404, description = "`not_found`: the order has no delivery (yet)", body = ErrorBody),
+        (status = 422, description = "`invalid_request`: `order_id` missing, not an order id, or other query parameters", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry (`Retry-After`)", body = ErrorBody),
+    ))]
 async fn find(
     State(store): State<Store>,
     q: Result<Query<FindQuery>, QueryRejection>,

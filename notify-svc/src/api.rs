@@ -15,6 +15,7 @@ use axum::{
 use futures::{SinkExt, StreamExt};
 use tokio_util::sync::CancellationToken;
 
+use common::http::ErrorBody;
 use contract::OrderId;
 
 use crate::{
@@ -65,6 +66,20 @@ impl AppState {
 /// The tracker page template (`__ORDER_API__` is replaced at start-up).
 pub const PAGE: &str = include_str!("../static/index.html");
 
+/// The OpenAPI document of notify-svc (served at `/api/v1/openapi.json`).
+#[derive(Debug, utoipa::OpenApi)]
+#[openapi(
+    info(title = "foodchain notify-svc", description = "Order timelines and live tracking over WebSocket. Generated from the handlers; do not edit docs/openapi/notify-svc.json by hand (`cargo run -p apidocs`)."),
+    paths(page, track, timeline),
+    tags((name = "tracking", description = "An order's timeline, as a snapshot or live"))
+)]
+pub struct ApiDoc;
+
+/// notify-svc's OpenAPI document.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    common::http::openapi_document(<ApiDoc as utoipa::OpenApi>::openapi())
+}
+
 /// The routes.
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -72,8 +87,12 @@ pub fn router(state: AppState) -> Router {
         .route("/ws/orders/{id}", get(track))
         .route("/api/v1/orders/{id}/timeline", get(timeline))
         .with_state(state)
+        .merge(common::http::openapi_route(openapi()))
 }
 
+/// The tracker page.
+#[utoipa::path(get, path = "/", tag = "tracking",
+    responses((status = 200, description = "The tracker web page", content_type = "text/html", body = String)))]
 async fn page(State(st): State<AppState>) -> Html<String> {
     Html(st.page.to_string())
 }
@@ -127,6 +146,15 @@ impl AppState {
     }
 }
 
+/// An order's timeline: every status it and its delivery reached, in flow order.
+#[utoipa::path(get, path = "/api/v1/orders/{id}/timeline", tag = "tracking",
+    params(("id" = OrderId, Path, description = "Order id")),
+    responses(
+        (status = 200, description = "The timeline", body = Snapshot),
+        (status = 404, description = "`not_found`: nothing is known about this order (yet)", body = ErrorBody),
+        (status = 422, description = "`invalid_id`: not an order id", body = ErrorBody),
+        (status = 503, description = "The timeline store is unavailable; retry (`Retry-After`)", body = ErrorBody),
+    ))]
 async fn timeline(
     State(st): State<AppState>,
     id: Result<Path<String>, PathRejection>,
@@ -139,6 +167,17 @@ async fn timeline(
     Ok(([(header::CACHE_CONTROL, "no-store")], Json(snapshot)).into_response())
 }
 
+/// Live tracking over WebSocket: a `snapshot` message on connect, then one
+/// `update` message per new status, in flow order; the server pings, and
+/// closes with 1001 on shutdown, 1011 when the timeline cannot be loaded,
+/// 1013 when the client fell behind (reconnect for a fresh snapshot).
+#[utoipa::path(get, path = "/ws/orders/{id}", tag = "tracking",
+    params(("id" = OrderId, Path, description = "Order id")),
+    responses(
+        (status = 101, description = "Switching to the WebSocket protocol"),
+        (status = 422, description = "`invalid_id`: not an order id", body = ErrorBody),
+        (status = 426, description = "`websocket_required`: a plain HTTP request", body = ErrorBody),
+    ))]
 async fn track(
     State(st): State<AppState>,
     id: Result<Path<String>, PathRejection>,

@@ -21,7 +21,7 @@ use mongodb::{Collection, bson::doc};
 use serde::{Deserialize, Serialize};
 
 /// One status an order or its delivery reached.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Entry {
     /// The event that reported it (unique).
     pub event_id: String,
@@ -83,7 +83,7 @@ pub fn delivery_entry(e: &Envelope, event: &DeliveriesEvent) -> (OrderId, Entry)
 }
 
 /// A delivery's latest state.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct DeliveryState {
     /// Delivery id.
     pub id: Option<DeliveryId>,
@@ -92,7 +92,7 @@ pub struct DeliveryState {
 }
 
 /// Everything known about an order, as sent to trackers.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, utoipa::ToSchema)]
 pub struct Snapshot {
     /// Order id.
     pub order_id: OrderId,

@@ -8,13 +8,13 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
-use common::failpoint;
+use common::{failpoint, http::ErrorBody};
 use contract::{MenuItemId, OrderId};
 use serde_json::Value;
 
 use crate::{
     AppState,
-    domain::{oid, parse_new_order},
+    domain::{NewOrderRequest, oid, parse_new_order},
     error::ApiError,
     idempotency::{self, Reply},
     store::{Order, PlaceError},
@@ -26,6 +26,23 @@ const BODY_LIMIT: usize = 64 * 1024;
 /// Header carrying the id that ties a request to the events it causes.
 pub const CORRELATION_HEADER: &str = "x-correlation-id";
 
+/// The OpenAPI document of order-svc (served at `/api/v1/openapi.json`).
+#[derive(Debug, utoipa::OpenApi)]
+#[openapi(
+    info(title = "foodchain order-svc", description = "The menu, order creation and order lookup. Generated from the handlers; do not edit docs/openapi/order-svc.json by hand (`cargo run -p apidocs`)."),
+    paths(list_menu, get_menu_item, create_order, get_order),
+    tags(
+        (name = "menu", description = "The menu with live stock"),
+        (name = "orders", description = "Placing and reading orders"),
+    )
+)]
+pub struct ApiDoc;
+
+/// order-svc's OpenAPI document.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    common::http::openapi_document(<ApiDoc as utoipa::OpenApi>::openapi())
+}
+
 /// The REST routes.
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -35,13 +52,29 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/orders/{id}", get(get_order))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(state)
+        .merge(common::http::openapi_route(openapi()))
 }
 
+/// The whole menu with live stock, by category then name.
+#[utoipa::path(get, path = "/api/v1/menu", tag = "menu",
+    responses(
+        (status = 200, description = "Every menu item", body = [MenuItemView]),
+        (status = 503, description = "The database is unavailable; retry (`Retry-After`)", body = ErrorBody),
+    ))]
 async fn list_menu(State(st): State<AppState>) -> Result<Json<Vec<MenuItemView>>, ApiError> {
     let items = st.store.menu().await.map_err(db_error)?;
     Ok(Json(items.into_iter().map(Into::into).collect()))
 }
 
+/// One menu item.
+#[utoipa::path(get, path = "/api/v1/menu/{id}", tag = "menu",
+    params(("id" = MenuItemId, Path, description = "Menu item id")),
+    responses(
+        (status = 200, description = "The item", body = MenuItemView),
+        (status = 404, description = "`not_found`: no such item", body = ErrorBody),
+        (status = 422, description = "`invalid_id`: not 24 hex digits", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry (`Retry-After`)", body = ErrorBody),
+    ))]
 async fn get_menu_item(
     State(st): State<AppState>,
     id: Result<Path<String>, PathRejection>,
@@ -56,6 +89,15 @@ async fn get_menu_item(
     Ok(Json(item.into()))
 }
 
+/// An order and its current status.
+#[utoipa::path(get, path = "/api/v1/orders/{id}", tag = "orders",
+    params(("id" = OrderId, Path, description = "Order id")),
+    responses(
+        (status = 200, description = "The order", body = OrderView),
+        (status = 404, description = "`not_found`: no such order", body = ErrorBody),
+        (status = 422, description = "`invalid_id`: not 24 hex digits", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry (`Retry-After`)", body = ErrorBody),
+    ))]
 async fn get_order(
     State(st): State<AppState>,
     id: Result<Path<String>, PathRejection>,
@@ -70,6 +112,29 @@ async fn get_order(
     Ok(Json(order.into()))
 }
 
+/// Places an order: reserves the stock of every line (all or nothing) and
+/// stores the order in one transaction. With `Idempotency-Key`, a retry gets
+/// the first answer again (`Idempotent-Replayed: true`), never a second order.
+#[utoipa::path(post, path = "/api/v1/orders", tag = "orders",
+    request_body(content = NewOrderRequest, content_type = "application/json"),
+    params(
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters; the same key with the same body answers the same"),
+        ("X-Correlation-Id" = Option<String>, Header, description = "Ties the request to the events it causes (1 to 128 visible ASCII characters); generated when absent"),
+    ),
+    responses(
+        (status = 201, description = "Placed (or its replay)", body = OrderView,
+            headers(
+                ("Location" = String, description = "`/api/v1/orders/<id>`"),
+                ("X-Correlation-Id" = String, description = "The request's correlation id"),
+                ("Idempotent-Replayed" = String, description = "`true` on a replay of an Idempotency-Key"),
+            )),
+        (status = 404, description = "`item_not_found`: items not on the menu; `fields` names them", body = ErrorBody),
+        (status = 409, description = "`insufficient_stock`: not enough left of some items; `fields` names the lines, `message` the dishes; nothing was reserved", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: the body is over 64 KiB", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: not `Content-Type: application/json`", body = ErrorBody),
+        (status = 422, description = "`validation_failed` (every bad field in `fields`), `invalid_json`, `invalid_idempotency_key` or `idempotency_key_reused` (the key came with another body)", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry with the same Idempotency-Key (`Retry-After`)", body = ErrorBody),
+    ))]
 async fn create_order(
     State(st): State<AppState>,
     headers: HeaderMap,

@@ -5,7 +5,7 @@
 //!   the courier handed it over, so the order is delivered too.
 //!
 //! Either way the order moves only to its next status (see
-//! [`common::events::Lifecycle`]), and `order.status_updated.v1` goes to the
+//! [`contract::status::Lifecycle`]), and `order.status_updated.v1` goes to the
 //! outbox in the same transaction, together with the event's inbox entry.
 //!
 //! * an event already applied (inbox) is acknowledged and ignored;

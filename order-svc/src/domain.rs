@@ -50,6 +50,49 @@ pub fn oid(bytes: [u8; 12]) -> ObjectId {
 
 const MAX_NAME: usize = 100;
 const MAX_ADDRESS: usize = 300;
+const MAX_PHONE: usize = 32;
+
+/// A new order (`POST /api/v1/orders`). Unknown fields are refused, text
+/// fields are trimmed, and every problem is reported at once (limits shown
+/// are the defaults).
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // a schema, not a value: the body is parsed by `parse_new_order`
+pub struct NewOrderRequest {
+    /// Who orders, and where it goes.
+    customer: CustomerRequest,
+    /// The lines: distinct items, 1 to `MAX_ORDER_LINES` (50).
+    #[schema(min_items = 1, max_items = 50)]
+    items: Vec<LineRequest>,
+}
+
+/// The customer of a new order.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct CustomerRequest {
+    /// 1 to 100 characters after trimming, no control characters.
+    #[schema(min_length = 1, max_length = 100, pattern = "\\S")]
+    name: String,
+    /// 1 to 300 characters after trimming, no control characters.
+    #[schema(min_length = 1, max_length = 300, pattern = "\\S")]
+    address: String,
+    /// 5 to 20 digits, optionally with `+ - ( ) .` and spaces.
+    #[schema(max_length = 32, pattern = "^[ +().-]*([0-9][ +().-]*){5,20}$")]
+    phone: String,
+}
+
+/// One line of a new order.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)]
+pub struct LineRequest {
+    /// A menu item id.
+    item_id: MenuItemId,
+    /// 1 to `MAX_ITEM_QUANTITY` (20).
+    #[schema(minimum = 1, maximum = 20)]
+    quantity: u32,
+}
 
 /// Validates an order request body.
 pub fn parse_new_order(body: &Value, limits: Limits) -> Result<NewOrder, FieldErrors> {
@@ -138,7 +181,7 @@ fn parse_customer(v: &Value, errs: &mut FieldErrors) -> Option<Customer> {
     reject_unknown(obj, &["name", "address", "phone"], "customer", errs);
     let name = text(obj, "name", "customer", MAX_NAME, errs);
     let address = text(obj, "address", "customer", MAX_ADDRESS, errs);
-    let phone = text(obj, "phone", "customer", 32, errs).and_then(|p| {
+    let phone = text(obj, "phone", "customer", MAX_PHONE, errs).and_then(|p| {
         let allowed = p
             .chars()
             .all(|c| c.is_ascii_digit() || " +-().".contains(c));

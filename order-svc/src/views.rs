@@ -1,26 +1,33 @@
 //! How menu items and orders look in the API (and in stored idempotent responses).
 
 use chrono::{DateTime, Utc};
-use contract::{MenuItemId, events::Customer, status::OrderStatus};
+use contract::{MenuItemId, OrderId, events::Customer, status::OrderStatus};
 use serde::Serialize;
+use utoipa::ToSchema;
 
 use crate::store::{MenuItem, Order};
 
 /// A menu item as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct MenuItemView {
-    id: String,
+    /// Id.
+    id: MenuItemId,
+    /// Display name.
     name: String,
+    /// One line about it.
     description: String,
+    /// Menu section.
     category: String,
+    /// Price of one, in cents.
     price_cents: i64,
+    /// Units left (0: sold out).
     stock: i64,
 }
 
 impl From<MenuItem> for MenuItemView {
     fn from(i: MenuItem) -> Self {
         Self {
-            id: i.id.to_hex(),
+            id: MenuItemId::from_bytes(i.id.bytes()),
             name: i.name,
             description: i.description,
             category: i.category,
@@ -31,31 +38,45 @@ impl From<MenuItem> for MenuItemView {
 }
 
 /// An order as the API shows it.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, ToSchema)]
 pub struct OrderView {
-    id: String,
+    /// Id.
+    id: OrderId,
+    /// Current status.
     status: OrderStatus,
+    /// Incremented by every status change.
     version: u32,
+    /// Who ordered, and where it goes.
     customer: Customer,
+    /// The lines, priced when the order was placed.
     items: Vec<LineView>,
+    /// Sum of the lines, in cents, computed by the server.
     total_cents: i64,
+    /// When it was accepted.
     created_at: DateTime<Utc>,
+    /// Last change.
     updated_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Serialize)]
+/// One line of an order, priced when it was placed.
+#[derive(Debug, Serialize, ToSchema)]
 struct LineView {
+    /// Menu item.
     item_id: MenuItemId,
+    /// Its name when the order was placed.
     name: String,
+    /// How many.
     quantity: u32,
+    /// Price of one, in cents.
     unit_price_cents: i64,
+    /// `quantity × unit_price_cents`.
     line_total_cents: i64,
 }
 
 impl From<Order> for OrderView {
     fn from(o: Order) -> Self {
         Self {
-            id: o.id.to_hex(),
+            id: OrderId::from_bytes(o.id.bytes()),
             status: o.status,
             version: o.version,
             customer: o.customer,

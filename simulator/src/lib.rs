@@ -18,7 +18,6 @@
 pub mod settings;
 pub mod timers;
 
-use axum::Router;
 use common::{
     consumer::{Handler, HandlerError, Message, Outcome},
     service::{Runtime, StartError},
@@ -83,6 +82,20 @@ impl Handler<SimulateDeliveryEvent> for RequestHandler {
     }
 }
 
+/// The OpenAPI document of the simulator (served at `/api/v1/openapi.json`):
+/// only the operations routes every service has.
+#[derive(Debug, utoipa::OpenApi)]
+#[openapi(info(
+    title = "foodchain simulator",
+    description = "Plays kitchen and courier; it serves only health, readiness and metrics. Generated; do not edit docs/openapi/simulator.json by hand (`cargo run -p apidocs`)."
+))]
+pub struct ApiDoc;
+
+/// The simulator's OpenAPI document.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    common::http::openapi_document(<ApiDoc as utoipa::OpenApi>::openapi())
+}
+
 /// Runs the simulator until `shutdown` is cancelled.
 pub async fn run(
     settings: Settings,
@@ -110,5 +123,6 @@ pub async fn run(
         }
     });
     rt.spawn(|token| timers.run(token));
-    rt.serve(listener, Router::new()).await
+    rt.serve(listener, common::http::openapi_route(openapi()))
+        .await
 }

@@ -10,6 +10,8 @@ use axum::{
 use serde_json::Value;
 use tower::ServiceExt;
 
+use crate::schemas::Spec;
+
 /// A router's answer.
 #[derive(Debug)]
 pub struct Answer {
@@ -73,4 +75,53 @@ pub async fn send(
         req = req.header(header::CONTENT_TYPE, ct);
     }
     call(app, req.body(body).expect("a valid request")).await
+}
+
+/// A router and its OpenAPI document: every answer is checked against the
+/// document (a status it does not list, or a body that does not fit its
+/// schema, fails the test).
+#[derive(Debug, Clone)]
+pub struct Client {
+    /// The router.
+    pub app: Router,
+    spec: Spec,
+}
+
+impl Client {
+    /// `app`, described by `doc` (the service's `openapi()`).
+    pub fn new(app: Router, doc: &impl serde::Serialize) -> Self {
+        Self {
+            app,
+            spec: Spec::new(serde_json::to_value(doc).expect("an OpenAPI document serialises")),
+        }
+    }
+
+    fn checked(&self, method: &Method, path: &str, a: Answer) -> Answer {
+        if let Err(e) = self.spec.check(method.as_str(), path, a.status, &a.json) {
+            panic!("the answer does not match the OpenAPI document: {e}");
+        }
+        a
+    }
+
+    /// `GET path`.
+    pub async fn get(&self, path: &str) -> Answer {
+        self.checked(&Method::GET, path, get(&self.app, path).await)
+    }
+
+    /// `POST path` with a JSON body.
+    pub async fn post_json(&self, path: &str, body: &Value) -> Answer {
+        self.checked(&Method::POST, path, post_json(&self.app, path, body).await)
+    }
+
+    /// Any request.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: Option<&str>,
+        body: Body,
+    ) -> Answer {
+        let a = send(&self.app, method.clone(), path, content_type, body).await;
+        self.checked(&method, path, a)
+    }
 }

@@ -10,6 +10,8 @@
 //! * [`publish`]: a test event on a stream, for the tests of the consumer
 //!   loop and of the dead-letter CLI.
 //! * [`http`]: a service's router called in process, for its 4xx behaviour.
+//! * [`schemas`]: what the system sends, checked against the documents
+//!   generated from the code (OpenAPI per service, the contract's schemas).
 //!
 //! Both servers are one child-process type, [`Server`] ([`process`]):
 //! spawned with `PR_SET_PDEATHSIG` from one long-lived thread, so the kernel
@@ -25,6 +27,7 @@ pub mod http;
 pub mod mongo;
 pub mod process;
 pub mod redis;
+pub mod schemas;
 
 use std::{
     sync::atomic::{AtomicU32, Ordering},
@@ -47,7 +50,8 @@ pub use crate::{
 
 /// The whole flow of one order as a tracker sees it, `kind:status` labels in
 /// order: what every end-to-end test and the chaos checker expect a complete
-/// timeline to be.
+/// timeline to be. The contract's tracking flow spelled out (a test keeps
+/// them equal), so that tests compare against literal text.
 pub const FULL_FLOW: [&str; 8] = [
     "order:created",
     "order:confirmed",
@@ -150,5 +154,17 @@ impl StreamEvent for AnyEvent {
 
     fn event_type(&self) -> &'static str {
         "any"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn full_flow_is_the_contracts_tracking_flow() {
+        let labels: Vec<String> = contract::status::tracking_flow()
+            .iter()
+            .map(|s| s.label())
+            .collect();
+        assert_eq!(labels, super::FULL_FLOW);
     }
 }

@@ -67,6 +67,8 @@ pub struct System {
     pub redis: redis::aio::ConnectionManager,
     /// MongoDB client for inspection.
     pub mongo: mongodb::Client,
+    /// Each service's OpenAPI document: every answer the helpers get is checked.
+    specs: HashMap<Service, testkit::schemas::Spec>,
 }
 
 /// Environment of every service of a test system.
@@ -135,6 +137,18 @@ impl System {
             http: reqwest::Client::new(),
             redis,
             mongo,
+            specs: [
+                (Service::Order, order_svc::api::openapi()),
+                (Service::Delivery, delivery_svc::api::openapi()),
+                (Service::Notify, notify_svc::api::openapi()),
+                (Service::Simulator, simulator::openapi()),
+            ]
+            .into_iter()
+            .map(|(s, doc)| {
+                let doc = serde_json::to_value(doc).unwrap();
+                (s, testkit::schemas::Spec::new(doc))
+            })
+            .collect(),
         }
     }
 
@@ -300,7 +314,23 @@ impl System {
         id.to_hex()
     }
 
-    /// GET returning JSON (panics unless 2xx).
+    /// Checks an answer against the service's OpenAPI document (panics if
+    /// the document does not describe it).
+    pub fn check_answer(
+        &self,
+        service: Service,
+        method: &str,
+        path: &str,
+        status: u16,
+        body: &Value,
+    ) {
+        if let Err(e) = self.specs[&service].check(method, path, status, body) {
+            panic!("{service:?}: the answer does not match its OpenAPI document: {e}");
+        }
+    }
+
+    /// GET returning JSON (panics unless 2xx, or if the answer is not one the
+    /// OpenAPI document describes).
     pub async fn get_json(&self, service: Service, path: &str) -> Value {
         let r = self
             .http
@@ -308,11 +338,15 @@ impl System {
             .send()
             .await
             .unwrap();
-        assert!(r.status().is_success(), "GET {path}: {}", r.status());
-        r.json().await.unwrap()
+        let status = r.status().as_u16();
+        let body: Value = r.json().await.unwrap_or(Value::Null);
+        self.check_answer(service, "GET", path, status, &body);
+        assert!((200..300).contains(&status), "GET {path}: {status}");
+        body
     }
 
-    /// POSTs an order body; returns status and JSON body.
+    /// POSTs an order body; returns status and JSON body (checked against
+    /// the OpenAPI document).
     pub async fn post_order(&self, body: &Value) -> (u16, Value) {
         let r = self
             .http
@@ -322,7 +356,9 @@ impl System {
             .await
             .unwrap();
         let status = r.status().as_u16();
-        (status, r.json().await.unwrap_or(Value::Null))
+        let body = r.json().await.unwrap_or(Value::Null);
+        self.check_answer(Service::Order, "POST", "/api/v1/orders", status, &body);
+        (status, body)
     }
 
     /// Places a valid order for `items` (`(item id, quantity)`); returns the created order.
@@ -401,12 +437,39 @@ impl System {
             .unwrap()
     }
 
-    /// Stops every service.
+    /// Stops every service, then checks every entry that crossed an event
+    /// stream against the contract's schemas (panics naming the first ones
+    /// that do not fit).
     pub async fn shutdown(mut self) {
         let running: Vec<(Service, usize)> = self.running.keys().copied().collect();
         for (s, r) in running {
             self.stop_replica(s, r).await;
         }
+        self.check_streams().await;
+    }
+
+    /// Every entry of every event stream, checked against the contract's
+    /// schemas; returns how many were checked.
+    pub async fn check_streams(&self) -> usize {
+        use contract::streams::Stream;
+        let events = testkit::schemas::Events::default();
+        let (mut checked, mut problems) = (0, Vec::new());
+        for stream in Stream::ALL
+            .into_iter()
+            .filter(|s| *s != Stream::DeadLetters)
+        {
+            for entry in self.stream(stream).await {
+                checked += 1;
+                if let Err(e) = events.check(&entry) {
+                    problems.push(format!("{stream}: {e}"));
+                }
+            }
+        }
+        assert!(
+            problems.is_empty(),
+            "entries that do not fit the contract: {problems:#?}"
+        );
+        checked
     }
 }
 

@@ -444,20 +444,29 @@ async fn events_are_decoded_once_and_undecodable_ones_dead_lettered_with_the_rea
     token.cancel();
     task.await.unwrap();
 
-    assert_eq!(*recorder.0.lock().unwrap(), [good.key.clone()]);
+    assert_eq!(*recorder.0.lock().unwrap(), std::slice::from_ref(&good.key));
     let reasons: HashMap<String, (String, String)> = dl
         .iter()
         .map(|e| {
             let d = DeadLetter::from_entry(e).unwrap();
-            (d.envelope().unwrap().event_id.to_string(), (d.reason, d.error))
+            (
+                d.envelope().unwrap().event_id.to_string(),
+                (d.reason, d.error),
+            )
         })
         .collect();
     let (reason, error) = &reasons[&unknown.event_id.to_string()];
     assert_eq!(reason, "unknown_event");
-    assert!(error.contains("menu.renamed.v9") && error.contains("order.created.v1"), "{error}");
+    assert!(
+        error.contains("menu.renamed.v9") && error.contains("order.created.v1"),
+        "{error}"
+    );
     let (reason, error) = &reasons[&invalid.event_id.to_string()];
     assert_eq!(reason, "invalid_payload");
-    assert!(error.contains("invalid order.created.v1 payload"), "{error}");
+    assert!(
+        error.contains("invalid order.created.v1 payload"),
+        "{error}"
+    );
 }
 
 #[tokio::test]

@@ -6,7 +6,7 @@
 
 use contract::streams::Namespace;
 use delivery_svc::{api, store::Store};
-use testkit::http;
+use testkit::http::Client;
 
 #[tokio::test]
 async fn lookups_validate_ids_and_queries() {
@@ -15,7 +15,10 @@ async fn lookups_validate_ids_and_queries() {
         .await
         .unwrap();
     let ns = Namespace::new(&format!("{}:", testkit::unique("delivery-api")));
-    let app = api::router(Store::new(client, &testkit::unique_db("delivery_api"), ns));
+    let app = Client::new(
+        api::router(Store::new(client, &testkit::unique_db("delivery_api"), ns)),
+        &api::openapi(),
+    );
     for (path, status, code) in [
         ("/api/v1/deliveries/nope", 422, "invalid_request"),
         (
@@ -36,7 +39,7 @@ async fn lookups_validate_ids_and_queries() {
             "not_found",
         ),
     ] {
-        let a = http::get(&app, path).await;
+        let a = app.get(path).await;
         assert_eq!(a.status, status, "{path}");
         assert_eq!(a.json["error"], code, "{path}");
         assert!(a.json["message"].is_string(), "{path}");

@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use common::settings::Env;
 use notify_svc::{Settings, api, hub::Hub, timeline::TimelineStore};
-use testkit::http;
+use testkit::http::Client;
 use tokio_util::sync::CancellationToken;
 
-async fn app() -> axum::Router {
+async fn app() -> Client {
     let url = testkit::shared_mongo().await.url();
     let settings = Settings::from_env(Env::from_map([("MONGO_URL", url.as_str())])).unwrap();
     let client = common::mongo::connect(&url, "notify-svc-tests")
@@ -19,12 +19,13 @@ async fn app() -> axum::Router {
         .unwrap();
     let store = TimelineStore::new(&client, &testkit::unique_db("notify_api"));
     let hub = Hub::new(Duration::from_secs(60));
-    api::router(api::AppState::new(
+    let router = api::router(api::AppState::new(
         &settings,
         store,
         hub,
         CancellationToken::new(),
-    ))
+    ));
+    Client::new(router, &api::openapi())
 }
 
 #[tokio::test]
@@ -44,7 +45,7 @@ async fn tracker_endpoints_validate_their_input() {
         ),
         ("/api/v1/orders/xyz/timeline", 422, "invalid_id"),
     ] {
-        let a = http::get(&app, path).await;
+        let a = app.get(path).await;
         assert_eq!(a.status, status, "{path}");
         assert_eq!(a.json["error"], code, "{path}");
     }
@@ -53,7 +54,7 @@ async fn tracker_endpoints_validate_their_input() {
 #[tokio::test]
 async fn the_tracker_page_is_served_with_its_api_url_filled_in() {
     let app = app().await;
-    let a = http::get(&app, "/").await;
+    let a = app.get("/").await;
     assert_eq!(a.status, 200);
     let page = a.text;
     assert!(page.contains("Order tracker") && !page.contains("__ORDER_API__"));

@@ -4,17 +4,18 @@
 
 #![allow(clippy::unwrap_used)]
 
-use axum::{Router, body::Body, http::Method};
+use axum::{body::Body, http::Method};
 use contract::streams::Namespace;
 use order_svc::{AppState, settings::Limits, store::Store};
 use serde_json::{Value, json};
-use testkit::http::{self, Answer};
+use testkit::http::{Answer, Client};
 
 const GOOD_ID: &str = "65f1a2b3c4d5e6f708192a3b";
 
-/// order-svc's router on a database of its own.
+/// order-svc's router on a database of its own; every answer is checked
+/// against its OpenAPI document.
 struct Api {
-    app: Router,
+    app: Client,
     db: mongodb::Database,
 }
 
@@ -27,10 +28,13 @@ impl Api {
         let name = testkit::unique_db("order_api");
         let ns = Namespace::new(&format!("{}:", testkit::unique("order-api")));
         let store = Store::new(client.clone(), &name, ns);
-        let app = order_svc::api::router(AppState {
-            store,
-            limits: Limits::default(),
-        });
+        let app = Client::new(
+            order_svc::api::router(AppState {
+                store,
+                limits: Limits::default(),
+            }),
+            &order_svc::api::openapi(),
+        );
         Self {
             app,
             db: client.database(&name),
@@ -51,19 +55,20 @@ impl Api {
     }
 
     async fn post_order(&self, body: &Value) -> (u16, Value) {
-        let a = http::post_json(&self.app, "/api/v1/orders", body).await;
+        let a = self.app.post_json("/api/v1/orders", body).await;
         (a.status, a.json)
     }
 
     async fn post_raw(&self, content_type: Option<&str>, body: &str) -> (u16, Value) {
-        let Answer { status, json, .. } = http::send(
-            &self.app,
-            Method::POST,
-            "/api/v1/orders",
-            content_type,
-            Body::from(body.to_owned()),
-        )
-        .await;
+        let Answer { status, json, .. } = self
+            .app
+            .send(
+                Method::POST,
+                "/api/v1/orders",
+                content_type,
+                Body::from(body.to_owned()),
+            )
+            .await;
         (status, json)
     }
 
@@ -258,7 +263,7 @@ async fn unknown_items_404_short_stock_409_and_nothing_changes() {
     assert!(resp["message"].as_str().unwrap().contains("Truffle"));
 
     for (id, stock) in [(&plenty, 100), (&scarce, 1)] {
-        let item = http::get(&api.app, &format!("/api/v1/menu/{id}")).await;
+        let item = api.app.get(&format!("/api/v1/menu/{id}")).await;
         assert_eq!(
             item.json["stock"], stock,
             "an order that fails reserves nothing"
@@ -280,7 +285,7 @@ async fn lookups_validate_ids() {
         ("/api/v1/menu/zzz", 422, "invalid_id"),
         (&format!("/api/v1/menu/{GOOD_ID}"), 404, "not_found"),
     ] {
-        let a = http::get(&api.app, path).await;
+        let a = api.app.get(path).await;
         assert_eq!(a.status, status, "{path}");
         assert_eq!(a.json["error"], code, "{path}");
     }

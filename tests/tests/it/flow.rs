@@ -128,3 +128,76 @@ async fn many_orders_all_reach_delivered() {
     assert_eq!(sys.count("deliveries", bson::doc! {}).await, 20);
     sys.shutdown().await;
 }
+
+/// A new consumer of an existing event needs no change anywhere: a
+/// throw-away consumer group on orders-stream, with the contract crate alone,
+/// reads and decodes everything the running system published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_consumer_group_decodes_orders_stream_with_the_contract_alone() {
+    use contract::{
+        Envelope,
+        events::{OrdersEvent, StreamEvent},
+        streams::Stream,
+    };
+    let sys = System::start().await;
+    let menu = sys.seed_menu().await;
+    let order = sys
+        .place_order(&[(menu[0]["id"].as_str().unwrap(), 1)])
+        .await;
+    let id = order["id"].as_str().unwrap().to_owned();
+    sys.wait_order_status(&id, "delivered", FLOW_TIMEOUT).await;
+
+    let key = sys.namespace().stream(Stream::Orders);
+    let mut conn = sys.redis.clone();
+    let group = testkit::unique("throwaway");
+    redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&key)
+        .arg(&group)
+        .arg("0")
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    let reply: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(&group)
+        .arg("reader")
+        .arg("COUNT")
+        .arg(1000)
+        .arg("STREAMS")
+        .arg(&key)
+        .arg(">")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let entries: Vec<_> = contract::redis::xread(reply)
+        .unwrap()
+        .into_iter()
+        .flat_map(|(_, e)| e)
+        .collect();
+    let events: Vec<OrdersEvent> = entries
+        .iter()
+        .map(|e| OrdersEvent::decode(&Envelope::from_entry(e).unwrap()).unwrap())
+        .collect();
+    let statuses: Vec<String> = events
+        .iter()
+        .filter_map(|e| match e {
+            OrdersEvent::Created(p) if p.order_id.to_string() == id => Some("created".to_owned()),
+            OrdersEvent::StatusUpdated(p) if p.order_id.to_string() == id => {
+                Some(p.status.as_str().to_owned())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        statuses,
+        [
+            "created",
+            "confirmed",
+            "preparing",
+            "out_for_delivery",
+            "delivered"
+        ]
+    );
+    sys.shutdown().await;
+}
