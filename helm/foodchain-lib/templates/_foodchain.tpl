@@ -141,6 +141,34 @@ namespace (a name, or "$(POD_NAMESPACE)" inside container env).
 {{- dig "redis" "host" "" $g | default (printf "%s.%s.svc.%s" (include "foodchain.name" (dict "root" .root "name" "redis")) .namespace (include "foodchain.clusterDomain" .root)) -}}
 {{- end -}}
 
+{{/* --------------------------------------------------------- Admin token */}}
+
+{{/*
+Secret holding order-svc's admin API token (key admin-token): the existing
+Secret named by order-svc's adminToken.existingSecret, else the one the
+order-svc chart generates, <release>-order-svc-admin. Args: root,
+existingSecret (the order-svc value).
+*/}}
+{{- define "foodchain.adminToken.secretName" -}}
+{{- .existingSecret | default (include "foodchain.name" (dict "root" .root "name" "order-svc-admin")) -}}
+{{- end -}}
+
+{{/* ------------------------------------------------------------ Proxying */}}
+
+{{/*
+TRUST_FORWARDED_FOR of a service that faces clients (order-svc, notify-svc):
+"true" when global.ingress.enabled (the Ingress controller is then the
+trusted proxy in front of the pods and sets X-Forwarded-For), else "false";
+empty when the service's env or global.env gives TRUST_FORWARDED_FOR itself
+(that value is used instead).
+*/}}
+{{- define "foodchain.trustForwardedFor" -}}
+{{- $g := fromYaml (include "foodchain.global" .) -}}
+{{- if not (or (hasKey (.Values.env | default dict) "TRUST_FORWARDED_FOR") (hasKey (dig "env" dict $g) "TRUST_FORWARDED_FOR")) -}}
+{{- ternary "true" "false" (eq (dig "ingress" "enabled" false $g | toString) "true") -}}
+{{- end -}}
+{{- end -}}
+
 {{/* ------------------------------------------------------------- Images */}}
 
 {{/*
@@ -237,7 +265,9 @@ there replaces the chart's own variable of that name).
 {{/*
 Deployment + Service (+ ServiceMonitor, + KEDA objects) of one foodchain
 service; each service subchart's templates call this with its own values.
-Args: root, env (service-specific env computed by the subchart, optional).
+Args: root, env (service-specific env computed by the subchart, optional),
+volumes and volumeMounts (lists of extra Volume and VolumeMount objects of
+the pod and its container, e.g. a Secret mounted as files; optional).
 */}}
 {{- define "foodchain.service" -}}
 {{- $root := .root -}}
@@ -332,10 +362,16 @@ spec:
           volumeMounts:
             - name: tmp
               mountPath: /tmp
+            {{- with .volumeMounts }}
+            {{- toYaml . | nindent 12 }}
+            {{- end }}
       volumes:
         - name: tmp
           emptyDir:
             sizeLimit: 64Mi
+        {{- with .volumes }}
+        {{- toYaml . | nindent 8 }}
+        {{- end }}
       {{- with $v.nodeSelector }}
       nodeSelector:
         {{- toYaml . | nindent 8 }}

@@ -77,8 +77,23 @@ volumeMounts:
     mountPath: /tmp
 {{- end -}}
 
-{{/* Env of the mongosh containers: namespace, members, root credentials. */}}
+{{/*
+Env of the mongosh containers: namespace, members, database and the
+application user's credentials.
+*/}}
 {{- define "foodchain.job.mongoEnv" -}}
+{{ include "foodchain.job.mongoConnEnv" . }}
+- name: MONGO_USERNAME
+  value: {{ include "foodchain.mongodb.username" . | quote }}
+- name: MONGO_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "foodchain.mongodb.secretName" . }}
+      key: mongodb-password
+{{- end -}}
+
+{{/* Env of a mongosh container without credentials: namespace, members, database. */}}
+{{- define "foodchain.job.mongoConnEnv" -}}
 - name: POD_NAMESPACE
   valueFrom:
     fieldRef:
@@ -92,13 +107,6 @@ volumeMounts:
   value: {{ include "foodchain.mongodb.replicaSetName" . | quote }}
 - name: MONGO_DB
   value: {{ include "foodchain.mongodb.database" . | quote }}
-- name: MONGO_USERNAME
-  value: {{ include "foodchain.mongodb.username" . | quote }}
-- name: MONGO_PASSWORD
-  valueFrom:
-    secretKeyRef:
-      name: {{ include "foodchain.mongodb.secretName" . }}
-      key: mongodb-password
 {{- end -}}
 
 {{/* Root credentials (init jobs only). */}}
@@ -110,4 +118,37 @@ volumeMounts:
     secretKeyRef:
       name: {{ include "foodchain.mongodb.secretName" . }}
       key: mongodb-root-password
+{{- end -}}
+
+{{/* ------------------------------------------------------- restock user */}}
+
+{{/*
+Secret holding mongodb-restock-password, the password of the stock-refill
+CronJob's MongoDB user (stockRefill.username).
+*/}}
+{{- define "foodchain.restock.secretName" -}}
+{{- .Values.stockRefill.existingSecret | default (include "foodchain.name" (dict "root" . "name" "mongodb-restock")) -}}
+{{- end -}}
+
+{{/* The restock user's name, checked against the application and root users. */}}
+{{- define "foodchain.restock.username" -}}
+{{- $name := .Values.stockRefill.username | required "stockRefill.username is required" -}}
+{{- if has $name (list (include "foodchain.mongodb.username" .) (include "foodchain.mongodb.rootUsername" .)) -}}
+{{- fail (printf "stockRefill.username %q must differ from global.mongodb.username and global.mongodb.rootUsername: the CronJob gets a user of its own" $name) -}}
+{{- end -}}
+{{- $name -}}
+{{- end -}}
+
+{{/*
+Credentials of the restock user, as <prefix>USERNAME and <prefix>PASSWORD.
+Args: root, prefix ("MONGO_" in the CronJob, "MONGO_RESTOCK_" in init-user).
+*/}}
+{{- define "foodchain.job.restockEnv" -}}
+- name: {{ .prefix }}USERNAME
+  value: {{ include "foodchain.restock.username" .root | quote }}
+- name: {{ .prefix }}PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "foodchain.restock.secretName" .root }}
+      key: mongodb-restock-password
 {{- end -}}
