@@ -42,8 +42,20 @@ if "$BIN/order-svc" --help 2>/dev/null | grep -q seed-menu; then
   "$BIN/order-svc" seed-menu
 fi
 
-# The tracker page (on notify-svc) calls order-svc, on another port here.
+# The tracker page (on notify-svc) calls order-svc, on another port here:
+# order-svc allows the page's origin (CORS), and tracking links point to it.
 export ORDER_API_URL=${ORDER_API_URL:-http://127.0.0.1:$ORDER_PORT}
+PAGE_ORIGINS="http://127.0.0.1:$NOTIFY_PORT,http://localhost:$NOTIFY_PORT"
+export CORS_ALLOWED_ORIGINS=${CORS_ALLOWED_ORIGINS:-$PAGE_ORIGINS}
+export TRACKER_BASE_URL=${TRACKER_BASE_URL:-http://127.0.0.1:$NOTIFY_PORT}
+# The admin API's token: generated once, kept in .infra/ (git-ignored),
+# passed as a file (never on a command line, never printed).
+ADMIN_TOKEN_FILE=${ADMIN_TOKEN_FILE:-${INFRA_DIR:-$ROOT/.infra}/admin-token}
+if [ ! -s "$ADMIN_TOKEN_FILE" ]; then
+  mkdir -p "$(dirname "$ADMIN_TOKEN_FILE")"
+  (umask 077 && head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' >"$ADMIN_TOKEN_FILE")
+fi
+export ADMIN_TOKEN_FILE
 start() { # <binary> <port>
   PORT=$2 "$BIN/$1" >>"$LOGS/$1.log" 2>&1 &
   pids+=($!)
@@ -71,6 +83,7 @@ cat >&2 <<MSG
     Redis / MongoDB    $REDIS_URL  $MONGO_URL
     logs               $LOGS/
     dead letters       $DLQ_CMD
+    admin API token    in $ADMIN_TOKEN_FILE  (curl -H "Authorization: Bearer \$(cat $ADMIN_TOKEN_FILE)" http://127.0.0.1:$ORDER_PORT/api/v1/admin/overview)
   Ctrl-C stops everything.
 
 MSG

@@ -219,8 +219,8 @@ async fn post_order(
     Ok((status, r.json().await.unwrap_or_default()))
 }
 
-/// Places `n` orders from `concurrency` clients; returns `(order id, latency ms)`
-/// of the accepted ones and the number of other answers.
+/// Places `n` orders from `concurrency` clients; returns `(order id, tracking
+/// token, latency ms)` of the accepted ones and the number of other answers.
 async fn place_many(
     http: &reqwest::Client,
     urls: &[String],
@@ -228,11 +228,11 @@ async fn place_many(
     n: usize,
     concurrency: usize,
     tag: &str,
-) -> (Vec<(String, f64)>, usize) {
+) -> (Vec<(String, String, f64)>, usize) {
     let errors = Arc::new(AtomicUsize::new(0));
     let mut rng = StdRng::seed_from_u64(7);
     let picks: Vec<usize> = (0..n).map(|_| rng.random_range(0..items.len())).collect();
-    let accepted: Vec<(String, f64)> = stream::iter(picks.into_iter().enumerate())
+    let accepted: Vec<(String, String, f64)> = stream::iter(picks.into_iter().enumerate())
         .map(|(i, pick)| {
             let errors = errors.clone();
             let url = &urls[i % urls.len()];
@@ -242,6 +242,7 @@ async fn place_many(
                 match post_order(http, url, &key, &items[pick]).await {
                     Ok((201, order)) => Some((
                         order["id"].as_str()?.to_owned(),
+                        order["tracking_token"].as_str()?.to_owned(),
                         started.elapsed().as_secs_f64() * 1e3,
                     )),
                     _ => {
@@ -265,15 +266,18 @@ async fn pipeline_ms(
     order_url: &str,
     notify_url: &str,
     id: &str,
+    token: &str,
 ) -> anyhow::Result<(f64, Vec<f64>)> {
     let order: Value = http
         .get(format!("{order_url}/api/v1/orders/{id}"))
+        .bearer_auth(token)
         .send()
         .await?
         .json()
         .await?;
     let timeline: Value = http
         .get(format!("{notify_url}/api/v1/orders/{id}/timeline"))
+        .bearer_auth(token)
         .send()
         .await?
         .json()
@@ -368,9 +372,9 @@ async fn measure(cluster: &Cluster, cfg: &BenchConfig) -> anyhow::Result<BenchRe
     wait_delivered(&orders, Duration::from_secs(600)).await?;
     let drain_secs = last_post.elapsed().as_secs_f64();
 
-    let create_latency = Percentiles::of(accepted.iter().map(|(_, ms)| *ms).collect());
+    let create_latency = Percentiles::of(accepted.iter().map(|(_, _, ms)| *ms).collect());
     let measured: Vec<(f64, Vec<f64>)> = stream::iter(&accepted)
-        .map(|(id, _)| pipeline_ms(&http, order_url, notify_url, id))
+        .map(|(id, token, _)| pipeline_ms(&http, order_url, notify_url, id, token))
         .buffer_unordered(16)
         .filter_map(|r| async move { r.ok() })
         .collect()

@@ -124,6 +124,7 @@ impl Cluster {
         std::fs::create_dir_all(&dir)?;
         let redis = RedisServer::start_with(RedisOptions {
             appendfsync: Some(fsync),
+            acl_user: None,
         })
         .await;
         let mongo = MongoServer::start().await;
@@ -174,6 +175,8 @@ impl Cluster {
             ("OUTBOX_POLL_MS", "100".into()),
             ("SIMULATOR_DELAY_SCALE", "0.05".into()),
             ("SIM_POLL_MS", "20".into()),
+            // The load comes from one address: no per-client order rate.
+            ("ORDER_RATE_PER_SEC", "0".into()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))

@@ -32,6 +32,9 @@ pub struct Accepted {
     pub order_id: String,
     /// The Idempotency-Key used.
     pub key: String,
+    /// Its tracking token (trackers need it).
+    #[serde(default)]
+    pub token: String,
     /// `(item id, quantity)`.
     pub items: Vec<(String, u32)>,
     /// Attempts it took.
@@ -132,7 +135,7 @@ pub async fn run(
             let outcome = place(&http, &*targets, &key, &items, &retries, &tx).await;
             let tracker = match (&outcome, tracked) {
                 (Outcome::Accepted(a), true) => {
-                    Some(track(targets, a.order_id.clone(), deadline).await)
+                    Some(track(targets, a.order_id.clone(), a.token.clone(), deadline).await)
                 }
                 _ => None,
             };
@@ -194,6 +197,10 @@ async fn place(
                         Some(id) => Outcome::Accepted(Accepted {
                             order_id: id.to_owned(),
                             key: key.to_owned(),
+                            token: order["tracking_token"]
+                                .as_str()
+                                .unwrap_or_default()
+                                .to_owned(),
                             items: items.to_vec(),
                             attempts: attempt,
                         }),
@@ -262,6 +269,7 @@ fn label(entry: &Value) -> String {
 pub async fn track(
     targets: Arc<dyn Targets>,
     order_id: String,
+    token: String,
     deadline: Duration,
 ) -> TrackerResult {
     let mut r = TrackerResult {
@@ -280,9 +288,18 @@ pub async fn track(
         };
         connection += 1;
         let url = format!("{}/ws/orders/{order_id}", base.replacen("http", "ws", 1));
+        let Ok(mut req) =
+            tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)
+        else {
+            break;
+        };
+        // As a browser sends it: the token as a second offered subprotocol.
+        if let Ok(v) = format!("foodchain.v1, bearer.{token}").parse() {
+            req.headers_mut().insert("sec-websocket-protocol", v);
+        }
         let Ok(Ok((mut socket, _))) = tokio::time::timeout(
             Duration::from_secs(5),
-            tokio_tungstenite::connect_async(url),
+            tokio_tungstenite::connect_async(req),
         )
         .await
         else {

@@ -88,6 +88,7 @@ async fn world() -> World {
         accepted.push(Accepted {
             order_id: id,
             key: format!("k-{o}"),
+            token: String::new(),
             items: vec![(items[item].to_hex(), q)],
             attempts: 1,
         });

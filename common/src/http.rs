@@ -252,3 +252,111 @@ pub fn openapi_route(doc: utoipa::openapi::OpenApi) -> Router {
         }),
     )
 }
+
+/// The credential of `Authorization: Bearer <credential>` (scheme matched
+/// case-insensitively), if the request sent one.
+pub fn bearer(headers: &axum::http::HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, credential) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| credential.trim())
+        .filter(|c| !c.is_empty())
+}
+
+/// The client's address: the peer, or (with `trust_forwarded_for`, behind a
+/// proxy that sets it) the first address of `X-Forwarded-For`.
+pub fn client_ip(
+    headers: &axum::http::HeaderMap,
+    peer: Option<std::net::IpAddr>,
+    trust_forwarded_for: bool,
+) -> Option<std::net::IpAddr> {
+    if trust_forwarded_for
+        && let Some(ip) = headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(',').next())
+            .and_then(|first| first.trim().parse().ok())
+    {
+        return Some(ip);
+    }
+    peer
+}
+
+/// The peer address axum recorded for a request (`ConnectInfo`), which the
+/// runtime always provides.
+pub fn peer_ip<B>(req: &axum::http::Request<B>) -> Option<std::net::IpAddr> {
+    req.extensions()
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip())
+}
+
+/// A CORS layer allowing exactly `origins` (none: no cross-origin calls; a
+/// lone `*`: any origin, which deployments should not need), with the
+/// methods and headers the foodchain APIs use.
+pub fn cors(origins: &[String]) -> tower_http::cors::CorsLayer {
+    use axum::http::{HeaderName, Method};
+    use tower_http::cors::{AllowOrigin, CorsLayer};
+    let allow = if origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    CorsLayer::new()
+        .allow_origin(allow)
+        .allow_methods([Method::GET, Method::POST, Method::PATCH])
+        .allow_headers([
+            header::CONTENT_TYPE,
+            header::AUTHORIZATION,
+            HeaderName::from_static("idempotency-key"),
+            HeaderName::from_static("x-correlation-id"),
+        ])
+        .expose_headers([
+            header::LOCATION,
+            header::RETRY_AFTER,
+            HeaderName::from_static("x-correlation-id"),
+            HeaderName::from_static("idempotent-replayed"),
+        ])
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::HeaderMap;
+
+    use super::*;
+
+    #[test]
+    fn bearer_credentials_and_client_addresses() {
+        let mut h = HeaderMap::new();
+        assert_eq!(bearer(&h), None);
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer abc"),
+        );
+        assert_eq!(bearer(&h), Some("abc"));
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("bearer  x "),
+        );
+        assert_eq!(bearer(&h), Some("x"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert_eq!(bearer(&h), None);
+
+        let peer = Some(
+            "10.0.0.1"
+                .parse()
+                .unwrap_or(std::net::Ipv4Addr::LOCALHOST.into()),
+        );
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("203.0.113.7, 10.0.0.2"),
+        );
+        assert_eq!(client_ip(&h, peer, false), peer, "not trusted: the peer");
+        assert_eq!(
+            client_ip(&h, peer, true)
+                .map(|ip| ip.to_string())
+                .as_deref(),
+            Some("203.0.113.7")
+        );
+    }
+}

@@ -114,7 +114,7 @@ const SAMPLE_TIMEOUT: Duration = Duration::from_secs(2);
 impl Runtime {
     /// Sets up the Redis client (no I/O yet).
     pub fn new(settings: &CommonSettings, shutdown: CancellationToken) -> Result<Self, StartError> {
-        let redis = wire::client(&settings.redis_url)?;
+        let redis = wire::client(settings.redis_url.expose())?;
         let conn = wire::commands(&redis)?;
         // Before anything records a metric.
         crate::metrics::handle();
@@ -148,8 +148,11 @@ impl Runtime {
 
     /// Sets up the MongoDB client and makes readiness depend on it.
     pub async fn mongo(&self) -> Result<mongodb::Client, StartError> {
-        let mongo =
-            crate::mongo::connect(&self.settings.mongo_url, &self.settings.service_name).await?;
+        let mongo = crate::mongo::connect(
+            self.settings.mongo_url.expose(),
+            &self.settings.service_name,
+        )
+        .await?;
         self.health
             .watch_mongo(mongo.clone(), &self.settings.mongo_db);
         Ok(mongo)
@@ -379,9 +382,14 @@ impl Runtime {
         }
         info!(addr = %listener.local_addr()?, service = %settings.service_name, "listening");
         let drain = settings.shutdown_timeout;
-        let server = axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .into_future();
+        // Handlers and layers see the peer address (`ConnectInfo`): rate
+        // limits and session caps are per client.
+        let server = axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<std::net::SocketAddr>(),
+        )
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .into_future();
         tokio::pin!(server);
         // From the moment shutdown starts, requests and then background tasks
         // have `drain` in all to finish.

@@ -50,6 +50,147 @@ pub const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:16379";
 /// Where `make run` starts MongoDB.
 pub const DEFAULT_MONGO_URL: &str = "mongodb://127.0.0.1:37017/?directConnection=true";
 
+/// A secret setting (a token, a password): shown as `***` by `Debug` and
+/// `Display`, so that printing a settings struct or logging it never shows
+/// it; [`Secret::expose`] is the one way to read it.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The value, for the one place that needs it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "***" })
+    }
+}
+
+impl std::fmt::Display for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self, f)
+    }
+}
+
+/// A connection URL that may carry credentials (`redis://user:pass@host`,
+/// `mongodb://user:pass@host`): `Debug` and `Display` show it with the
+/// password replaced by `***`; [`SecretUrl::expose`] gives the real one.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretUrl(String);
+
+impl SecretUrl {
+    /// Wraps a URL.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(url.into())
+    }
+
+    /// The URL with its credentials, to connect with.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URL as it may be shown: password masked.
+    pub fn redacted(&self) -> String {
+        match Url::parse(&self.0) {
+            Ok(mut url) if url.password().is_some() => {
+                let _ = url.set_password(Some("***"));
+                url.to_string()
+            }
+            Ok(_) => self.0.clone(),
+            Err(_) => "<unparsable URL>".to_owned(),
+        }
+    }
+}
+
+impl std::fmt::Debug for SecretUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", self.redacted())
+    }
+}
+
+impl std::fmt::Display for SecretUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+/// A secret from `<KEY>` or, for Kubernetes Secrets mounted as files, from the
+/// file named by `<KEY>_FILE` (trimmed). Setting both is an error.
+pub fn secret(env: &mut Env, key: &str) -> Option<Secret> {
+    let file_key = format!("{key}_FILE");
+    match (env.raw(key), env.raw(&file_key)) {
+        (Some(_), Some(_)) => {
+            env.check(false, format!("set {key} or {file_key}, not both"));
+            None
+        }
+        (Some(v), None) => Some(Secret::new(v.trim())),
+        (None, Some(path)) => match std::fs::read_to_string(&path) {
+            Ok(v) if !v.trim().is_empty() => Some(Secret::new(v.trim())),
+            Ok(_) => {
+                env.check(false, format!("{file_key}={path:?}: the file is empty"));
+                None
+            }
+            Err(e) => {
+                env.check(false, format!("{file_key}={path:?}: {e}"));
+                None
+            }
+        },
+        (None, None) => None,
+    }
+}
+
+/// Settings of a service that browsers and other clients reach directly.
+#[derive(Debug, Clone, Default)]
+pub struct EdgeSettings {
+    /// Origins allowed to call cross-origin (`CORS_ALLOWED_ORIGINS`); none:
+    /// same-origin only.
+    pub cors_allowed_origins: Vec<String>,
+    /// Take the client address from `X-Forwarded-For` (`TRUST_FORWARDED_FOR`):
+    /// only behind a proxy that sets it (an Ingress), since a client can.
+    pub trust_forwarded_for: bool,
+}
+
+impl EdgeSettings {
+    /// Reads `CORS_ALLOWED_ORIGINS` and `TRUST_FORWARDED_FOR`.
+    pub fn from_env(env: &mut Env) -> Self {
+        let origins: Vec<String> = env
+            .string("CORS_ALLOWED_ORIGINS", "")
+            .split(',')
+            .map(|o| o.trim().trim_end_matches('/').to_owned())
+            .filter(|o| !o.is_empty())
+            .collect();
+        for o in &origins {
+            let ok = o == "*"
+                || Url::parse(o).is_ok_and(|u| {
+                    matches!(u.scheme(), "http" | "https") && u.host().is_some() && u.path() == "/"
+                });
+            env.check(
+                ok,
+                format!(
+                    "CORS_ALLOWED_ORIGINS: `{o}` is not an origin (scheme://host[:port]) or `*`"
+                ),
+            );
+        }
+        Self {
+            cors_allowed_origins: origins,
+            trust_forwarded_for: env.parse("TRUST_FORWARDED_FOR", false),
+        }
+    }
+}
+
 /// Why settings could not be loaded: every offending variable, one per line.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration:\n  {}", .0.join("\n  "))]
@@ -271,10 +412,12 @@ pub struct CommonSettings {
     pub service_name: String,
     /// Deployment environment (`local`, `staging`, ...), a log label.
     pub app_env: String,
-    /// Redis holding the streams.
-    pub redis_url: String,
+    /// Redis holding the streams (may carry a user and password; redacted
+    /// when printed).
+    pub redis_url: SecretUrl,
     /// MongoDB connection string; must reach a replica set (transactions).
-    pub mongo_url: String,
+    /// May carry credentials; redacted when printed.
+    pub mongo_url: SecretUrl,
     /// Database name.
     pub mongo_db: String,
     /// Prefix of every Redis key this deployment uses.
@@ -323,8 +466,8 @@ impl CommonSettings {
                 .raw("CONSUMER_NAME")
                 .unwrap_or_else(default_consumer_name),
             app_env: env.string("APP_ENV", "local"),
-            redis_url,
-            mongo_url,
+            redis_url: SecretUrl::new(redis_url),
+            mongo_url: SecretUrl::new(mongo_url),
             mongo_db,
             stream_prefix: env.string("STREAM_PREFIX", ""),
             stream_maxlen: (maxlen > 0).then_some(maxlen),
@@ -396,9 +539,9 @@ mod tests {
         let s = CommonSettings::from_env(&mut env, "order-svc");
         env.finish().unwrap();
         assert_eq!(s.service_name, "order-svc");
-        assert_eq!(s.redis_url, "redis://127.0.0.1:16379");
+        assert_eq!(s.redis_url.expose(), "redis://127.0.0.1:16379");
         assert_eq!(
-            s.mongo_url,
+            s.mongo_url.expose(),
             "mongodb://127.0.0.1:37017/?directConnection=true"
         );
         assert_eq!(s.mongo_db, "foodchain");
@@ -440,5 +583,77 @@ mod tests {
         env.finish().unwrap();
         assert_eq!(s.stream_maxlen, None);
         assert_ne!(default_consumer_name(), default_consumer_name());
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let mut env = Env::from_map([
+            ("REDIS_URL", "redis://foodchain:s3cret-pass@redis:6379/0"),
+            (
+                "MONGO_URL",
+                "mongodb://app:m0ngo-pass@mongo:27017/?replicaSet=rs0",
+            ),
+        ]);
+        let s = CommonSettings::from_env(&mut env, "x");
+        env.finish().unwrap();
+        let printed = format!("{s:?} {} {}", s.redis_url, s.mongo_url);
+        assert!(
+            !printed.contains("s3cret-pass") && !printed.contains("m0ngo-pass"),
+            "{printed}"
+        );
+        assert!(
+            printed.contains("redis://foodchain:***@redis:6379/0"),
+            "{printed}"
+        );
+        assert_eq!(
+            s.redis_url.expose(),
+            "redis://foodchain:s3cret-pass@redis:6379/0"
+        );
+        assert_eq!(format!("{:?}", Secret::new("tok")), "***");
+    }
+
+    #[test]
+    fn secrets_come_from_the_variable_or_a_file_not_both() {
+        let dir = std::env::temp_dir().join(format!("secret-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("token");
+        std::fs::write(&file, "from-file\n").unwrap();
+        let path = file.to_string_lossy().into_owned();
+        let mut env = Env::from_map([("ADMIN_TOKEN_FILE", path.as_str())]);
+        assert_eq!(
+            secret(&mut env, "ADMIN_TOKEN").unwrap().expose(),
+            "from-file"
+        );
+        env.finish().unwrap();
+        let mut env = Env::from_map([("ADMIN_TOKEN", "a"), ("ADMIN_TOKEN_FILE", path.as_str())]);
+        assert!(secret(&mut env, "ADMIN_TOKEN").is_none());
+        assert!(env.finish().is_err());
+        let mut env = Env::from_map([("ADMIN_TOKEN_FILE", "/nonexistent/x")]);
+        secret(&mut env, "ADMIN_TOKEN");
+        assert!(env.finish().is_err());
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn cors_origins_are_checked() {
+        let mut env = Env::from_map([(
+            "CORS_ALLOWED_ORIGINS",
+            "http://127.0.0.1:8003, https://shop.example/",
+        )]);
+        let e = EdgeSettings::from_env(&mut env);
+        env.finish().unwrap();
+        assert_eq!(
+            e.cors_allowed_origins,
+            ["http://127.0.0.1:8003", "https://shop.example"]
+        );
+        let mut env = Env::from_map([("CORS_ALLOWED_ORIGINS", "shop.example/path")]);
+        EdgeSettings::from_env(&mut env);
+        assert!(env.finish().is_err());
+        let mut env = Env::from_map::<&str, &str>([]);
+        assert!(
+            EdgeSettings::from_env(&mut env)
+                .cors_allowed_origins
+                .is_empty()
+        );
     }
 }

@@ -26,6 +26,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use crate::{
+    auth::TokenHash,
     envelope::Envelope,
     ids::{DeliveryId, MenuItemId, OrderId},
     status::{DeliveryStatus, OrderStatus},
@@ -240,6 +241,9 @@ pub struct OrderCreated {
     pub version: u32,
     /// When it was accepted.
     pub created_at: DateTime<Utc>,
+    /// SHA-256 of the order's tracking token: lets notify-svc check the
+    /// token of a tracker without asking order-svc (never the token itself).
+    pub tracking_token_hash: TokenHash,
 }
 
 /// `order.status_updated.v1`: an order moved to a new status.
@@ -366,6 +370,7 @@ OrderCreated {
     total_cents: 1900,
     version: 1,
     created_at: example_time(),
+    tracking_token_hash: crate::auth::TrackingToken::from_bytes([7; 32]).hash(),
 });
 event!(OrderStatusUpdated, "order.status_updated", 1, Orders, key: order_id,
 "An order moved to a new status (with the customer when it goes out for delivery).",

@@ -7,6 +7,7 @@
 //!
 //! | module | what it gives |
 //! |---|---|
+//! | [`auth`] | tracking tokens and their stored hashes |
 //! | [`envelope`] | the [`Envelope`] every event travels in, and its stream-entry encoding |
 //! | [`events`] | one type per event ([`events::Event`]: name, version, stream), one enum per stream ([`events::StreamEvent`]), the [`events::catalog`] |
 //! | [`streams`] | stream, service and consumer-group names, with who publishes and who reads each stream; the per-deployment key prefix |
@@ -22,6 +23,7 @@
 //! `utoipa::ToSchema`.
 
 pub mod asyncapi;
+pub mod auth;
 pub mod dead_letter;
 pub mod entry;
 pub mod envelope;

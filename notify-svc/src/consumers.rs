@@ -8,12 +8,9 @@
 //! atomic write, which is what an inbox transaction provides elsewhere.
 
 use common::consumer::{Handler, HandlerError, Message, Outcome};
-use contract::{
-    OrderId,
-    events::{DeliveriesEvent, OrdersEvent},
-};
+use contract::events::{DeliveriesEvent, OrdersEvent};
 
-use crate::timeline::{Entry, TimelineStore, delivery_entry, order_entry};
+use crate::timeline::{Fact, TimelineStore, delivery_fact, order_fact};
 
 /// Appends timeline events to MongoDB.
 #[derive(Debug, Clone)]
@@ -23,10 +20,10 @@ pub struct TimelineHandler {
 }
 
 impl TimelineHandler {
-    async fn append(&self, (order_id, entry): (OrderId, Entry)) -> Result<Outcome, HandlerError> {
+    async fn append(&self, fact: Fact) -> Result<Outcome, HandlerError> {
         let appended = self
             .store
-            .append(order_id, &entry)
+            .append(&fact)
             .await
             .map_err(HandlerError::from_mongo)?;
         Ok(if appended {
@@ -39,12 +36,12 @@ impl TimelineHandler {
 
 impl Handler<OrdersEvent> for TimelineHandler {
     async fn handle(&self, msg: &Message<OrdersEvent>) -> Result<Outcome, HandlerError> {
-        self.append(order_entry(&msg.envelope, &msg.event)).await
+        self.append(order_fact(&msg.envelope, &msg.event)).await
     }
 }
 
 impl Handler<DeliveriesEvent> for TimelineHandler {
     async fn handle(&self, msg: &Message<DeliveriesEvent>) -> Result<Outcome, HandlerError> {
-        self.append(delivery_entry(&msg.envelope, &msg.event)).await
+        self.append(delivery_fact(&msg.envelope, &msg.event)).await
     }
 }

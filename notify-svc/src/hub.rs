@@ -28,6 +28,7 @@ use std::{
 use common::backoff::Backoff;
 use contract::{
     Envelope, OrderId,
+    auth::TokenHash,
     events::{DeliveriesEvent, OrdersEvent, StreamEvent},
     redis as stream_entry,
     streams::{Namespace, Stream},
@@ -37,7 +38,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::timeline::{Entry, delivery_entry, order_entry};
+use crate::timeline::{Entry, Fact, delivery_fact, order_fact};
 
 /// The streams the tail reads.
 const STREAMS: [Stream; 2] = [Stream::Orders, Stream::Deliveries];
@@ -54,7 +55,15 @@ const PRUNE_EVERY: Duration = Duration::from_secs(10);
 #[derive(Debug, Default)]
 struct State {
     subscribers: HashMap<OrderId, Vec<(u64, mpsc::Sender<Entry>)>>,
-    recent: HashMap<OrderId, (Instant, Vec<Entry>)>,
+    recent: HashMap<OrderId, Recent>,
+}
+
+/// What this replica saw live of one order.
+#[derive(Debug)]
+struct Recent {
+    touched: Instant,
+    entries: Vec<Entry>,
+    token_hash: Option<TokenHash>,
 }
 
 /// Subscribers and recent events of this replica.
@@ -125,27 +134,37 @@ impl Hub {
         self.lock().subscribers.values().map(Vec::len).sum()
     }
 
-    /// Entries this replica saw live for an order recently.
-    pub fn recent(&self, order_id: OrderId) -> Vec<Entry> {
+    /// What this replica saw live of an order recently: its entries, and
+    /// its token hash if its creation was among them.
+    pub fn recent(&self, order_id: OrderId) -> (Vec<Entry>, Option<TokenHash>) {
         self.lock()
             .recent
             .get(&order_id)
-            .map(|(_, e)| e.clone())
+            .map(|r| (r.entries.clone(), r.token_hash))
             .unwrap_or_default()
     }
 
-    /// Remembers an entry and hands it to the order's subscribers.
-    pub fn publish(&self, order_id: OrderId, entry: Entry) {
+    /// Remembers a fact and hands its entry to the order's subscribers.
+    pub fn publish(&self, fact: Fact) {
+        let Fact {
+            order_id,
+            entry,
+            token_hash,
+        } = fact;
         let mut state = self.lock();
-        let recent = state
-            .recent
-            .entry(order_id)
-            .or_insert_with(|| (Instant::now(), Vec::new()));
-        recent.0 = Instant::now();
-        if recent.1.iter().any(|e| e.event_id == entry.event_id) {
+        let recent = state.recent.entry(order_id).or_insert_with(|| Recent {
+            touched: Instant::now(),
+            entries: Vec::new(),
+            token_hash: None,
+        });
+        recent.touched = Instant::now();
+        if token_hash.is_some() {
+            recent.token_hash = token_hash;
+        }
+        if recent.entries.iter().any(|e| e.event_id == entry.event_id) {
             return;
         }
-        recent.1.push(entry.clone());
+        recent.entries.push(entry.clone());
         if let Some(subs) = state.subscribers.get_mut(&order_id) {
             subs.retain(|(id, tx)| match tx.try_send(entry.clone()) {
                 Ok(()) => true,
@@ -165,9 +184,7 @@ impl Hub {
     /// Forgets orders not seen for longer than the TTL.
     pub fn prune(&self) {
         let ttl = self.recent_ttl;
-        self.lock()
-            .recent
-            .retain(|_, (touched, _)| touched.elapsed() < ttl);
+        self.lock().recent.retain(|_, r| r.touched.elapsed() < ttl);
     }
 }
 
@@ -232,12 +249,12 @@ pub async fn tail(
                 continue;
             };
             let decoded = if stream == Stream::Orders {
-                OrdersEvent::decode(&envelope).map(|e| order_entry(&envelope, &e))
+                OrdersEvent::decode(&envelope).map(|e| order_fact(&envelope, &e))
             } else {
-                DeliveriesEvent::decode(&envelope).map(|e| delivery_entry(&envelope, &e))
+                DeliveriesEvent::decode(&envelope).map(|e| delivery_fact(&envelope, &e))
             };
             match decoded {
-                Ok((order_id, entry)) => hub.publish(order_id, entry),
+                Ok(fact) => hub.publish(fact),
                 Err(e) => debug!(error = %e, "live tail skipped an event"),
             }
         }

@@ -8,6 +8,10 @@
 //! * `GET /ws/orders/{id}`: snapshot on connect, then one message per new
 //!   status, in order; ping/pong keep-alive ([`ws`]).
 //! * `GET /api/v1/orders/{id}/timeline`: the same snapshot as JSON.
+//! * Both need the order's tracking token (its hash arrives with
+//!   `order.created.v1`); without it, 404 as for an unknown order. Payloads
+//!   carry statuses only, no personal data. Sessions are capped per client,
+//!   frames are small, idle sessions close ([`api`]).
 //! * `GET /`: a small tracker page.
 
 pub mod api;
@@ -55,5 +59,6 @@ pub async fn run(
     rt.spawn(move |token| hub::tail(h, tail_conn, ns, token));
 
     let state = api::AppState::new(&settings, store, hub, shutdown);
-    rt.serve(listener, api::router(state)).await
+    let router = api::router(state).layer(common::http::cors(&settings.edge.cors_allowed_origins));
+    rt.serve(listener, router).await
 }

@@ -6,11 +6,16 @@
 //! | `WS_PING_INTERVAL_MS` | `20000` | how often each socket is pinged |
 //! | `WS_PONG_TIMEOUT_MS` | `10000` | a peer that has not answered a ping by then is dropped |
 //! | `RECENT_EVENTS_TTL_SECS` | `120` | how long this replica remembers the events it saw live (closes the gap between a snapshot and the live feed) |
+//! | `CORS_ALLOWED_ORIGINS` | empty | browser origins allowed to read timelines cross-origin (comma-separated); empty: same-origin only |
+//! | `TRUST_FORWARDED_FOR` | `false` | take the client address (session caps) from `X-Forwarded-For`; only behind a proxy that sets it |
+//! | `WS_MAX_SESSIONS_PER_CLIENT` | `20` | open trackers one client address may hold; more are refused with 429 |
+//! | `WS_MAX_FRAME_BYTES` | `4096` | largest frame or message a client may send (clients send nothing but pongs and closes) |
+//! | `WS_IDLE_TIMEOUT_SECS` | `3600` | a tracker that received no update for this long is closed (1000, "idle"); it reconnects if it still cares |
 //! | `ORDER_API_URL` | unset = same origin | base URL the tracker page sends orders to; leave it unset behind an ingress serving both services on one host (`make run` sets `http://127.0.0.1:8001`) |
 
 use std::{net::SocketAddr, time::Duration};
 
-use common::settings::{CommonSettings, Env, SettingsError, http_addr};
+use common::settings::{CommonSettings, EdgeSettings, Env, SettingsError, http_addr};
 
 /// Everything notify-svc reads at start-up.
 #[derive(Debug, Clone)]
@@ -27,6 +32,21 @@ pub struct Settings {
     pub recent_ttl: Duration,
     /// Order API base URL for the page.
     pub order_api_url: String,
+    /// CORS and client addresses.
+    pub edge: EdgeSettings,
+    /// WebSocket abuse limits.
+    pub ws_limits: WsLimits,
+}
+
+/// What one client may do with WebSockets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WsLimits {
+    /// Open sessions per client address.
+    pub max_sessions_per_client: usize,
+    /// Largest frame / message a client may send.
+    pub max_frame_bytes: usize,
+    /// A session without an update for this long is closed.
+    pub idle_timeout: Duration,
 }
 
 impl Settings {
@@ -40,7 +60,25 @@ impl Settings {
             pong_timeout: env.millis("WS_PONG_TIMEOUT_MS", 10_000),
             recent_ttl: Duration::from_secs(env.parse("RECENT_EVENTS_TTL_SECS", 120)),
             order_api_url: env.raw("ORDER_API_URL").unwrap_or_default(),
+            edge: EdgeSettings::from_env(&mut env),
+            ws_limits: WsLimits {
+                max_sessions_per_client: env.parse("WS_MAX_SESSIONS_PER_CLIENT", 20),
+                max_frame_bytes: env.parse("WS_MAX_FRAME_BYTES", 4096),
+                idle_timeout: Duration::from_secs(env.parse("WS_IDLE_TIMEOUT_SECS", 3600)),
+            },
         };
+        env.check(
+            s.ws_limits.max_sessions_per_client >= 1,
+            "WS_MAX_SESSIONS_PER_CLIENT must be at least 1",
+        );
+        env.check(
+            s.ws_limits.max_frame_bytes >= 256,
+            "WS_MAX_FRAME_BYTES must be at least 256",
+        );
+        env.check(
+            !s.ws_limits.idle_timeout.is_zero(),
+            "WS_IDLE_TIMEOUT_SECS must be at least 1",
+        );
         env.check(
             !s.ping_interval.is_zero(),
             "WS_PING_INTERVAL_MS must be at least 1",

@@ -14,6 +14,7 @@ use chrono::{DateTime, Utc};
 use common::mongo::is_duplicate_key;
 use contract::{
     DeliveryId, Envelope, OrderId,
+    auth::TokenHash,
     events::{DeliveriesEvent, OrdersEvent},
     status::{DeliveryStatus, OrderStatus, Step},
 };
@@ -54,31 +55,45 @@ impl Entry {
     }
 }
 
-/// The order id and entry an `orders-stream` event contributes.
-pub fn order_entry(e: &Envelope, event: &OrdersEvent) -> (OrderId, Entry) {
+/// What one event tells the timeline: the order, the entry, and (from the
+/// order's creation) the hash of its tracking token, which decides who may
+/// read the timeline. Nothing personal: no name, address or phone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Fact {
+    /// The order.
+    pub order_id: OrderId,
+    /// Its new entry.
+    pub entry: Entry,
+    /// The order's token hash, from `order.created.v1`.
+    pub token_hash: Option<TokenHash>,
+}
+
+/// What an `orders-stream` event tells the timeline.
+pub fn order_fact(e: &Envelope, event: &OrdersEvent) -> Fact {
     match event {
-        OrdersEvent::Created(p) => (
-            p.order_id,
-            Entry::new(e, Step::Order(p.status), p.version, None),
-        ),
-        OrdersEvent::StatusUpdated(p) => (
-            p.order_id,
-            Entry::new(e, Step::Order(p.status), p.version, None),
-        ),
+        OrdersEvent::Created(p) => Fact {
+            order_id: p.order_id,
+            entry: Entry::new(e, Step::Order(p.status), p.version, None),
+            token_hash: Some(p.tracking_token_hash),
+        },
+        OrdersEvent::StatusUpdated(p) => Fact {
+            order_id: p.order_id,
+            entry: Entry::new(e, Step::Order(p.status), p.version, None),
+            token_hash: None,
+        },
     }
 }
 
-/// The order id and entry a `deliveries-stream` event contributes.
-pub fn delivery_entry(e: &Envelope, event: &DeliveriesEvent) -> (OrderId, Entry) {
-    match event {
-        DeliveriesEvent::Created(p) => (
-            p.order_id,
-            Entry::new(e, Step::Delivery(p.status), p.version, Some(p.delivery_id)),
-        ),
-        DeliveriesEvent::StatusUpdated(p) => (
-            p.order_id,
-            Entry::new(e, Step::Delivery(p.status), p.version, Some(p.delivery_id)),
-        ),
+/// What a `deliveries-stream` event tells the timeline.
+pub fn delivery_fact(e: &Envelope, event: &DeliveriesEvent) -> Fact {
+    let (order_id, delivery_id, status, version) = match event {
+        DeliveriesEvent::Created(p) => (p.order_id, p.delivery_id, p.status, p.version),
+        DeliveriesEvent::StatusUpdated(p) => (p.order_id, p.delivery_id, p.status, p.version),
+    };
+    Fact {
+        order_id,
+        entry: Entry::new(e, Step::Delivery(status), version, Some(delivery_id)),
+        token_hash: None,
     }
 }
 
@@ -157,7 +172,20 @@ impl Snapshot {
 struct TimelineDoc {
     #[serde(rename = "_id")]
     order_id: OrderId,
+    #[serde(default)]
     entries: Vec<Entry>,
+    /// SHA-256 of the order's tracking token (from its creation).
+    #[serde(default)]
+    token_hash: Option<TokenHash>,
+}
+
+/// An order's stored timeline and who may read it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stored {
+    /// Entries, as stored (any order).
+    pub entries: Vec<Entry>,
+    /// The order's token hash, once its creation was seen.
+    pub token_hash: Option<TokenHash>,
 }
 
 /// The `timelines` collection.
@@ -174,9 +202,11 @@ impl TimelineStore {
         }
     }
 
-    /// Appends an entry unless its event is already there; `true` if appended.
-    pub async fn append(&self, order_id: OrderId, entry: &Entry) -> mongodb::error::Result<bool> {
-        let entry = bson::to_bson(entry).map_err(mongodb::error::Error::custom)?;
+    /// Appends a fact's entry unless its event is already there (and records
+    /// the token hash it carries); `true` if appended.
+    pub async fn append(&self, fact: &Fact) -> mongodb::error::Result<bool> {
+        let order_id = fact.order_id;
+        let entry = bson::to_bson(&fact.entry).map_err(mongodb::error::Error::custom)?;
         let event_id = entry
             .as_document()
             .and_then(|d| d.get_str("event_id").ok())
@@ -186,7 +216,13 @@ impl TimelineStore {
             .coll
             .update_one(
                 doc! { "_id": order_id.to_string(), "entries.event_id": { "$ne": &event_id } },
-                doc! { "$push": { "entries": entry }, "$set": { "updated_at": bson::DateTime::now() } },
+                {
+                    let mut set = doc! { "updated_at": bson::DateTime::now() };
+                    if let Some(h) = fact.token_hash {
+                        set.insert("token_hash", h.to_string());
+                    }
+                    doc! { "$push": { "entries": entry }, "$set": set }
+                },
             )
             .upsert(true)
             .await;
@@ -199,13 +235,16 @@ impl TimelineStore {
         }
     }
 
-    /// The stored entries of an order (empty if none).
-    pub async fn entries(&self, order_id: OrderId) -> mongodb::error::Result<Vec<Entry>> {
+    /// The stored timeline of an order (empty if none).
+    pub async fn load(&self, order_id: OrderId) -> mongodb::error::Result<Stored> {
         Ok(self
             .coll
             .find_one(doc! { "_id": order_id.to_string() })
             .await?
-            .map(|d| d.entries)
+            .map(|d| Stored {
+                entries: d.entries,
+                token_hash: d.token_hash,
+            })
             .unwrap_or_default())
     }
 }

@@ -15,8 +15,9 @@
 //! back while the stored timeline is read again every 500 ms, and sent, in
 //! order, once the hole is filled (or after 30 s regardless). The server pings every `WS_PING_INTERVAL_MS`
 //! and closes a socket whose pong has not come within `WS_PONG_TIMEOUT_MS`.
-//! Close codes: 1001 when the server shuts down, 1011 when the timeline cannot
-//! be loaded, 1013 when the client fell behind (reconnect for a fresh snapshot).
+//! Close codes: 1000 after `WS_IDLE_TIMEOUT_SECS` without an update, 1001 when
+//! the server shuts down, 1011 when the timeline cannot be loaded, 1013 when
+//! the client fell behind (reconnect for a fresh snapshot).
 //!
 //! The session is written against any `Sink` / `Stream` of messages, so it is
 //! tested with channels as well as with real sockets.
@@ -39,6 +40,8 @@ pub struct KeepAlive {
     pub ping_interval: Duration,
     /// Longest wait for a pong.
     pub pong_timeout: Duration,
+    /// A session that sent no update for this long is closed (1000, "idle").
+    pub idle_timeout: Duration,
 }
 
 /// How a session ended.
@@ -52,6 +55,8 @@ pub enum End {
     Lagging,
     /// The server is shutting down.
     Shutdown,
+    /// No update for the idle timeout.
+    Idle,
 }
 
 fn text(value: &serde_json::Value) -> Message {
@@ -206,6 +211,7 @@ where
     let mut next_ping = Instant::now() + keep_alive.ping_interval;
     let mut pong_due: Option<Instant> = None;
     let mut next_refresh = Instant::now() + gaps.refresh_every;
+    let mut idle_at = Instant::now() + keep_alive.idle_timeout;
     let end = 'session: loop {
         let deadline = pong_due.map_or(next_ping, |due| due.min(next_ping));
         let mut due = Vec::new();
@@ -230,6 +236,10 @@ where
                 Some(Ok(Message::Close(_)) | Err(_)) | None => break End::ClientGone,
                 Some(Ok(_)) => {}
             },
+            () = tokio::time::sleep_until(idle_at) => {
+                let _ = tx.send(close(1000, "idle: reconnect for a fresh snapshot")).await;
+                break End::Idle;
+            }
             () = tokio::time::sleep_until(deadline) => {
                 let now = Instant::now();
                 if pong_due.is_some_and(|due| now >= due) {
@@ -244,6 +254,9 @@ where
                     next_ping = now + keep_alive.ping_interval;
                 }
             }
+        }
+        if !due.is_empty() {
+            idle_at = Instant::now() + keep_alive.idle_timeout;
         }
         for msg in due {
             if tx.send(text(&msg)).await.is_err() {
@@ -277,6 +290,7 @@ mod tests {
     const KA: KeepAlive = KeepAlive {
         ping_interval: Duration::from_secs(20),
         pong_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(3600),
     };
 
     fn entry(id: &str, status: &str, version: u32) -> Entry {
@@ -471,6 +485,34 @@ mod tests {
         assert!(matches!(peer.sent.next().await, Some(Message::Close(Some(f))) if f.code == 1001));
         assert_eq!(peer.task.await.unwrap(), End::PongTimeout);
         assert_eq!(started.elapsed(), KA.pong_timeout);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_session_without_updates_closes_when_idle() {
+        let (out_tx, mut sent) = fmpsc::unbounded();
+        let (_answer, in_rx) = fmpsc::unbounded::<Result<Message, ()>>();
+        let (_updates, mut up_rx) = mpsc::channel(8);
+        let ka = KeepAlive {
+            ping_interval: Duration::from_secs(3600 * 24),
+            pong_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
+        };
+        let started = Instant::now();
+        let end = session(
+            out_tx,
+            in_rx,
+            Snapshot::empty(O1),
+            &mut up_rx,
+            ka,
+            Gaps::default(),
+            no_refresh,
+            CancellationToken::new(),
+        )
+        .await;
+        assert_eq!(end, End::Idle);
+        assert_eq!(started.elapsed(), Duration::from_secs(60));
+        let _snapshot = sent.next().await;
+        assert!(matches!(sent.next().await, Some(Message::Close(Some(f))) if f.code == 1000));
     }
 
     #[tokio::test(start_paused = true)]

@@ -9,8 +9,16 @@ use axum::{
     routing::{get, post},
 };
 use common::{failpoint, http::ErrorBody};
-use contract::{MenuItemId, OrderId};
+use contract::{
+    MenuItemId, OrderId,
+    auth::{TokenHash, TrackingToken},
+};
 use serde_json::Value;
+use std::{net::IpAddr, sync::Arc};
+use tower_governor::{
+    GovernorLayer, errors::GovernorError, governor::GovernorConfigBuilder,
+    key_extractor::KeyExtractor,
+};
 
 use crate::{
     AppState,
@@ -18,11 +26,9 @@ use crate::{
     error::ApiError,
     idempotency::{self, Reply},
     store::{Order, PlaceError},
-    views::{MenuItemView, OrderView},
+    views::{MenuItemView, OrderView, PlacedOrderView},
 };
 
-/// Largest accepted request body.
-const BODY_LIMIT: usize = 64 * 1024;
 /// Header carrying the id that ties a request to the events it causes.
 pub const CORRELATION_HEADER: &str = "x-correlation-id";
 
@@ -31,6 +37,7 @@ pub const CORRELATION_HEADER: &str = "x-correlation-id";
 #[openapi(
     info(title = "foodchain order-svc", description = "The menu, order creation and order lookup. Generated from the handlers; do not edit docs/openapi/order-svc.json by hand (`cargo run -p apidocs`)."),
     paths(list_menu, get_menu_item, create_order, get_order),
+    modifiers(&BearerSchemes),
     tags(
         (name = "menu", description = "The menu with live stock"),
         (name = "orders", description = "Placing and reading orders"),
@@ -38,21 +45,102 @@ pub const CORRELATION_HEADER: &str = "x-correlation-id";
 )]
 pub struct ApiDoc;
 
-/// order-svc's OpenAPI document.
-pub fn openapi() -> utoipa::openapi::OpenApi {
-    common::http::openapi_document(<ApiDoc as utoipa::OpenApi>::openapi())
+/// The two bearer credentials of the API.
+#[derive(Debug)]
+struct BearerSchemes;
+
+impl utoipa::Modify for BearerSchemes {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = doc.components.get_or_insert_with(Default::default);
+        for (name, what) in [
+            (
+                "tracking_token",
+                "The order's tracking token, returned once by POST /api/v1/orders",
+            ),
+            ("admin_token", "The deployment's ADMIN_TOKEN"),
+        ] {
+            components.add_security_scheme(
+                name,
+                SecurityScheme::Http(
+                    HttpBuilder::new()
+                        .scheme(HttpAuthScheme::Bearer)
+                        .description(Some(what))
+                        .build(),
+                ),
+            );
+        }
+    }
 }
 
-/// The REST routes.
-pub fn router(state: AppState) -> Router {
-    Router::new()
+/// order-svc's OpenAPI document (its routes, the admin API, operations).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    use utoipa::OpenApi as _;
+    let mut doc = ApiDoc::openapi();
+    doc.merge(crate::admin::AdminApi::openapi());
+    common::http::openapi_document(doc)
+}
+
+/// The rate limiter of order creation, for its periodic clean-up.
+pub type Limiter = Arc<
+    governor::RateLimiter<
+        IpAddr,
+        governor::state::keyed::DefaultKeyedStateStore<IpAddr>,
+        governor::clock::QuantaClock,
+        governor::middleware::NoOpMiddleware<governor::clock::QuantaInstant>,
+    >,
+>;
+
+/// Rate limits are per client address (see [`common::http::client_ip`]);
+/// a request with no address at all (in-process tests) shares one bucket.
+#[derive(Debug, Clone, Copy)]
+struct ClientKey {
+    trust_forwarded_for: bool,
+}
+
+impl KeyExtractor for ClientKey {
+    type Key = IpAddr;
+
+    fn extract<T>(&self, req: &axum::http::Request<T>) -> Result<IpAddr, GovernorError> {
+        let peer = common::http::peer_ip(req);
+        Ok(
+            common::http::client_ip(req.headers(), peer, self.trust_forwarded_for)
+                .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED)),
+        )
+    }
+}
+
+/// The REST routes (and the rate limiter of order creation, if limited).
+pub fn router(state: AppState) -> (Router, Option<Limiter>) {
+    let mut create = post(create_order);
+    let mut limiter = None;
+    if state.order_rate.per_sec > 0 {
+        let config = GovernorConfigBuilder::default()
+            .key_extractor(ClientKey {
+                trust_forwarded_for: state.trust_forwarded_for,
+            })
+            .period(std::time::Duration::from_secs(1) / state.order_rate.per_sec)
+            .burst_size(state.order_rate.burst)
+            .finish()
+            .expect("a positive rate and burst make a valid limiter");
+        limiter = Some(config.limiter().clone());
+        let layer = GovernorLayer::new(config).error_handler(|e: GovernorError| match e {
+            GovernorError::TooManyRequests { wait_time, .. } => {
+                ApiError::RateLimited(wait_time).into_response()
+            }
+            other => ApiError::Internal(anyhow::anyhow!("rate limiter: {other}")).into_response(),
+        });
+        create = create.layer(layer);
+    }
+    let router = Router::new()
         .route("/api/v1/menu", get(list_menu))
         .route("/api/v1/menu/{id}", get(get_menu_item))
-        .route("/api/v1/orders", post(create_order))
+        .route("/api/v1/orders", create)
         .route("/api/v1/orders/{id}", get(get_order))
-        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
         .with_state(state)
-        .merge(common::http::openapi_route(openapi()))
+        .merge(common::http::openapi_route(openapi()));
+    (router, limiter)
 }
 
 /// The whole menu with live stock, by category then name.
@@ -89,27 +177,34 @@ async fn get_menu_item(
     Ok(Json(item.into()))
 }
 
-/// An order and its current status.
+/// An order and its current status, for its owner: the request must carry
+/// the order's tracking token (`Authorization: Bearer <token>`). Without it,
+/// or with a wrong one, the answer is the same 404 as for an order that does
+/// not exist (tokens are compared in constant time), so ids reveal nothing.
 #[utoipa::path(get, path = "/api/v1/orders/{id}", tag = "orders",
     params(("id" = OrderId, Path, description = "Order id")),
+    security(("tracking_token" = [])),
     responses(
         (status = 200, description = "The order", body = OrderView),
-        (status = 404, description = "`not_found`: no such order", body = ErrorBody),
+        (status = 404, description = "`not_found`: no such order, or no (or a wrong) tracking token", body = ErrorBody),
         (status = 422, description = "`invalid_id`: not 24 hex digits", body = ErrorBody),
         (status = 503, description = "The database is unavailable; retry (`Retry-After`)", body = ErrorBody),
     ))]
 async fn get_order(
     State(st): State<AppState>,
+    headers: HeaderMap,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<OrderView>, ApiError> {
     let id = path_id(id, "order", OrderId::parse, OrderId::bytes)?;
-    let order = st
-        .store
-        .order(id)
-        .await
-        .map_err(db_error)?
-        .ok_or(ApiError::NotFound("order"))?;
-    Ok(Json(order.into()))
+    let token = common::http::bearer(&headers).and_then(TrackingToken::parse);
+    let order = st.store.order(id).await.map_err(db_error)?;
+    let hash = order
+        .as_ref()
+        .map_or(TokenHash::NONE, |o| o.tracking_token_hash);
+    match order {
+        Some(order) if hash.matches(token.as_ref()) => Ok(Json(order.into())),
+        _ => Err(ApiError::NotFound("order")),
+    }
 }
 
 /// Places an order: reserves the stock of every line (all or nothing) and
@@ -122,7 +217,7 @@ async fn get_order(
         ("X-Correlation-Id" = Option<String>, Header, description = "Ties the request to the events it causes (1 to 128 visible ASCII characters); generated when absent"),
     ),
     responses(
-        (status = 201, description = "Placed (or its replay)", body = OrderView,
+        (status = 201, description = "Placed (or its replay). The body carries, once, the order's `tracking_token` (keep it: reading the order, its timeline and its live tracker need it) and a `tracking_url` to the tracker page", body = PlacedOrderView,
             headers(
                 ("Location" = String, description = "`/api/v1/orders/<id>`"),
                 ("X-Correlation-Id" = String, description = "The request's correlation id"),
@@ -130,9 +225,11 @@ async fn get_order(
             )),
         (status = 404, description = "`item_not_found`: items not on the menu; `fields` names them", body = ErrorBody),
         (status = 409, description = "`insufficient_stock`: not enough left of some items; `fields` names the lines, `message` the dishes; nothing was reserved", body = ErrorBody),
-        (status = 413, description = "`payload_too_large`: the body is over 64 KiB", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`: the body is over `MAX_BODY_BYTES` (16 KiB)", body = ErrorBody),
         (status = 415, description = "`unsupported_media_type`: not `Content-Type: application/json`", body = ErrorBody),
         (status = 422, description = "`validation_failed` (every bad field in `fields`), `invalid_json`, `invalid_idempotency_key` or `idempotency_key_reused` (the key came with another body)", body = ErrorBody),
+        (status = 429, description = "`rate_limited`: too many orders from this client; retry after `Retry-After` seconds", body = ErrorBody,
+            headers(("Retry-After" = String, description = "Seconds to wait"))),
         (status = 503, description = "The database is unavailable; retry with the same Idempotency-Key (`Retry-After`)", body = ErrorBody),
     ))]
 async fn create_order(
@@ -142,15 +239,16 @@ async fn create_order(
 ) -> Result<Response, ApiError> {
     let key = idempotency::from_request(&headers, &body)?;
     if let Some(key) = &key
-        && let Some(stored) = st.store.keys.get(&key.value).await.map_err(db_error)?
+        && let Some(stored) = st.store.keys.get(key).await.map_err(db_error)?
     {
-        return replay(key, stored);
+        return replay(&st, key, stored);
     }
     let new = parse_new_order(&body, st.limits).map_err(ApiError::Validation)?;
     let correlation_id = correlation_id(&headers);
+    let token = TrackingToken::generate();
     let placed = match st
         .store
-        .place_order(&new, &correlation_id, key.as_ref(), created)
+        .place_order(&new, &correlation_id, key.as_ref(), &token, created)
         .await
     {
         Ok(placed) => placed,
@@ -169,7 +267,7 @@ async fn create_order(
     };
     failpoint::hit(st.store.outbox.namespace(), "order-svc.after_commit").await;
     st.store.outbox.wake();
-    let mut response = respond(placed.reply);
+    let mut response = respond(with_token(placed.reply, &token, &st.tracker_base_url));
     if let Ok(v) = HeaderValue::from_str(&correlation_id) {
         response.headers_mut().insert(CORRELATION_HEADER, v);
     }
@@ -178,7 +276,8 @@ async fn create_order(
 
 /// The answer to a placed order: `201 Created`, the order, its `Location`.
 /// Built here and stored with the order, so that a replay of its
-/// Idempotency-Key answers exactly the same.
+/// Idempotency-Key answers exactly the same (its tracking token is added by
+/// [`with_token`], and stored only sealed).
 fn created(order: &Order) -> Reply {
     Reply {
         status: StatusCode::CREATED.as_u16(),
@@ -186,6 +285,24 @@ fn created(order: &Order) -> Reply {
             .expect("an order view always serialises"),
         location: Some(format!("/api/v1/orders/{}", order.id.to_hex())),
     }
+}
+
+/// `reply` (a placed order's) with its tracking token and tracking URL.
+fn with_token(mut reply: Reply, token: &TrackingToken, tracker_base_url: &str) -> Reply {
+    if let Ok(serde_json::Value::Object(mut body)) = serde_json::from_str(&reply.body) {
+        let id = body
+            .get("id")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_owned();
+        body.insert("tracking_token".into(), token.expose().into());
+        body.insert(
+            "tracking_url".into(),
+            format!("{tracker_base_url}/track/{id}#token={}", token.expose()).into(),
+        );
+        reply.body = serde_json::Value::Object(body).to_string();
+    }
+    reply
 }
 
 /// A [`Reply`] as an HTTP response.
@@ -206,12 +323,21 @@ fn respond(reply: Reply) -> Response {
     response
 }
 
-/// The stored response of `key`, or `422` if it came with another body.
-fn replay(key: &idempotency::Key, stored: idempotency::Stored) -> Result<Response, ApiError> {
+/// The stored response of `key` (with its tracking token unsealed), or `422`
+/// if it came with another body.
+fn replay(
+    st: &AppState,
+    key: &idempotency::Key,
+    stored: idempotency::Stored,
+) -> Result<Response, ApiError> {
     if stored.body_hash != key.body_hash {
         return Err(ApiError::IdempotencyKeyReused);
     }
-    let mut response = respond(stored.reply);
+    let reply = match stored.sealed_token.as_deref().and_then(|s| key.unseal(s)) {
+        Some(token) => with_token(stored.reply, &token, &st.tracker_base_url),
+        None => stored.reply,
+    };
+    let mut response = respond(reply);
     response
         .headers_mut()
         .insert("idempotent-replayed", HeaderValue::from_static("true"));
@@ -222,10 +348,10 @@ fn replay(key: &idempotency::Key, stored: idempotency::Stored) -> Result<Respons
 async fn replay_taken(st: &AppState, key: Option<&idempotency::Key>) -> Result<Response, ApiError> {
     let key =
         key.ok_or_else(|| ApiError::Internal(anyhow::anyhow!("key conflict without a key")))?;
-    let stored = st.store.keys.get(&key.value).await.map_err(db_error)?;
+    let stored = st.store.keys.get(key).await.map_err(db_error)?;
     let stored =
         stored.ok_or_else(|| ApiError::Unavailable(anyhow::anyhow!("idempotency key vanished")))?;
-    replay(key, stored)
+    replay(st, key, stored)
 }
 
 /// A business refusal; with a key, stored so that a retry gets the same answer.
@@ -241,7 +367,7 @@ async fn refuse(
         body: body.to_string(),
         location: None,
     };
-    match st.store.keys.store(None, key, &reply).await {
+    match st.store.keys.store(None, key, &reply, None).await {
         Ok(()) => Err(error),
         Err(idempotency::StoreError::Taken(_)) => replay_taken(st, Some(key)).await,
         Err(idempotency::StoreError::Mongo(e)) => Err(db_error(e)),

@@ -63,6 +63,12 @@ pub enum ApiError {
         /// Item names.
         names: Vec<String>,
     },
+    /// A conflict with the current state (`code`, what is wrong).
+    #[error("{1}")]
+    Conflict(&'static str, &'static str),
+    /// Too many requests from this client.
+    #[error("too many orders from this client; retry in {0} s")]
+    RateLimited(u64),
     /// The `Idempotency-Key` header is malformed.
     #[error("Idempotency-Key must be 1 to 255 visible ASCII characters")]
     InvalidIdempotencyKey,
@@ -90,6 +96,8 @@ impl ApiError {
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::UnknownItems(_) => (StatusCode::NOT_FOUND, "item_not_found"),
             Self::InsufficientStock { .. } => (StatusCode::CONFLICT, "insufficient_stock"),
+            Self::Conflict(code, _) => (StatusCode::CONFLICT, code),
+            Self::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Self::InvalidIdempotencyKey => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "invalid_idempotency_key")
             }
@@ -133,6 +141,15 @@ impl IntoResponse for ApiError {
             }
             _ => tracing::debug!(error = %self, "request rejected"),
         }
-        common::http::error_response(status, code, &self.to_string(), self.fields())
+        let mut response =
+            common::http::error_response(status, code, &self.to_string(), self.fields());
+        if let Self::RateLimited(secs) = self
+            && let Ok(v) = axum::http::HeaderValue::from_str(&secs.max(1).to_string())
+        {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, v);
+        }
+        response
     }
 }

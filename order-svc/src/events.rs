@@ -30,6 +30,7 @@ pub fn order_created(order: &Order) -> [(Stream, Envelope); 2] {
         total_cents: order.total_cents,
         version: order.version,
         created_at: order.created_at,
+        tracking_token_hash: order.tracking_token_hash,
     };
     let simulate = SimulationOrderRequested {
         order_id: order_id(order),

@@ -21,6 +21,16 @@
 //!
 //! The body is compared by the SHA-256 of its canonical JSON (object keys
 //! sorted), so re-serialising the same order differently is not a conflict.
+//!
+//! # Keys, tokens and what is stored
+//!
+//! A key is stored as its SHA-256, never as sent. The answer to a placed order
+//! carries its tracking token, which is stored nowhere in clear: the record
+//! keeps the answer without it, plus the token *sealed* with the key (XOR
+//! with HMAC-SHA256 of the key). A replay presents the key, which unseals
+//! the token and completes the answer; the stored record alone (without the
+//! key) reveals nothing about the token. A client that picks a guessable key
+//! makes its token as guessable as its key: the web app uses random UUIDs.
 
 use std::time::Duration;
 
@@ -30,18 +40,58 @@ use mongodb::{ClientSession, Collection};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
+use contract::auth::TrackingToken;
+
 use crate::error::ApiError;
 
 /// The request header.
 pub const HEADER: &str = "idempotency-key";
 
 /// A validated key and the hash of the request it came with.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Key {
-    /// The client's key.
-    pub value: String,
+    /// The client's key (secret: it unseals the token).
+    value: String,
+    /// SHA-256 (hex) of the key: the record's id.
+    pub id: String,
     /// SHA-256 (hex) of the canonical request body.
     pub body_hash: String,
+}
+
+impl std::fmt::Debug for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Key")
+            .field("id", &self.id)
+            .field("body_hash", &self.body_hash)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Key {
+    fn keystream(&self) -> [u8; 32] {
+        use hmac::{KeyInit, Mac};
+        let mut mac = <hmac::Hmac<Sha256> as KeyInit>::new_from_slice(self.value.as_bytes())
+            .expect("HMAC takes keys of any length");
+        mac.update(b"foodchain tracking token v1");
+        mac.finalize().into_bytes().into()
+    }
+
+    /// `token` sealed with this key (hex), for the record.
+    pub fn seal(&self, token: &TrackingToken) -> String {
+        let ks = self.keystream();
+        let sealed: Vec<u8> = token.bytes().iter().zip(ks).map(|(t, k)| t ^ k).collect();
+        hex::encode(sealed)
+    }
+
+    /// The token a record sealed with this key.
+    pub fn unseal(&self, sealed: &str) -> Option<TrackingToken> {
+        let mut bytes = [0u8; 32];
+        hex::decode_to_slice(sealed, &mut bytes).ok()?;
+        for (b, k) in bytes.iter_mut().zip(self.keystream()) {
+            *b ^= k;
+        }
+        Some(TrackingToken::from_bytes(bytes))
+    }
 }
 
 /// The key of a request, if it sent one; `422` for a malformed one.
@@ -55,6 +105,7 @@ pub fn from_request(headers: &HeaderMap, body: &Value) -> Result<Option<Key>, Ap
         .filter(|v| (1..=255).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_graphic()))
         .ok_or(ApiError::InvalidIdempotencyKey)?;
     Ok(Some(Key {
+        id: hex::encode(Sha256::digest(value.as_bytes())),
         value: value.to_owned(),
         body_hash: hash(body),
     }))
@@ -113,8 +164,10 @@ pub struct Reply {
 pub struct Stored {
     /// Hash of the body that produced it.
     pub body_hash: String,
-    /// What was answered.
+    /// What was answered (without the tracking token).
     pub reply: Reply,
+    /// The tracking token of a placed order, sealed with the key.
+    pub sealed_token: Option<String>,
 }
 
 /// The `idempotency_keys` collection.
@@ -137,33 +190,36 @@ impl Keys {
     }
 
     /// The stored response for `key`, if any.
-    pub async fn get(&self, key: &str) -> mongodb::error::Result<Option<Stored>> {
-        let Some(d) = self.coll.find_one(doc! { "_id": key }).await? else {
+    pub async fn get(&self, key: &Key) -> mongodb::error::Result<Option<Stored>> {
+        let Some(d) = self.coll.find_one(doc! { "_id": &key.id }).await? else {
             return Ok(None);
         };
         Ok(parse(&d))
     }
 
-    fn document(key: &Key, reply: &Reply) -> Document {
+    fn document(key: &Key, reply: &Reply, token: Option<&TrackingToken>) -> Document {
         doc! {
-            "_id": &key.value,
+            "_id": &key.id,
             "body_hash": &key.body_hash,
             "status": i32::from(reply.status),
             "body": &reply.body,
             "location": reply.location.as_deref(),
+            "sealed_token": token.map(|t| key.seal(t)),
             "created_at": bson::DateTime::now(),
         }
     }
 
-    /// Stores the reply inside the transaction that produced it (`None`: on
-    /// its own, for refusals, which change nothing else).
+    /// Stores the reply (and the sealed token of a placed order) inside the
+    /// transaction that produced it (`None`: on its own, for refusals, which
+    /// change nothing else).
     pub async fn store(
         &self,
         s: Option<&mut ClientSession>,
         key: &Key,
         reply: &Reply,
+        token: Option<&TrackingToken>,
     ) -> Result<(), StoreError> {
-        let insert = self.coll.insert_one(Self::document(key, reply));
+        let insert = self.coll.insert_one(Self::document(key, reply, token));
         let result = match s {
             Some(s) => insert.session(s).await,
             None => insert.await,
@@ -208,6 +264,7 @@ fn parse(d: &Document) -> Option<Stored> {
             body: d.get_str("body").ok()?.to_owned(),
             location: d.get_str("location").ok().map(str::to_owned),
         },
+        sealed_token: d.get_str("sealed_token").ok().map(str::to_owned),
     })
 }
 
@@ -227,6 +284,22 @@ mod tests {
         assert_eq!(hash(&a), hash(&b));
         let c = json!({"customer": {"name": "A", "phone": "1"}, "items": [{"item_id": "x", "quantity": 2}]});
         assert_ne!(hash(&a), hash(&c));
+    }
+
+    #[test]
+    fn a_sealed_token_opens_only_with_its_key() {
+        let mut h = HeaderMap::new();
+        h.insert(HEADER, "key-one".parse().unwrap());
+        let one = from_request(&h, &json!({})).unwrap().unwrap();
+        h.insert(HEADER, "key-two".parse().unwrap());
+        let two = from_request(&h, &json!({})).unwrap().unwrap();
+        let token = TrackingToken::generate();
+        let sealed = one.seal(&token);
+        assert!(!sealed.contains(token.expose()));
+        assert_eq!(one.unseal(&sealed).unwrap(), token);
+        assert_ne!(two.unseal(&sealed).unwrap(), token);
+        assert_ne!(one.id, "key-one", "the key is stored hashed");
+        assert!(!format!("{one:?}").contains("key-one"));
     }
 
     #[test]

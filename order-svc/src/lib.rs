@@ -8,7 +8,12 @@
 //!   `simulate-order-stream`) to the outbox ([`store`], [`events`]); the outbox
 //!   relay publishes them. An `Idempotency-Key` makes retries safe
 //!   ([`idempotency`]);
-//! * `GET /api/v1/orders/{id}`: the order and its current status;
+//! * `POST` answers, once, the order's tracking token ([`contract::auth`]);
+//!   `GET /api/v1/orders/{id}`, the order and its current status, needs it
+//!   (`Authorization: Bearer <token>`; without it: 404, as for no order);
+//! * order creation is rate-limited per client (429 with `Retry-After`),
+//!   bodies are bounded (413), and CORS allows only `CORS_ALLOWED_ORIGINS`;
+//! * `/api/v1/admin/...` ([`admin`]) is for operators, with `ADMIN_TOKEN`;
 //! * it consumes `order-status-stream` and `deliveries-stream` to move orders
 //!   through their lifecycle ([`consumers`]), writing
 //!   `order.status_updated.v1` to the outbox with each change.
@@ -16,6 +21,7 @@
 //! Every error is JSON `{error, message, fields?}` ([`error`]); no input
 //! produces a 500, and database contention is retried, never reported.
 
+pub mod admin;
 pub mod api;
 pub mod consumers;
 pub mod domain;
@@ -26,7 +32,8 @@ pub mod settings;
 pub mod store;
 pub mod views;
 
-use axum::http::{HeaderName, HeaderValue, Method, header};
+use std::sync::Arc;
+
 use common::{
     service::{Runtime, StartError},
     settings::RETENTION_SWEEP_EVERY,
@@ -37,11 +44,14 @@ use contract::{
 };
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tower_http::cors::{AllowOrigin, CorsLayer};
 
 pub use settings::Settings;
 
-use crate::{consumers::StatusHandler, settings::Limits, store::Store};
+use crate::{
+    consumers::StatusHandler,
+    settings::{Limits, OrderRate},
+    store::Store,
+};
 
 /// What request handlers share.
 #[derive(Debug, Clone)]
@@ -50,7 +60,16 @@ pub struct AppState {
     pub store: Store,
     /// Input limits.
     pub limits: Limits,
+    /// Base of the tracking URLs handed out with new orders.
+    pub tracker_base_url: Arc<str>,
+    /// The per-client limit on order creation.
+    pub order_rate: OrderRate,
+    /// Trust `X-Forwarded-For` for client addresses.
+    pub trust_forwarded_for: bool,
 }
+
+/// How often the rate limiter forgets clients it has not seen for a while.
+const RATE_LIMIT_CLEANUP_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Runs order-svc on `listener` until `shutdown` is cancelled.
 pub async fn run(
@@ -79,41 +98,49 @@ pub async fn run(
             s.keys.sweep(keys).await;
         },
     );
-    let router = api::router(AppState {
-        store,
-        limits: settings.limits,
-    })
-    .layer(cors(&settings.cors_allow_origin));
+    if settings.admin_token.is_none() {
+        tracing::warn!("no ADMIN_TOKEN: the admin API refuses every request");
+    }
+    let (router, limiter) = app(&settings, store, rt.conn.clone());
+    if let Some(limiter) = limiter {
+        rt.every(RATE_LIMIT_CLEANUP_EVERY, limiter, |l| async move {
+            l.retain_recent();
+        });
+    }
     rt.serve(listener, router).await
 }
 
-fn cors(allow: &str) -> CorsLayer {
-    let origin = if allow.trim() == "*" {
-        AllowOrigin::any()
-    } else {
-        AllowOrigin::list(
-            allow
-                .split(',')
-                .filter_map(|o| HeaderValue::from_str(o.trim()).ok()),
-        )
+/// Every route of order-svc (the REST API, the admin API, CORS), and the
+/// order-creation rate limiter if there is one: what `run` serves, and what
+/// the in-process tests call.
+pub fn app(
+    settings: &Settings,
+    store: Store,
+    redis: redis::aio::ConnectionManager,
+) -> (axum::Router, Option<api::Limiter>) {
+    let admin = admin::AdminState {
+        store: store.clone(),
+        redis,
+        ns: settings.common.namespace(),
+        token: settings.admin_token.clone().map(Arc::new),
     };
-    CorsLayer::new()
-        .allow_origin(origin)
-        .allow_methods([Method::GET, Method::POST])
-        .allow_headers([
-            header::CONTENT_TYPE,
-            HeaderName::from_static(api::CORRELATION_HEADER),
-            HeaderName::from_static("idempotency-key"),
-        ])
-        .expose_headers([
-            header::LOCATION,
-            HeaderName::from_static(api::CORRELATION_HEADER),
-        ])
+    let (router, limiter) = api::router(AppState {
+        store,
+        limits: settings.limits,
+        tracker_base_url: settings.tracker_base_url.clone().into(),
+        order_rate: settings.order_rate,
+        trust_forwarded_for: settings.edge.trust_forwarded_for,
+    });
+    let router = router
+        .merge(admin::router(admin))
+        .layer(common::http::cors(&settings.edge.cors_allowed_origins));
+    (router, limiter)
 }
 
 /// Inserts the shipped menu's missing items; returns how many were inserted.
 pub async fn seed_menu(settings: &Settings) -> anyhow::Result<usize> {
-    let client = common::mongo::connect(&settings.common.mongo_url, "order-svc-seed").await?;
+    let client =
+        common::mongo::connect(settings.common.mongo_url.expose(), "order-svc-seed").await?;
     let store = Store::new(
         client,
         &settings.common.mongo_db,

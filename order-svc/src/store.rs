@@ -26,6 +26,7 @@ use common::{
 };
 use contract::{
     Envelope, MenuItemId,
+    auth::{TokenHash, TrackingToken},
     events::{Customer, OrderLine},
     status::OrderStatus,
     streams::{Namespace, Stream, groups},
@@ -82,6 +83,10 @@ pub struct Order {
     pub total_cents: i64,
     /// Id of the request that created it.
     pub correlation_id: String,
+    /// SHA-256 of its tracking token (orders older than tokens have none:
+    /// nobody can read them through the API).
+    #[serde(default)]
+    pub tracking_token_hash: TokenHash,
     /// Creation time.
     #[serde(with = "bson::serde_helpers::chrono_datetime_as_bson_datetime")]
     pub created_at: DateTime<Utc>,
@@ -250,6 +255,7 @@ impl Store {
         new: &NewOrder,
         correlation_id: &str,
         key: Option<&Key>,
+        token: &TrackingToken,
         reply: fn(&Order) -> Reply,
     ) -> Result<Placed, PlaceError> {
         // A shopper waits for contention to resolve longer than a consumer does.
@@ -258,13 +264,13 @@ impl Store {
             max_elapsed: Duration::from_secs(5),
             ..RetryPolicy::default()
         };
-        let ctx = (self, new, correlation_id, key, reply);
+        let ctx = (self, new, correlation_id, key, token, reply);
         run_transaction(
             &self.client,
             policy,
             &ctx,
-            |session, (store, new, correlation_id, key, reply)| {
-                Box::pin(store.place_in(session, new, correlation_id, *key, *reply))
+            |session, (store, new, correlation_id, key, token, reply)| {
+                Box::pin(store.place_in(session, new, correlation_id, *key, token, *reply))
             },
         )
         .await
@@ -276,6 +282,7 @@ impl Store {
         new: &NewOrder,
         correlation_id: &str,
         key: Option<&Key>,
+        token: &TrackingToken,
         reply: fn(&Order) -> Reply,
     ) -> Result<Placed, PlaceError> {
         let ids: Vec<ObjectId> = new.lines.iter().map(|l| l.item_id).collect();
@@ -353,6 +360,7 @@ impl Store {
                 .sum(),
             items: lines,
             correlation_id: correlation_id.to_owned(),
+            tracking_token_hash: token.hash(),
             created_at: now,
             updated_at: now,
         };
@@ -364,7 +372,9 @@ impl Store {
         }
         let reply = reply(&order);
         if let Some(key) = key {
-            self.keys.store(Some(&mut *s), key, &reply).await?;
+            self.keys
+                .store(Some(&mut *s), key, &reply, Some(token))
+                .await?;
         }
         Ok(Placed { order, reply })
     }
@@ -388,6 +398,92 @@ impl Store {
         }
         .apply(id, to, cause)
         .await
+    }
+
+    /// Adds a menu item; `Ok(None)` if its slug is taken.
+    pub async fn add_menu_item(&self, item: &MenuItem) -> mongodb::error::Result<Option<()>> {
+        match self.menu.insert_one(item).await {
+            Ok(_) => Ok(Some(())),
+            Err(e) if common::mongo::is_duplicate_key(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Changes the given fields of a menu item; the item after, if it exists.
+    pub async fn update_menu_item(
+        &self,
+        id: ObjectId,
+        changes: bson::Document,
+    ) -> mongodb::error::Result<Option<MenuItem>> {
+        if changes.is_empty() {
+            return self.menu_item(id).await;
+        }
+        self.menu
+            .find_one_and_update(doc! { "_id": id }, doc! { "$set": changes })
+            .return_document(ReturnDocument::After)
+            .await
+    }
+
+    /// Adds `quantity` to a menu item's stock (one atomic `$inc`: a
+    /// concurrent order's reservation is never lost); the item after.
+    pub async fn restock(
+        &self,
+        id: ObjectId,
+        quantity: i64,
+    ) -> mongodb::error::Result<Option<MenuItem>> {
+        self.menu
+            .find_one_and_update(doc! { "_id": id }, doc! { "$inc": { "stock": quantity } })
+            .return_document(ReturnDocument::After)
+            .await
+    }
+
+    /// The newest orders, optionally only those at `status`.
+    pub async fn orders_by_status(
+        &self,
+        status: Option<OrderStatus>,
+        limit: i64,
+    ) -> mongodb::error::Result<Vec<Order>> {
+        let filter = match status {
+            Some(s) => doc! { "status": bson::to_bson(&s).map_err(mongodb::error::Error::custom)? },
+            None => doc! {},
+        };
+        self.orders
+            .find(filter)
+            .sort(doc! { "created_at": -1 })
+            .limit(limit)
+            .await?
+            .try_collect()
+            .await
+    }
+
+    /// How many orders created since `since` are at each status.
+    pub async fn status_counts_since(
+        &self,
+        since: DateTime<Utc>,
+    ) -> mongodb::error::Result<Vec<(String, i64)>> {
+        let pipeline = [
+            doc! { "$match": { "created_at": { "$gte": bson::DateTime::from_chrono(since) } } },
+            doc! { "$group": { "_id": "$status", "count": { "$sum": 1 } } },
+            doc! { "$sort": { "_id": 1 } },
+        ];
+        let rows: Vec<bson::Document> = self
+            .orders
+            .clone_with_type::<bson::Document>()
+            .aggregate(pipeline)
+            .await?
+            .try_collect()
+            .await?;
+        Ok(rows
+            .iter()
+            .filter_map(|d| {
+                let status = d.get_str("_id").ok()?.to_owned();
+                let count = d
+                    .get_i64("count")
+                    .ok()
+                    .or_else(|| d.get_i32("count").ok().map(i64::from))?;
+                Some((status, count))
+            })
+            .collect())
     }
 
     /// Inserts the seed items that are missing (by slug); never touches existing ones.

@@ -58,6 +58,22 @@ pub struct OrderView {
     updated_at: DateTime<Utc>,
 }
 
+/// The answer to a new order: the order, and (once) how to track it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PlacedOrderView {
+    /// The order.
+    #[serde(flatten)]
+    pub order: OrderView,
+    /// The order's tracking token: 256 random bits, base64url (43
+    /// characters). Sent once; only its hash is stored. Reading the order
+    /// (`Authorization: Bearer <token>`), its timeline and its live tracker
+    /// need it.
+    #[schema(min_length = 43, max_length = 43, pattern = "^[A-Za-z0-9_-]{43}$")]
+    pub tracking_token: String,
+    /// The tracker page of this order (`<TRACKER_BASE_URL>/track/<id>#token=<token>`).
+    pub tracking_url: String,
+}
+
 /// One line of an order, priced when it was placed.
 #[derive(Debug, Serialize, ToSchema)]
 struct LineView {

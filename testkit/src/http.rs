@@ -113,6 +113,13 @@ impl Client {
         self.checked(&Method::POST, path, post_json(&self.app, path, body).await)
     }
 
+    /// A request built by the caller (headers and all).
+    pub async fn request(&self, req: Request<Body>) -> Answer {
+        let (method, path) = (req.method().clone(), req.uri().to_string());
+        let a = call(&self.app, req).await;
+        self.checked(&method, &path, a)
+    }
+
     /// Any request.
     pub async fn send(
         &self,

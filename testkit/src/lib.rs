@@ -43,7 +43,7 @@ use contract::{
 use tokio::sync::OnceCell;
 
 pub use crate::{
-    mongo::{MongoImpl, MongoServer, find_mongo},
+    mongo::{MongoImpl, MongoOptions, MongoServer, find_mongo},
     process::{Launch, Server, free_port},
     redis::{RedisOptions, RedisServer},
 };

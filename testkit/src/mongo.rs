@@ -24,8 +24,19 @@ pub enum MongoImpl {
     Secantus(PathBuf),
 }
 
+/// How a test MongoDB runs: which server, and whether it requires
+/// authentication (SCRAM-SHA-256; `root` gets the root role, created through
+/// the localhost exception).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MongoOptions {
+    /// The server.
+    pub imp: MongoImpl,
+    /// `Some((user, password))`: auth on, with this root user.
+    pub root: Option<(String, String)>,
+}
+
 /// A MongoDB server process (replica set, transactions available).
-pub type MongoServer = Server<MongoImpl>;
+pub type MongoServer = Server<MongoOptions>;
 
 /// `transactionLifetimeLimitSeconds` of test servers: a transaction whose
 /// client died mid-commit keeps its documents locked this long (60 s by
@@ -33,7 +44,7 @@ pub type MongoServer = Server<MongoImpl>;
 /// mid-transaction and should recover in seconds.
 pub const TRANSACTION_LIFETIME_SECS: i32 = 5;
 
-impl Launch for MongoImpl {
+impl Launch for MongoOptions {
     const NAME: &'static str = "mongo";
     const START_TIMEOUT: Duration = Duration::from_secs(20);
     const STOP_GRACE: Duration = Duration::from_secs(15);
@@ -42,7 +53,7 @@ impl Launch for MongoImpl {
         let data = dir.join("data");
         std::fs::create_dir_all(&data).expect("create mongo data dir");
         let port = port.to_string();
-        match self {
+        match &self.imp {
             MongoImpl::Secantus(bin) => {
                 let mut c = Command::new(bin);
                 c.args(["--host", "127.0.0.1", "--port", &port, "--storage-path"])
@@ -55,6 +66,9 @@ impl Launch for MongoImpl {
                         "--log-level",
                         "WARNING",
                     ]);
+                if self.root.is_some() {
+                    c.arg("--auth");
+                }
                 c
             }
             MongoImpl::Mongod(bin) => {
@@ -70,6 +84,18 @@ impl Launch for MongoImpl {
                 ])
                 .arg(&data)
                 .args(["--quiet", "--wiredTigerCacheSizeGB", "0.25"]);
+                if self.root.is_some() {
+                    // A replica set with auth needs a key file (which implies --auth).
+                    let key = dir.join("keyfile");
+                    if !key.exists() {
+                        let bytes: [u8; 48] = rand::random();
+                        std::fs::write(&key, hex_text(&bytes)).expect("write the key file");
+                        use std::os::unix::fs::PermissionsExt;
+                        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
+                            .expect("chmod the key file");
+                    }
+                    c.arg("--keyFile").arg(key);
+                }
                 c
             }
         }
@@ -82,8 +108,45 @@ impl Launch for MongoImpl {
     }
 
     async fn configure(&self, port: u16) {
-        let mongod = matches!(self, MongoImpl::Mongod(_));
-        prepare(&mongo_url(port), port, mongod, TRANSACTION_LIFETIME_SECS).await;
+        let mongod = matches!(self.imp, MongoImpl::Mongod(_));
+        match &self.root {
+            None => prepare(&mongo_url(port), port, mongod, TRANSACTION_LIFETIME_SECS).await,
+            Some((user, password)) => {
+                // First start: the localhost exception lets the root user be
+                // created; after a restart it exists. Then everything else
+                // as that user.
+                create_root(port, user, password).await;
+                let url = format!(
+                    "mongodb://{user}:{password}@127.0.0.1:{port}/?directConnection=true&authSource=admin"
+                );
+                prepare(&url, port, mongod, TRANSACTION_LIFETIME_SECS).await;
+            }
+        }
+    }
+}
+
+fn hex_text(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Creates the root user through the localhost exception (no user exists
+/// yet); on a restart it exists already, which is fine.
+async fn create_root(port: u16, user: &str, password: &str) {
+    let client = mongodb::Client::with_uri_str(mongo_url(port))
+        .await
+        .expect("mongo client");
+    let created = client
+        .database("admin")
+        .run_command(doc! { "createUser": user, "pwd": password, "roles": ["root"] })
+        .await;
+    if let Err(e) = created {
+        let text = e.to_string();
+        assert!(
+            text.contains("already exists")
+                || text.contains("requires authentication")
+                || text.contains("Unauthorized"),
+            "createUser {user}: {e}"
+        );
     }
 }
 
@@ -116,17 +179,24 @@ impl MongoServer {
     /// A private server.
     pub async fn start() -> Self {
         let imp = find_mongo().unwrap_or_else(|e| panic!("{e}"));
-        Self::start_with(imp).await
+        Self::start_with(MongoOptions { imp, root: None }).await
     }
 
-    /// `mongodb://127.0.0.1:<port>/?directConnection=true`.
+    /// A private server that requires authentication, with this root user.
+    pub async fn start_with_auth(user: &str, password: &str) -> Self {
+        let imp = find_mongo().unwrap_or_else(|e| panic!("{e}"));
+        let root = Some((user.to_owned(), password.to_owned()));
+        Self::start_with(MongoOptions { imp, root }).await
+    }
+
+    /// `mongodb://127.0.0.1:<port>/?directConnection=true` (no credentials).
     pub fn url(&self) -> String {
         mongo_url(self.port())
     }
 
     /// Which implementation runs.
     pub fn implementation(&self) -> &MongoImpl {
-        self.launch()
+        &self.launch().imp
     }
 }
 

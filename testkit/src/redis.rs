@@ -11,6 +11,9 @@ use crate::process::{Launch, Server};
 pub struct RedisOptions {
     /// `appendonly yes` with this `appendfsync` policy; `None`: no persistence.
     pub appendfsync: Option<&'static str>,
+    /// `Some((user, password))`: an ACL user with every permission, and the
+    /// `default` user off (so every client must authenticate).
+    pub acl_user: Option<(&'static str, &'static str)>,
 }
 
 /// A `redis-server` process.
@@ -40,6 +43,15 @@ impl Launch for RedisOptions {
             Some(policy) => cmd.args(["--appendonly", "yes", "--appendfsync", policy]),
             None => cmd.args(["--appendonly", "no"]),
         };
+        if let Some((user, password)) = self.acl_user {
+            let acl = dir.join("users.acl");
+            std::fs::write(
+                &acl,
+                format!("user default off\nuser {user} on >{password} ~* &* +@all\n"),
+            )
+            .expect("write the ACL file");
+            cmd.arg("--aclfile").arg(acl);
+        }
         cmd
     }
 
@@ -48,10 +60,21 @@ impl Launch for RedisOptions {
             let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
                 .await
                 .ok()?;
-            s.write_all(b"PING\r\n").await.ok()?;
-            let mut buf = [0u8; 16];
-            let n = s.read(&mut buf).await.ok()?;
-            buf[..n].starts_with(b"+PONG").then_some(())
+            let probe = match self.acl_user {
+                Some((user, password)) => format!("AUTH {user} {password}\r\nPING\r\n"),
+                None => "PING\r\n".to_owned(),
+            };
+            s.write_all(probe.as_bytes()).await.ok()?;
+            let mut got = Vec::new();
+            let mut buf = [0u8; 64];
+            while !got.windows(5).any(|w| w == b"+PONG") {
+                let n = s.read(&mut buf).await.ok()?;
+                if n == 0 || buf[..n].starts_with(b"-") || got.len() > 256 {
+                    return None;
+                }
+                got.extend_from_slice(&buf[..n]);
+            }
+            Some(())
         };
         matches!(
             tokio::time::timeout(Duration::from_millis(500), ping).await,
@@ -66,8 +89,13 @@ impl RedisServer {
         Self::start_with(RedisOptions::default()).await
     }
 
-    /// `redis://127.0.0.1:<port>`.
+    /// `redis://127.0.0.1:<port>`, with the ACL user's credentials if it has one.
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port())
+        match self.launch().acl_user {
+            Some((user, password)) => {
+                format!("redis://{user}:{password}@127.0.0.1:{}", self.port())
+            }
+            None => format!("redis://127.0.0.1:{}", self.port()),
+        }
     }
 }

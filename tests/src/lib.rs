@@ -69,6 +69,9 @@ pub struct System {
     pub mongo: mongodb::Client,
     /// Each service's OpenAPI document: every answer the helpers get is checked.
     specs: HashMap<Service, testkit::schemas::Spec>,
+    /// The tracking token of every order placed through the helpers, so
+    /// that reading an order or its timeline, and tracking it, carry it.
+    tokens: std::sync::Mutex<HashMap<String, String>>,
 }
 
 /// Environment of every service of a test system.
@@ -94,6 +97,9 @@ async fn base_vars(prefix: &str, db: &str) -> HashMap<String, String> {
         // for a predecessor held up by a transaction a killed service left open.
         ("CONSUMER_MAX_DEFER_MS", "20000".into()),
         ("OUTBOX_POLL_MS", "50".into()),
+        // No rate limit on order creation in tests that place many orders
+        // from one address; the limit has its own test.
+        ("ORDER_RATE_PER_SEC", "0".into()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
@@ -149,7 +155,31 @@ impl System {
                 (s, testkit::schemas::Spec::new(doc))
             })
             .collect(),
+            tokens: std::sync::Mutex::default(),
         }
+    }
+
+    /// Remembers the tracking token of a placed order (a 201 body).
+    pub fn remember_token(&self, placed: &Value) {
+        if let (Some(id), Some(token)) = (placed["id"].as_str(), placed["tracking_token"].as_str())
+        {
+            self.tokens
+                .lock()
+                .unwrap()
+                .insert(id.to_owned(), token.to_owned());
+        }
+    }
+
+    /// The tracking token of an order placed through the helpers.
+    pub fn token(&self, order_id: &str) -> Option<String> {
+        self.tokens.lock().unwrap().get(order_id).cloned()
+    }
+
+    /// The order id a path of one order concerns
+    /// (`/api/v1/orders/<id>[/...]`), if any.
+    fn order_of_path(path: &str) -> Option<&str> {
+        let rest = path.strip_prefix("/api/v1/orders/")?;
+        Some(rest.split(['/', '?']).next().unwrap_or(rest))
     }
 
     /// The environment a service of this system gets.
@@ -332,12 +362,11 @@ impl System {
     /// GET returning JSON (panics unless 2xx, or if the answer is not one the
     /// OpenAPI document describes).
     pub async fn get_json(&self, service: Service, path: &str) -> Value {
-        let r = self
-            .http
-            .get(format!("{}{path}", self.url(service)))
-            .send()
-            .await
-            .unwrap();
+        let mut req = self.http.get(format!("{}{path}", self.url(service)));
+        if let Some(token) = Self::order_of_path(path).and_then(|id| self.token(id)) {
+            req = req.bearer_auth(token);
+        }
+        let r = req.send().await.unwrap();
         let status = r.status().as_u16();
         let body: Value = r.json().await.unwrap_or(Value::Null);
         self.check_answer(service, "GET", path, status, &body);
@@ -358,6 +387,7 @@ impl System {
         let status = r.status().as_u16();
         let body = r.json().await.unwrap_or(Value::Null);
         self.check_answer(Service::Order, "POST", "/api/v1/orders", status, &body);
+        self.remember_token(&body);
         (status, body)
     }
 
@@ -417,9 +447,28 @@ impl System {
     /// Connects a tracker WebSocket to a notify-svc replica.
     pub async fn track_on(&self, replica: usize, order_id: &str) -> Tracker {
         let addr = self.running[&(Service::Notify, replica)].addr;
-        let url = format!("ws://{addr}/ws/orders/{order_id}");
-        let (socket, _) = tokio_tungstenite::connect_async(url).await.unwrap();
-        Tracker { socket }
+        let token = self
+            .token(order_id)
+            .expect("an order placed through the helpers");
+        // What a browser does: the token as a second offered subprotocol.
+        // notify-svc may not have seen the order's creation yet (404): retry
+        // briefly, as the web app does.
+        eventually("the tracker connects", Duration::from_secs(10), || async {
+            let mut req =
+                tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+                    format!("ws://{addr}/ws/orders/{order_id}"),
+                )
+                .unwrap();
+            req.headers_mut().insert(
+                "sec-websocket-protocol",
+                format!("foodchain.v1, bearer.{token}").parse().unwrap(),
+            );
+            tokio_tungstenite::connect_async(req)
+                .await
+                .ok()
+                .map(|(socket, _)| Tracker { socket })
+        })
+        .await
     }
 
     /// A Redis key of this system.

@@ -58,7 +58,7 @@ impl Ctx {
         let mut env = Env::from_map(vars);
         let settings = CommonSettings::from_env(&mut env, "test-svc");
         env.finish().unwrap();
-        let client = redis_conn::client(&settings.redis_url).unwrap();
+        let client = redis_conn::client(settings.redis_url.expose()).unwrap();
         let conn = redis_conn::commands(&client).unwrap();
         let ns = settings.namespace();
         let publisher = Publisher::new(conn.clone(), ns.clone(), settings.stream_maxlen);

@@ -80,7 +80,7 @@ impl World {
         ]);
         let settings = CommonSettings::from_env(&mut env, "dlq-test");
         env.finish().unwrap();
-        let client = redis_conn::client(&settings.redis_url).unwrap();
+        let client = redis_conn::client(settings.redis_url.expose()).unwrap();
         let conn = redis_conn::commands(&client).unwrap();
         let publisher = Publisher::new(conn.clone(), settings.namespace(), None);
         let handlers = [Switchable::default(), Switchable::default()];
@@ -112,7 +112,7 @@ impl World {
         Command::new(env!("CARGO_BIN_EXE_dlq"))
             .args([
                 "--redis-url",
-                &self.settings.redis_url,
+                self.settings.redis_url.expose(),
                 "--prefix",
                 &self.settings.stream_prefix,
             ])

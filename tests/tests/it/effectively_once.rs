@@ -37,7 +37,9 @@ async fn post_with_key(
         .await
         .unwrap();
     let (status, headers) = (r.status().as_u16(), r.headers().clone());
-    (status, headers, r.json().await.unwrap_or(Value::Null))
+    let body = r.json().await.unwrap_or(Value::Null);
+    sys.remember_token(&body);
+    (status, headers, body)
 }
 
 fn count_type(events: &[Envelope], event_type: &str) -> usize {

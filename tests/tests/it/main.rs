@@ -7,4 +7,5 @@ mod effectively_once;
 mod flow;
 mod ops;
 mod order_api;
+mod privacy;
 mod tracker;

@@ -46,11 +46,8 @@ async fn metrics_use_route_templates_and_pass_promtool() {
     let id = order["id"].as_str().unwrap();
     sys.wait_order_status(id, "delivered", T).await;
     let _ = sys
-        .http
-        .get(format!("{}/api/v1/orders/{id}", sys.url(Service::Order)))
-        .send()
-        .await
-        .unwrap();
+        .get_json(Service::Order, &format!("/api/v1/orders/{id}"))
+        .await;
     let _ = sys
         .http
         .get(format!("{}/no/such/route/{id}", sys.url(Service::Order)))
@@ -131,6 +128,7 @@ async fn metrics_use_route_templates_and_pass_promtool() {
 async fn readiness_follows_redis_down_and_back() {
     let redis = RedisServer::start_with(RedisOptions {
         appendfsync: Some("everysec"),
+        acl_user: None,
     })
     .await;
     let sys = System::start_with(&[("REDIS_URL", &redis.url())]).await;
@@ -224,5 +222,66 @@ async fn readiness_follows_mongo_down_and_back() {
         })
         .await;
     }
+    sys.shutdown().await;
+}
+
+/// Credentials work everywhere: Redis with an ACL user (the default user
+/// off) and MongoDB with SCRAM authentication and an application user that
+/// may only read and write its own database; a whole flow goes through, and
+/// readiness is green.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_acl_users_and_mongo_users_work_end_to_end() {
+    let redis = RedisServer::start_with(RedisOptions {
+        appendfsync: None,
+        acl_user: Some(("foodchain", "r3dis-Secret-pw")),
+    })
+    .await;
+    // Without the credentials Redis refuses.
+    let anonymous = redis::Client::open(format!("redis://127.0.0.1:{}", redis.port())).unwrap();
+    let mut c = anonymous.get_multiplexed_async_connection().await.unwrap();
+    assert!(
+        redis::cmd("PING")
+            .query_async::<String>(&mut c)
+            .await
+            .is_err()
+    );
+
+    let mongo = MongoServer::start_with_auth("root", "r00t-Secret-pw").await;
+    let db = testkit::unique_db("auth");
+    let root_url = format!(
+        "mongodb://root:r00t-Secret-pw@127.0.0.1:{}/?directConnection=true&authSource=admin",
+        mongo.port()
+    );
+    let root = mongodb::Client::with_uri_str(&root_url).await.unwrap();
+    root.database(&db)
+        .run_command(bson::doc! {
+            "createUser": "app", "pwd": "m0ngo-App-pw",
+            "roles": [{ "role": "readWrite", "db": &db }],
+        })
+        .await
+        .unwrap();
+    let app_url = format!(
+        "mongodb://app:m0ngo-App-pw@127.0.0.1:{}/{db}?directConnection=true&authSource={db}",
+        mongo.port()
+    );
+    let sys = System::start_with(&[
+        ("REDIS_URL", &redis.url()),
+        ("MONGO_URL", &app_url),
+        ("MONGO_DB", &db),
+    ])
+    .await;
+    for s in Service::ALL {
+        assert_eq!(
+            readiness(&sys, s).await.0,
+            200,
+            "{s:?} ready with credentials"
+        );
+    }
+    let menu = sys.seed_menu().await;
+    let order = sys
+        .place_order(&[(menu[0]["id"].as_str().unwrap(), 1)])
+        .await;
+    sys.wait_order_status(order["id"].as_str().unwrap(), "delivered", T)
+        .await;
     sys.shutdown().await;
 }

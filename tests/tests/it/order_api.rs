@@ -101,6 +101,13 @@ async fn orders_carry_prices_totals_and_location() {
     assert_eq!(r.status().as_u16(), 201);
     let location = r.headers()["location"].to_str().unwrap().to_owned();
     let order: Value = r.json().await.unwrap();
+    sys.remember_token(&order);
+    let token = order["tracking_token"].as_str().unwrap();
+    assert_eq!(token.len(), 43, "256 random bits, base64url");
+    assert_eq!(
+        order["tracking_url"],
+        format!("/track/{}#token={token}", order["id"].as_str().unwrap())
+    );
     assert_eq!(
         location,
         format!("/api/v1/orders/{}", order["id"].as_str().unwrap())

@@ -41,12 +41,18 @@ async fn trackers_on_every_notify_replica_get_every_update() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_server_pings_and_drops_a_peer_that_stops_answering() {
-    let sys = System::start_with(&[
+    let mut sys = System::start_with(&[
         ("WS_PING_INTERVAL_MS", "150"),
         ("WS_PONG_TIMEOUT_MS", "300"),
     ])
     .await;
-    let id = "65f1a2b3c4d5e6f708192a3b";
+    // A known order that never moves on: no simulator.
+    sys.stop_service(Service::Simulator).await;
+    let menu = sys.seed_menu().await;
+    let order = sys
+        .place_order(&[(menu[0]["id"].as_str().unwrap(), 1)])
+        .await;
+    let id = order["id"].as_str().unwrap();
 
     // A live client answers pings (tungstenite does when it reads) and stays.
     let mut alive = sys.track(id).await;
