@@ -224,6 +224,43 @@ impl Env {
         }
     }
 
+    /// The names of every variable `read` asks for (with no environment at
+    /// all, so with every default): what a binary's `--list-env` prints, and
+    /// what deployment checks compare their `env:` lists against.
+    pub fn names_read<T>(read: impl FnOnce(Env) -> T) -> Vec<String> {
+        let asked = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+        let record = asked.clone();
+        let env = Self {
+            lookup: Box::new(move |key| {
+                record
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .insert(key.to_owned());
+                None
+            }),
+            errors: Vec::new(),
+        };
+        let _ = read(env);
+        let names = asked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .cloned()
+            .collect();
+        names
+    }
+
+    /// With `--list-env` among the process arguments: prints the name of every
+    /// environment variable `read` takes, one per line, and exits.
+    pub fn list_if_asked<T>(read: impl FnOnce(Env) -> T) {
+        if std::env::args().any(|a| a == "--list-env") {
+            for name in Self::names_read(read) {
+                println!("{name}");
+            }
+            std::process::exit(0);
+        }
+    }
+
     /// Reads from a map (tests, embedding).
     pub fn from_map<K: Into<String>, V: Into<String>>(
         map: impl IntoIterator<Item = (K, V)>,
@@ -583,6 +620,21 @@ mod tests {
         env.finish().unwrap();
         assert_eq!(s.stream_maxlen, None);
         assert_ne!(default_consumer_name(), default_consumer_name());
+    }
+
+    #[test]
+    fn the_variables_read_are_listed() {
+        let names = Env::names_read(|mut env| CommonSettings::from_env(&mut env, "x"));
+        for n in [
+            "REDIS_URL",
+            "MONGO_URL",
+            "STREAM_PREFIX",
+            "CONSUMER_BATCH_SIZE",
+            "OUTBOX_LEASE_MS",
+            "SHUTDOWN_TIMEOUT_MS",
+        ] {
+            assert!(names.iter().any(|x| x == n), "{n} missing from {names:?}");
+        }
     }
 
     #[test]

@@ -6,6 +6,7 @@ use delivery_svc::Settings;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    Env::list_if_asked(Settings::from_env);
     let settings = Settings::from_env(Env::from_process())?;
     let telemetry = common::telemetry::init(&(&settings.common).into())?;
     let listener = tokio::net::TcpListener::bind(settings.http_addr)

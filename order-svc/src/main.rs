@@ -26,6 +26,7 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    Env::list_if_asked(Settings::from_env);
     let cli = Cli::parse();
     let settings = Settings::from_env(Env::from_process())?;
     let telemetry = common::telemetry::init(&(&settings.common).into())?;
