@@ -248,6 +248,11 @@ bold "== tools: $("$HELM" version --short), $("$COMPOSE" version --short 2>/dev/
 bold "== compose"
 "$COMPOSE" -f compose.yaml config -q || die "docker compose config rejected compose.yaml"
 say "compose.yaml: OK"
+# The offline override of scripts/compose-smoke.sh (image tags are set by it).
+FOODCHAIN_MONGO_IMAGE=local/secantusdb FOODCHAIN_REDIS_IMAGE=local/redis FOODCHAIN_PROMETHEUS_IMAGE=local/prometheus \
+  "$COMPOSE" -f compose.yaml -f deploy/offline/compose.offline.yaml config -q ||
+  die "docker compose config rejected compose.yaml + deploy/offline/compose.offline.yaml"
+say "compose.yaml + deploy/offline/compose.offline.yaml: OK"
 
 bold "== helm"
 # The subcharts: the umbrella's file://../<name> dependencies but the library.

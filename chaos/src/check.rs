@@ -1,11 +1,14 @@
 //! The invariants, checked against a deployment's Redis and MongoDB.
 //!
 //! Without a load record it checks what the data alone can tell (stock never
-//! negative, one delivery per order, complete timelines, nothing pending,
-//! outbox drained, every order delivered). With the record of a run it also
-//! checks that exactly the accepted orders exist, that stock is conserved,
-//! what the trackers saw, and that the dead letters hold exactly the injected
-//! poison.
+//! negative, every order ended (delivered, cancelled or rejected), one
+//! delivery per delivered order and none for the others, complete timelines
+//! ending in the order's terminal step, nothing pending, outbox drained).
+//! With the record of a run it also checks that exactly the accepted orders
+//! exist, that stock is conserved (initial = current + sold − restocked,
+//! where cancelled and rejected orders are restocked), that every cancel's
+//! answer holds, what the trackers saw, and that the dead letters hold
+//! exactly the injected poison.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -21,7 +24,10 @@ use contract::{
 use futures::TryStreamExt;
 use serde::Serialize;
 
-use crate::load::{Accepted, FULL_FLOW, TrackerResult};
+use crate::load::{Accepted, CancelAnswer, FULL_FLOW, TrackerResult, is_complete_timeline};
+
+/// The statuses an order ends in.
+const TERMINAL: [&str; 3] = ["delivered", "cancelled", "rejected"];
 
 /// One invariant's verdict.
 #[derive(Debug, Clone, Serialize)]
@@ -94,11 +100,11 @@ pub async fn check(t: &Target, record: &Record, settle: Duration) -> anyhow::Res
     let orders = t.db.collection::<Document>("orders");
     let deadline = Instant::now() + settle;
 
-    // 1. Every order reaches delivered (waiting for stragglers).
+    // 1. Every order ends: delivered, cancelled or rejected (waiting for stragglers).
     let mut stuck: Vec<String>;
     loop {
         stuck = orders
-            .find(doc! { "status": { "$ne": "delivered" } })
+            .find(doc! { "status": { "$nin": TERMINAL.to_vec() } })
             .await?
             .try_collect::<Vec<_>>()
             .await?
@@ -119,16 +125,75 @@ pub async fn check(t: &Target, record: &Record, settle: Duration) -> anyhow::Res
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let all_orders: Vec<Document> = orders.find(doc! {}).await?.try_collect().await?;
-    let ids: BTreeSet<String> = all_orders
+    let status_of: HashMap<String, String> = all_orders
         .iter()
-        .filter_map(|o| o.get_object_id("_id").ok())
-        .map(|i| i.to_hex())
+        .filter_map(|o| {
+            Some((
+                o.get_object_id("_id").ok()?.to_hex(),
+                o.get_str("status").ok()?.to_owned(),
+            ))
+        })
         .collect();
+    let ids: BTreeSet<String> = status_of.keys().cloned().collect();
+    let ended = |status: &str| status_of.values().filter(|s| *s == status).count();
     out.push(verdict(
-        "every order reaches delivered",
+        "every order ends: delivered, cancelled or rejected",
         &stuck,
-        format!("{} orders delivered", ids.len()),
+        format!(
+            "{} orders: {} delivered, {} cancelled, {} rejected",
+            ids.len(),
+            ended("delivered"),
+            ended("cancelled"),
+            ended("rejected")
+        ),
     ));
+    let restocked = |id: &str| {
+        status_of
+            .get(id)
+            .is_some_and(|s| s == "cancelled" || s == "rejected")
+    };
+
+    // 1b. Every cancel's answer holds: 200 → cancelled, 409 → not cancelled.
+    if let Some(accepted) = &record.accepted {
+        let mut problems = Vec::new();
+        let (mut won, mut lost) = (0, 0);
+        for a in accepted {
+            let now = status_of.get(&a.order_id).map_or("missing", String::as_str);
+            match &a.cancel {
+                Some(CancelAnswer::Cancelled) => {
+                    won += 1;
+                    if now != "cancelled" {
+                        problems.push(format!(
+                            "{}: cancel answered 200, order is {now}",
+                            a.order_id
+                        ));
+                    }
+                }
+                Some(CancelAnswer::Refused(then)) => {
+                    lost += 1;
+                    if now == "cancelled" {
+                        problems.push(format!(
+                            "{}: cancel answered 409 ({then}), order is cancelled",
+                            a.order_id
+                        ));
+                    }
+                }
+                None => {
+                    if now == "cancelled" {
+                        problems.push(format!(
+                            "{}: cancelled, but never by its customer",
+                            a.order_id
+                        ));
+                    }
+                }
+            }
+        }
+        out.push(verdict(
+            "every cancel's answer holds (200: cancelled; 409: not cancelled)",
+            &problems,
+            format!("{won} cancels won, {lost} refused"),
+        ));
+    }
 
     // 2. Exactly the accepted orders exist, once each.
     if let Some(accepted) = &record.accepted {
@@ -180,23 +245,28 @@ pub async fn check(t: &Target, record: &Record, settle: Duration) -> anyhow::Res
         .collect();
     if let (Some(initial), Some(accepted)) = (&record.initial_stock, &record.accepted) {
         let mut sold: HashMap<&str, i64> = HashMap::new();
+        let mut back: HashMap<&str, i64> = HashMap::new();
         for a in accepted {
             for (item, q) in &a.items {
                 *sold.entry(item.as_str()).or_default() += i64::from(*q);
+                if restocked(&a.order_id) {
+                    *back.entry(item.as_str()).or_default() += i64::from(*q);
+                }
             }
         }
         for (item, start) in initial {
             let now = stock.get(item).copied().unwrap_or(0);
             let s = sold.get(item.as_str()).copied().unwrap_or(0);
-            if *start != now + s {
+            let r = back.get(item.as_str()).copied().unwrap_or(0);
+            if *start != now + s - r {
                 problems.push(format!(
-                    "item {item}: initial {start} != current {now} + accepted {s}"
+                    "item {item}: initial {start} != current {now} + sold {s} - restocked {r}"
                 ));
             }
         }
     }
     out.push(verdict(
-        "stock is conserved and never negative",
+        "stock is conserved (initial = current + sold - restocked), never negative",
         &problems,
         format!("{} items", stock.len()),
     ));
@@ -214,18 +284,26 @@ pub async fn check(t: &Target, record: &Record, settle: Duration) -> anyhow::Res
             .entry(d.get_str("order_id").unwrap_or_default().to_owned())
             .or_default() += 1;
     }
-    let mut problems: Vec<String> = per_order
-        .iter()
-        .filter(|(_, n)| **n != 1)
-        .map(|(o, n)| format!("order {o} has {n} deliveries"))
-        .collect();
+    let mut problems = Vec::new();
+    for id in &ids {
+        let n = per_order.get(id).copied().unwrap_or(0);
+        match status_of.get(id).map(String::as_str) {
+            Some("cancelled" | "rejected") if n > 0 => {
+                problems.push(format!("order {id} ended without delivery but has {n}"));
+            }
+            Some("cancelled" | "rejected") => {}
+            _ if n != 1 => problems.push(format!("order {id} has {n} deliveries")),
+            _ => {}
+        }
+    }
     problems.extend(
-        ids.iter()
-            .filter(|id| !per_order.contains_key(*id))
-            .map(|id| format!("order {id} has no delivery")),
+        per_order
+            .keys()
+            .filter(|o| !ids.contains(*o))
+            .map(|o| format!("delivery for unknown order {o}")),
     );
     out.push(verdict(
-        "exactly one delivery per order",
+        "one delivery per delivered order, none for a cancelled or rejected one",
         &problems,
         format!("{} deliveries", deliveries.len()),
     ));
@@ -269,12 +347,19 @@ pub async fn check(t: &Target, record: &Record, settle: Duration) -> anyhow::Res
             problems.push(format!("order {id}: duplicate timeline events"));
         }
         labels.sort_by_key(|l| FULL_FLOW.iter().position(|f| f == l).unwrap_or(usize::MAX));
-        if labels != FULL_FLOW {
-            problems.push(format!("order {id}: timeline {labels:?}"));
+        // (An order that has not ended fails "every order ends".)
+        let ends_as_order = status_of.get(id).is_none_or(|s| {
+            !TERMINAL.contains(&s.as_str()) || labels.last() == Some(&format!("order:{s}"))
+        });
+        if !is_complete_timeline(&labels) || !ends_as_order {
+            problems.push(format!(
+                "order {id} ({}): timeline {labels:?}",
+                status_of.get(id).map_or("?", String::as_str)
+            ));
         }
     }
     out.push(verdict(
-        "every timeline is complete, in order, without duplicates",
+        "every timeline is complete, in order, without duplicates, ending in the order's terminal step",
         &problems,
         format!("{} timelines", ids.len()),
     ));
@@ -288,7 +373,7 @@ pub async fn check(t: &Target, record: &Record, settle: Duration) -> anyhow::Res
             .collect();
         let reconnects: usize = trackers.iter().map(|t| t.reconnects).sum();
         out.push(verdict(
-            "every tracker saw the full timeline in order, without duplicates",
+            "every tracker saw a whole timeline in order, without duplicates",
             &problems,
             format!("{} trackers, {reconnects} reconnects", trackers.len()),
         ));

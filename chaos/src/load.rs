@@ -5,8 +5,10 @@
 //! error, timeout or 5xx is retried with the same key (exponential backoff,
 //! another replica when one is down) until an answer comes: 201 (accepted,
 //! recorded with its quantities) or 409 (refused: out of stock). Anything else
-//! is recorded as an error. A sample of accepted orders gets a WebSocket
-//! tracker ([`track`]).
+//! is recorded as an error. A share of accepted orders is cancelled a moment
+//! later (the same retries, with an Idempotency-Key of its own), racing the
+//! kitchen; the answer (200, or 409 with the status) is recorded. A sample of
+//! accepted orders gets a WebSocket tracker ([`track`]).
 
 use std::{
     sync::{
@@ -23,7 +25,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 
-pub use testkit::FULL_FLOW;
+pub use testkit::{FULL_FLOW, is_complete_timeline};
 
 /// An accepted order.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -39,6 +41,18 @@ pub struct Accepted {
     pub items: Vec<(String, u32)>,
     /// Attempts it took.
     pub attempts: u32,
+    /// What its cancel got, if the driver cancelled it.
+    #[serde(default)]
+    pub cancel: Option<CancelAnswer>,
+}
+
+/// The answer to a cancel.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum CancelAnswer {
+    /// 200: the order is cancelled.
+    Cancelled,
+    /// 409: no longer cancellable; its status then.
+    Refused(String),
 }
 
 /// What the driver did.
@@ -90,6 +104,10 @@ pub struct LoadConfig {
     pub seed: u64,
     /// How long a tracker waits for the full flow.
     pub tracker_deadline: Duration,
+    /// Fraction of accepted orders the driver cancels.
+    pub cancel: f64,
+    /// A cancel comes after a random wait up to this.
+    pub cancel_within: Duration,
 }
 
 /// An order was accepted by a replica (for "kill it right after").
@@ -123,6 +141,9 @@ pub async fn run(
             .map(|id| (id.clone(), rng.random_range(1..=3)))
             .collect();
         let tracked = rng.random_bool(cfg.track.clamp(0.0, 1.0));
+        let cancel_after = rng
+            .random_bool(cfg.cancel.clamp(0.0, 1.0))
+            .then(|| cfg.cancel_within.mul_f64(rng.random_range(0.0..1.0)));
         let (http, targets, retries, tx) = (
             http.clone(),
             targets.clone(),
@@ -132,12 +153,26 @@ pub async fn run(
         let deadline = cfg.tracker_deadline;
         let key = format!("chaos-{}-{i}", cfg.seed);
         orders.push(tokio::spawn(async move {
-            let outcome = place(&http, &*targets, &key, &items, &retries, &tx).await;
+            let mut outcome = place(&http, &*targets, &key, &items, &retries, &tx).await;
             let tracker = match (&outcome, tracked) {
-                (Outcome::Accepted(a), true) => {
-                    Some(track(targets, a.order_id.clone(), a.token.clone(), deadline).await)
-                }
+                (Outcome::Accepted(a), true) => Some(tokio::spawn(track(
+                    targets.clone(),
+                    a.order_id.clone(),
+                    a.token.clone(),
+                    deadline,
+                ))),
                 _ => None,
+            };
+            if let (Outcome::Accepted(a), Some(after)) = (&mut outcome, cancel_after) {
+                tokio::time::sleep(after).await;
+                match cancel(&http, &*targets, a, &retries).await {
+                    Ok(answer) => a.cancel = Some(answer),
+                    Err(e) => outcome = Outcome::Error(e),
+                }
+            }
+            let tracker = match tracker {
+                Some(t) => t.await.ok(),
+                None => None,
             };
             (outcome, tracker)
         }));
@@ -203,6 +238,7 @@ async fn place(
                                 .to_owned(),
                             items: items.to_vec(),
                             attempts: attempt,
+                            cancel: None,
                         }),
                         None => Outcome::Error(format!("{key}: 201 without an id: {order}")),
                     };
@@ -229,6 +265,60 @@ async fn place(
     unreachable!("the loop only ends by returning")
 }
 
+/// Cancels an accepted order, retrying connection errors, timeouts and 5xx
+/// with the same Idempotency-Key; `Err` for any answer but 200 or 409.
+async fn cancel(
+    http: &reqwest::Client,
+    targets: &dyn Targets,
+    order: &Accepted,
+    retries: &AtomicUsize,
+) -> Result<CancelAnswer, String> {
+    let key = format!("cancel-{}", order.key);
+    let give_up = Instant::now() + Duration::from_secs(300);
+    let mut backoff = Duration::from_millis(100);
+    for attempt in 1usize.. {
+        let urls = targets.orders();
+        if let Some(url) = urls.get(attempt % urls.len().max(1)) {
+            let sent = http
+                .post(format!("{url}/api/v1/orders/{}/cancel", order.order_id))
+                .bearer_auth(&order.token)
+                .header("idempotency-key", &key)
+                .json(&json!({"reason": "chaos"}))
+                .send()
+                .await;
+            match sent {
+                Ok(r) if r.status().as_u16() == 200 => return Ok(CancelAnswer::Cancelled),
+                Ok(r) if r.status().as_u16() == 409 => {
+                    let body: Value = r.json().await.unwrap_or_default();
+                    return Ok(CancelAnswer::Refused(
+                        body["status"].as_str().unwrap_or("?").to_owned(),
+                    ));
+                }
+                Ok(r) if r.status().is_server_error() => {}
+                Ok(r) => {
+                    let status = r.status();
+                    return Err(format!(
+                        "cancel of {}: unexpected {status}: {}",
+                        order.order_id,
+                        r.text().await.unwrap_or_default()
+                    ));
+                }
+                Err(_) => {}
+            }
+        }
+        if Instant::now() > give_up {
+            return Err(format!(
+                "cancel of {}: no answer after {attempt} attempts",
+                order.order_id
+            ));
+        }
+        retries.fetch_add(1, Ordering::Relaxed);
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+    unreachable!("the loop only ends by returning")
+}
+
 /// What one tracker saw.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrackerResult {
@@ -243,9 +333,10 @@ pub struct TrackerResult {
 }
 
 impl TrackerResult {
-    /// The tracker ended with the full flow and saw nothing wrong.
+    /// The tracker ended with a whole timeline (the full flow, or an exit)
+    /// and saw nothing wrong.
     pub fn ok(&self) -> bool {
-        self.violations.is_empty() && self.seen == FULL_FLOW
+        self.violations.is_empty() && is_complete_timeline(&self.seen)
     }
 }
 
@@ -265,7 +356,8 @@ fn label(entry: &Value) -> String {
 }
 
 /// Follows one order over WebSocket, reconnecting (to any notify replica)
-/// whenever the connection drops, until it has seen the whole flow.
+/// whenever the connection drops, until it has seen a whole timeline (the
+/// server closes the socket then).
 pub async fn track(
     targets: Arc<dyn Targets>,
     order_id: String,
@@ -280,7 +372,7 @@ pub async fn track(
     };
     let until = Instant::now() + deadline;
     let mut connection = 0usize;
-    while Instant::now() < until && r.seen != FULL_FLOW {
+    while Instant::now() < until && !is_complete_timeline(&r.seen) {
         let urls = targets.notify();
         let Some(base) = urls.get(connection % urls.len().max(1)) else {
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -344,14 +436,14 @@ pub async fn track(
                 }
                 _ => {}
             }
-            if r.seen == FULL_FLOW {
+            if is_complete_timeline(&r.seen) {
                 let _ = socket.close(None).await;
                 return r;
             }
         }
         r.reconnects += 1;
     }
-    if r.seen != FULL_FLOW {
+    if !is_complete_timeline(&r.seen) {
         r.violations
             .push(format!("incomplete after {deadline:?}: {:?}", r.seen));
     }

@@ -116,6 +116,12 @@ struct RunArgs {
     /// Fraction of accepted orders tracked over WebSocket.
     #[arg(long, default_value_t = 0.1)]
     track: f64,
+    /// Fraction of accepted orders the client cancels (racing the kitchen).
+    #[arg(long, default_value_t = 0.1)]
+    cancel: f64,
+    /// Share of orders the simulated kitchen rejects (`SIMULATOR_REJECT_RATE`).
+    #[arg(long, default_value_t = 0.05)]
+    reject_rate: f64,
     /// Redis appendfsync policy.
     #[arg(long, default_value = "always", value_parser = ["always", "everysec", "no"])]
     fsync: String,
@@ -150,6 +156,9 @@ struct LoadArgs {
     /// Fraction tracked over WebSocket.
     #[arg(long, default_value_t = 0.1)]
     track: f64,
+    /// Fraction of accepted orders cancelled.
+    #[arg(long, default_value_t = 0.0)]
+    cancel: f64,
     /// RNG seed.
     #[arg(long, default_value_t = 1)]
     seed: u64,
@@ -256,9 +265,11 @@ async fn run(a: RunArgs) -> anyhow::Result<bool> {
     });
     let fsync = fsync_policy(&a.fsync);
     println!(
-        "chaos run: seed {seed}, {} orders at {}/s, appendfsync {fsync}, logs in {}",
+        "chaos run: seed {seed}, {} orders at {}/s ({:.0}% cancelled, {:.0}% rejected by the kitchen), appendfsync {fsync}, logs in {}",
         a.orders,
         a.rate,
+        a.cancel * 100.0,
+        a.reject_rate * 100.0,
         out.display()
     );
     let cluster = Arc::new(
@@ -267,6 +278,10 @@ async fn run(a: RunArgs) -> anyhow::Result<bool> {
             out.clone(),
             Options {
                 fsync,
+                env: vec![
+                    ("SIMULATOR_REJECT_RATE".into(), a.reject_rate.to_string()),
+                    ("SIMULATOR_SEED".into(), seed.to_string()),
+                ],
                 ..Options::default()
             },
         )
@@ -305,6 +320,10 @@ async fn run(a: RunArgs) -> anyhow::Result<bool> {
         track: a.track,
         seed,
         tracker_deadline: Duration::from_secs((load_secs as u64) + 180),
+        cancel: a.cancel,
+        // The kitchen hands an order over about 0.45 s after it is placed
+        // (SIMULATOR_DELAY_SCALE 0.05): some cancels win, some lose.
+        cancel_within: Duration::from_millis(600),
     };
     let load_started = Instant::now();
     let load = tokio::spawn(load::run(
@@ -360,7 +379,9 @@ async fn run(a: RunArgs) -> anyhow::Result<bool> {
     invariants.insert(
         0,
         Verdict {
-            invariant: "the client got an answer for every order (201 or 409)".into(),
+            invariant:
+                "the client got an answer for every order (201 or 409) and cancel (200 or 409)"
+                    .into(),
             passed: load_result.errors.is_empty(),
             detail: if load_result.errors.is_empty() {
                 format!("{} answered", a.orders)
@@ -458,6 +479,8 @@ async fn load_only(a: LoadArgs) -> anyhow::Result<()> {
         track: a.track,
         seed: a.seed,
         tracker_deadline: Duration::from_secs(300),
+        cancel: a.cancel,
+        cancel_within: Duration::from_secs(10),
     };
     let targets = Arc::new(FixedTargets(a.order_urls.clone(), a.notify_urls.clone()));
     let result = load::run(targets, initial_stock.keys().cloned().collect(), cfg, tx).await;

@@ -10,11 +10,12 @@ use std::{collections::HashMap, time::Duration};
 use bson::{Document, doc, oid::ObjectId};
 use chaos::{
     check::{Record, Target, Verdict, check, groups},
-    load::{Accepted, FULL_FLOW, TrackerResult},
+    load::{Accepted, CancelAnswer, FULL_FLOW, TrackerResult},
 };
 use contract::streams::{Namespace, Stream};
 
-/// A small finished run: two items, three delivered orders.
+/// A small finished run: two items, three delivered orders, one cancelled
+/// by its customer at `confirmed`, one rejected by the kitchen.
 struct World {
     target: Target,
     record: Record,
@@ -60,7 +61,9 @@ async fn world() -> World {
     }
 
     let items = vec![ObjectId::new(), ObjectId::new()];
-    // Initial stock 10 and 5; the three orders bought 2+1 of the first, 3 of the second.
+    // Initial stock 10 and 5; the three delivered orders bought 2+1 of the
+    // first, 3 of the second; the cancelled (4 of the first) and the
+    // rejected (1 of the second) ones were restocked.
     db.collection::<Document>("menu")
         .insert_many([
             doc! { "_id": items[0], "stock": 7_i64 },
@@ -68,21 +71,35 @@ async fn world() -> World {
         ])
         .await
         .unwrap();
-    let orders = vec![ObjectId::new(), ObjectId::new(), ObjectId::new()];
-    let bought = [(0, 2), (0, 1), (1, 3)];
+    let orders: Vec<ObjectId> = (0..5).map(|_| ObjectId::new()).collect();
+    let bought = [(0, 2), (0, 1), (1, 3), (0, 4), (1, 1)];
+    let ends = [
+        "delivered",
+        "delivered",
+        "delivered",
+        "cancelled",
+        "rejected",
+    ];
     let mut accepted = Vec::new();
-    for (o, (item, q)) in orders.iter().zip(bought) {
+    for ((o, (item, q)), end) in orders.iter().zip(bought).zip(ends) {
         let id = o.to_hex();
         db.collection::<Document>("orders")
-            .insert_one(doc! { "_id": o, "status": "delivered" })
+            .insert_one(doc! { "_id": o, "status": end })
             .await
             .unwrap();
-        db.collection::<Document>("deliveries")
-            .insert_one(doc! { "_id": ObjectId::new(), "order_id": &id })
-            .await
-            .unwrap();
+        let flow: &[&str] = match end {
+            "cancelled" => &[FULL_FLOW[0], FULL_FLOW[1], "order:cancelled"],
+            "rejected" => &[FULL_FLOW[0], "order:rejected"],
+            _ => {
+                db.collection::<Document>("deliveries")
+                    .insert_one(doc! { "_id": ObjectId::new(), "order_id": &id })
+                    .await
+                    .unwrap();
+                &FULL_FLOW
+            }
+        };
         db.collection::<Document>("timelines")
-            .insert_one(timeline(&id, &FULL_FLOW))
+            .insert_one(timeline(&id, flow))
             .await
             .unwrap();
         accepted.push(Accepted {
@@ -91,6 +108,11 @@ async fn world() -> World {
             token: String::new(),
             items: vec![(items[item].to_hex(), q)],
             attempts: 1,
+            cancel: match end {
+                "cancelled" => Some(CancelAnswer::Cancelled),
+                _ if *o == orders[2] => Some(CancelAnswer::Refused("out_for_delivery".into())),
+                _ => None,
+            },
         });
     }
     for svc in ["order_svc", "delivery_svc"] {
@@ -99,12 +121,24 @@ async fn world() -> World {
             .await
             .unwrap();
     }
-    let trackers = vec![TrackerResult {
-        order_id: orders[0].to_hex(),
-        seen: FULL_FLOW.iter().map(|s| (*s).to_owned()).collect(),
-        reconnects: 1,
-        violations: vec![],
-    }];
+    let trackers = vec![
+        TrackerResult {
+            order_id: orders[0].to_hex(),
+            seen: FULL_FLOW.iter().map(|s| (*s).to_owned()).collect(),
+            reconnects: 1,
+            violations: vec![],
+        },
+        TrackerResult {
+            order_id: orders[3].to_hex(),
+            seen: vec![
+                "order:created".into(),
+                "order:confirmed".into(),
+                "order:cancelled".into(),
+            ],
+            reconnects: 0,
+            violations: vec![],
+        },
+    ];
     let record = Record {
         accepted: Some(accepted),
         initial_stock: Some(HashMap::from([
@@ -124,7 +158,7 @@ async fn world() -> World {
 
 async fn failing(w: &World) -> Vec<String> {
     let verdicts: Vec<Verdict> = check(&w.target, &w.record, Duration::ZERO).await.unwrap();
-    assert_eq!(verdicts.len(), 9, "{verdicts:#?}");
+    assert_eq!(verdicts.len(), 10, "{verdicts:#?}");
     verdicts
         .into_iter()
         .filter(|v| !v.passed)
@@ -159,13 +193,13 @@ async fn an_order_stuck_before_delivered_fails() {
         )
         .await
         .unwrap();
-    only(&failing(&w).await, "every order reaches delivered");
+    only(&failing(&w).await, "every order ends");
 }
 
 #[tokio::test]
 async fn a_lost_or_extra_order_fails() {
     let mut w = world().await;
-    w.record.accepted.as_mut().unwrap().pop();
+    w.record.accepted.as_mut().unwrap().remove(0);
     let failed = failing(&w).await;
     // The order nobody accepted exists, and the stock it took is unaccounted for.
     assert!(
@@ -192,7 +226,7 @@ async fn oversold_or_negative_stock_fails() {
         )
         .await
         .unwrap();
-    only(&failing(&w).await, "stock is conserved and never negative");
+    only(&failing(&w).await, "stock is conserved");
 }
 
 #[tokio::test]
@@ -204,7 +238,7 @@ async fn a_second_delivery_fails() {
         .insert_one(doc! { "_id": ObjectId::new(), "order_id": w.orders[2].to_hex() })
         .await
         .unwrap();
-    only(&failing(&w).await, "exactly one delivery per order");
+    only(&failing(&w).await, "one delivery per delivered order");
 }
 
 #[tokio::test]
@@ -237,7 +271,7 @@ async fn a_timeline_with_a_hole_or_a_duplicate_fails() {
 async fn a_tracker_that_missed_a_status_fails() {
     let mut w = world().await;
     w.record.trackers.as_mut().unwrap()[0].seen.remove(3);
-    only(&failing(&w).await, "every tracker saw the full timeline");
+    only(&failing(&w).await, "every tracker saw a whole timeline");
 }
 
 #[tokio::test]
@@ -304,4 +338,92 @@ async fn a_dead_letter_nobody_injected_fails() {
         &failing(&w).await,
         "the dead letters hold exactly the injected poison",
     );
+}
+
+#[tokio::test]
+async fn a_delivery_for_a_cancelled_or_rejected_order_fails() {
+    for ended in [3, 4] {
+        let w = world().await;
+        w.target
+            .db
+            .collection::<Document>("deliveries")
+            .insert_one(doc! { "_id": ObjectId::new(), "order_id": w.orders[ended].to_hex() })
+            .await
+            .unwrap();
+        only(&failing(&w).await, "one delivery per delivered order");
+    }
+}
+
+#[tokio::test]
+async fn a_cancellation_that_did_not_restock_fails() {
+    let w = world().await;
+    // The cancelled order's 4 units never came back.
+    w.target
+        .db
+        .collection::<Document>("menu")
+        .update_one(
+            doc! { "_id": w.items[0] },
+            doc! { "$set": { "stock": 3_i64 } },
+        )
+        .await
+        .unwrap();
+    only(&failing(&w).await, "stock is conserved");
+}
+
+#[tokio::test]
+async fn a_cancel_answer_the_order_contradicts_fails() {
+    // Answered 200, but the order went on and was delivered.
+    let mut w = world().await;
+    w.record.accepted.as_mut().unwrap()[0].cancel = Some(CancelAnswer::Cancelled);
+    only(&failing(&w).await, "every cancel's answer holds");
+    // Answered 409, but the order is cancelled.
+    let mut w = world().await;
+    w.record.accepted.as_mut().unwrap()[3].cancel = Some(CancelAnswer::Refused("delivered".into()));
+    only(&failing(&w).await, "every cancel's answer holds");
+}
+
+#[tokio::test]
+async fn a_timeline_that_does_not_end_in_the_orders_end_fails() {
+    let w = world().await;
+    let timelines = w.target.db.collection::<Document>("timelines");
+    let cancelled = w.orders[3].to_hex();
+    // Cancelled, but the timeline stops before the last step.
+    timelines
+        .replace_one(
+            doc! { "_id": &cancelled },
+            timeline(&cancelled, &FULL_FLOW[..2]),
+        )
+        .await
+        .unwrap();
+    only(&failing(&w).await, "every timeline is complete");
+    // A delivered order whose timeline says cancelled.
+    timelines
+        .replace_one(
+            doc! { "_id": &cancelled },
+            timeline(&cancelled, &[FULL_FLOW[0], FULL_FLOW[1], "order:cancelled"]),
+        )
+        .await
+        .unwrap();
+    let delivered = w.orders[0].to_hex();
+    timelines
+        .replace_one(
+            doc! { "_id": &delivered },
+            timeline(&delivered, &[FULL_FLOW[0], "order:cancelled"]),
+        )
+        .await
+        .unwrap();
+    only(&failing(&w).await, "every timeline is complete");
+    // Rejected after confirmed: not a rejection the kitchen can make.
+    let w = world().await;
+    let rejected = w.orders[4].to_hex();
+    w.target
+        .db
+        .collection::<Document>("timelines")
+        .replace_one(
+            doc! { "_id": &rejected },
+            timeline(&rejected, &[FULL_FLOW[0], FULL_FLOW[1], "order:rejected"]),
+        )
+        .await
+        .unwrap();
+    only(&failing(&w).await, "every timeline is complete");
 }

@@ -38,6 +38,10 @@ pub struct ErrorBody {
     /// For validation errors: the JSON path of each bad field (`items[1].quantity`) and what is wrong with it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fields: Option<std::collections::BTreeMap<String, String>>,
+    /// For a change the resource's state no longer allows (a cancel once the
+    /// order is out for delivery): its current status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
 }
 
 /// The error body every service answers with:

@@ -241,13 +241,12 @@ impl Env {
             errors: Vec::new(),
         };
         let _ = read(env);
-        let names = asked
+        asked
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .iter()
             .cloned()
-            .collect();
-        names
+            .collect()
     }
 
     /// With `--list-env` among the process arguments: prints the name of every

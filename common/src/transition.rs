@@ -21,8 +21,17 @@
 //! Early, duplicate and missing abort the transaction, so the inbox claim is
 //! rolled back with them: a deferred or retried event is still new when it
 //! comes back.
+//!
+//! A move may carry more in the same transaction: extra fields to set (a
+//! cancellation's reason) and an [`Effect`] run on the document after the move
+//! (putting a cancelled order's stock back). A move can also be requested by
+//! a user rather than by an event ([`Cause::Request`]): there is no event id
+//! to claim then, and the caller's idempotency is its own (an
+//! `Idempotency-Key`, or the guard itself: a second cancel finds the order
+//! cancelled). An exit the current status no longer allows is
+//! [`StatusChange::Refused`].
 
-use bson::{doc, oid::ObjectId};
+use bson::{Document, doc, oid::ObjectId};
 use contract::{
     Envelope,
     status::{Lifecycle, Transition},
@@ -35,7 +44,7 @@ use tracing::info;
 use crate::{
     consumer::{HandlerError, Outcome},
     inbox::Inbox,
-    mongo::{MaybeMongoError, RetryPolicy, run_transaction},
+    mongo::{BoxFuture, MaybeMongoError, RetryPolicy, run_transaction},
     outbox::Outbox,
 };
 
@@ -58,10 +67,13 @@ pub enum StatusChange<S> {
         /// Status before.
         previous: S,
     },
-    /// Already at or past it (a stale or duplicate event): nothing changed.
+    /// Already at or past it (a stale or duplicate event), or already
+    /// terminal: nothing changed.
     Stale(S),
     /// Skips ahead of the current status: nothing changed, try again later.
     Early(S),
+    /// An exit the current status no longer allows: nothing changed.
+    Refused(S),
     /// This event was applied before (inbox): nothing changed.
     Duplicate,
     /// No such document.
@@ -71,9 +83,11 @@ pub enum StatusChange<S> {
 impl<S: Lifecycle> StatusChange<S> {
     /// What the consumer does with a status event for `what` (`"order"`)
     /// `id` that asked for status `to`, with a log line: moved → done;
-    /// duplicate or stale → acknowledged and skipped; early → deferred until
-    /// its predecessor is applied; missing → retried (its creation may still
-    /// be on its way), then dead-lettered.
+    /// duplicate, stale or refused → acknowledged and skipped (refused: the
+    /// document left the point where `to` was possible, e.g. a rejection of
+    /// an order the customer already cancelled); early → deferred until its
+    /// predecessor is applied; missing → retried (its creation may still be
+    /// on its way), then dead-lettered.
     pub fn outcome(self, what: &'static str, id: &str, to: S) -> Result<Outcome, HandlerError> {
         let status = to.name();
         match self {
@@ -85,7 +99,7 @@ impl<S: Lifecycle> StatusChange<S> {
                 info!(what, id, "event already applied (inbox); duplicate ignored");
                 Ok(Outcome::Skipped)
             }
-            Self::Stale(current) => {
+            Self::Stale(current) | Self::Refused(current) => {
                 info!(
                     what,
                     id,
@@ -104,8 +118,38 @@ impl<S: Lifecycle> StatusChange<S> {
     }
 }
 
+/// Why a document moves.
+#[derive(Debug, Clone, Copy)]
+pub enum Cause<'a> {
+    /// An event of a consumer group (its id is claimed in the group's inbox).
+    Event(&'a Envelope),
+    /// A user's request (no inbox: the request's own idempotency applies).
+    Request {
+        /// Ties the move to the request in logs and in the resulting event.
+        correlation_id: &'a str,
+    },
+}
+
+impl Cause<'_> {
+    fn correlation_id(&self) -> &str {
+        match self {
+            Cause::Event(e) => &e.correlation_id,
+            Cause::Request { correlation_id } => correlation_id,
+        }
+    }
+}
+
+/// More work in the transaction of a move, on the document after it.
+pub trait Effect<T>: Sync {
+    /// Runs inside the move's transaction.
+    fn run<'a>(
+        &'a self,
+        s: &'a mut ClientSession,
+        after: &'a T,
+    ) -> BoxFuture<'a, mongodb::error::Result<()>>;
+}
+
 /// Where one kind of document lives and where its events go.
-#[derive(Debug)]
 pub struct Guarded<'a, T: Versioned> {
     /// The client (for the session).
     pub client: &'a mongodb::Client,
@@ -121,6 +165,17 @@ pub struct Guarded<'a, T: Versioned> {
     pub stream: Stream,
     /// Builds the resulting event: `(document after, previous status, correlation id)`.
     pub event: fn(&T, T::Status, &str) -> Envelope,
+    /// Run in the transaction after every move, on the document after it.
+    pub effect: Option<&'a dyn Effect<T>>,
+}
+
+impl<T: Versioned> std::fmt::Debug for Guarded<'_, T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guarded")
+            .field("group", &self.group)
+            .field("stream", &self.stream)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -146,19 +201,20 @@ impl<S: std::fmt::Debug> MaybeMongoError for Abort<S> {
 
 impl<T: Versioned> Guarded<'_, T> {
     /// Moves document `id` to status `to` because of `cause`, at most once per
-    /// event (see the module doc).
+    /// event, setting `set` too (see the module doc).
     pub async fn apply(
         &self,
         id: ObjectId,
         to: T::Status,
-        cause: &Envelope,
+        cause: Cause<'_>,
+        set: Document,
     ) -> mongodb::error::Result<StatusChange<T::Status>> {
-        let ctx = (self, id, to, cause);
+        let ctx = (self, id, to, cause, set);
         let result = run_transaction(
             self.client,
             RetryPolicy::default(),
             &ctx,
-            |s, (this, id, to, cause)| Box::pin(this.apply_in(s, *id, *to, cause)),
+            |s, (this, id, to, cause, set)| Box::pin(this.apply_in(s, *id, *to, *cause, set)),
         )
         .await;
         match result {
@@ -181,12 +237,14 @@ impl<T: Versioned> Guarded<'_, T> {
         s: &mut ClientSession,
         id: ObjectId,
         to: T::Status,
-        cause: &Envelope,
+        cause: Cause<'_>,
+        set: &Document,
     ) -> Result<StatusChange<T::Status>, Abort<T::Status>> {
-        if !self
-            .inbox
-            .claim(&mut *s, self.group, cause.event_id)
-            .await?
+        if let Cause::Event(event) = cause
+            && !self
+                .inbox
+                .claim(&mut *s, self.group, event.event_id)
+                .await?
         {
             return Err(Abort::Duplicate);
         }
@@ -201,18 +259,19 @@ impl<T: Versioned> Guarded<'_, T> {
         let previous = current.status();
         match previous.transition(to) {
             Transition::Stale => return Ok(StatusChange::Stale(previous)),
+            Transition::Refused => return Ok(StatusChange::Refused(previous)),
             Transition::Early => return Err(Abort::Early(previous)),
             Transition::Apply => {}
         }
         let status = bson::to_bson(&to).map_err(mongodb::error::Error::custom)?;
+        let mut fields = set.clone();
+        fields.insert("status", status);
+        fields.insert("updated_at", bson::DateTime::now());
         let updated = self
             .collection
             .find_one_and_update(
                 doc! { "_id": id, "version": current.version() },
-                doc! {
-                    "$set": { "status": status, "updated_at": bson::DateTime::now() },
-                    "$inc": { "version": 1 },
-                },
+                doc! { "$set": fields, "$inc": { "version": 1 } },
             )
             .return_document(ReturnDocument::After)
             .session(&mut *s)
@@ -222,7 +281,10 @@ impl<T: Versioned> Guarded<'_, T> {
         let Some(after) = updated else {
             return Err(Abort::Missing);
         };
-        let event = (self.event)(&after, previous, &cause.correlation_id);
+        if let Some(effect) = self.effect {
+            effect.run(&mut *s, &after).await?;
+        }
+        let event = (self.event)(&after, previous, cause.correlation_id());
         self.outbox
             .add(&mut *s, self.stream, &event, after.version())
             .await?;

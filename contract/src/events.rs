@@ -263,13 +263,59 @@ pub struct OrderStatusUpdated {
     pub customer: Option<Customer>,
 }
 
-/// `order.status_changed.v1`: the kitchen moved an order on.
+/// `order.status_changed.v1`: the kitchen moved an order on (or, with
+/// status `rejected` and a reason, refused it).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct OrderStatusChanged {
     /// Order id.
     pub order_id: OrderId,
     /// Status it should move to.
     pub status: OrderStatus,
+    /// Why, for a rejection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// Units of one menu item put back in stock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Restocked {
+    /// Menu item.
+    pub item_id: MenuItemId,
+    /// Units put back.
+    pub quantity: u32,
+}
+
+/// `order.cancelled.v1`: the customer cancelled an order before it went out
+/// for delivery; its stock was put back in the same transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct OrderCancelled {
+    /// Order id.
+    pub order_id: OrderId,
+    /// The status it was cancelled at.
+    pub previous: OrderStatus,
+    /// Version of the order after this event.
+    pub version: u32,
+    /// What the customer said, if anything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The stock put back, per line.
+    pub restocked: Vec<Restocked>,
+}
+
+/// `order.rejected.v1`: the kitchen refused an order; its stock was put back
+/// in the same transaction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct OrderRejected {
+    /// Order id.
+    pub order_id: OrderId,
+    /// The status it was rejected at (`created`).
+    pub previous: OrderStatus,
+    /// Version of the order after this event.
+    pub version: u32,
+    /// Why the kitchen refused it.
+    pub reason: String,
+    /// The stock put back, per line.
+    pub restocked: Vec<Restocked>,
 }
 
 /// `delivery.created.v1`: a delivery was created for an order.
@@ -382,8 +428,26 @@ OrderStatusUpdated {
     customer: None,
 });
 event!(OrderStatusChanged, "order.status_changed", 1, OrderStatus, key: order_id,
-    "The kitchen moved an order on.",
-    OrderStatusChanged { order_id: EXAMPLE_ORDER, status: OrderStatus::Confirmed });
+    "The kitchen moved an order on (or refused it: status rejected, with a reason).",
+    OrderStatusChanged { order_id: EXAMPLE_ORDER, status: OrderStatus::Confirmed, reason: None });
+event!(OrderCancelled, "order.cancelled", 1, Orders, key: order_id,
+"The customer cancelled an order before it went out for delivery; its stock is back.",
+OrderCancelled {
+    order_id: EXAMPLE_ORDER,
+    previous: OrderStatus::Preparing,
+    version: 4,
+    reason: Some("changed my mind".into()),
+    restocked: vec![Restocked { item_id: EXAMPLE_ITEM, quantity: 2 }],
+});
+event!(OrderRejected, "order.rejected", 1, Orders, key: order_id,
+"The kitchen refused an order at the confirm step; its stock is back.",
+OrderRejected {
+    order_id: EXAMPLE_ORDER,
+    previous: OrderStatus::Created,
+    version: 2,
+    reason: "the kitchen is out of dough".into(),
+    restocked: vec![Restocked { item_id: EXAMPLE_ITEM, quantity: 2 }],
+});
 event!(DeliveryCreated, "delivery.created", 1, Deliveries, key: order_id,
 "A delivery was created for an order that went out for delivery.",
 DeliveryCreated {
@@ -419,7 +483,12 @@ event!(SimulationDeliveryRequested, "simulation.delivery_requested", 1, Simulate
 
 stream_events! {
     /// What `orders-stream` carries.
-    OrdersEvent on Orders { Created(OrderCreated), StatusUpdated(OrderStatusUpdated) }
+    OrdersEvent on Orders {
+        Created(OrderCreated),
+        StatusUpdated(OrderStatusUpdated),
+        Cancelled(OrderCancelled),
+        Rejected(OrderRejected),
+    }
 }
 stream_events! {
     /// What `deliveries-stream` carries.
@@ -477,7 +546,7 @@ mod tests {
     #[test]
     fn every_event_is_on_the_stream_whose_enum_lists_it_and_round_trips() {
         let catalog = catalog();
-        assert_eq!(catalog.len(), 8);
+        assert_eq!(catalog.len(), 10);
         for e in &catalog {
             assert!(
                 types_of(e.stream).contains(&e.event_type),

@@ -2,6 +2,8 @@
 //!
 //! ```text
 //! order:    created → confirmed → preparing → out_for_delivery → delivered
+//!              │  ╰──────────┴──────────┴─→ cancelled   (the customer)
+//!              ╰─→ rejected                              (the kitchen, at the confirm step)
 //! delivery: waiting_for_pickup → on_the_way → delivered
 //! ```
 //!
@@ -10,6 +12,12 @@
 //! or behind the current one is a duplicate or stale event (acknowledged,
 //! ignored, never applied backwards); a status further ahead is *early* (its
 //! predecessor is still being retried), so the handler asks for a retry.
+//! Besides the flow, a lifecycle may have *exits*: terminal statuses reachable
+//! only from some statuses of the flow (an order is cancelled while created,
+//! confirmed or preparing; rejected while created). An exit from anywhere
+//! else is *refused*, and a terminal status never moves again: everything
+//! after it is stale. Which of a cancel and the kitchen's next move wins is
+//! decided by the one guarded transition that applies first.
 //!
 //! A tracker follows one order through both flows as [`Step`]s, in
 //! [`tracking_flow`] order: the order's flow up to `out_for_delivery`, then
@@ -30,34 +38,53 @@ pub enum Transition {
     Stale,
     /// It skips ahead: its predecessor has not been applied yet.
     Early,
+    /// An exit that the current status no longer allows (a cancel once the
+    /// order is out for delivery).
+    Refused,
 }
 
 /// A linear status lifecycle.
 pub trait Lifecycle: Copy + Eq + Sized + 'static {
-    /// Every status, first to last.
+    /// The path, first to last.
     const FLOW: &'static [Self];
+
+    /// Terminal statuses off the path, each with the statuses it can be
+    /// reached from.
+    const EXITS: &'static [(Self, &'static [Self])] = &[];
 
     /// The wire name (`out_for_delivery`).
     fn name(self) -> &'static str;
 
-    /// Position in [`Lifecycle::FLOW`].
-    fn rank(self) -> usize {
-        Self::FLOW.iter().position(|s| *s == self).unwrap_or(0)
+    /// Position in [`Lifecycle::FLOW`] (`None` for an exit).
+    fn rank(self) -> Option<usize> {
+        Self::FLOW.iter().position(|s| *s == self)
     }
 
-    /// The status after this one.
+    /// The status after this one on the path.
     fn next(self) -> Option<Self> {
-        Self::FLOW.get(self.rank() + 1).copied()
+        Self::FLOW.get(self.rank()? + 1).copied()
     }
 
-    /// Whether this is the last status.
+    /// Whether this status ends the lifecycle (the last of the path, or an exit).
     fn is_final(self) -> bool {
-        self.next().is_none()
+        Self::FLOW.last() == Some(&self) || Self::EXITS.iter().any(|(e, _)| *e == self)
     }
 
     /// How an event moving to `to` relates to the current status `self`.
     fn transition(self, to: Self) -> Transition {
-        let (from, to) = (self.rank(), to.rank());
+        if self.is_final() {
+            return Transition::Stale;
+        }
+        if let Some((_, from)) = Self::EXITS.iter().find(|(e, _)| *e == to) {
+            return if from.contains(&self) {
+                Transition::Apply
+            } else {
+                Transition::Refused
+            };
+        }
+        let (Some(from), Some(to)) = (self.rank(), to.rank()) else {
+            return Transition::Refused;
+        };
         if to == from + 1 {
             Transition::Apply
         } else if to <= from {
@@ -83,6 +110,10 @@ pub enum OrderStatus {
     OutForDelivery,
     /// At the customer's door.
     Delivered,
+    /// Cancelled by the customer before it went out; its stock is back.
+    Cancelled,
+    /// Refused by the kitchen at the confirm step; its stock is back.
+    Rejected,
 }
 
 impl Lifecycle for OrderStatus {
@@ -92,6 +123,14 @@ impl Lifecycle for OrderStatus {
         Self::Preparing,
         Self::OutForDelivery,
         Self::Delivered,
+    ];
+
+    const EXITS: &'static [(Self, &'static [Self])] = &[
+        (
+            Self::Cancelled,
+            &[Self::Created, Self::Confirmed, Self::Preparing],
+        ),
+        (Self::Rejected, &[Self::Created]),
     ];
 
     fn name(self) -> &'static str {
@@ -108,6 +147,8 @@ impl OrderStatus {
             Self::Preparing => "preparing",
             Self::OutForDelivery => "out_for_delivery",
             Self::Delivered => "delivered",
+            Self::Cancelled => "cancelled",
+            Self::Rejected => "rejected",
         }
     }
 }
@@ -161,7 +202,8 @@ pub enum Step {
 }
 
 static TRACKING_FLOW: LazyLock<Vec<Step>> = LazyLock::new(|| {
-    let (before, after) = OrderStatus::FLOW.split_at(HANDOVER.rank() + 1);
+    let handover = HANDOVER.rank().unwrap_or_default();
+    let (before, after) = OrderStatus::FLOW.split_at(handover + 1);
     before
         .iter()
         .map(|s| Step::Order(*s))
@@ -178,11 +220,18 @@ pub fn tracking_flow() -> &'static [Step] {
 impl Step {
     /// Position in [`tracking_flow`]: the causal order of the steps of one
     /// order (timestamps come from different hosts' clocks; this does not).
+    /// An exit (cancelled, rejected) has no position of its own: it comes
+    /// right after the step it left from (see [`Step::stage_after`]).
     pub fn stage(self) -> usize {
         tracking_flow()
             .iter()
             .position(|s| *s == self)
             .unwrap_or(usize::MAX)
+    }
+
+    /// The stage of an exit that left from `previous`.
+    pub fn stage_after(previous: Step) -> usize {
+        previous.stage().saturating_add(1)
     }
 
     /// `kind:status`, e.g. `delivery:on_the_way`.
@@ -193,9 +242,13 @@ impl Step {
         }
     }
 
-    /// Whether this is the last step of the flow.
+    /// Whether nothing comes after this step: the order was delivered,
+    /// cancelled or rejected.
     pub fn is_final(self) -> bool {
-        tracking_flow().last() == Some(&self)
+        match self {
+            Step::Order(s) => s.is_final(),
+            Step::Delivery(_) => false,
+        }
     }
 }
 
@@ -213,11 +266,29 @@ mod tests {
         assert_eq!(Created.transition(Preparing), Transition::Early);
         assert_eq!(OutForDelivery.next(), Some(Delivered));
         assert!(Delivered.is_final());
+        // Exits: cancelled while created, confirmed or preparing; rejected while created.
+        for from in [Created, Confirmed, Preparing] {
+            assert_eq!(from.transition(Cancelled), Transition::Apply, "{from:?}");
+        }
+        assert_eq!(OutForDelivery.transition(Cancelled), Transition::Refused);
+        assert_eq!(Created.transition(Rejected), Transition::Apply);
+        assert_eq!(Confirmed.transition(Rejected), Transition::Refused);
+        // Nothing moves a terminal order.
+        for terminal in [Delivered, Cancelled, Rejected] {
+            assert!(terminal.is_final());
+            for to in [Confirmed, OutForDelivery, Delivered, Cancelled, Rejected] {
+                assert_eq!(
+                    terminal.transition(to),
+                    Transition::Stale,
+                    "{terminal:?} -> {to:?}"
+                );
+            }
+        }
         assert_eq!(
             DeliveryStatus::WaitingForPickup.transition(DeliveryStatus::OnTheWay),
             Transition::Apply
         );
-        for s in OrderStatus::FLOW {
+        for s in OrderStatus::FLOW.iter().chain([&Cancelled, &Rejected]) {
             assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
         }
         for s in DeliveryStatus::FLOW {
@@ -243,6 +314,8 @@ mod tests {
         );
         assert_eq!(Step::Delivery(DeliveryStatus::OnTheWay).stage(), 5);
         assert!(Step::Order(OrderStatus::Delivered).is_final());
+        assert!(Step::Order(OrderStatus::Cancelled).is_final());
+        assert_eq!(Step::stage_after(Step::Order(OrderStatus::Preparing)), 3);
         assert_eq!(
             serde_json::to_value(Step::Delivery(DeliveryStatus::OnTheWay)).unwrap(),
             serde_json::json!({"kind": "delivery", "status": "on_the_way"})

@@ -5,7 +5,7 @@
 //!
 //! | stream | written by | read by (group) | carries |
 //! |---|---|---|---|
-//! | `orders-stream` | order-svc | delivery-svc, notify-svc | `order.created.v1`, `order.status_updated.v1` |
+//! | `orders-stream` | order-svc | delivery-svc, notify-svc, simulator | `order.created.v1`, `order.status_updated.v1`, `order.cancelled.v1`, `order.rejected.v1` |
 //! | `deliveries-stream` | delivery-svc | order-svc, notify-svc | `delivery.created.v1`, `delivery.status_updated.v1` |
 //! | `order-status-stream` | simulator | order-svc | `order.status_changed.v1` (the kitchen moved an order on) |
 //! | `delivery-status-stream` | simulator | delivery-svc | `delivery.status_changed.v1` (the courier moved a delivery on) |
@@ -96,7 +96,7 @@ impl Stream {
     /// The consumer groups that read it (one per consuming service).
     pub const fn groups(self) -> &'static [&'static str] {
         match self {
-            Stream::Orders => &[groups::DELIVERY_SVC, groups::NOTIFY_SVC],
+            Stream::Orders => &[groups::DELIVERY_SVC, groups::NOTIFY_SVC, groups::SIMULATOR],
             Stream::Deliveries => &[groups::ORDER_SVC, groups::NOTIFY_SVC],
             Stream::OrderStatus => &[groups::ORDER_SVC],
             Stream::DeliveryStatus => &[groups::DELIVERY_SVC],
@@ -137,7 +137,8 @@ pub mod groups {
     pub const DELIVERY_SVC: &str = "delivery-svc";
     /// notify-svc's persisting group (on `orders-stream`, `deliveries-stream`).
     pub const NOTIFY_SVC: &str = "notify-svc";
-    /// simulator's group (on `simulate-order-stream`, `simulate-delivery-stream`).
+    /// simulator's group (on `simulate-order-stream`, `simulate-delivery-stream`,
+    /// and `orders-stream`, to drop the timers of cancelled orders).
     pub const SIMULATOR: &str = "simulator";
 }
 

@@ -23,7 +23,12 @@ impl Handler<OrdersEvent> for OrdersHandler {
     async fn handle(&self, msg: &Message<OrdersEvent>) -> Result<Outcome, HandlerError> {
         let p = match &msg.event {
             OrdersEvent::StatusUpdated(p) if p.status == HANDOVER => p,
-            OrdersEvent::StatusUpdated(_) | OrdersEvent::Created(_) => {
+            // Only an order handed to a courier gets a delivery: a cancelled
+            // or rejected order never reaches out_for_delivery.
+            OrdersEvent::StatusUpdated(_)
+            | OrdersEvent::Created(_)
+            | OrdersEvent::Cancelled(_)
+            | OrdersEvent::Rejected(_) => {
                 return Ok(Outcome::Skipped);
             }
         };

@@ -9,7 +9,7 @@ use common::{
     inbox::Inbox,
     mongo::{MaybeMongoError, RetryPolicy, run_transaction},
     outbox::Outbox,
-    transition::{Guarded, Versioned},
+    transition::{Cause, Guarded, Versioned},
 };
 use contract::{
     Envelope, OrderId,
@@ -223,8 +223,9 @@ impl Store {
             outbox: &self.outbox,
             stream: Stream::Deliveries,
             event: events::delivery_status_updated,
+            effect: None,
         }
-        .apply(id, to, cause)
+        .apply(id, to, Cause::Event(cause), bson::Document::new())
         .await
     }
 }

@@ -36,12 +36,19 @@ pub struct Entry {
     /// The delivery's id, for delivery entries.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delivery_id: Option<DeliveryId>,
+    /// For an exit (cancelled, rejected): the step it left from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub after: Option<Step>,
 }
 
 impl Entry {
-    /// Position of this entry's step in the tracking flow (see the module docs).
+    /// Position of this entry's step in the tracking flow (see the module
+    /// docs); an exit comes right after the step it left from.
     pub fn stage(&self) -> usize {
-        self.step.stage()
+        match self.after {
+            Some(previous) => Step::stage_after(previous),
+            None => self.step.stage(),
+        }
     }
 
     fn new(e: &Envelope, step: Step, version: u32, delivery_id: Option<DeliveryId>) -> Self {
@@ -51,6 +58,14 @@ impl Entry {
             version,
             at: e.occurred_at,
             delivery_id,
+            after: None,
+        }
+    }
+
+    fn exit(e: &Envelope, step: Step, version: u32, previous: OrderStatus) -> Self {
+        Self {
+            after: Some(Step::Order(previous)),
+            ..Self::new(e, step, version, None)
         }
     }
 }
@@ -79,6 +94,21 @@ pub fn order_fact(e: &Envelope, event: &OrdersEvent) -> Fact {
         OrdersEvent::StatusUpdated(p) => Fact {
             order_id: p.order_id,
             entry: Entry::new(e, Step::Order(p.status), p.version, None),
+            token_hash: None,
+        },
+        OrdersEvent::Cancelled(p) => Fact {
+            order_id: p.order_id,
+            entry: Entry::exit(
+                e,
+                Step::Order(OrderStatus::Cancelled),
+                p.version,
+                p.previous,
+            ),
+            token_hash: None,
+        },
+        OrdersEvent::Rejected(p) => Fact {
+            order_id: p.order_id,
+            entry: Entry::exit(e, Step::Order(OrderStatus::Rejected), p.version, p.previous),
             token_hash: None,
         },
     }
@@ -262,6 +292,7 @@ mod tests {
             at: Utc::now(),
             delivery_id: matches!(step, Step::Delivery(_))
                 .then(|| DeliveryId::parse("65f1a2b3c4d5e6f708192a3c").unwrap()),
+            after: None,
         }
     }
 
@@ -296,5 +327,31 @@ mod tests {
             serde_json::to_value(&s.timeline[5]).unwrap()["kind"],
             "delivery"
         );
+    }
+
+    #[test]
+    fn an_exit_comes_right_after_the_step_it_left_from() {
+        use OrderStatus as O;
+        let order = OrderId::parse("65f1a2b3c4d5e6f708192a3b").unwrap();
+        let cancelled = Entry {
+            after: Some(Step::Order(O::Confirmed)),
+            ..e("x", Step::Order(O::Cancelled), 3)
+        };
+        let s = Snapshot::from_entries(
+            order,
+            [
+                cancelled,
+                e("2", Step::Order(O::Confirmed), 2),
+                e("1", Step::Order(O::Created), 1),
+            ],
+        );
+        let ids: Vec<&str> = s.timeline.iter().map(|e| e.event_id.as_str()).collect();
+        assert_eq!(ids, ["1", "2", "x"]);
+        assert_eq!(
+            s.timeline[2].stage(),
+            2,
+            "contiguous: no hole before the exit"
+        );
+        assert_eq!(s.status, Some(O::Cancelled));
     }
 }

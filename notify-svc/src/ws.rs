@@ -15,7 +15,9 @@
 //! back while the stored timeline is read again every 500 ms, and sent, in
 //! order, once the hole is filled (or after 30 s regardless). The server pings every `WS_PING_INTERVAL_MS`
 //! and closes a socket whose pong has not come within `WS_PONG_TIMEOUT_MS`.
-//! Close codes: 1000 after `WS_IDLE_TIMEOUT_SECS` without an update, 1001 when
+//! Close codes: 1000 once the client has the order's last step (delivered,
+//! cancelled, rejected; reason `order finished`) or after
+//! `WS_IDLE_TIMEOUT_SECS` without an update (reason `idle`), 1001 when
 //! the server shuts down, 1011 when the timeline cannot be loaded, 1013 when
 //! the client fell behind (reconnect for a fresh snapshot).
 //!
@@ -57,7 +59,13 @@ pub enum End {
     Shutdown,
     /// No update for the idle timeout.
     Idle,
+    /// The order reached its last step (delivered, cancelled, rejected) and
+    /// the client has it.
+    Finished,
 }
+
+/// The reason of the close that ends a finished order's session.
+pub const FINISHED: &str = "order finished";
 
 fn text(value: &serde_json::Value) -> Message {
     Message::Text(Utf8Bytes::from(value.to_string()))
@@ -144,6 +152,16 @@ impl Feed {
         )
     }
 
+    /// The client has every known step and the last one ends the order.
+    fn finished(&self) -> bool {
+        self.sent == self.known.timeline.len()
+            && self
+                .known
+                .timeline
+                .last()
+                .is_some_and(|e| e.step.is_final())
+    }
+
     fn snapshot(&self) -> serde_json::Value {
         snapshot_message(&self.prefix(self.sent))
     }
@@ -208,6 +226,10 @@ where
     if tx.send(text(&feed.snapshot())).await.is_err() {
         return End::ClientGone;
     }
+    if feed.finished() {
+        let _ = tx.send(close(1000, FINISHED)).await;
+        return End::Finished;
+    }
     let mut next_ping = Instant::now() + keep_alive.ping_interval;
     let mut pong_due: Option<Instant> = None;
     let mut next_refresh = Instant::now() + gaps.refresh_every;
@@ -263,6 +285,10 @@ where
                 break 'session End::ClientGone;
             }
         }
+        if feed.finished() {
+            let _ = tx.send(close(1000, FINISHED)).await;
+            break End::Finished;
+        }
     };
     debug!(?end, order_id = %feed.known.order_id, "tracker session ended");
     end
@@ -304,6 +330,7 @@ mod tests {
             version,
             at: Utc::now(),
             delivery_id: None,
+            after: None,
         }
     }
 

@@ -8,10 +8,12 @@ use axum::{
     response::{IntoResponse, Response},
     routing::{get, post},
 };
+use common::transition::Cause;
 use common::{failpoint, http::ErrorBody};
 use contract::{
     MenuItemId, OrderId,
     auth::{TokenHash, TrackingToken},
+    status::OrderStatus,
 };
 use serde_json::Value;
 use std::{net::IpAddr, sync::Arc};
@@ -23,9 +25,9 @@ use tower_governor::{
 use crate::{
     AppState,
     domain::{NewOrderRequest, oid, parse_new_order},
-    error::ApiError,
+    error::{ApiError, FieldErrors},
     idempotency::{self, Reply},
-    store::{Order, PlaceError},
+    store::{Order, PlaceError, StatusChange},
     views::{MenuItemView, OrderView, PlacedOrderView},
 };
 
@@ -36,7 +38,7 @@ pub const CORRELATION_HEADER: &str = "x-correlation-id";
 #[derive(Debug, utoipa::OpenApi)]
 #[openapi(
     info(title = "foodchain order-svc", description = "The menu, order creation and order lookup. Generated from the handlers; do not edit docs/openapi/order-svc.json by hand (`cargo run -p apidocs`)."),
-    paths(list_menu, get_menu_item, create_order, get_order),
+    paths(list_menu, get_menu_item, create_order, get_order, cancel_order),
     modifiers(&BearerSchemes),
     tags(
         (name = "menu", description = "The menu with live stock"),
@@ -137,6 +139,7 @@ pub fn router(state: AppState) -> (Router, Option<Limiter>) {
         .route("/api/v1/menu/{id}", get(get_menu_item))
         .route("/api/v1/orders", create)
         .route("/api/v1/orders/{id}", get(get_order))
+        .route("/api/v1/orders/{id}/cancel", post(cancel_order))
         .layer(DefaultBodyLimit::max(state.limits.max_body_bytes))
         .with_state(state)
         .merge(common::http::openapi_route(openapi()));
@@ -207,6 +210,165 @@ async fn get_order(
     }
 }
 
+/// Why the customer cancels (optional).
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // a schema: the body is checked by `cancel_body`
+pub struct CancelRequest {
+    /// Up to 300 characters.
+    #[schema(max_length = 300)]
+    reason: Option<String>,
+}
+
+/// Longest cancellation reason.
+const MAX_REASON: usize = 300;
+
+/// Cancels an order for its owner (its tracking token), while it is
+/// `created`, `confirmed` or `preparing`: in one transaction the order moves
+/// to `cancelled` and the stock of every line is put back, and
+/// `order.cancelled.v1` is written to the outbox; the kitchen stops and no
+/// delivery is ever created. A cancel that meets the kitchen handing the
+/// order to a courier loses or wins as one transition: exactly one applies.
+/// Repeating it answers 200 with the same order; `Idempotency-Key` works as
+/// for placing an order.
+#[utoipa::path(post, path = "/api/v1/orders/{id}/cancel", tag = "orders",
+    params(
+        ("id" = OrderId, Path, description = "Order id"),
+        ("Idempotency-Key" = Option<String>, Header, description = "1 to 255 visible ASCII characters; the same key with the same body answers the same"),
+    ),
+    security(("tracking_token" = [])),
+    request_body(content = Option<CancelRequest>, content_type = "application/json", description = "Optional; an empty body is fine"),
+    responses(
+        (status = 200, description = "The order, cancelled (now or before)", body = OrderView),
+        (status = 404, description = "`not_found`: no such order, or no (or a wrong) tracking token", body = ErrorBody),
+        (status = 409, description = "`not_cancellable`: the order is out for delivery or later, or rejected; `status` is its current status", body = ErrorBody),
+        (status = 413, description = "`payload_too_large`", body = ErrorBody),
+        (status = 415, description = "`unsupported_media_type`: a body that is not `application/json`", body = ErrorBody),
+        (status = 422, description = "`validation_failed`, `invalid_json`, `invalid_id`, `invalid_idempotency_key` or `idempotency_key_reused`", body = ErrorBody),
+        (status = 503, description = "The database is unavailable; retry with the same Idempotency-Key (`Retry-After`)", body = ErrorBody),
+    ))]
+async fn cancel_order(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    id: Result<Path<String>, PathRejection>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let oid_ = path_id(id, "order", OrderId::parse, OrderId::bytes)?;
+    let body = cancel_body(&headers, &body)?;
+    let token = common::http::bearer(&headers).and_then(TrackingToken::parse);
+    let order = st.store.order(oid_).await.map_err(db_error)?;
+    let hash = order
+        .as_ref()
+        .map_or(TokenHash::NONE, |o| o.tracking_token_hash);
+    if !hash.matches(token.as_ref()) {
+        return Err(ApiError::NotFound("order"));
+    }
+    let key = idempotency::from_request(
+        &headers,
+        &body,
+        &idempotency::scope_of_cancel(&oid_.to_hex()),
+    )?;
+    if let Some(key) = &key
+        && let Some(stored) = st.store.keys.get(key).await.map_err(db_error)?
+    {
+        return replay(&st, key, stored);
+    }
+    let reason = body["reason"]
+        .as_str()
+        .map(str::trim)
+        .filter(|r| !r.is_empty());
+    let correlation_id = correlation_id(&headers);
+    let change = st
+        .store
+        .apply_status(
+            oid_,
+            OrderStatus::Cancelled,
+            Cause::Request {
+                correlation_id: &correlation_id,
+            },
+            reason,
+        )
+        .await
+        .map_err(db_error)?;
+    let answer = match change {
+        StatusChange::Moved { .. } | StatusChange::Stale(OrderStatus::Cancelled) => {
+            let order = st
+                .store
+                .order(oid_)
+                .await
+                .map_err(db_error)?
+                .ok_or(ApiError::NotFound("order"))?;
+            Reply {
+                status: StatusCode::OK.as_u16(),
+                body: serde_json::to_string(&OrderView::from(order))
+                    .expect("an order view always serialises"),
+                location: None,
+            }
+        }
+        StatusChange::Stale(current)
+        | StatusChange::Refused(current)
+        | StatusChange::Early(current) => {
+            let (status, body) = ApiError::NotCancellable(current).status_and_body();
+            Reply {
+                status: status.as_u16(),
+                body: body.to_string(),
+                location: None,
+            }
+        }
+        StatusChange::Missing | StatusChange::Duplicate => return Err(ApiError::NotFound("order")),
+    };
+    if let Some(key) = &key {
+        match st.store.keys.store(None, key, &answer, None).await {
+            Ok(()) => {}
+            Err(idempotency::StoreError::Taken(_)) => return replay_taken(&st, Some(key)).await,
+            Err(idempotency::StoreError::Mongo(e)) => return Err(db_error(e)),
+        }
+    }
+    Ok(respond(answer))
+}
+
+/// A cancel's body: empty, or JSON `{"reason"?: string}`.
+fn cancel_body(headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(serde_json::json!({}));
+    }
+    let is_json = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| {
+            m.trim().eq_ignore_ascii_case("application/json") || m.trim().ends_with("+json")
+        });
+    if !is_json {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    let value: Value =
+        serde_json::from_slice(body).map_err(|e| ApiError::InvalidJson(e.to_string()))?;
+    let mut errs = FieldErrors::default();
+    match value.as_object() {
+        None => errs.add("body", "must be a JSON object"),
+        Some(obj) => {
+            for k in obj.keys().filter(|k| *k != "reason") {
+                errs.add(k.clone(), "unknown field (expected: reason)");
+            }
+            match obj.get("reason") {
+                None | Some(Value::Null) => {}
+                Some(Value::String(r))
+                    if r.chars().count() <= MAX_REASON && !r.chars().any(char::is_control) => {}
+                Some(_) => errs.add(
+                    "reason",
+                    "must be a string of at most 300 characters, no control characters",
+                ),
+            }
+        }
+    }
+    if errs.is_empty() {
+        Ok(value)
+    } else {
+        Err(ApiError::Validation(errs))
+    }
+}
+
 /// Places an order: reserves the stock of every line (all or nothing) and
 /// stores the order in one transaction. With `Idempotency-Key`, a retry gets
 /// the first answer again (`Idempotent-Replayed: true`), never a second order.
@@ -237,7 +399,7 @@ async fn create_order(
     headers: HeaderMap,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
-    let key = idempotency::from_request(&headers, &body)?;
+    let key = idempotency::from_request(&headers, &body, idempotency::CREATE)?;
     if let Some(key) = &key
         && let Some(stored) = st.store.keys.get(key).await.map_err(db_error)?
     {

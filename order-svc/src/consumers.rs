@@ -16,7 +16,10 @@
 //!   happens within `CONSUMER_MAX_DEFER_MS`: that needs an operator (see the
 //!   dead-letter CLI).
 
-use common::consumer::{Handler, HandlerError, Message, Outcome};
+use common::{
+    consumer::{Handler, HandlerError, Message, Outcome},
+    transition::Cause,
+};
 use contract::{
     OrderId,
     events::{DeliveriesEvent, OrderStatusEvent},
@@ -38,9 +41,15 @@ impl StatusHandler {
         msg: &Message<E>,
         order_id: OrderId,
         to: OrderStatus,
+        reason: Option<&str>,
     ) -> Result<Outcome, HandlerError> {
         self.store
-            .apply_status(oid(order_id.bytes()), to, &msg.envelope)
+            .apply_status(
+                oid(order_id.bytes()),
+                to,
+                Cause::Event(&msg.envelope),
+                reason,
+            )
             .await
             .map_err(HandlerError::from_mongo)?
             .outcome("order", &order_id.to_string(), to)
@@ -49,7 +58,13 @@ impl StatusHandler {
 impl Handler<OrderStatusEvent> for StatusHandler {
     async fn handle(&self, msg: &Message<OrderStatusEvent>) -> Result<Outcome, HandlerError> {
         let OrderStatusEvent::Changed(p) = &msg.event;
-        self.advance(msg, p.order_id, p.status).await
+        if p.status == OrderStatus::Cancelled {
+            return Err(HandlerError::reject(
+                "the kitchen cannot cancel an order (only its customer can); it rejects",
+            ));
+        }
+        self.advance(msg, p.order_id, p.status, p.reason.as_deref())
+            .await
     }
 }
 
@@ -57,7 +72,8 @@ impl Handler<DeliveriesEvent> for StatusHandler {
     async fn handle(&self, msg: &Message<DeliveriesEvent>) -> Result<Outcome, HandlerError> {
         match &msg.event {
             DeliveriesEvent::StatusUpdated(p) if p.status == DeliveryStatus::Delivered => {
-                self.advance(msg, p.order_id, OrderStatus::Delivered).await
+                self.advance(msg, p.order_id, OrderStatus::Delivered, None)
+                    .await
             }
             DeliveriesEvent::StatusUpdated(_) | DeliveriesEvent::Created(_) => Ok(Outcome::Skipped),
         }

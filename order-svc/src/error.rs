@@ -66,6 +66,9 @@ pub enum ApiError {
     /// A conflict with the current state (`code`, what is wrong).
     #[error("{1}")]
     Conflict(&'static str, &'static str),
+    /// The order is past the point where it can be cancelled.
+    #[error("the order is {} and can no longer be cancelled", .0.as_str())]
+    NotCancellable(contract::status::OrderStatus),
     /// Too many requests from this client.
     #[error("too many orders from this client; retry in {0} s")]
     RateLimited(u64),
@@ -97,6 +100,7 @@ impl ApiError {
             Self::UnknownItems(_) => (StatusCode::NOT_FOUND, "item_not_found"),
             Self::InsufficientStock { .. } => (StatusCode::CONFLICT, "insufficient_stock"),
             Self::Conflict(code, _) => (StatusCode::CONFLICT, code),
+            Self::NotCancellable(_) => (StatusCode::CONFLICT, "not_cancellable"),
             Self::RateLimited(_) => (StatusCode::TOO_MANY_REQUESTS, "rate_limited"),
             Self::InvalidIdempotencyKey => {
                 (StatusCode::UNPROCESSABLE_ENTITY, "invalid_idempotency_key")
@@ -115,10 +119,11 @@ impl ApiError {
     /// idempotency keys store refusals).
     pub fn status_and_body(&self) -> (StatusCode, serde_json::Value) {
         let (status, code) = self.parts();
-        (
-            status,
-            common::http::error_body(code, &self.to_string(), self.fields()),
-        )
+        let mut body = common::http::error_body(code, &self.to_string(), self.fields());
+        if let Self::NotCancellable(current) = self {
+            body["status"] = current.as_str().into();
+        }
+        (status, body)
     }
 
     fn fields(&self) -> Option<&std::collections::BTreeMap<String, String>> {
@@ -133,7 +138,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (status, code) = self.parts();
+        let (status, _) = self.parts();
         match &self {
             Self::Internal(e) => tracing::error!(error = ?e, "request failed"),
             Self::Unavailable(e) => {
@@ -141,8 +146,14 @@ impl IntoResponse for ApiError {
             }
             _ => tracing::debug!(error = %self, "request rejected"),
         }
-        let mut response =
-            common::http::error_response(status, code, &self.to_string(), self.fields());
+        let (_, body) = self.status_and_body();
+        let mut response = (status, axum::Json(body)).into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
         if let Self::RateLimited(secs) = self
             && let Ok(v) = axum::http::HeaderValue::from_str(&secs.max(1).to_string())
         {

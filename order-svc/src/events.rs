@@ -2,7 +2,10 @@
 
 use contract::{
     Envelope, OrderId,
-    events::{Event, OrderCreated, OrderStatusUpdated, SimulationOrderRequested},
+    events::{
+        Event, OrderCancelled, OrderCreated, OrderRejected, OrderStatusUpdated, Restocked,
+        SimulationOrderRequested,
+    },
     status::{HANDOVER, OrderStatus},
     streams::{Stream, services},
 };
@@ -41,18 +44,53 @@ pub fn order_created(order: &Order) -> [(Stream, Envelope); 2] {
     ]
 }
 
-/// `order.status_updated.v1`.
-pub fn order_status_updated(
-    order: &Order,
-    previous: OrderStatus,
-    correlation_id: &str,
-) -> Envelope {
-    let updated = OrderStatusUpdated {
-        order_id: order_id(order),
-        status: order.status,
-        previous,
-        version: order.version,
-        customer: (order.status == HANDOVER).then(|| order.customer.clone()),
+/// The fact of an order's move from `previous`: `order.cancelled.v1` and
+/// `order.rejected.v1` for the exits (with the stock they put back),
+/// `order.status_updated.v1` otherwise.
+pub fn order_moved(order: &Order, previous: OrderStatus, correlation_id: &str) -> Envelope {
+    let restocked = || {
+        order
+            .items
+            .iter()
+            .map(|l| Restocked {
+                item_id: l.item_id,
+                quantity: l.quantity,
+            })
+            .collect()
     };
-    Envelope::of(&updated, correlation_id, SOURCE)
+    match order.status {
+        OrderStatus::Cancelled => Envelope::of(
+            &OrderCancelled {
+                order_id: order_id(order),
+                previous,
+                version: order.version,
+                reason: order.end_reason.clone(),
+                restocked: restocked(),
+            },
+            correlation_id,
+            SOURCE,
+        ),
+        OrderStatus::Rejected => Envelope::of(
+            &OrderRejected {
+                order_id: order_id(order),
+                previous,
+                version: order.version,
+                reason: order.end_reason.clone().unwrap_or_default(),
+                restocked: restocked(),
+            },
+            correlation_id,
+            SOURCE,
+        ),
+        status => Envelope::of(
+            &OrderStatusUpdated {
+                order_id: order_id(order),
+                status,
+                previous,
+                version: order.version,
+                customer: (status == HANDOVER).then(|| order.customer.clone()),
+            },
+            correlation_id,
+            SOURCE,
+        ),
+    }
 }

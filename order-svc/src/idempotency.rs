@@ -94,8 +94,21 @@ impl Key {
     }
 }
 
+/// What a key is for: the same key may be used once per scope (placing an
+/// order, cancelling order `<id>`), and a key's records never mix scopes.
+pub fn scope_of_cancel(order_id: &str) -> String {
+    format!("cancel:{order_id}")
+}
+
+/// The scope of order creation.
+pub const CREATE: &str = "create";
+
 /// The key of a request, if it sent one; `422` for a malformed one.
-pub fn from_request(headers: &HeaderMap, body: &Value) -> Result<Option<Key>, ApiError> {
+pub fn from_request(
+    headers: &HeaderMap,
+    body: &Value,
+    scope: &str,
+) -> Result<Option<Key>, ApiError> {
     let Some(raw) = headers.get(HEADER) else {
         return Ok(None);
     };
@@ -105,7 +118,13 @@ pub fn from_request(headers: &HeaderMap, body: &Value) -> Result<Option<Key>, Ap
         .filter(|v| (1..=255).contains(&v.len()) && v.bytes().all(|b| b.is_ascii_graphic()))
         .ok_or(ApiError::InvalidIdempotencyKey)?;
     Ok(Some(Key {
-        id: hex::encode(Sha256::digest(value.as_bytes())),
+        // Keys for order creation keep their pre-scope ids, so a retry that
+        // straddles an upgrade still finds its first answer.
+        id: if scope == CREATE {
+            hex::encode(Sha256::digest(value.as_bytes()))
+        } else {
+            hex::encode(Sha256::digest(format!("{scope}\n{value}").as_bytes()))
+        },
         value: value.to_owned(),
         body_hash: hash(body),
     }))
@@ -290,9 +309,9 @@ mod tests {
     fn a_sealed_token_opens_only_with_its_key() {
         let mut h = HeaderMap::new();
         h.insert(HEADER, "key-one".parse().unwrap());
-        let one = from_request(&h, &json!({})).unwrap().unwrap();
+        let one = from_request(&h, &json!({}), CREATE).unwrap().unwrap();
         h.insert(HEADER, "key-two".parse().unwrap());
-        let two = from_request(&h, &json!({})).unwrap().unwrap();
+        let two = from_request(&h, &json!({}), CREATE).unwrap().unwrap();
         let token = TrackingToken::generate();
         let sealed = one.seal(&token);
         assert!(!sealed.contains(token.expose()));
@@ -305,17 +324,17 @@ mod tests {
     #[test]
     fn malformed_keys_are_refused() {
         let mut h = HeaderMap::new();
-        assert_eq!(from_request(&h, &json!({})).unwrap(), None);
+        assert_eq!(from_request(&h, &json!({}), CREATE).unwrap(), None);
         h.insert(HEADER, "has space".parse().unwrap());
         assert!(matches!(
-            from_request(&h, &json!({})),
+            from_request(&h, &json!({}), CREATE),
             Err(ApiError::InvalidIdempotencyKey)
         ));
         h.insert(HEADER, "a".repeat(256).parse().unwrap());
-        assert!(from_request(&h, &json!({})).is_err());
+        assert!(from_request(&h, &json!({}), CREATE).is_err());
         h.insert(HEADER, "order-2026-11-23-0001".parse().unwrap());
         assert_eq!(
-            from_request(&h, &json!({})).unwrap().unwrap().value,
+            from_request(&h, &json!({}), CREATE).unwrap().unwrap().value,
             "order-2026-11-23-0001"
         );
     }

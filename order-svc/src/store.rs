@@ -20,12 +20,12 @@ use bson::{doc, oid::ObjectId};
 use chrono::{DateTime, Utc};
 use common::{
     inbox::Inbox,
-    mongo::{MaybeMongoError, RetryPolicy, run_transaction},
+    mongo::{BoxFuture, MaybeMongoError, RetryPolicy, run_transaction},
     outbox::Outbox,
-    transition::{Guarded, Versioned},
+    transition::{Cause, Effect, Guarded, Versioned},
 };
 use contract::{
-    Envelope, MenuItemId,
+    MenuItemId,
     auth::{TokenHash, TrackingToken},
     events::{Customer, OrderLine},
     status::OrderStatus,
@@ -93,6 +93,41 @@ pub struct Order {
     /// Last change.
     #[serde(with = "bson::serde_helpers::chrono_datetime_as_bson_datetime")]
     pub updated_at: DateTime<Utc>,
+    /// Why it was cancelled or rejected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_reason: Option<String>,
+}
+
+/// Puts the stock of every line of an order back, in the transaction that
+/// moves it to cancelled or rejected: the compensation of both, done exactly
+/// once because it happens only with the one move that applies (the version
+/// guard, and the inbox for events).
+struct Restock<'a> {
+    menu: &'a Collection<MenuItem>,
+}
+
+impl Effect<Order> for Restock<'_> {
+    fn run<'a>(
+        &'a self,
+        s: &'a mut ClientSession,
+        after: &'a Order,
+    ) -> BoxFuture<'a, mongodb::error::Result<()>> {
+        Box::pin(async move {
+            if !matches!(after.status, OrderStatus::Cancelled | OrderStatus::Rejected) {
+                return Ok(());
+            }
+            for line in &after.items {
+                self.menu
+                    .update_one(
+                        doc! { "_id": ObjectId::from_bytes(line.item_id.bytes()) },
+                        doc! { "$inc": { "stock": i64::from(line.quantity) } },
+                    )
+                    .session(&mut *s)
+                    .await?;
+            }
+            Ok(())
+        })
+    }
 }
 
 /// Why an order could not be placed.
@@ -363,6 +398,7 @@ impl Store {
             tracking_token_hash: token.hash(),
             created_at: now,
             updated_at: now,
+            end_reason: None,
         };
         self.orders.insert_one(&order).session(&mut *s).await?;
         for (stream, event) in events::order_created(&order) {
@@ -379,14 +415,21 @@ impl Store {
         Ok(Placed { order, reply })
     }
 
-    /// Applies a status event: moves the order to `to` if that is its next
-    /// status, once per event (see [`common::transition`]).
+    /// Moves the order to `to` if its lifecycle allows it now, once (see
+    /// [`common::transition`]): the next status of the flow for the kitchen
+    /// and the courier, or an exit (cancelled, rejected, with `reason`),
+    /// which puts the order's stock back in the same transaction.
     pub async fn apply_status(
         &self,
         id: ObjectId,
         to: OrderStatus,
-        cause: &Envelope,
+        cause: Cause<'_>,
+        reason: Option<&str>,
     ) -> mongodb::error::Result<StatusChange> {
+        let mut set = bson::Document::new();
+        if let Some(r) = reason {
+            set.insert("end_reason", r);
+        }
         Guarded {
             client: &self.client,
             collection: &self.orders,
@@ -394,9 +437,10 @@ impl Store {
             group: groups::ORDER_SVC,
             outbox: &self.outbox,
             stream: Stream::Orders,
-            event: events::order_status_updated,
+            event: events::order_moved,
+            effect: Some(&Restock { menu: &self.menu }),
         }
-        .apply(id, to, cause)
+        .apply(id, to, cause, set)
         .await
     }
 

@@ -56,6 +56,9 @@ pub struct OrderView {
     created_at: DateTime<Utc>,
     /// Last change.
     updated_at: DateTime<Utc>,
+    /// Why it was cancelled or rejected.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<String>,
 }
 
 /// The answer to a new order: the order, and (once) how to track it.
@@ -110,6 +113,7 @@ impl From<Order> for OrderView {
             total_cents: o.total_cents,
             created_at: o.created_at,
             updated_at: o.updated_at,
+            reason: o.end_reason,
         }
     }
 }

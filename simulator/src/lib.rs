@@ -24,7 +24,7 @@ use common::{
 };
 use contract::{
     OrderId,
-    events::{SimulateDeliveryEvent, SimulateOrderEvent},
+    events::{OrdersEvent, SimulateDeliveryEvent, SimulateOrderEvent},
     streams::groups,
 };
 use tokio::net::TcpListener;
@@ -74,6 +74,25 @@ impl Handler<SimulateOrderEvent> for RequestHandler {
     }
 }
 
+/// The end of an order (cancelled by its customer, or rejected) stops its
+/// kitchen: no pending step of it fires.
+impl Handler<OrdersEvent> for RequestHandler {
+    async fn handle(&self, msg: &Message<OrdersEvent>) -> Result<Outcome, HandlerError> {
+        let order_id = match &msg.event {
+            OrdersEvent::Cancelled(p) => p.order_id,
+            OrdersEvent::Rejected(p) => p.order_id,
+            OrdersEvent::Created(_) | OrdersEvent::StatusUpdated(_) => return Ok(Outcome::Skipped),
+        };
+        let dropped = self
+            .timers
+            .drop_order(order_id)
+            .await
+            .map_err(HandlerError::from_redis)?;
+        info!(%order_id, dropped, "order ended; its kitchen stops");
+        Ok(Outcome::Done)
+    }
+}
+
 impl Handler<SimulateDeliveryEvent> for RequestHandler {
     async fn handle(&self, msg: &Message<SimulateDeliveryEvent>) -> Result<Outcome, HandlerError> {
         let SimulateDeliveryEvent::Requested(p) = &msg.event;
@@ -110,12 +129,14 @@ pub async fn run(
         settings.delays,
         &settings.common.service_name,
     )
-    .with_poll(settings.poll);
+    .with_poll(settings.poll)
+    .with_kitchen(settings.kitchen);
     let handler = RequestHandler {
         timers: timers.clone(),
     };
     rt.consume::<SimulateOrderEvent, _>(groups::SIMULATOR, handler.clone())?;
-    rt.consume::<SimulateDeliveryEvent, _>(groups::SIMULATOR, handler)?;
+    rt.consume::<SimulateDeliveryEvent, _>(groups::SIMULATOR, handler.clone())?;
+    rt.consume::<OrdersEvent, _>(groups::SIMULATOR, handler)?;
     rt.sampler(timers.clone(), |t| async move {
         if let Ok(n) = t.pending().await {
             #[allow(clippy::cast_precision_loss)]

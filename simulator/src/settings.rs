@@ -12,6 +12,8 @@
 //! | `SIM_PICKUP_MS` | `3000` | delivery waiting_for_pickup → on_the_way |
 //! | `SIM_DELIVER_MS` | `5000` | on_the_way → delivered |
 //! | `SIM_POLL_MS` | `100` | longest wait between two looks at the timer set |
+//! | `SIMULATOR_REJECT_RATE` | `0.0` | share of orders the kitchen refuses at the confirm step (0 to 1) |
+//! | `SIMULATOR_SEED` | `1` | seed of the rejection draw: with the same seed the same orders are rejected |
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -28,6 +30,33 @@ pub struct Settings {
     pub delays: Delays,
     /// Longest sleep of the timer loop.
     pub poll: Duration,
+    /// What the kitchen refuses.
+    pub kitchen: Kitchen,
+}
+
+/// The simulated kitchen's refusals.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Kitchen {
+    /// Share of orders refused at the confirm step (0 to 1).
+    pub reject_rate: f64,
+    /// Seed of the per-order draw.
+    pub seed: u64,
+}
+
+impl Kitchen {
+    /// Whether the kitchen refuses `order` (bytes of its id), and why: the same
+    /// answer for the same seed and order, however often it is asked.
+    pub fn rejects(&self, order: [u8; 12]) -> Option<usize> {
+        use rand::{Rng, SeedableRng};
+        if self.reject_rate <= 0.0 {
+            return None;
+        }
+        let mut id = [0u8; 8];
+        id.copy_from_slice(&order[4..12]);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(self.seed ^ u64::from_le_bytes(id));
+        let draw: f64 = rng.random();
+        (draw < self.reject_rate).then(|| rng.random_range(0..3))
+    }
 }
 
 /// The simulated world's pace.
@@ -83,11 +112,20 @@ impl Settings {
         );
         let poll = env.millis("SIM_POLL_MS", 100);
         env.check(!poll.is_zero(), "SIM_POLL_MS must be at least 1");
+        let kitchen = Kitchen {
+            reject_rate: env.parse("SIMULATOR_REJECT_RATE", 0.0),
+            seed: env.parse("SIMULATOR_SEED", 1),
+        };
+        env.check(
+            (0.0..=1.0).contains(&kitchen.reject_rate),
+            "SIMULATOR_REJECT_RATE must be between 0 and 1",
+        );
         let s = Self {
             common,
             http_addr: http_addr(&mut env, 8004),
             delays,
             poll,
+            kitchen,
         };
         env.finish()?;
         Ok(s)

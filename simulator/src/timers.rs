@@ -13,13 +13,22 @@
 //!   publication and scheduling are one atomic unit: a crash cannot publish a
 //!   step twice or lose the rest of the chain, and two replicas racing for a
 //!   timer publish it once.
+//! * **Rejecting**: at the confirm step, the kitchen refuses the order with
+//!   probability `SIMULATOR_REJECT_RATE`, drawn from `SIMULATOR_SEED` and the
+//!   order id, so a run with the same seed rejects the same orders, whatever
+//!   the timing. A rejection publishes `status: rejected` with a reason and
+//!   ends the chain.
+//! * **Dropping**: when an order is cancelled or rejected, its pending timer
+//!   is removed (the hash `<prefix>simulator:timer-of` indexes the pending
+//!   member of each chain), and its "started" marker is set, so a simulation
+//!   request that arrives after the cancellation starts nothing.
 
 use std::{sync::LazyLock, time::Duration};
 
 use contract::{
     DeliveryId, Envelope, OrderId,
     events::{DeliveryStatusChanged, Event, OrderStatusChanged},
-    status::{DeliveryStatus, Lifecycle, OrderStatus},
+    status::{DeliveryStatus, HANDOVER, Lifecycle, OrderStatus},
     streams::{Namespace, Stream},
 };
 use redis::{Script, aio::ConnectionManager};
@@ -27,7 +36,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::settings::Delays;
+use crate::settings::{Delays, Kitchen};
 
 /// Which lifecycle a timer drives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,7 +68,8 @@ impl Kind {
 /// The statuses the kitchen moves an order to, in order: from `created` up
 /// to handing it to a courier (the courier's `delivered` moves it on after).
 fn kitchen_steps() -> &'static [OrderStatus] {
-    &OrderStatus::FLOW[1..=OrderStatus::OutForDelivery.rank()]
+    let handover = HANDOVER.rank().expect("the handover is on the order flow");
+    &OrderStatus::FLOW[1..=handover]
 }
 
 /// The statuses the courier moves a delivery to, in order: all after the first.
@@ -88,11 +98,14 @@ pub struct Timer {
 
 const STARTED_TTL_SECS: u64 = 7 * 24 * 3600;
 
+/// KEYS: started marker, timer set, timer index. ARGV: marker TTL, due,
+/// member, index field.
 static START: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
   redis.call('ZADD', KEYS[2], ARGV[2], ARGV[3])
+  redis.call('HSET', KEYS[3], ARGV[4], ARGV[3])
   return 1
 end
 return 0
@@ -100,20 +113,48 @@ return 0
     )
 });
 
+/// KEYS: timer set, stream, timer index. ARGV: member, maxlen, next member
+/// (empty: the chain ends), next due, index field, then the event's fields.
 static FIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
 if tonumber(ARGV[2]) > 0 then
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 5))
+  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 6))
 else
-  redis.call('XADD', KEYS[2], '*', unpack(ARGV, 5))
+  redis.call('XADD', KEYS[2], '*', unpack(ARGV, 6))
 end
-if ARGV[3] ~= '' then redis.call('ZADD', KEYS[1], ARGV[4], ARGV[3]) end
+if ARGV[3] ~= '' then
+  redis.call('ZADD', KEYS[1], ARGV[4], ARGV[3])
+  redis.call('HSET', KEYS[3], ARGV[5], ARGV[3])
+else
+  redis.call('HDEL', KEYS[3], ARGV[5])
+end
 return 1
 ",
     )
 });
+
+/// KEYS: started marker, timer set, timer index. ARGV: marker TTL, index
+/// field. Returns how many timers it removed (0 or 1).
+static DROP: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+redis.call('SET', KEYS[1], '1', 'EX', ARGV[1])
+local member = redis.call('HGET', KEYS[3], ARGV[2])
+if not member then return 0 end
+redis.call('HDEL', KEYS[3], ARGV[2])
+return redis.call('ZREM', KEYS[2], member)
+",
+    )
+});
+
+/// Why the simulated kitchen refuses an order (one, chosen by the draw).
+const REJECTIONS: [&str; 3] = [
+    "the kitchen is out of an ingredient",
+    "the kitchen is closing",
+    "too many orders in the kitchen right now",
+];
 
 /// The timer set and how to fire it.
 #[derive(Clone)]
@@ -125,6 +166,8 @@ pub struct Timers {
     delays: Delays,
     source: String,
     poll: Duration,
+    index: String,
+    kitchen: Kitchen,
 }
 
 impl std::fmt::Debug for Timers {
@@ -155,13 +198,50 @@ impl Timers {
     ) -> Self {
         Self {
             key: ns.key("simulator:timers"),
+            index: ns.key("simulator:timer-of"),
             conn,
             ns,
             maxlen: maxlen.unwrap_or(0),
             delays,
             source: source.to_owned(),
             poll: Duration::from_millis(100),
+            kitchen: Kitchen {
+                reject_rate: 0.0,
+                seed: 0,
+            },
         }
+    }
+
+    /// Sets what the kitchen refuses (default: nothing).
+    pub fn with_kitchen(mut self, kitchen: Kitchen) -> Self {
+        self.kitchen = kitchen;
+        self
+    }
+
+    fn started_key(&self, kind: Kind, id: &str) -> String {
+        self.ns
+            .key(&format!("simulator:started:{}:{id}", kind.name()))
+    }
+
+    /// Field of a chain in the timer index.
+    fn index_field(kind: Kind, id: &str) -> String {
+        format!("{}:{id}", kind.name())
+    }
+
+    /// Stops the kitchen of a cancelled (or rejected) order: removes its
+    /// pending timer, and marks it started so a late request starts nothing.
+    /// Returns whether a timer was pending.
+    pub async fn drop_order(&self, order_id: OrderId) -> redis::RedisResult<bool> {
+        let id = order_id.to_string();
+        let removed: i64 = DROP
+            .key(self.started_key(Kind::Order, &id))
+            .key(&self.key)
+            .key(&self.index)
+            .arg(STARTED_TTL_SECS)
+            .arg(Self::index_field(Kind::Order, &id))
+            .invoke_async(&mut self.conn.clone())
+            .await?;
+        Ok(removed == 1)
     }
 
     fn delay(&self, kind: Kind, step: usize) -> Duration {
@@ -190,14 +270,13 @@ impl Timers {
         let member = serde_json::to_string(&first)
             .map_err(|e| redis::RedisError::from(std::io::Error::other(e)))?;
         let started: i64 = START
-            .key(
-                self.ns
-                    .key(&format!("simulator:started:{}:{id}", kind.name())),
-            )
+            .key(self.started_key(kind, id))
             .key(&self.key)
+            .key(&self.index)
             .arg(STARTED_TTL_SECS)
             .arg(now_ms() + millis(self.delay(kind, 0)))
             .arg(member)
+            .arg(Self::index_field(kind, id))
             .invoke_async(&mut self.conn.clone())
             .await?;
         Ok(started == 1)
@@ -297,7 +376,9 @@ impl Timers {
                 .await?;
             return Ok(false);
         };
-        let next = (timer.step + 1 < timer.kind.steps()).then(|| Timer {
+        let rejected = event.event_type == OrderStatusChanged::TYPE
+            && event.payload["status"] == OrderStatus::Rejected.as_str();
+        let next = (!rejected && timer.step + 1 < timer.kind.steps()).then(|| Timer {
             step: timer.step + 1,
             ..timer.clone()
         });
@@ -308,10 +389,12 @@ impl Timers {
         let next_due = now_ms() + millis(self.delay(timer.kind, timer.step + 1));
         let mut inv = FIRE.key(&self.key);
         inv.key(self.ns.stream(stream))
+            .key(&self.index)
             .arg(member)
             .arg(self.maxlen)
             .arg(&next_member)
-            .arg(next_due);
+            .arg(next_due)
+            .arg(Self::index_field(timer.kind, &timer.id));
         for (k, v) in event.to_fields() {
             inv.arg(k).arg(v);
         }
@@ -328,11 +411,18 @@ impl Timers {
         }
         Some(match t.kind {
             Kind::Order => {
-                let status = *kitchen_steps().get(t.step)?;
-                let p = OrderStatusChanged {
+                let mut p = OrderStatusChanged {
                     order_id: t.order_id,
-                    status,
+                    status: *kitchen_steps().get(t.step)?,
+                    reason: None,
                 };
+                // The confirm step is where the kitchen may refuse instead.
+                if t.step == 0
+                    && let Some(why) = self.kitchen.rejects(t.order_id.bytes())
+                {
+                    p.status = OrderStatus::Rejected;
+                    p.reason = Some(REJECTIONS[why % REJECTIONS.len()].to_owned());
+                }
                 envelope(&p, t, &self.source)
             }
             Kind::Delivery => {

@@ -63,6 +63,30 @@ pub const FULL_FLOW: [&str; 8] = [
     "order:delivered",
 ];
 
+/// Whether `labels` (`kind:status`, in order) is a whole timeline: the full
+/// flow, or the start of it ended by one of the order's exits at a status it
+/// may leave from (`created → confirmed → cancelled`, `created → rejected`).
+/// Derived from the contract's exits, so a new exit is accepted everywhere.
+pub fn is_complete_timeline<S: AsRef<str>>(labels: &[S]) -> bool {
+    use contract::status::{Lifecycle, OrderStatus};
+    let labels: Vec<&str> = labels.iter().map(AsRef::as_ref).collect();
+    if labels == FULL_FLOW {
+        return true;
+    }
+    let Some((last, before)) = labels.split_last() else {
+        return false;
+    };
+    OrderStatus::EXITS.iter().any(|(exit, from)| {
+        *last == format!("order:{}", exit.as_str())
+            && from.iter().any(|f| {
+                FULL_FLOW
+                    .iter()
+                    .position(|l| *l == format!("order:{}", f.as_str()))
+                    .is_some_and(|at| before == &FULL_FLOW[..=at])
+            })
+    })
+}
+
 /// Polls `check` every 20 ms until it returns `Some`, or fails the test
 /// (panics) naming `what`: how tests wait for a condition instead of sleeping.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
@@ -166,5 +190,34 @@ mod tests {
             .map(|s| s.label())
             .collect();
         assert_eq!(labels, super::FULL_FLOW);
+    }
+
+    #[test]
+    fn complete_timelines_are_the_flow_or_an_allowed_exit() {
+        use super::is_complete_timeline as complete;
+        assert!(complete(&super::FULL_FLOW));
+        assert!(complete(&["order:created", "order:cancelled"]));
+        assert!(complete(&[
+            "order:created",
+            "order:confirmed",
+            "order:preparing",
+            "order:cancelled"
+        ]));
+        assert!(complete(&["order:created", "order:rejected"]));
+        assert!(!complete(&[
+            "order:created",
+            "order:confirmed",
+            "order:rejected"
+        ]));
+        assert!(!complete(&["order:confirmed", "order:cancelled"]));
+        assert!(!complete(&super::FULL_FLOW[..4]));
+        assert!(!complete(&[
+            "order:created",
+            "order:confirmed",
+            "order:preparing",
+            "order:out_for_delivery",
+            "order:cancelled"
+        ]));
+        assert!(!complete::<&str>(&[]));
     }
 }

@@ -471,6 +471,65 @@ impl System {
         .await
     }
 
+    /// Appends an event to a stream of this system, as a producer would.
+    pub async fn xadd(&self, stream: contract::streams::Stream, event: &contract::Envelope) {
+        let mut cmd = redis::cmd("XADD");
+        cmd.arg(self.namespace().stream(stream)).arg("*");
+        for (k, v) in event.to_fields() {
+            cmd.arg(k).arg(v);
+        }
+        cmd.query_async::<String>(&mut self.redis.clone())
+            .await
+            .unwrap();
+    }
+
+    /// `POST /api/v1/orders/{id}/cancel` with the order's token (if known)
+    /// and an optional Idempotency-Key; status and body, checked against
+    /// the OpenAPI document.
+    pub async fn cancel(&self, order_id: &str, key: Option<&str>) -> (u16, Value) {
+        let path = format!("/api/v1/orders/{order_id}/cancel");
+        let mut req = self
+            .http
+            .post(format!("{}{path}", self.url(Service::Order)))
+            .json(&json!({"reason": "changed my mind"}));
+        if let Some(token) = self.token(order_id) {
+            req = req.bearer_auth(token);
+        }
+        if let Some(k) = key {
+            req = req.header("idempotency-key", k);
+        }
+        let r = req.send().await.unwrap();
+        let status = r.status().as_u16();
+        let body = r.json().await.unwrap_or(Value::Null);
+        self.check_answer(Service::Order, "POST", &path, status, &body);
+        (status, body)
+    }
+
+    /// Entries of `stream` delivered to `group` and not yet acknowledged.
+    pub async fn pending(&self, stream: contract::streams::Stream, group: &str) -> i64 {
+        let v: redis::Value = redis::cmd("XPENDING")
+            .arg(self.namespace().stream(stream))
+            .arg(group)
+            .query_async(&mut self.redis.clone())
+            .await
+            .unwrap();
+        contract::redis::int(&contract::redis::array(v).unwrap()[0]).unwrap()
+    }
+
+    /// The stock of a menu item, read in MongoDB.
+    pub async fn stock(&self, item_id: &str) -> i64 {
+        let id = bson::oid::ObjectId::parse_str(item_id).unwrap();
+        self.mongo
+            .database(&self.db)
+            .collection::<bson::Document>("menu")
+            .find_one(bson::doc! { "_id": id })
+            .await
+            .unwrap()
+            .unwrap()
+            .get_i64("stock")
+            .unwrap()
+    }
+
     /// A Redis key of this system.
     pub fn key(&self, name: &str) -> String {
         format!("{}{name}", self.prefix)
@@ -550,6 +609,25 @@ pub fn order_body(items: &[(&str, u32)]) -> Value {
     })
 }
 
+/// A kitchen status change for an order, as the simulator would publish it.
+pub fn kitchen(order_id: &str, status: contract::status::OrderStatus) -> contract::Envelope {
+    kitchen_because(order_id, status, None)
+}
+
+/// A kitchen status change with a reason (a rejection's).
+pub fn kitchen_because(
+    order_id: &str,
+    status: contract::status::OrderStatus,
+    reason: Option<&str>,
+) -> contract::Envelope {
+    let p = contract::events::OrderStatusChanged {
+        order_id: contract::OrderId::parse(order_id).unwrap(),
+        status,
+        reason: reason.map(str::to_owned),
+    };
+    contract::Envelope::of(&p, "test", "test")
+}
+
 /// A tracker's socket.
 #[derive(Debug)]
 pub struct Tracker {
@@ -570,6 +648,23 @@ impl Tracker {
                 Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
                 Message::Close(f) => panic!("socket closed: {f:?}"),
                 _ => {}
+            }
+        }
+    }
+
+    /// Waits for the server to close the socket; returns the close code and
+    /// reason (panics on any other message but pings).
+    pub async fn closed(&mut self, timeout: Duration) -> (u16, String) {
+        loop {
+            let msg = tokio::time::timeout(timeout, self.socket.next())
+                .await
+                .expect("the tracker closes in time");
+            match msg {
+                Some(Ok(Message::Close(Some(f)))) => {
+                    return (u16::from(f.code), f.reason.as_str().to_owned());
+                }
+                Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                other => panic!("expected a close frame, got {other:?}"),
             }
         }
     }

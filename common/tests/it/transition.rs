@@ -2,12 +2,12 @@
 //! with its outbox event; duplicates, stale and early events change nothing,
 //! and an early event is still new when it comes back.
 
-use bson::{doc, oid::ObjectId};
+use bson::{Document, doc, oid::ObjectId};
 use common::{
     inbox::Inbox,
     mongo,
     outbox::Outbox,
-    transition::{Guarded, StatusChange, Versioned},
+    transition::{Cause, Guarded, StatusChange, Versioned},
 };
 use contract::{
     Envelope,
@@ -84,6 +84,7 @@ async fn only_the_next_status_applies_and_only_once() {
         outbox: &outbox,
         stream: Stream::Deliveries,
         event: moved_event,
+        effect: None,
     };
     let version = || async {
         parcels
@@ -97,9 +98,14 @@ async fn only_the_next_status_applies_and_only_once() {
     // Early: skips on_the_way. Nothing changes, and the claim rolls back.
     let early = cause();
     assert_eq!(
-        g.apply(id, DeliveryStatus::Delivered, &early)
-            .await
-            .unwrap(),
+        g.apply(
+            id,
+            DeliveryStatus::Delivered,
+            Cause::Event(&early),
+            Document::new()
+        )
+        .await
+        .unwrap(),
         StatusChange::Early(DeliveryStatus::WaitingForPickup)
     );
     assert_eq!((version().await, outbox.len().await.unwrap()), (1, 0));
@@ -107,7 +113,14 @@ async fn only_the_next_status_applies_and_only_once() {
     // The next status applies, with its event in the outbox.
     let next = cause();
     assert_eq!(
-        g.apply(id, DeliveryStatus::OnTheWay, &next).await.unwrap(),
+        g.apply(
+            id,
+            DeliveryStatus::OnTheWay,
+            Cause::Event(&next),
+            Document::new()
+        )
+        .await
+        .unwrap(),
         StatusChange::Moved {
             previous: DeliveryStatus::WaitingForPickup
         }
@@ -116,22 +129,39 @@ async fn only_the_next_status_applies_and_only_once() {
 
     // The same event again: a duplicate. The same status in a new event: stale.
     assert_eq!(
-        g.apply(id, DeliveryStatus::OnTheWay, &next).await.unwrap(),
+        g.apply(
+            id,
+            DeliveryStatus::OnTheWay,
+            Cause::Event(&next),
+            Document::new()
+        )
+        .await
+        .unwrap(),
         StatusChange::Duplicate
     );
     assert_eq!(
-        g.apply(id, DeliveryStatus::WaitingForPickup, &cause())
-            .await
-            .unwrap(),
+        g.apply(
+            id,
+            DeliveryStatus::WaitingForPickup,
+            Cause::Event(&cause()),
+            Document::new()
+        )
+        .await
+        .unwrap(),
         StatusChange::Stale(DeliveryStatus::OnTheWay)
     );
     assert_eq!((version().await, outbox.len().await.unwrap()), (2, 1));
 
     // The early event, redelivered now that its predecessor is in, applies.
     assert_eq!(
-        g.apply(id, DeliveryStatus::Delivered, &early)
-            .await
-            .unwrap(),
+        g.apply(
+            id,
+            DeliveryStatus::Delivered,
+            Cause::Event(&early),
+            Document::new()
+        )
+        .await
+        .unwrap(),
         StatusChange::Moved {
             previous: DeliveryStatus::OnTheWay
         }
@@ -144,9 +174,14 @@ async fn only_the_next_status_applies_and_only_once() {
     assert_eq!(outbox.len().await.unwrap(), 2);
 
     assert_eq!(
-        g.apply(ObjectId::new(), DeliveryStatus::OnTheWay, &cause())
-            .await
-            .unwrap(),
+        g.apply(
+            ObjectId::new(),
+            DeliveryStatus::OnTheWay,
+            Cause::Event(&cause()),
+            Document::new()
+        )
+        .await
+        .unwrap(),
         StatusChange::Missing
     );
 }

@@ -3,6 +3,7 @@
 // Test code fails by panicking.
 #![allow(clippy::unwrap_used)]
 
+mod cancel;
 mod effectively_once;
 mod flow;
 mod ops;
