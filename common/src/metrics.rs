@@ -52,6 +52,10 @@ fn describe() {
         Unit::Seconds,
         "HTTP request latency by method, route template and status."
     );
+    describe_histogram!(
+        "order_batch_size",
+        "Orders placed per transaction by order-svc's writer (group commit)."
+    );
     describe_counter!(
         "events_published_total",
         "Events appended to a stream by this process."

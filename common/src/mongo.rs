@@ -193,6 +193,32 @@ pub fn is_unavailable(e: &Error) -> bool {
         )
 }
 
+/// Checks the reply of a raw write command (`update`, `insert`) sent with
+/// `run_command`: write errors become a command error carrying the first
+/// one's code (so [`is_duplicate_key`] and the error labels still apply), and
+/// fewer documents than `expected` written is an error too.
+pub fn check_write_reply(reply: &mongodb::bson::Document, expected: usize) -> Result<(), Error> {
+    if let Ok(errors) = reply.get_array("writeErrors")
+        && let Some(first) = errors.first().and_then(|e| e.as_document())
+    {
+        let code = first.get_i32("code").unwrap_or_default();
+        let message = first.get_str("errmsg").unwrap_or("write error");
+        let raw = mongodb::bson::doc! { "ok": 0, "code": code, "errmsg": message };
+        return Err(Error::custom(format!("E{code} {message} ({raw})")));
+    }
+    let n = reply
+        .get_i32("n")
+        .map(i64::from)
+        .or_else(|_| reply.get_i64("n"))
+        .unwrap_or_default();
+    if usize::try_from(n).unwrap_or_default() < expected {
+        return Err(Error::custom(format!(
+            "a write command wrote {n} of {expected} documents"
+        )));
+    }
+    Ok(())
+}
+
 /// Whether `e` is a duplicate-key error (code 11000), e.g. a unique index
 /// doing its job.
 pub fn is_duplicate_key(e: &Error) -> bool {

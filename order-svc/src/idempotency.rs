@@ -32,10 +32,11 @@
 //! key) reveals nothing about the token. A client that picks a guessable key
 //! makes its token as guessable as its key: the web app uses random UUIDs.
 
-use std::time::Duration;
+use std::{collections::HashSet, time::Duration};
 
 use axum::http::HeaderMap;
 use bson::{Document, doc};
+use futures::TryStreamExt;
 use mongodb::{ClientSession, Collection};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -216,7 +217,8 @@ impl Keys {
         Ok(parse(&d))
     }
 
-    fn document(key: &Key, reply: &Reply, token: Option<&TrackingToken>) -> Document {
+    /// The record of `key`: its request's hash, the reply, the sealed token.
+    pub fn document(key: &Key, reply: &Reply, token: Option<&TrackingToken>) -> Document {
         doc! {
             "_id": &key.id,
             "body_hash": &key.body_hash,
@@ -248,6 +250,34 @@ impl Keys {
             Err(e) if common::mongo::is_duplicate_key(&e) => Err(StoreError::Taken(Taken)),
             Err(e) => Err(StoreError::Mongo(e)),
         }
+    }
+
+    /// Inserts records made by [`Keys::document`] inside the caller's
+    /// transaction (one round trip); a duplicate key fails the insert.
+    pub async fn insert_all(
+        &self,
+        s: &mut ClientSession,
+        records: Vec<Document>,
+    ) -> mongodb::error::Result<()> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        self.coll.insert_many(records).session(s).await.map(drop)
+    }
+
+    /// Which of the key ids `ids` are stored.
+    pub async fn existing(&self, ids: &[&str]) -> mongodb::error::Result<HashSet<String>> {
+        let found: Vec<Document> = self
+            .coll
+            .find(doc! { "_id": { "$in": ids } })
+            .projection(doc! { "_id": 1 })
+            .await?
+            .try_collect()
+            .await?;
+        Ok(found
+            .iter()
+            .filter_map(|d| d.get_str("_id").ok().map(str::to_owned))
+            .collect())
     }
 
     /// Deletes keys older than `ttl`.

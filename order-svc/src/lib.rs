@@ -28,6 +28,7 @@ pub mod domain;
 pub mod error;
 pub mod events;
 pub mod idempotency;
+pub mod placing;
 pub mod settings;
 pub mod store;
 pub mod views;

@@ -1,12 +1,9 @@
 //! MongoDB access: the menu and the orders.
 //!
-//! Placing an order is one transaction: read the ordered items, refuse the
-//! whole order if one is unknown or short, otherwise decrement each item's
-//! stock with a `stock >= quantity` guard and insert the order. Concurrent
-//! orders for the same item collide as write conflicts, which
-//! [`common::mongo::run_transaction`] resolves by running the loser again; it
-//! then sees the new stock. Stock can therefore never go negative, and an
-//! order either reserves all its items or none.
+//! Placing an order reserves the stock of every line (all or nothing, never
+//! below zero) and stores the order in one transaction; this replica's
+//! orders are placed in batches by one writer so that they never conflict
+//! with each other (see [`crate::placing`]).
 //!
 //! The same transaction writes the order's events to the outbox (see
 //! [`common::outbox`]) and, when the request carried one, its idempotency key
@@ -14,18 +11,15 @@
 //! claims the event in the inbox (see [`common::inbox`]) in the transaction
 //! that changes the order and writes `order.status_updated.v1`.
 
-use std::{collections::HashMap, time::Duration};
-
 use bson::{doc, oid::ObjectId};
 use chrono::{DateTime, Utc};
 use common::{
     inbox::Inbox,
-    mongo::{BoxFuture, MaybeMongoError, RetryPolicy, run_transaction},
+    mongo::{BoxFuture, MaybeMongoError},
     outbox::Outbox,
     transition::{Cause, Effect, Guarded, Versioned},
 };
 use contract::{
-    MenuItemId,
     auth::{TokenHash, TrackingToken},
     events::{Customer, OrderLine},
     status::OrderStatus,
@@ -225,18 +219,33 @@ pub struct Store {
     pub inbox: Inbox,
     /// Idempotency keys and their responses.
     pub keys: Keys,
+    /// The order writer (see [`crate::placing`]).
+    placer: crate::placing::Placer,
 }
 
 impl Store {
     /// order-svc's collections of `db`; Redis keys (the relay lease) in `ns`.
     pub fn new(client: mongodb::Client, db: &str, ns: Namespace) -> Self {
         let db = client.database(db);
-        Self {
+        let menu = db.collection("menu");
+        let orders = db.collection("orders");
+        let outbox = Outbox::new(&db, ns, events::SOURCE);
+        let keys = Keys::new(&db);
+        let placer = crate::placing::Placer::new(crate::placing::Collections {
+            client: client.clone(),
+            db: db.clone(),
             menu: db.collection("menu"),
             orders: db.collection("orders"),
-            outbox: Outbox::new(&db, ns, events::SOURCE),
+            outbox: outbox.clone(),
+            keys: keys.clone(),
+        });
+        Self {
+            menu,
+            orders,
+            outbox,
             inbox: Inbox::new(&db),
-            keys: Keys::new(&db),
+            keys,
+            placer,
             client,
         }
     }
@@ -284,7 +293,8 @@ impl Store {
 
     /// Places an order: all of its stock is reserved and the order, its
     /// events and its idempotency key with `reply(order)` (the API's answer)
-    /// are stored, or nothing changes.
+    /// are stored, or nothing changes. Batched with the other orders of this
+    /// replica (see [`crate::placing`]).
     pub async fn place_order(
         &self,
         new: &NewOrder,
@@ -293,126 +303,9 @@ impl Store {
         token: &TrackingToken,
         reply: fn(&Order) -> Reply,
     ) -> Result<Placed, PlaceError> {
-        // A shopper waits for contention to resolve longer than a consumer does.
-        let policy = RetryPolicy {
-            max_attempts: 40,
-            max_elapsed: Duration::from_secs(5),
-            ..RetryPolicy::default()
-        };
-        let ctx = (self, new, correlation_id, key, token, reply);
-        run_transaction(
-            &self.client,
-            policy,
-            &ctx,
-            |session, (store, new, correlation_id, key, token, reply)| {
-                Box::pin(store.place_in(session, new, correlation_id, *key, token, *reply))
-            },
-        )
-        .await
-    }
-
-    async fn place_in(
-        &self,
-        s: &mut ClientSession,
-        new: &NewOrder,
-        correlation_id: &str,
-        key: Option<&Key>,
-        token: &TrackingToken,
-        reply: fn(&Order) -> Reply,
-    ) -> Result<Placed, PlaceError> {
-        let ids: Vec<ObjectId> = new.lines.iter().map(|l| l.item_id).collect();
-        let found: Vec<MenuItem> = self
-            .menu
-            .find(doc! { "_id": { "$in": &ids } })
-            .session(&mut *s)
-            .await?
-            .stream(&mut *s)
-            .try_collect()
-            .await?;
-        let items: HashMap<ObjectId, MenuItem> = found.into_iter().map(|i| (i.id, i)).collect();
-
-        let mut unknown = FieldErrors::default();
-        let mut short = FieldErrors::default();
-        let mut short_names = Vec::new();
-        for (i, line) in new.lines.iter().enumerate() {
-            match items.get(&line.item_id) {
-                None => unknown.add(format!("items[{i}].item_id"), "no such menu item"),
-                Some(item) if item.stock < i64::from(line.quantity.get()) => {
-                    short.add(
-                        format!("items[{i}].quantity"),
-                        format!("only {} of {} left", item.stock.max(0), item.name),
-                    );
-                    short_names.push(item.name.clone());
-                }
-                Some(_) => {}
-            }
-        }
-        if !unknown.is_empty() {
-            return Err(PlaceError::UnknownItems(unknown));
-        }
-        if !short.is_empty() {
-            return Err(PlaceError::InsufficientStock {
-                fields: short,
-                names: short_names,
-            });
-        }
-
-        let mut lines = Vec::with_capacity(new.lines.len());
-        for (i, line) in new.lines.iter().enumerate() {
-            let qty = i64::from(line.quantity.get());
-            // The guard makes overselling impossible even if the read above were stale.
-            let updated = self
-                .menu
-                .find_one_and_update(
-                    doc! { "_id": line.item_id, "stock": { "$gte": qty } },
-                    doc! { "$inc": { "stock": -qty } },
-                )
-                .return_document(ReturnDocument::After)
-                .session(&mut *s)
-                .await?;
-            let Some(item) = updated else {
-                let mut fields = FieldErrors::default();
-                fields.add(format!("items[{i}].quantity"), "not enough left");
-                let names = vec![items[&line.item_id].name.clone()];
-                return Err(PlaceError::InsufficientStock { fields, names });
-            };
-            lines.push(OrderLine {
-                item_id: MenuItemId::from_bytes(item.id.bytes()),
-                name: item.name,
-                quantity: line.quantity.get(),
-                unit_price_cents: item.price_cents,
-            });
-        }
-        let now = Utc::now();
-        let order = Order {
-            id: ObjectId::new(),
-            status: OrderStatus::Created,
-            version: 1,
-            customer: new.customer.clone(),
-            total_cents: lines
-                .iter()
-                .map(|l| l.unit_price_cents * i64::from(l.quantity))
-                .sum(),
-            items: lines,
-            correlation_id: correlation_id.to_owned(),
-            tracking_token_hash: token.hash(),
-            created_at: now,
-            updated_at: now,
-            end_reason: None,
-        };
-        self.orders.insert_one(&order).session(&mut *s).await?;
-        for (stream, event) in events::order_created(&order) {
-            self.outbox
-                .add(&mut *s, stream, &event, order.version)
-                .await?;
-        }
-        let reply = reply(&order);
-        if let Some(key) = key {
-            self.keys
-                .store(Some(&mut *s), key, &reply, Some(token))
-                .await?;
-        }
-        Ok(Placed { order, reply })
+        self.placer
+            .place(new, correlation_id, key, token, reply)
+            .await
     }
 
     /// Moves the order to `to` if its lifecycle allows it now, once (see

@@ -99,6 +99,7 @@ impl OutboxSettings {
 /// Where a service's transactions put their events.
 #[derive(Debug, Clone)]
 pub struct Outbox {
+    db: mongodb::Database,
     coll: Collection<Document>,
     wake: Arc<Notify>,
     ns: Namespace,
@@ -109,6 +110,7 @@ impl Outbox {
     /// The outbox of `service` in `db`.
     pub fn new(db: &mongodb::Database, ns: Namespace, service: &str) -> Self {
         Self {
+            db: db.clone(),
             coll: db.collection(&format!("outbox_{}", service.replace('-', "_"))),
             wake: Arc::new(Notify::new()),
             ns,
@@ -137,31 +139,51 @@ impl Outbox {
         event: &Envelope,
         seq: u32,
     ) -> mongodb::error::Result<()> {
-        let mut fields = Document::new();
-        for (k, v) in event.to_fields() {
-            fields.insert(k, v);
+        self.add_all(s, &[(stream, event, seq)]).await
+    }
+
+    /// Adds several events inside the caller's transaction, in one round
+    /// trip (an `update` command of one upsert per event), in this order.
+    pub async fn add_all(
+        &self,
+        s: &mut ClientSession,
+        events: &[(Stream, &Envelope, u32)],
+    ) -> mongodb::error::Result<()> {
+        if events.is_empty() {
+            return Ok(());
         }
-        // An upsert, so that `$currentDate` stamps the entry with the
+        // Upserts, so that `$currentDate` stamps each entry with the
         // database's clock: one clock for every replica that writes.
-        self.coll
-            .update_one(
-                doc! { "_id": ObjectId::new() },
+        let updates: Vec<Document> = events
+            .iter()
+            .map(|(stream, event, seq)| {
+                let mut fields = Document::new();
+                for (k, v) in event.to_fields() {
+                    fields.insert(k, v);
+                }
                 doc! {
-                    "$currentDate": { "written_at": true },
-                    "$setOnInsert": {
-                        "stream": stream.name(),
-                        "key": &event.key,
-                        "seq": i64::from(seq),
-                        "event_id": event.event_id.to_string(),
-                        "fields": fields,
-                        "published": false,
+                    "q": { "_id": ObjectId::new() },
+                    "u": {
+                        "$currentDate": { "written_at": true },
+                        "$setOnInsert": {
+                            "stream": stream.name(),
+                            "key": &event.key,
+                            "seq": i64::from(*seq),
+                            "event_id": event.event_id.to_string(),
+                            "fields": fields,
+                            "published": false,
+                        },
                     },
-                },
-            )
-            .upsert(true)
+                    "upsert": true,
+                }
+            })
+            .collect();
+        let reply = self
+            .db
+            .run_command(doc! { "update": self.coll.name(), "updates": updates, "ordered": true })
             .session(&mut *s)
-            .await
-            .map(drop)
+            .await?;
+        crate::mongo::check_write_reply(&reply, events.len())
     }
 
     /// The namespace of the relay's lease (and of failpoints).

@@ -329,7 +329,9 @@ async fn two_relays_publish_each_entry_once_and_the_survivor_takes_over() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotency_keys_replay_refuse_reuse_and_serialise_twins() {
-    let sys = System::start().await;
+    let mut sys = System::start().await;
+    let second = sys.add_replica(Service::Order).await;
+    let sys = sys;
     let item = sys.add_item("Bao", 450, 5).await;
     let body = order_body(&[(&item, 1)]);
     let stock = || async {
@@ -373,6 +375,25 @@ async fn idempotency_keys_replay_refuse_reuse_and_serialise_twins() {
     assert_eq!(
         (stock().await, sys.count("orders", bson::doc! {}).await),
         (3, 2)
+    );
+
+    // The same, spread over two replicas (each batches its own requests;
+    // their batches race for the key): still one order.
+    let twins = futures::future::join_all(
+        (0..10).map(|i| post_with_key(&sys, if i % 2 == 0 { 0 } else { second }, "k2b", &body)),
+    )
+    .await;
+    let ids: Vec<&str> = twins
+        .iter()
+        .map(|(s, _, b)| {
+            assert_eq!(*s, 201, "{b}");
+            b["id"].as_str().unwrap()
+        })
+        .collect();
+    assert!(ids.iter().all(|id| *id == ids[0]), "{ids:?}");
+    assert_eq!(
+        (stock().await, sys.count("orders", bson::doc! {}).await),
+        (2, 3)
     );
 
     // A refusal is remembered too, even once stock is back.
