@@ -5,7 +5,7 @@
 //! with AOF, MongoDB), with the simulator's delays at zero so that what is
 //! measured is the system and not the pretend kitchen, then:
 //!
-//! 1. **order creation**: `orders` POSTs (one random item each, with an
+//! 1. **order creation**: `orders` POSTs (two distinct dishes of seven, 1–2 each, with an
 //!    `Idempotency-Key`) from `concurrency` closed-loop clients. Each is a
 //!    replica-set transaction (stock decrement + order + outbox) plus the
 //!    idempotency record. Prints throughput and latency percentiles.
@@ -14,7 +14,9 @@
 //!    events through the outbox relays, six streams, four consumer groups
 //!    and the simulator's durable timers. Prints percentiles, and how long
 //!    the whole backlog took to drain after the last POST.
-//! 3. **memory**: peak and current resident set of every service process
+//! 3. **CPU**: user + system time of every process, the servers included,
+//!    from the first measured POST until drained, per delivered order;
+//! 4. **memory**: peak and current resident set of every service process
 //!    (`VmHWM`, `VmRSS` from `/proc`).
 //!
 //! Numbers, not assertions: run it, compare with the previous run.
@@ -151,6 +153,20 @@ pub struct BenchReport {
     pub drain_secs: f64,
     /// Per process.
     pub memory: Vec<Memory>,
+    /// CPU time of every process (services, Redis, MongoDB) from the first
+    /// measured POST until every order was delivered.
+    pub cpu: Vec<Cpu>,
+    /// The sum of `cpu`, per delivered order, in milliseconds.
+    pub cpu_ms_per_order: f64,
+}
+
+/// CPU time a process used during the measured phase.
+#[derive(Debug, Clone, Serialize)]
+pub struct Cpu {
+    /// Process (replica) name, `redis` or `mongodb`.
+    pub process: String,
+    /// User + system CPU seconds.
+    pub secs: f64,
 }
 
 impl std::fmt::Display for BenchReport {
@@ -177,6 +193,14 @@ impl std::fmt::Display for BenchReport {
                 h.from, h.to, h.latency.p50, h.latency.p99
             )?;
         }
+        writeln!(
+            f,
+            "CPU per delivered order {:.1} ms (all processes, until drained)",
+            self.cpu_ms_per_order
+        )?;
+        for c in &self.cpu {
+            writeln!(f, "  {:<16} {:>7.2} s", c.process, c.secs)?;
+        }
         writeln!(f, "memory (MiB)     peak   now")?;
         for m in &self.memory {
             writeln!(
@@ -187,6 +211,33 @@ impl std::fmt::Display for BenchReport {
         }
         Ok(())
     }
+}
+
+/// User + system CPU seconds of a process so far (`/proc/<pid>/stat`).
+fn cpu_secs(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces: count from after its ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // Fields 14 (utime) and 15 (stime) of the whole line: 12 and 13 here.
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    // USER_HZ is 100 on every Linux architecture this runs on.
+    Some(ticks as f64 / 100.0)
+}
+
+/// CPU seconds of every process of the deployment, by name.
+fn cpu_of(cluster: &Cluster) -> Vec<(String, f64)> {
+    let servers = [
+        ("redis".to_owned(), cluster.redis.pid()),
+        ("mongodb".to_owned(), cluster.mongo.pid()),
+    ];
+    cluster
+        .pids()
+        .into_iter()
+        .map(|(name, pid)| (name, Some(pid)))
+        .chain(servers)
+        .filter_map(|(name, pid)| Some((name, cpu_secs(pid?)?)))
+        .collect()
 }
 
 /// `VmHWM` and `VmRSS` of a process, in MiB.
@@ -203,11 +254,11 @@ async fn post_order(
     http: &reqwest::Client,
     url: &str,
     key: &str,
-    item: &str,
+    lines: &[(&str, u32)],
 ) -> anyhow::Result<(u16, Value)> {
     let body = json!({
         "customer": {"name": "Bench Mark", "address": "1 Fast Lane", "phone": "+1 555 0199"},
-        "items": [{"item_id": item, "quantity": 1}],
+        "items": lines.iter().map(|(id, q)| json!({"item_id": id, "quantity": q})).collect::<Vec<_>>(),
     });
     let r = http
         .post(format!("{url}/api/v1/orders"))
@@ -231,7 +282,15 @@ async fn place_many(
 ) -> (Vec<(String, String, f64)>, usize) {
     let errors = Arc::new(AtomicUsize::new(0));
     let mut rng = StdRng::seed_from_u64(7);
-    let picks: Vec<usize> = (0..n).map(|_| rng.random_range(0..items.len())).collect();
+    // Two distinct dishes out of (at most) the first seven, 1 or 2 of each.
+    let dishes = items.len().min(7);
+    let picks: Vec<[(usize, u32); 2]> = (0..n)
+        .map(|_| {
+            let a = rng.random_range(0..dishes);
+            let b = (a + rng.random_range(1..dishes.max(2))) % dishes.max(1);
+            [(a, rng.random_range(1..=2)), (b, rng.random_range(1..=2))]
+        })
+        .collect();
     let accepted: Vec<(String, String, f64)> = stream::iter(picks.into_iter().enumerate())
         .map(|(i, pick)| {
             let errors = errors.clone();
@@ -239,7 +298,9 @@ async fn place_many(
             let key = format!("bench-{tag}-{i}");
             async move {
                 let started = Instant::now();
-                match post_order(http, url, &key, &items[pick]).await {
+                let lines: Vec<(&str, u32)> =
+                    pick.iter().map(|(i, q)| (items[*i].as_str(), *q)).collect();
+                match post_order(http, url, &key, &lines).await {
                     Ok((201, order)) => Some((
                         order["id"].as_str()?.to_owned(),
                         order["tracking_token"].as_str()?.to_owned(),
@@ -357,6 +418,7 @@ async fn measure(cluster: &Cluster, cfg: &BenchConfig) -> anyhow::Result<BenchRe
     wait_delivered(&orders, Duration::from_secs(120)).await?;
     drop(warm);
 
+    let cpu_before = cpu_of(cluster);
     let started = Instant::now();
     let (accepted, create_errors) = place_many(
         &http,
@@ -371,6 +433,21 @@ async fn measure(cluster: &Cluster, cfg: &BenchConfig) -> anyhow::Result<BenchRe
     let last_post = Instant::now();
     wait_delivered(&orders, Duration::from_secs(600)).await?;
     let drain_secs = last_post.elapsed().as_secs_f64();
+    let cpu: Vec<Cpu> = cpu_of(cluster)
+        .into_iter()
+        .map(|(process, now)| {
+            let before = cpu_before
+                .iter()
+                .find(|(p, _)| *p == process)
+                .map_or(0.0, |(_, s)| *s);
+            Cpu {
+                process: process.trim_end_matches("-g1").to_owned(),
+                secs: now - before,
+            }
+        })
+        .collect();
+    let cpu_ms_per_order =
+        cpu.iter().map(|c| c.secs).sum::<f64>() * 1e3 / accepted.len().max(1) as f64;
 
     let create_latency = Percentiles::of(accepted.iter().map(|(_, _, ms)| *ms).collect());
     let measured: Vec<(f64, Vec<f64>)> = stream::iter(&accepted)
@@ -413,6 +490,8 @@ async fn measure(cluster: &Cluster, cfg: &BenchConfig) -> anyhow::Result<BenchRe
         hops,
         drain_secs,
         memory,
+        cpu,
+        cpu_ms_per_order,
     })
 }
 

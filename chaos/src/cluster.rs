@@ -228,7 +228,9 @@ impl Cluster {
         let name = format!("{}-{replica}-g{generation}", svc.name());
         let port = testkit::free_port();
         let file = format!("{name}.log");
-        let child = Command::new(self.bin_dir.join(svc.name()))
+        let mut cmd = Command::new(self.bin_dir.join(svc.name()));
+        testkit::process::die_with_parent(cmd.as_std_mut());
+        let child = cmd
             .envs(self.env())
             .env("PORT", port.to_string())
             .env("CONSUMER_NAME", &name)

@@ -107,6 +107,11 @@ impl<L: Launch> Server<L> {
         self.port
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        lock(&self.child).as_ref().map(Child::id)
+    }
+
     /// The data directory.
     pub fn dir(&self) -> &Path {
         &self.dir
@@ -224,6 +229,23 @@ fn fresh_dir() -> PathBuf {
     dir
 }
 
+/// Makes the process `cmd` starts get SIGKILL when the thread that spawns it
+/// exits (`PR_SET_PDEATHSIG`): for tools such as `chaos` that spawn from
+/// their async runtime's worker threads (which live as long as the runtime),
+/// so that killing the tool never leaves its services running.
+pub fn die_with_parent(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Spawns `cmd` from a thread that lives as long as the process, with
 /// `PR_SET_PDEATHSIG = SIGKILL`. (The death signal fires when the *thread*
 /// that forked exits, so forking from a short-lived test thread would kill
@@ -243,17 +265,7 @@ fn spawn_from_reaper_thread(mut cmd: Command) -> std::io::Result<Child> {
             .expect("spawn testkit thread");
         Mutex::new(tx)
     });
-    use std::os::unix::process::CommandExt;
-    // SAFETY: prctl and getppid are async-signal-safe; nothing else runs
-    // between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    die_with_parent(&mut cmd);
     let (tx, rx) = mpsc::channel();
     sender
         .lock()
