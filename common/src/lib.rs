@@ -2,8 +2,8 @@
 //!
 //! The services never call one another: they communicate only through Redis
 //! Streams. The `contract` crate says what crosses the streams; this crate is
-//! the machinery that makes the contract hold: the consumer loop, the outbox
-//! and inbox, guarded transitions, HTTP, MongoDB, telemetry.
+//! the machinery that makes the contract hold: the consumer loop, the outbox,
+//! guarded transitions, HTTP, MongoDB, telemetry.
 //!
 //! | module | what it gives |
 //! |---|---|
@@ -12,8 +12,7 @@
 //! | [`settings`] | one [`settings::CommonSettings`] from env vars, documented defaults, fail-fast validation |
 //! | [`http`] | `/healthz` and `/readyz` every service mounts |
 //! | [`outbox`] | the transactional outbox and its single active relay (lease in Redis) |
-//! | [`inbox`] | processed event ids per group, recorded in the effect's transaction |
-//! | [`transition`] | guarded status transitions of a versioned document, once per event, with their outbox event |
+//! | [`transition`] | guarded status transitions of a versioned document, idempotent, with their outbox event |
 //! | [`failpoint`] | test-only crash points (cargo feature `failpoints`) |
 //! | [`publisher`] | XADD with approximate MAXLEN trimming |
 //! | [`consumer`] | the consumer-group loop: XREADGROUP, XACK, retries, XAUTOCLAIM, dead letters |
@@ -57,7 +56,6 @@ pub mod consumer;
 pub mod dead_letter;
 pub mod failpoint;
 pub mod http;
-pub mod inbox;
 pub mod metrics;
 pub mod mongo;
 pub mod outbox;

@@ -27,8 +27,7 @@
 //! | `OUTBOX_POLL_MS` | `250` | longest sleep of the outbox relay when nothing wakes it |
 //! | `OUTBOX_BATCH` | `500` | outbox entries published per round |
 //! | `OUTBOX_LEASE_MS` | `5000` | relay lease TTL: a dead relay is replaced within this |
-//! | `OUTBOX_RETENTION_SECS` | `3600` | published outbox entries are deleted after this |
-//! | `INBOX_RETENTION_SECS` | `604800` (7 days) | processed event ids are remembered this long |
+//! | `OUTBOX_RETENTION_SECS` | `0` | keep published outbox entries this long (marked published); 0 deletes them once published |
 //! | `SHUTDOWN_TIMEOUT_MS` | `10000` | on SIGTERM, how long in-flight requests, consumer batches and background tasks get to finish before they are abandoned (keep it below the orchestrator's grace period: 30 s in Kubernetes) |
 //! | `LOKI_URL` | unset | when set, logs are also pushed to this Loki |
 //! | `LOG_FORMAT` | `json` | `json` or `pretty` (stdout) |
@@ -38,8 +37,8 @@ use std::{collections::HashMap, fmt::Display, str::FromStr, time::Duration};
 
 use url::Url;
 
-/// How often retention sweeps run: published outbox entries, inbox entries
-/// and idempotency keys older than their retention are deleted this often.
+/// How often retention sweeps run: published outbox entries (when kept) and
+/// idempotency keys older than their retention are deleted this often.
 /// Retentions are hours to days, so a minute between sweeps keeps each
 /// sweep small without mattering to anyone.
 pub const RETENTION_SWEEP_EVERY: Duration = Duration::from_secs(60);
@@ -466,8 +465,6 @@ pub struct CommonSettings {
     pub consumer: ConsumerSettings,
     /// Outbox relay tuning.
     pub outbox: crate::outbox::OutboxSettings,
-    /// How long processed event ids stay in the inbox.
-    pub inbox_retention: Duration,
     /// How long a shutdown waits for in-flight work.
     pub shutdown_timeout: Duration,
     /// Loki base URL; logs are shipped there when set.
@@ -509,10 +506,6 @@ impl CommonSettings {
             stream_maxlen: (maxlen > 0).then_some(maxlen),
             consumer: ConsumerSettings::from_env(env),
             outbox: crate::outbox::OutboxSettings::from_env(env),
-            inbox_retention: Duration::from_secs(env.parse(
-                "INBOX_RETENTION_SECS",
-                crate::inbox::DEFAULT_RETENTION.as_secs(),
-            )),
             shutdown_timeout: env.millis("SHUTDOWN_TIMEOUT_MS", 10_000),
             loki_url: env.optional("LOKI_URL"),
             log_format: env.parse("LOG_FORMAT", LogFormat::Json),

@@ -1,35 +1,35 @@
-//! Guarded status transitions of a versioned document, once per event.
+//! Guarded status transitions of a versioned document, at most once.
 //!
 //! order-svc (orders) and delivery-svc (deliveries) apply status events the
 //! same way, and this module is that way, written once. In one retried
 //! replica-set transaction:
 //!
-//! 1. the event id is claimed in the consumer group's [`Inbox`]; a second
-//!    delivery of the same event finds it claimed and changes nothing
-//!    ([`StatusChange::Duplicate`]);
-//! 2. the document is read and the [`Lifecycle`] decides: the next status is
-//!    applied; one at or behind the current status is acknowledged and
-//!    ignored ([`StatusChange::Stale`], never moved backwards); one that
-//!    skips ahead ([`StatusChange::Early`]) aborts, so the consumer can defer
-//!    it until its predecessor has been applied;
-//! 3. the status is set and `version` incremented, guarded by the version read
-//!    (inside the transaction a concurrent change is a write conflict, and a
-//!    retry, never a lost update);
-//! 4. the resulting event goes into the [`Outbox`] in the same transaction,
-//!    with the new version as its sequence number.
+//! 1. one `findAndModify` moves the document to the new status only if its
+//!    current status is one the [`Lifecycle`] allows the move from
+//!    ([`Lifecycle::predecessors`]: the previous status of the path, or the
+//!    statuses an exit may leave from), sets the extra fields and
+//!    increments `version`;
+//! 2. if it matched, an [`Effect`] may run on the document after the move
+//!    (putting a cancelled order's stock back), and the resulting event goes
+//!    into the [`Outbox`] in the same transaction, with the new version as
+//!    its sequence number;
+//! 3. if it did not, the document is read and the lifecycle says why: a
+//!    status at or behind the current one, or any status after a terminal
+//!    one, is [`StatusChange::Stale`] (acknowledged, never moved backwards);
+//!    one that skips ahead is [`StatusChange::Early`] (the consumer defers it
+//!    until its predecessor is applied); an exit no longer allowed is
+//!    [`StatusChange::Refused`].
 //!
-//! Early, duplicate and missing abort the transaction, so the inbox claim is
-//! rolled back with them: a deferred or retried event is still new when it
-//! comes back.
+//! This makes every move idempotent by itself: a redelivered, reclaimed or
+//! republished event finds the document already moved and changes nothing,
+//! whenever it comes back (no inbox of processed event ids to write and
+//! expire). Inside the snapshot transaction the guard cannot be raced: a
+//! concurrent change of the document is a write conflict, and a retry.
 //!
-//! A move may carry more in the same transaction: extra fields to set (a
-//! cancellation's reason) and an [`Effect`] run on the document after the move
-//! (putting a cancelled order's stock back). A move can also be requested by
-//! a user rather than by an event ([`Cause::Request`]): there is no event id
-//! to claim then, and the caller's idempotency is its own (an
-//! `Idempotency-Key`, or the guard itself: a second cancel finds the order
-//! cancelled). An exit the current status no longer allows is
-//! [`StatusChange::Refused`].
+//! A move can be requested by a user rather than by an event
+//! ([`Cause::Request`], a cancel): its idempotency is the guard's too (a
+//! second cancel finds the order cancelled) plus the caller's own
+//! `Idempotency-Key`.
 
 use bson::{Document, doc, oid::ObjectId};
 use contract::{
@@ -43,14 +43,13 @@ use tracing::info;
 
 use crate::{
     consumer::{HandlerError, Outcome},
-    inbox::Inbox,
     mongo::{BoxFuture, MaybeMongoError, RetryPolicy, run_transaction},
     outbox::Outbox,
 };
 
 /// A document with a status lifecycle and a version counter (fields `status`
 /// and `version`).
-pub trait Versioned: DeserializeOwned + Send + Sync + Unpin + 'static {
+pub trait Versioned: Serialize + DeserializeOwned + Send + Sync + Unpin + 'static {
     /// Its status.
     type Status: Lifecycle + Serialize + Send + Sync + std::fmt::Debug;
     /// The current status.
@@ -74,8 +73,6 @@ pub enum StatusChange<S> {
     Early(S),
     /// An exit the current status no longer allows: nothing changed.
     Refused(S),
-    /// This event was applied before (inbox): nothing changed.
-    Duplicate,
     /// No such document.
     Missing,
 }
@@ -83,7 +80,7 @@ pub enum StatusChange<S> {
 impl<S: Lifecycle> StatusChange<S> {
     /// What the consumer does with a status event for `what` (`"order"`)
     /// `id` that asked for status `to`, with a log line: moved → done;
-    /// duplicate, stale or refused → acknowledged and skipped (refused: the
+    /// stale (a duplicate too) or refused → acknowledged and skipped (refused: the
     /// document left the point where `to` was possible, e.g. a rejection of
     /// an order the customer already cancelled); early → deferred until its
     /// predecessor is applied; missing → retried (its creation may still be
@@ -94,10 +91,6 @@ impl<S: Lifecycle> StatusChange<S> {
             Self::Moved { .. } => {
                 info!(what, id, status, "status updated");
                 Ok(Outcome::Done)
-            }
-            Self::Duplicate => {
-                info!(what, id, "event already applied (inbox); duplicate ignored");
-                Ok(Outcome::Skipped)
             }
             Self::Stale(current) | Self::Refused(current) => {
                 info!(
@@ -121,9 +114,9 @@ impl<S: Lifecycle> StatusChange<S> {
 /// Why a document moves.
 #[derive(Debug, Clone, Copy)]
 pub enum Cause<'a> {
-    /// An event of a consumer group (its id is claimed in the group's inbox).
+    /// An event a consumer group handles.
     Event(&'a Envelope),
-    /// A user's request (no inbox: the request's own idempotency applies).
+    /// A user's request.
     Request {
         /// Ties the move to the request in logs and in the resulting event.
         correlation_id: &'a str,
@@ -155,10 +148,6 @@ pub struct Guarded<'a, T: Versioned> {
     pub client: &'a mongodb::Client,
     /// The documents.
     pub collection: &'a Collection<T>,
-    /// The consumer group's inbox.
-    pub inbox: &'a Inbox,
-    /// The consumer group applying the events.
-    pub group: &'a str,
     /// Where the resulting events are written.
     pub outbox: &'a Outbox,
     /// Their stream.
@@ -172,7 +161,6 @@ pub struct Guarded<'a, T: Versioned> {
 impl<T: Versioned> std::fmt::Debug for Guarded<'_, T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Guarded")
-            .field("group", &self.group)
             .field("stream", &self.stream)
             .finish_non_exhaustive()
     }
@@ -180,8 +168,6 @@ impl<T: Versioned> std::fmt::Debug for Guarded<'_, T> {
 
 #[derive(Debug, thiserror::Error)]
 enum Abort<S: std::fmt::Debug> {
-    #[error("already processed")]
-    Duplicate,
     #[error("no such document")]
     Missing,
     #[error("early: the document is {0:?}")]
@@ -200,8 +186,8 @@ impl<S: std::fmt::Debug> MaybeMongoError for Abort<S> {
 }
 
 impl<T: Versioned> Guarded<'_, T> {
-    /// Moves document `id` to status `to` because of `cause`, at most once per
-    /// event, setting `set` too (see the module doc).
+    /// Moves document `id` to status `to` because of `cause`, at most once,
+    /// setting `set` too (see the module doc).
     pub async fn apply(
         &self,
         id: ObjectId,
@@ -225,7 +211,6 @@ impl<T: Versioned> Guarded<'_, T> {
                 }
                 Ok(change)
             }
-            Err(Abort::Duplicate) => Ok(StatusChange::Duplicate),
             Err(Abort::Missing) => Ok(StatusChange::Missing),
             Err(Abort::Early(current)) => Ok(StatusChange::Early(current)),
             Err(Abort::Mongo(e)) => Err(e),
@@ -240,47 +225,40 @@ impl<T: Versioned> Guarded<'_, T> {
         cause: Cause<'_>,
         set: &Document,
     ) -> Result<StatusChange<T::Status>, Abort<T::Status>> {
-        if let Cause::Event(event) = cause
-            && !self
-                .inbox
-                .claim(&mut *s, self.group, event.event_id)
-                .await?
-        {
-            return Err(Abort::Duplicate);
-        }
-        let Some(current) = self
-            .collection
-            .find_one(doc! { "_id": id })
-            .session(&mut *s)
-            .await?
-        else {
-            return Err(Abort::Missing);
-        };
-        let previous = current.status();
-        match previous.transition(to) {
-            Transition::Stale => return Ok(StatusChange::Stale(previous)),
-            Transition::Refused => return Ok(StatusChange::Refused(previous)),
-            Transition::Early => return Err(Abort::Early(previous)),
-            Transition::Apply => {}
-        }
         let status = bson::to_bson(&to).map_err(mongodb::error::Error::custom)?;
+        let from = bson::to_bson(to.predecessors()).map_err(mongodb::error::Error::custom)?;
         let mut fields = set.clone();
         fields.insert("status", status);
         fields.insert("updated_at", bson::DateTime::now());
-        let updated = self
+        let before = self
             .collection
             .find_one_and_update(
-                doc! { "_id": id, "version": current.version() },
-                doc! { "$set": fields, "$inc": { "version": 1 } },
+                doc! { "_id": id, "status": { "$in": from } },
+                doc! { "$set": &fields, "$inc": { "version": 1 } },
             )
-            .return_document(ReturnDocument::After)
+            .return_document(ReturnDocument::Before)
             .session(&mut *s)
             .await?;
-        // The version guard cannot miss inside a transaction: a concurrent
-        // change would have been a write conflict (and a retry).
-        let Some(after) = updated else {
-            return Err(Abort::Missing);
+        let Some(before) = before else {
+            // Not moved: say why.
+            let Some(current) = self
+                .collection
+                .find_one(doc! { "_id": id })
+                .session(&mut *s)
+                .await?
+            else {
+                return Err(Abort::Missing);
+            };
+            let current = current.status();
+            return match current.transition(to) {
+                Transition::Stale => Ok(StatusChange::Stale(current)),
+                Transition::Refused => Ok(StatusChange::Refused(current)),
+                // (Apply cannot be: the guard would have matched.)
+                Transition::Early | Transition::Apply => Err(Abort::Early(current)),
+            };
         };
+        let previous = before.status();
+        let after = moved(&before, fields)?;
         if let Some(effect) = self.effect {
             effect.run(&mut *s, &after).await?;
         }
@@ -290,4 +268,16 @@ impl<T: Versioned> Guarded<'_, T> {
             .await?;
         Ok(StatusChange::Moved { previous })
     }
+}
+
+/// The document after the update `findAndModify` applied to `before`:
+/// `fields` set and the version incremented (the same update, in memory,
+/// so the move costs one round trip).
+fn moved<T: Versioned>(before: &T, fields: Document) -> mongodb::error::Result<T> {
+    let mut d = bson::to_document(before).map_err(mongodb::error::Error::custom)?;
+    for (k, v) in fields {
+        d.insert(k, v);
+    }
+    d.insert("version", i64::from(before.version()) + 1);
+    bson::from_document(d).map_err(mongodb::error::Error::custom)
 }

@@ -70,6 +70,20 @@ pub trait Lifecycle: Copy + Eq + Sized + 'static {
         Self::FLOW.last() == Some(&self) || Self::EXITS.iter().any(|(e, _)| *e == self)
     }
 
+    /// The statuses a move to `self` applies from: its predecessor on the
+    /// path, or the statuses an exit may leave from (none for the first).
+    /// `from.transition(to) == Apply` exactly when `to.predecessors()`
+    /// contains `from`, so a guarded update can filter on them.
+    fn predecessors(self) -> &'static [Self] {
+        if let Some((_, from)) = Self::EXITS.iter().find(|(e, _)| *e == self) {
+            return from;
+        }
+        match self.rank() {
+            Some(r) if r > 0 => &Self::FLOW[r - 1..r],
+            _ => &[],
+        }
+    }
+
     /// How an event moving to `to` relates to the current status `self`.
     fn transition(self, to: Self) -> Transition {
         if self.is_final() {
@@ -288,6 +302,25 @@ mod tests {
             DeliveryStatus::WaitingForPickup.transition(DeliveryStatus::OnTheWay),
             Transition::Apply
         );
+        // The predecessors are exactly the statuses a move applies from.
+        let all = [
+            Created,
+            Confirmed,
+            Preparing,
+            OutForDelivery,
+            Delivered,
+            Cancelled,
+            Rejected,
+        ];
+        for to in all {
+            for from in all {
+                assert_eq!(
+                    from.transition(to) == Transition::Apply,
+                    to.predecessors().contains(&from),
+                    "{from:?} -> {to:?}"
+                );
+            }
+        }
         for s in OrderStatus::FLOW.iter().chain([&Cancelled, &Rejected]) {
             assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
         }

@@ -1,6 +1,6 @@
-//! What delivery-svc reacts to. Both handlers commit their effect, the
-//! event's inbox entry and their outgoing events in one transaction, then
-//! wake the outbox relay.
+//! What delivery-svc reacts to. Both handlers commit their effect and their
+//! outgoing events in one transaction, then wake the outbox relay; both
+//! effects are idempotent (a redelivered event changes nothing).
 
 use bson::oid::ObjectId;
 use common::consumer::{Handler, HandlerError, Message, Outcome};
@@ -15,7 +15,7 @@ use crate::store::{Creation, Store};
 /// `orders-stream`: creates a delivery when an order goes out for delivery.
 #[derive(Debug, Clone)]
 pub struct OrdersHandler {
-    /// Deliveries, outbox, inbox.
+    /// Deliveries and their outbox.
     pub store: Store,
 }
 
@@ -50,10 +50,6 @@ impl Handler<OrdersEvent> for OrdersHandler {
                 info!(order_id = %p.order_id, "the order already has its delivery; ignored");
                 Ok(Outcome::Skipped)
             }
-            Creation::Duplicate => {
-                info!(order_id = %p.order_id, "event already handled (inbox); duplicate ignored");
-                Ok(Outcome::Skipped)
-            }
         }
     }
 }
@@ -61,7 +57,7 @@ impl Handler<OrdersEvent> for OrdersHandler {
 /// `delivery-status-stream`: applies the courier's status changes.
 #[derive(Debug, Clone)]
 pub struct CourierHandler {
-    /// Deliveries, outbox, inbox.
+    /// Deliveries and their outbox.
     pub store: Store,
 }
 

@@ -17,10 +17,7 @@ pub mod events;
 pub mod settings;
 pub mod store;
 
-use common::{
-    service::{Runtime, StartError},
-    settings::RETENTION_SWEEP_EVERY,
-};
+use common::service::{Runtime, StartError};
 use contract::streams::groups;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -53,9 +50,5 @@ pub async fn run(
     };
     rt.consume(groups::DELIVERY_SVC, courier)?;
     rt.relay(&store.outbox);
-    let retention = common.inbox_retention;
-    rt.every(RETENTION_SWEEP_EVERY, store.clone(), move |s| async move {
-        s.inbox.sweep(retention).await;
-    });
     rt.serve(listener, api::router(store)).await
 }

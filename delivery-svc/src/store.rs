@@ -1,20 +1,20 @@
-//! MongoDB access: the `deliveries` collection, with the service's outbox and
-//! inbox. Every effect of an event (creating a delivery, changing its status)
-//! commits in one transaction with the event's inbox entry and the outgoing
-//! events.
+//! MongoDB access: the `deliveries` collection, with the service's outbox.
+//! Every effect of an event (creating a delivery, changing its status)
+//! commits in one transaction with the outgoing events, and is idempotent by
+//! itself: one delivery per order (a unique index), statuses that only move
+//! forward (see `common::transition`).
 
 use bson::{doc, oid::ObjectId};
 use chrono::{DateTime, Utc};
 use common::{
-    inbox::Inbox,
-    mongo::{MaybeMongoError, RetryPolicy, run_transaction},
+    mongo::{MaybeMongoError, RetryPolicy, is_duplicate_key, run_transaction},
     outbox::Outbox,
     transition::{Cause, Guarded, Versioned},
 };
 use contract::{
     Envelope, OrderId,
     status::DeliveryStatus,
-    streams::{Namespace, Stream, groups},
+    streams::{Namespace, Stream},
 };
 use mongodb::{ClientSession, Collection, IndexModel, options::IndexOptions};
 use serde::{Deserialize, Serialize};
@@ -50,10 +50,8 @@ pub struct Delivery {
 pub enum Creation {
     /// The delivery was created.
     Created(Delivery),
-    /// The order already has its delivery.
+    /// The order already has its delivery (a redelivered event, say).
     Exists,
-    /// This event was handled before (the inbox has it).
-    Duplicate,
 }
 
 /// Outcome of applying a courier status.
@@ -62,8 +60,8 @@ pub type StatusChange = common::transition::StatusChange<DeliveryStatus>;
 /// Aborts a transaction that must not commit.
 #[derive(Debug, thiserror::Error)]
 enum Abort {
-    #[error("already processed")]
-    Duplicate,
+    #[error("the order already has its delivery")]
+    Exists,
     #[error(transparent)]
     Mongo(#[from] mongodb::error::Error),
 }
@@ -94,8 +92,6 @@ pub struct Store {
     deliveries: Collection<Delivery>,
     /// Events committed with the deliveries.
     pub outbox: Outbox,
-    /// Events already handled.
-    pub inbox: Inbox,
 }
 
 impl Store {
@@ -105,7 +101,6 @@ impl Store {
         Self {
             deliveries: db.collection("deliveries"),
             outbox: Outbox::new(&db, ns, events::SOURCE),
-            inbox: Inbox::new(&db),
             client,
         }
     }
@@ -143,7 +138,7 @@ impl Store {
         .await;
         match result {
             Ok(c) => Ok(c),
-            Err(Abort::Duplicate) => Ok(Creation::Duplicate),
+            Err(Abort::Exists) => Ok(Creation::Exists),
             Err(Abort::Mongo(e)) => Err(e),
         }
     }
@@ -155,22 +150,6 @@ impl Store {
         address: &str,
         cause: &Envelope,
     ) -> Result<Creation, Abort> {
-        if !self
-            .inbox
-            .claim(&mut *s, groups::DELIVERY_SVC, cause.event_id)
-            .await?
-        {
-            return Err(Abort::Duplicate);
-        }
-        if self
-            .deliveries
-            .find_one(doc! { "order_id": order_id.to_string() })
-            .session(&mut *s)
-            .await?
-            .is_some()
-        {
-            return Ok(Creation::Exists);
-        }
         let now = Utc::now();
         let delivery = Delivery {
             id: ObjectId::new(),
@@ -182,16 +161,19 @@ impl Store {
             created_at: now,
             updated_at: now,
         };
-        // The unique index on order_id stays the last line of defence.
-        self.deliveries
-            .insert_one(&delivery)
-            .session(&mut *s)
-            .await?;
-        for (stream, event) in events::delivery_created(&delivery) {
-            self.outbox
-                .add(&mut *s, stream, &event, delivery.version)
-                .await?;
+        // The unique index on order_id makes a second delivery impossible;
+        // meeting it aborts the transaction.
+        match self.deliveries.insert_one(&delivery).session(&mut *s).await {
+            Ok(_) => {}
+            Err(e) if is_duplicate_key(&e) => return Err(Abort::Exists),
+            Err(e) => return Err(e.into()),
         }
+        let events = events::delivery_created(&delivery);
+        let entries: Vec<_> = events
+            .iter()
+            .map(|(stream, event)| (*stream, event, delivery.version))
+            .collect();
+        self.outbox.add_all(&mut *s, &entries).await?;
         Ok(Creation::Created(delivery))
     }
 
@@ -208,7 +190,7 @@ impl Store {
     }
 
     /// Applies a courier status: moves the delivery to `to` if that is its
-    /// next status, once per event (see `common::transition`).
+    /// next status, at most once (see `common::transition`).
     pub async fn apply_status(
         &self,
         id: ObjectId,
@@ -218,8 +200,6 @@ impl Store {
         Guarded {
             client: &self.client,
             collection: &self.deliveries,
-            inbox: &self.inbox,
-            group: groups::DELIVERY_SVC,
             outbox: &self.outbox,
             stream: Stream::Deliveries,
             event: events::delivery_status_updated,

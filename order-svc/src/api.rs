@@ -315,7 +315,7 @@ async fn cancel_order(
                 location: None,
             }
         }
-        StatusChange::Missing | StatusChange::Duplicate => return Err(ApiError::NotFound("order")),
+        StatusChange::Missing => return Err(ApiError::NotFound("order")),
     };
     if let Some(key) = &key {
         match st.store.keys.store(None, key, &answer, None).await {

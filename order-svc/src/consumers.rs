@@ -6,10 +6,10 @@
 //!
 //! Either way the order moves only to its next status (see
 //! [`contract::status::Lifecycle`]), and `order.status_updated.v1` goes to the
-//! outbox in the same transaction, together with the event's inbox entry.
+//! outbox in the same transaction (see [`common::transition`]).
 //!
-//! * an event already applied (inbox) is acknowledged and ignored;
-//! * a stale one (the order is at or past its status) likewise;
+//! * a stale event (the order is at or past its status: a redelivery, say)
+//!   is acknowledged and ignored;
 //! * an early one (it skips a status) is deferred until its predecessor has
 //!   been applied (which may take a takeover from a dead replica), without
 //!   using up attempts, and dead-lettered (`deferred_too_long`) if that never
@@ -31,7 +31,7 @@ use crate::{domain::oid, store::Store};
 /// Applies status events to orders.
 #[derive(Debug, Clone)]
 pub struct StatusHandler {
-    /// Orders (and their outbox and inbox).
+    /// Orders (and their outbox).
     pub store: Store,
 }
 

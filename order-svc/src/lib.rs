@@ -57,7 +57,7 @@ use crate::{
 /// What request handlers share.
 #[derive(Debug, Clone)]
 pub struct AppState {
-    /// Menu, orders, outbox, inbox, idempotency keys.
+    /// Menu, orders, outbox, idempotency keys.
     pub store: Store,
     /// Input limits.
     pub limits: Limits,
@@ -90,15 +90,10 @@ pub async fn run(
     rt.consume::<OrderStatusEvent, _>(groups::ORDER_SVC, handler.clone())?;
     rt.consume::<DeliveriesEvent, _>(groups::ORDER_SVC, handler)?;
     rt.relay(&store.outbox);
-    let retention = (common.inbox_retention, settings.idempotency_ttl);
-    rt.every(
-        RETENTION_SWEEP_EVERY,
-        (store.clone(), retention),
-        |(s, (inbox, keys))| async move {
-            s.inbox.sweep(inbox).await;
-            s.keys.sweep(keys).await;
-        },
-    );
+    let ttl = settings.idempotency_ttl;
+    rt.every(RETENTION_SWEEP_EVERY, store.clone(), move |s| async move {
+        s.keys.sweep(ttl).await;
+    });
     if settings.admin_token.is_none() {
         tracing::warn!("no ADMIN_TOKEN: the admin API refuses every request");
     }

@@ -7,14 +7,13 @@
 //!
 //! The same transaction writes the order's events to the outbox (see
 //! [`common::outbox`]) and, when the request carried one, its idempotency key
-//! with the response (see [`crate::idempotency`]). Applying a status event
-//! claims the event in the inbox (see [`common::inbox`]) in the transaction
-//! that changes the order and writes `order.status_updated.v1`.
+//! with the response (see [`crate::idempotency`]). A status event moves the
+//! order with a guarded update in the transaction that writes its event (see
+//! [`common::transition`]).
 
 use bson::{doc, oid::ObjectId};
 use chrono::{DateTime, Utc};
 use common::{
-    inbox::Inbox,
     mongo::{BoxFuture, MaybeMongoError},
     outbox::Outbox,
     transition::{Cause, Effect, Guarded, Versioned},
@@ -23,7 +22,7 @@ use contract::{
     auth::{TokenHash, TrackingToken},
     events::{Customer, OrderLine},
     status::OrderStatus,
-    streams::{Namespace, Stream, groups},
+    streams::{Namespace, Stream},
 };
 use futures::TryStreamExt;
 use mongodb::{
@@ -94,8 +93,8 @@ pub struct Order {
 
 /// Puts the stock of every line of an order back, in the transaction that
 /// moves it to cancelled or rejected: the compensation of both, done exactly
-/// once because it happens only with the one move that applies (the version
-/// guard, and the inbox for events).
+/// once because it happens only with the one move that applies (the status
+/// guard).
 struct Restock<'a> {
     menu: &'a Collection<MenuItem>,
 }
@@ -215,8 +214,6 @@ pub struct Store {
     orders: Collection<Order>,
     /// Events committed with the orders.
     pub outbox: Outbox,
-    /// Status events already applied.
-    pub inbox: Inbox,
     /// Idempotency keys and their responses.
     pub keys: Keys,
     /// The order writer (see [`crate::placing`]).
@@ -243,7 +240,6 @@ impl Store {
             menu,
             orders,
             outbox,
-            inbox: Inbox::new(&db),
             keys,
             placer,
             client,
@@ -326,8 +322,6 @@ impl Store {
         Guarded {
             client: &self.client,
             collection: &self.orders,
-            inbox: &self.inbox,
-            group: groups::ORDER_SVC,
             outbox: &self.outbox,
             stream: Stream::Orders,
             event: events::order_moved,

@@ -20,10 +20,10 @@
 //!
 //! 1. read up to `batch` unpublished entries in written order;
 //! 2. publish them in one pipeline, each order's events in `seq` order;
-//! 3. mark them published.
+//! 3. delete them (or mark them published, see below).
 //!
-//! A crash between 2 and 3 republishes those entries later: consumers dedupe
-//! by `event_id` (their inbox), so that costs a duplicate message, never a
+//! A crash between 2 and 3 republishes those entries later: consumers shrug
+//! (their effects are idempotent), so that costs a duplicate message, never a
 //! duplicate effect. A relay that was paused past its lease (say SIGSTOP)
 //! checks the lease again before publishing, so two relays overlap at most for
 //! one batch, with the same harmless duplicates.
@@ -31,7 +31,9 @@
 //! The relay wakes up at once when this process commits an entry
 //! ([`Outbox::wake`]), when a change stream on the collection reports an insert
 //! by any replica, and otherwise every `poll` interval. Published entries are
-//! deleted once older than the retention (`OUTBOX_RETENTION_SECS`).
+//! deleted at once by default; with a retention (`OUTBOX_RETENTION_SECS`)
+//! they are marked published and deleted once older than it (to inspect
+//! what went out, at the price of a second write per event).
 
 mod relay;
 
@@ -69,7 +71,7 @@ impl Default for OutboxSettings {
             batch: 500,
             poll: Duration::from_millis(250),
             lease_ttl: Duration::from_secs(5),
-            retention: Duration::from_secs(3600),
+            retention: Duration::ZERO,
         }
     }
 }

@@ -87,16 +87,22 @@ impl Relay {
             shutdown.clone(),
         )));
         let mut held = false;
+        let mut renewed_at = tokio::time::Instant::now();
         let mut last_sweep = tokio::time::Instant::now();
         info!(lease = %self.lease_key, holder = %self.holder, "outbox relay started");
         while !shutdown.is_cancelled() {
-            held = match self.hold_lease(held).await {
-                Ok(h) => h,
-                Err(e) => {
-                    warn!(error = %e, "outbox lease check failed");
-                    false
-                }
-            };
+            // A holder renews at a third of the TTL, not on every round: the
+            // check before each publish (see `relay_once`) keeps it safe.
+            if !held || renewed_at.elapsed() >= self.settings.lease_ttl / 3 {
+                held = match self.hold_lease(held).await {
+                    Ok(h) => h,
+                    Err(e) => {
+                        warn!(error = %e, "outbox lease check failed");
+                        false
+                    }
+                };
+                renewed_at = tokio::time::Instant::now();
+            }
             metrics::gauge!("outbox_relay_active").set(if held { 1.0 } else { 0.0 });
             let mut more = false;
             if held {
@@ -115,7 +121,9 @@ impl Relay {
             // The lease holder waits for work; the others check the lease at
             // a third of its TTL.
             let wait = if held {
-                self.settings.poll
+                self.settings
+                    .poll
+                    .min((self.settings.lease_ttl / 3).saturating_sub(renewed_at.elapsed()))
             } else {
                 self.settings.lease_ttl / 3
             };
@@ -195,19 +203,31 @@ impl Relay {
         self.publisher.publish_all(&events).await?;
         failpoint::hit(self.publisher.namespace(), "outbox.after_publish").await;
         let ids: Vec<ObjectId> = ordered.iter().map(|(_, _, id)| *id).collect();
-        self.outbox
-            .coll
-            .update_many(
-                doc! { "_id": { "$in": &ids } },
-                doc! { "$set": { "published": true }, "$currentDate": { "published_at": true } },
-            )
-            .await?;
+        if self.settings.retention.is_zero() {
+            // Nothing to keep: one write per entry instead of a mark and a
+            // later sweep.
+            self.outbox
+                .coll
+                .delete_many(doc! { "_id": { "$in": &ids } })
+                .await?;
+        } else {
+            self.outbox
+                .coll
+                .update_many(
+                    doc! { "_id": { "$in": &ids } },
+                    doc! { "$set": { "published": true }, "$currentDate": { "published_at": true } },
+                )
+                .await?;
+        }
         metrics::counter!("outbox_published_total").increment(ids.len() as u64);
         debug!(count = ids.len(), "outbox entries published");
         Ok(batch.len())
     }
 
     async fn sweep(&self) {
+        if self.settings.retention.is_zero() {
+            return;
+        }
         let cutoff = chrono::Utc::now()
             - chrono::Duration::from_std(self.settings.retention).unwrap_or(chrono::Duration::MAX);
         let cutoff = bson::DateTime::from_chrono(cutoff);

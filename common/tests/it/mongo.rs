@@ -156,6 +156,9 @@ async fn run_transaction_turns_contention_into_success() {
                 &client,
                 RetryPolicy {
                     max_attempts: 50,
+                    // Attempts, not the clock, bound this test: a loaded
+                    // machine must not fail it.
+                    max_elapsed: std::time::Duration::from_secs(60),
                     ..RetryPolicy::default()
                 },
                 &counter,

@@ -1,10 +1,10 @@
 //! `common::transition` on a real replica set: the next status applies once
 //! with its outbox event; duplicates, stale and early events change nothing,
-//! and an early event is still new when it comes back.
+//! an early event applies when it comes back after its predecessor, and the
+//! document after the move is what the database holds.
 
 use bson::{Document, doc, oid::ObjectId};
 use common::{
-    inbox::Inbox,
     mongo,
     outbox::Outbox,
     transition::{Cause, Guarded, StatusChange, Versioned},
@@ -63,10 +63,7 @@ async fn only_the_next_status_applies_and_only_once() {
         .unwrap();
     let db = client.database(&testkit::unique_db("transition"));
     let parcels = db.collection::<Parcel>("parcels");
-    let (inbox, outbox) = (
-        Inbox::new(&db),
-        Outbox::new(&db, Namespace::new("t:"), "test"),
-    );
+    let outbox = Outbox::new(&db, Namespace::new("t:"), "test");
     let id = ObjectId::new();
     parcels
         .insert_one(Parcel {
@@ -79,8 +76,6 @@ async fn only_the_next_status_applies_and_only_once() {
     let g = Guarded {
         client: &client,
         collection: &parcels,
-        inbox: &inbox,
-        group: "g",
         outbox: &outbox,
         stream: Stream::Deliveries,
         event: moved_event,
@@ -95,7 +90,7 @@ async fn only_the_next_status_applies_and_only_once() {
             .version
     };
 
-    // Early: skips on_the_way. Nothing changes, and the claim rolls back.
+    // Early: skips on_the_way. Nothing changes.
     let early = cause();
     assert_eq!(
         g.apply(
@@ -126,8 +121,28 @@ async fn only_the_next_status_applies_and_only_once() {
         }
     );
     assert_eq!((version().await, outbox.len().await.unwrap()), (2, 1));
+    // Its event was built from the document after the move.
+    let entry = db
+        .collection::<Document>("outbox_test")
+        .find_one(doc! {})
+        .await
+        .unwrap()
+        .unwrap();
+    let payload: serde_json::Value = serde_json::from_str(
+        entry
+            .get_document("fields")
+            .unwrap()
+            .get_str("payload")
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        payload,
+        serde_json::json!({"from": "waiting_for_pickup", "to": "on_the_way", "version": 2})
+    );
 
-    // The same event again: a duplicate. The same status in a new event: stale.
+    // The same event again, or the same status in a new event, or an older
+    // one: stale, nothing changes.
     assert_eq!(
         g.apply(
             id,
@@ -137,7 +152,7 @@ async fn only_the_next_status_applies_and_only_once() {
         )
         .await
         .unwrap(),
-        StatusChange::Duplicate
+        StatusChange::Stale(DeliveryStatus::OnTheWay)
     );
     assert_eq!(
         g.apply(
