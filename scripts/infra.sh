@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Local infrastructure for foodchain: Redis (AOF on) and MongoDB (replica set).
 #
-#   scripts/infra.sh deps     install redis-server and promtool; build SecantusDB once if no mongod
+#   scripts/infra.sh deps     install redis-server, chromium + chromedriver (browser tests) and promtool;
+#                             build SecantusDB once if no mongod
 #   scripts/infra.sh up       start both (idempotent), print their URLs
 #   scripts/infra.sh down     stop both (data is kept under $INFRA_DIR)
 #   scripts/infra.sh status   say what runs
@@ -61,9 +62,16 @@ mongo_kind() {
 cmd_deps() {
   command -v cargo >/dev/null 2>&1 ||
     die "cargo not found: install Rust (https://rustup.rs), then run this again"
+  local pkgs=()
   if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
-    apt_install redis-server redis-tools
+    pkgs+=(redis-server redis-tools)
   fi
+  # Headless Chromium and its WebDriver: the browser tests (tests/tests/browser)
+  # drive the web app in them. One apt run for both.
+  if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+    pkgs+=(chromium chromium-driver)
+  fi
+  if [ ${#pkgs[@]} -gt 0 ]; then apt_install "${pkgs[@]}"; fi
   # promtool (checks /metrics output in the tests): taken out of Debian's
   # prometheus package without installing it (no service gets started).
   if ! command -v promtool >/dev/null 2>&1 && [ ! -x "$TOOLS_DIR/promtool" ]; then
@@ -185,5 +193,5 @@ case "${1:-}" in
   down) cmd_down ;;
   status) cmd_status ;;
   env) cmd_env ;;
-  *) sed -n '2,22p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -42,8 +42,9 @@ if "$BIN/order-svc" --help 2>/dev/null | grep -q seed-menu; then
   "$BIN/order-svc" seed-menu
 fi
 
-# The tracker page (on notify-svc) calls order-svc, on another port here:
-# order-svc allows the page's origin (CORS), and tracking links point to it.
+# The web app and the operator console (served by notify-svc) call
+# order-svc, on another port here: order-svc allows the pages' origin (CORS,
+# that origin only), and tracking links point to the app.
 export ORDER_API_URL=${ORDER_API_URL:-http://127.0.0.1:$ORDER_PORT}
 PAGE_ORIGINS="http://127.0.0.1:$NOTIFY_PORT,http://localhost:$NOTIFY_PORT"
 export CORS_ALLOWED_ORIGINS=${CORS_ALLOWED_ORIGINS:-$PAGE_ORIGINS}
@@ -76,8 +77,9 @@ DLQ_CMD="target/release/dlq list"
 cat >&2 <<MSG
 
   foodchain is running.
+    web app            http://127.0.0.1:$NOTIFY_PORT/          (menu, cart, checkout, live tracker, my orders)
+    operator console   http://127.0.0.1:$NOTIFY_PORT/ops       (asks for the admin token below)
     REST API           http://127.0.0.1:$ORDER_PORT/api/v1/menu
-    order tracker page http://127.0.0.1:$NOTIFY_PORT/
     WebSocket tracker  ws://127.0.0.1:$NOTIFY_PORT/ws/orders/<order-id>
     health             http://127.0.0.1:{$ORDER_PORT,$DELIVERY_PORT,$NOTIFY_PORT,$SIMULATOR_PORT}/healthz
     Redis / MongoDB    $REDIS_URL  $MONGO_URL

@@ -1,4 +1,4 @@
-//! Routes: the tracker page, the WebSocket and the timeline snapshot.
+//! Routes: the WebSocket, the timeline snapshot, and the web pages ([`crate::web`]).
 
 use std::sync::Arc;
 
@@ -12,7 +12,7 @@ use axum::{
         ws::rejection::WebSocketUpgradeRejection,
     },
     http::{HeaderMap, HeaderValue, StatusCode, header},
-    response::{Html, IntoResponse, Response},
+    response::{IntoResponse, Response},
     routing::get,
 };
 use futures::{SinkExt, StreamExt};
@@ -29,6 +29,7 @@ use crate::{
     hub::Hub,
     settings::WsLimits,
     timeline::{Snapshot, TimelineStore},
+    web,
     ws::{self, KeepAlive},
 };
 
@@ -41,8 +42,8 @@ pub struct AppState {
     pub hub: Arc<Hub>,
     /// Socket keep-alive and idle timeout.
     pub keep_alive: KeepAlive,
-    /// The tracker page, with the order API URL filled in.
-    pub page: Arc<str>,
+    /// The web app and the operator console, rendered for these settings.
+    pub web: Arc<crate::web::Web>,
     /// Closes sockets on shutdown.
     pub shutdown: CancellationToken,
     /// What one client may do with sockets.
@@ -69,9 +70,7 @@ impl AppState {
                 pong_timeout: settings.pong_timeout,
                 idle_timeout: settings.ws_limits.idle_timeout,
             },
-            page: PAGE
-                .replace("__ORDER_API__", &settings.order_api_url)
-                .into(),
+            web: crate::web::Web::new(settings),
             shutdown,
             ws_limits: settings.ws_limits,
             trust_forwarded_for: settings.edge.trust_forwarded_for,
@@ -135,16 +134,16 @@ impl Drop for SessionSlot {
     }
 }
 
-/// The tracker page template (`__ORDER_API__` is replaced at start-up).
-pub const PAGE: &str = include_str!("../static/index.html");
-
 /// The OpenAPI document of notify-svc (served at `/api/v1/openapi.json`).
 #[derive(Debug, utoipa::OpenApi)]
 #[openapi(
-    info(title = "foodchain notify-svc", description = "Order timelines and live tracking over WebSocket. Generated from the handlers; do not edit docs/openapi/notify-svc.json by hand (`cargo run -p apidocs`)."),
-    paths(page, track_page, track, timeline),
+    info(title = "foodchain notify-svc", description = "Order timelines and live tracking over WebSocket, and the web app and operator console. Generated from the handlers; do not edit docs/openapi/notify-svc.json by hand (`cargo run -p apidocs`)."),
+    paths(web::page, web::orders_page, web::track_page, web::ops_page, web::asset, track, timeline),
     modifiers(&TrackingTokenScheme),
-    tags((name = "tracking", description = "An order's timeline, as a snapshot or live"))
+    tags(
+        (name = "tracking", description = "An order's timeline, as a snapshot or live"),
+        (name = "web", description = "The web app (menu, cart, checkout, live tracker, my orders) and the operator console, compiled into the binary"),
+    )
 )]
 pub struct ApiDoc;
 
@@ -179,29 +178,15 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 /// The routes.
 pub fn router(state: AppState) -> Router {
     Router::new()
-        .route("/", get(page))
-        .route("/track/{id}", get(track_page))
+        .route("/", get(web::page))
+        .route("/orders", get(web::orders_page))
+        .route("/track/{id}", get(web::track_page))
+        .route("/ops", get(web::ops_page))
+        .route("/assets/{version}/{file}", get(web::asset))
         .route("/ws/orders/{id}", get(track))
         .route("/api/v1/orders/{id}/timeline", get(timeline))
         .with_state(state)
         .merge(common::http::openapi_route(openapi()))
-}
-
-/// The tracker page.
-#[utoipa::path(get, path = "/", tag = "tracking",
-    responses((status = 200, description = "The tracker web page", content_type = "text/html", body = String)))]
-async fn page(State(st): State<AppState>) -> Html<String> {
-    Html(st.page.to_string())
-}
-
-/// The tracker page of one order: where an order's `tracking_url` points
-/// (`/track/<id>#token=<token>`; the token stays in the fragment, which
-/// browsers never send).
-#[utoipa::path(get, path = "/track/{id}", tag = "tracking",
-    params(("id" = String, Path, description = "Order id")),
-    responses((status = 200, description = "The tracker web page", content_type = "text/html", body = String)))]
-async fn track_page(State(st): State<AppState>) -> Html<String> {
-    Html(st.page.to_string())
 }
 
 /// notify-svc's API error.
@@ -222,13 +207,16 @@ pub enum ApiError {
     /// This client holds too many trackers.
     #[error("too many open trackers from this client; close some first")]
     TooManySessions,
+    /// No such file of the web pages.
+    #[error("no such file")]
+    NoSuchFile,
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code) = match &self {
             Self::InvalidId(_) => (StatusCode::UNPROCESSABLE_ENTITY, "invalid_id"),
-            Self::NotFound => (StatusCode::NOT_FOUND, "not_found"),
+            Self::NotFound | Self::NoSuchFile => (StatusCode::NOT_FOUND, "not_found"),
             Self::NotWebSocket(_) => (StatusCode::UPGRADE_REQUIRED, "websocket_required"),
             Self::Unavailable(e) => {
                 tracing::warn!(error = %e, "loading a timeline failed");

@@ -12,13 +12,16 @@
 //!   `order.created.v1`); without it, 404 as for an unknown order. Payloads
 //!   carry statuses only, no personal data. Sessions are capped per client,
 //!   frames are small, idle sessions close ([`api`]).
-//! * `GET /`: a small tracker page.
+//! * `GET /`, `/orders`, `/track/{id}`: the web app (menu, cart, checkout,
+//!   live tracker, "my orders"); `GET /ops`: the operator console. Static
+//!   files compiled into the binary ([`web`]).
 
 pub mod api;
 pub mod consumers;
 pub mod hub;
 pub mod settings;
 pub mod timeline;
+pub mod web;
 pub mod ws;
 
 use common::service::{Runtime, StartError};

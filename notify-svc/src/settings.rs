@@ -11,7 +11,8 @@
 //! | `WS_MAX_SESSIONS_PER_CLIENT` | `20` | open trackers one client address may hold; more are refused with 429 |
 //! | `WS_MAX_FRAME_BYTES` | `4096` | largest frame or message a client may send (clients send nothing but pongs and closes) |
 //! | `WS_IDLE_TIMEOUT_SECS` | `3600` | a tracker that received no update for this long is closed (1000, "idle"); it reconnects if it still cares |
-//! | `ORDER_API_URL` | unset = same origin | base URL the tracker page sends orders to; leave it unset behind an ingress serving both services on one host (`make run` sets `http://127.0.0.1:8001`) |
+//! | `ORDER_API_URL` | unset = same origin | base URL (`http(s)://host[:port][/prefix]`) of order-svc for the web app and the operator console (menu, orders, admin overview); leave it unset behind an ingress serving both services on one host (`make run` sets `http://127.0.0.1:8001`); its origin is the only other one the pages' Content-Security-Policy lets them connect to |
+//! | `CURRENCY` | `EUR` | ISO 4217 code the web app shows prices in (the API's prices are integer cents of it: a currency with two decimals) |
 
 use std::{net::SocketAddr, time::Duration};
 
@@ -30,8 +31,11 @@ pub struct Settings {
     pub pong_timeout: Duration,
     /// Memory of live events per order.
     pub recent_ttl: Duration,
-    /// Order API base URL for the page.
+    /// Order API base URL for the pages (empty: same origin), without a
+    /// trailing `/`.
     pub order_api_url: String,
+    /// Currency code of the prices the web app shows.
+    pub currency: String,
     /// CORS and client addresses.
     pub edge: EdgeSettings,
     /// WebSocket abuse limits.
@@ -59,7 +63,11 @@ impl Settings {
             ping_interval: env.millis("WS_PING_INTERVAL_MS", 20_000),
             pong_timeout: env.millis("WS_PONG_TIMEOUT_MS", 10_000),
             recent_ttl: Duration::from_secs(env.parse("RECENT_EVENTS_TTL_SECS", 120)),
-            order_api_url: env.raw("ORDER_API_URL").unwrap_or_default(),
+            order_api_url: env
+                .raw("ORDER_API_URL")
+                .map(|u| u.trim().trim_end_matches('/').to_owned())
+                .unwrap_or_default(),
+            currency: env.string("CURRENCY", "EUR").trim().to_owned(),
             edge: EdgeSettings::from_env(&mut env),
             ws_limits: WsLimits {
                 max_sessions_per_client: env.parse("WS_MAX_SESSIONS_PER_CLIENT", 20),
@@ -78,6 +86,20 @@ impl Settings {
         env.check(
             !s.ws_limits.idle_timeout.is_zero(),
             "WS_IDLE_TIMEOUT_SECS must be at least 1",
+        );
+        env.check(
+            s.order_api_url.is_empty() || crate::web::origin_of(&s.order_api_url).is_some(),
+            format!(
+                "ORDER_API_URL: `{}` is not an http(s) URL (scheme://host[:port][/prefix]); leave it unset for same origin",
+                s.order_api_url
+            ),
+        );
+        env.check(
+            s.currency.len() == 3 && s.currency.bytes().all(|b| b.is_ascii_uppercase()),
+            format!(
+                "CURRENCY: `{}` is not an ISO 4217 code (three capital letters, e.g. EUR)",
+                s.currency
+            ),
         );
         env.check(
             !s.ping_interval.is_zero(),

@@ -9,9 +9,19 @@
 //!
 //! The simulator runs with `SIMULATOR_DELAY_SCALE=0.01` and the consumer loops
 //! with millisecond retries, so a whole order flow takes well under a second.
+//!
+//! For the browser tests, [`System::start_web`] puts a [`Frontdoor`] (a
+//! proxy on a fixed port) in front of order-svc and notify-svc, so that the
+//! page's origin and the order API's URL survive restarts, and drives a
+//! real Chromium ([`browser`]).
 
 // Test code fails by panicking.
 #![allow(clippy::unwrap_used)]
+
+pub mod browser;
+pub mod frontdoor;
+
+pub use frontdoor::Frontdoor;
 
 use std::{collections::HashMap, net::SocketAddr, time::Duration};
 
@@ -72,6 +82,9 @@ pub struct System {
     /// The tracking token of every order placed through the helpers, so
     /// that reading an order or its timeline, and tracking it, carry it.
     tokens: std::sync::Mutex<HashMap<String, String>>,
+    /// Fixed addresses in front of replica 0 of some services
+    /// ([`System::start_web`]).
+    doors: HashMap<Service, Frontdoor>,
 }
 
 /// Environment of every service of a test system.
@@ -156,7 +169,49 @@ impl System {
             })
             .collect(),
             tokens: std::sync::Mutex::default(),
+            doors: HashMap::new(),
         }
+    }
+
+    /// Starts all four services for a browser: order-svc and notify-svc
+    /// behind front doors (fixed ports that survive restarts), the page's
+    /// origin allowed by order-svc's CORS, the page given the order API's
+    /// URL, and tracking links pointing at the page. `extra` wins over
+    /// those settings.
+    pub async fn start_web(extra: &[(&str, &str)]) -> Self {
+        let mut sys = Self::new(&[]).await;
+        let order = Frontdoor::bind().await;
+        let notify = Frontdoor::bind().await;
+        for (k, v) in [
+            ("ORDER_API_URL", order.url()),
+            ("CORS_ALLOWED_ORIGINS", notify.url()),
+            ("TRACKER_BASE_URL", notify.url()),
+        ] {
+            sys.vars.insert(k.to_owned(), v);
+        }
+        for (k, v) in extra {
+            sys.vars.insert((*k).to_owned(), (*v).to_owned());
+        }
+        sys.doors.insert(Service::Order, order);
+        sys.doors.insert(Service::Notify, notify);
+        for s in Service::ALL {
+            sys.start_service(s).await;
+        }
+        sys
+    }
+
+    /// The page's base URL (notify-svc's front door) of a
+    /// [`System::start_web`] system.
+    pub fn web_url(&self) -> String {
+        self.door(Service::Notify).url()
+    }
+
+    /// The front door of a service (panics unless [`System::start_web`]
+    /// made one).
+    pub fn door(&self, service: Service) -> &Frontdoor {
+        self.doors.get(&service).unwrap_or_else(|| {
+            panic!("{service:?} has no front door: start with System::start_web")
+        })
     }
 
     /// Remembers the tracking token of a placed order (a 201 body).
@@ -235,6 +290,11 @@ impl System {
         self.running
             .insert((service, replica), Running { addr, token, task });
         self.wait_ready(service, replica).await;
+        if replica == 0
+            && let Some(door) = self.doors.get(&service)
+        {
+            door.point_to(Some(addr));
+        }
     }
 
     /// The consumer name (and outbox relay holder name) of a replica.
@@ -250,6 +310,12 @@ impl System {
             .remove(&(service, replica))
             .expect("service runs");
         r.task.abort();
+        // Its sockets die with it: what the browser sees of a killed process.
+        if replica == 0
+            && let Some(door) = self.doors.get(&service)
+        {
+            door.sever();
+        }
         let _ = r.task.await;
     }
 
@@ -290,6 +356,11 @@ impl System {
             .await
             .expect("service stops")
             .unwrap();
+        if replica == 0
+            && let Some(door) = self.doors.get(&service)
+        {
+            door.point_to(None);
+        }
     }
 
     /// Base URL of a running replica of a service (the lowest-numbered one).

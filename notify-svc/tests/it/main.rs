@@ -12,8 +12,17 @@ use testkit::http::Client;
 use tokio_util::sync::CancellationToken;
 
 async fn app() -> Client {
+    app_with(&[]).await
+}
+
+async fn app_with(vars: &[(&str, &str)]) -> Client {
     let url = testkit::shared_mongo().await.url();
-    let settings = Settings::from_env(Env::from_map([("MONGO_URL", url.as_str())])).unwrap();
+    let settings = Settings::from_env(Env::from_map(
+        [("MONGO_URL", url.as_str())]
+            .into_iter()
+            .chain(vars.iter().copied()),
+    ))
+    .unwrap();
     let client = common::mongo::connect(&url, "notify-svc-tests")
         .await
         .unwrap();
@@ -52,10 +61,109 @@ async fn tracker_endpoints_validate_their_input() {
 }
 
 #[tokio::test]
-async fn the_tracker_page_is_served_with_its_api_url_filled_in() {
+async fn the_pages_are_served_with_their_settings_and_security_headers() {
+    let app = app_with(&[
+        ("ORDER_API_URL", "http://127.0.0.1:8001/"),
+        ("CURRENCY", "GBP"),
+    ])
+    .await;
+    for path in ["/", "/orders", "/track/65f1a2b3c4d5e6f708192a3b", "/ops"] {
+        let a = app.get(path).await;
+        assert_eq!(a.status, 200, "{path}");
+        assert_eq!(a.headers["content-type"], "text/html; charset=utf-8");
+        assert_eq!(a.headers["cache-control"], "no-cache", "{path}");
+        assert_eq!(a.headers["x-content-type-options"], "nosniff");
+        let csp = a.headers["content-security-policy"].to_str().unwrap();
+        assert!(
+            csp.contains("default-src 'none'")
+                && csp.contains("script-src 'self';")
+                && csp.contains("connect-src 'self' http://127.0.0.1:8001;")
+                && csp.contains("frame-ancestors 'none'"),
+            "{csp}"
+        );
+        let page = &a.text;
+        assert!(
+            !page.contains("__"),
+            "{path}: a placeholder is left: {page}"
+        );
+        assert!(
+            page.contains(r#"<meta name="foodchain-order-api" content="http://127.0.0.1:8001">"#)
+        );
+        assert!(page.contains(r#"<meta name="foodchain-currency" content="GBP">"#));
+        // Revalidation: the same ETag answers 304 with no body.
+        let etag = a.headers["etag"].to_str().unwrap().to_owned();
+        let again = app
+            .request(
+                axum::http::Request::get(path)
+                    .header("if-none-match", &etag)
+                    .body(axum::body::Body::empty())
+                    .unwrap(),
+            )
+            .await;
+        assert_eq!((again.status, again.text.as_str()), (304, ""), "{path}");
+    }
+}
+
+#[tokio::test]
+async fn every_asset_a_page_names_is_served_immutable_under_its_version() {
     let app = app().await;
-    let a = app.get("/").await;
-    assert_eq!(a.status, 200);
-    let page = a.text;
-    assert!(page.contains("Order tracker") && !page.contains("__ORDER_API__"));
+    let mut linked = Vec::new();
+    for path in ["/", "/ops"] {
+        let page = app.get(path).await.text;
+        for part in page.split("\"/assets/").skip(1) {
+            linked.push(format!("/assets/{}", &part[..part.find('"').unwrap()]));
+        }
+    }
+    assert!(linked.len() >= 4, "{linked:?}");
+    for url in &linked {
+        let a = app.get(url).await;
+        assert_eq!(a.status, 200, "{url}");
+        let ct = a.headers["content-type"].to_str().unwrap();
+        assert!(
+            (url.ends_with(".js") && ct == "text/javascript; charset=utf-8")
+                || (url.ends_with(".css") && ct == "text/css; charset=utf-8"),
+            "{url}: {ct}"
+        );
+        assert_eq!(
+            a.headers["cache-control"], "public, max-age=31536000, immutable",
+            "{url}"
+        );
+        assert_eq!(a.headers["x-content-type-options"], "nosniff");
+    }
+    // Another build's URL still works, but is not kept.
+    let file = linked[0].rsplit('/').next().unwrap();
+    let other = app.get(&format!("/assets/0123456789abcdef/{file}")).await;
+    assert_eq!(other.status, 200);
+    assert_eq!(other.headers["cache-control"], "no-cache");
+    for missing in [
+        "/assets/x/nope.js",
+        "/assets/x/..%2Fsrc%2Flib.rs",
+        "/assets/x/index.html",
+    ] {
+        let a = app.get(missing).await;
+        assert_eq!(
+            (a.status, a.json["error"].as_str()),
+            (404, Some("not_found")),
+            "{missing}"
+        );
+    }
+}
+
+#[test]
+fn bad_page_settings_stop_start_up() {
+    for (var, value) in [
+        ("ORDER_API_URL", "127.0.0.1:8001"),
+        ("ORDER_API_URL", "javascript:alert(1)"),
+        ("CURRENCY", "euro"),
+    ] {
+        let e = Settings::from_env(Env::from_map([(var, value)])).unwrap_err();
+        assert!(e.to_string().contains(var), "{e}");
+    }
+    let ok = Settings::from_env(Env::from_map([(
+        "ORDER_API_URL",
+        "https://api.example.com/x/",
+    )]))
+    .unwrap();
+    assert_eq!(ok.order_api_url, "https://api.example.com/x");
+    assert_eq!(ok.currency, "EUR");
 }
