@@ -1,5 +1,3 @@
-# syntax=docker/dockerfile:1.7
-#
 # One image per service, from one Dockerfile:
 #
 #   docker build --build-arg SERVICE=order-svc    -t foodchain/order-svc .
@@ -7,9 +5,18 @@
 #   docker build --build-arg SERVICE=notify-svc   -t foodchain/notify-svc .
 #   docker build --build-arg SERVICE=simulator    -t foodchain/simulator .
 #
-# Needs BuildKit (the default builder of Docker 23+): the cache mounts keep
-# cargo's registry and target/ between builds, and only the stages the chosen
-# SERVICE needs are built.
+# Needs BuildKit (the default builder of Docker 23+; DOCKER_BUILDKIT=1 on
+# Docker 20.10): the cache mounts keep cargo's registry and target/ between
+# builds, and only the stages the chosen SERVICE needs are built. There is
+# deliberately no `# syntax=` line: everything used here (RUN --mount, ARG
+# before FROM, FROM ${SERVICE}) is in the Dockerfile frontend built into every
+# BuildKit since Docker 20.10, and a syntax line would make each build pull
+# docker/dockerfile from Docker Hub, which an offline builder cannot
+# (scripts/compose-smoke.sh builds these images with no registry at all).
+#
+# Base images (build args): RUST_IMAGE, the builder (Rust >= 1.88 with
+# CARGO_HOME=/usr/local/cargo, as the official rust image), and RUNTIME_IMAGE,
+# the runtime (glibc + libgcc). scripts/compose-smoke.sh passes local ones.
 #
 # The order-svc image also carries the `dlq` operator CLI (inspect, replay and
 # purge dead letters):  kubectl exec deploy/foodchain-order-svc -- dlq --help

