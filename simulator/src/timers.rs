@@ -22,8 +22,14 @@
 //!   is removed (the hash `<prefix>simulator:timer-of` indexes the pending
 //!   member of each chain), and its "started" marker is set, so a simulation
 //!   request that arrives after the cancellation starts nothing.
+//! * **Waking**: the loop sleeps until the earliest due step or the poll
+//!   interval, whichever is sooner, and a chain started by this process wakes
+//!   it at once (with zero delays a step is due the moment it starts).
 
-use std::{sync::LazyLock, time::Duration};
+use std::{
+    sync::{Arc, LazyLock},
+    time::Duration,
+};
 
 use contract::{
     DeliveryId, Envelope, OrderId,
@@ -33,6 +39,7 @@ use contract::{
 };
 use redis::{Script, aio::ConnectionManager};
 use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
@@ -168,6 +175,9 @@ pub struct Timers {
     poll: Duration,
     index: String,
     kitchen: Kitchen,
+    /// Wakes this process's timer loop when a chain starts here, so a step
+    /// due now does not wait for the next poll.
+    started: Arc<Notify>,
 }
 
 impl std::fmt::Debug for Timers {
@@ -205,6 +215,7 @@ impl Timers {
             delays,
             source: source.to_owned(),
             poll: Duration::from_millis(100),
+            started: Arc::new(Notify::new()),
             kitchen: Kitchen {
                 reject_rate: 0.0,
                 seed: 0,
@@ -279,6 +290,9 @@ impl Timers {
             .arg(Self::index_field(kind, id))
             .invoke_async(&mut self.conn.clone())
             .await?;
+        if started == 1 {
+            self.started.notify_one();
+        }
         Ok(started == 1)
     }
 
@@ -307,6 +321,7 @@ impl Timers {
             if !wait.is_zero() {
                 tokio::select! {
                     () = shutdown.cancelled() => break,
+                    () = self.started.notified() => {}
                     () = tokio::time::sleep(wait) => {}
                 }
             }
