@@ -267,6 +267,7 @@ impl Runtime {
     /// the `outbox_backlog` gauge.
     pub fn relay(&mut self, outbox: &Outbox) {
         let relay = outbox.relay(
+            self.redis.clone(),
             self.conn.clone(),
             self.publisher.clone(),
             &self.settings.consumer_name,

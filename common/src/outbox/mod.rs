@@ -29,15 +29,25 @@
 //! one batch, with the same harmless duplicates.
 //!
 //! The relay wakes up at once when this process commits an entry
-//! ([`Outbox::wake`]), when a change stream on the collection reports an insert
-//! by any replica, and otherwise every `poll` interval. Published entries are
+//! ([`Outbox::wake`]); a replica that does not hold the lease rings the
+//! holder instead, with a Redis `PUBLISH` on `<prefix>outbox-wake:<service>`
+//! (not persisted, so no fsync), which the holder's relay subscribes to;
+//! and otherwise the relay looks every `poll` interval, so a lost ring only
+//! delays. (A MongoDB change stream did this before; it cost the database
+//! about a sixth of its CPU per order, see docs/performance.md.) Published entries are
 //! deleted at once by default; with a retention (`OUTBOX_RETENTION_SECS`)
 //! they are marked published and deleted once older than it (to inspect
 //! what went out, at the price of a second write per event).
 
 mod relay;
 
-use std::{sync::Arc, time::Duration};
+use std::{
+    sync::{
+        Arc, OnceLock,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use bson::{Document, doc, oid::ObjectId};
 use mongodb::{ClientSession, Collection, IndexModel};
@@ -104,8 +114,19 @@ pub struct Outbox {
     db: mongodb::Database,
     coll: Collection<Document>,
     wake: Arc<Notify>,
+    /// How this process reaches the relay holding the lease elsewhere.
+    bell: Arc<OnceLock<Bell>>,
+    /// Whether this process's relay holds the lease.
+    held: Arc<AtomicBool>,
     ns: Namespace,
     service: String,
+}
+
+/// The wake-up channel of a service's relays.
+#[derive(Debug)]
+struct Bell {
+    conn: ConnectionManager,
+    channel: String,
 }
 
 impl Outbox {
@@ -115,6 +136,8 @@ impl Outbox {
             db: db.clone(),
             coll: db.collection(&format!("outbox_{}", service.replace('-', "_"))),
             wake: Arc::new(Notify::new()),
+            bell: Arc::new(OnceLock::new()),
+            held: Arc::new(AtomicBool::new(false)),
             ns,
             service: service.to_owned(),
         }
@@ -193,9 +216,31 @@ impl Outbox {
         &self.ns
     }
 
-    /// Tells this process' relay that an entry was committed.
+    /// Tells the relay that an entry was committed: this process's relay
+    /// directly, and, unless it holds the lease, the one that does (see the
+    /// module docs). Call it after the commit, from a Tokio runtime.
     pub fn wake(&self) {
         self.wake.notify_one();
+        if self.held.load(Ordering::Relaxed) {
+            return;
+        }
+        if let Some(bell) = self.bell.get() {
+            let (mut conn, channel) = (bell.conn.clone(), bell.channel.clone());
+            tokio::spawn(async move {
+                let rung: redis::RedisResult<i64> = redis::cmd("PUBLISH")
+                    .arg(channel)
+                    .arg(1)
+                    .query_async(&mut conn)
+                    .await;
+                if let Err(e) = rung {
+                    tracing::debug!(error = %e, "could not ring the outbox relay; it polls");
+                }
+            });
+        }
+    }
+
+    fn bell_channel(&self) -> String {
+        self.ns.key(&format!("outbox-wake:{}", self.service))
     }
 
     /// Unpublished entries.
@@ -208,14 +253,19 @@ impl Outbox {
         self.coll.count_documents(doc! {}).await
     }
 
-    /// The relay for this outbox.
+    /// The relay for this outbox; `client` opens its wake-up subscription.
     pub fn relay(
         &self,
+        client: redis::Client,
         conn: ConnectionManager,
         publisher: Publisher,
         holder: &str,
         settings: OutboxSettings,
     ) -> Relay {
-        Relay::new(self.clone(), conn, publisher, holder, settings)
+        let _ = self.bell.set(Bell {
+            conn: conn.clone(),
+            channel: self.bell_channel(),
+        });
+        Relay::new(self.clone(), client, conn, publisher, holder, settings)
     }
 }

@@ -1,11 +1,14 @@
 //! The relay: one active per service across replicas (a lease in Redis),
 //! publishing the outbox in written order, each key's events in `seq` order.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Arc, atomic::Ordering},
+    time::Duration,
+};
 
 use bson::{Document, doc, oid::ObjectId};
 use futures::{StreamExt, TryStreamExt};
-use mongodb::Collection;
 use redis::{Script, aio::ConnectionManager};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -20,6 +23,7 @@ use crate::{backoff::Backoff, failpoint, publisher::Publisher, settings::RETENTI
 #[derive(Debug)]
 pub struct Relay {
     outbox: Outbox,
+    client: redis::Client,
     conn: ConnectionManager,
     publisher: Publisher,
     lease_key: String,
@@ -30,6 +34,7 @@ pub struct Relay {
 impl Relay {
     pub(super) fn new(
         outbox: Outbox,
+        client: redis::Client,
         conn: ConnectionManager,
         publisher: Publisher,
         holder: &str,
@@ -38,6 +43,7 @@ impl Relay {
         Self {
             lease_key: outbox.ns.key(&format!("outbox-lease:{}", outbox.service)),
             outbox,
+            client,
             conn,
             publisher,
             holder: holder.to_owned(),
@@ -81,8 +87,9 @@ enum RelayError {
 impl Relay {
     /// Runs until `shutdown`; releases the lease on the way out.
     pub async fn run(self, shutdown: CancellationToken) {
-        let watcher = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(watch_inserts(
-            self.outbox.coll.clone(),
+        let listener = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(listen(
+            self.client.clone(),
+            self.outbox.bell_channel(),
             self.outbox.wake.clone(),
             shutdown.clone(),
         )));
@@ -102,6 +109,7 @@ impl Relay {
                     }
                 };
                 renewed_at = tokio::time::Instant::now();
+                self.outbox.held.store(held, Ordering::Relaxed);
             }
             metrics::gauge!("outbox_relay_active").set(if held { 1.0 } else { 0.0 });
             let mut more = false;
@@ -133,6 +141,7 @@ impl Relay {
                 () = tokio::time::sleep(wait) => {}
             }
         }
+        self.outbox.held.store(false, Ordering::Relaxed);
         if held {
             let _: Result<i64, _> = RELEASE
                 .key(&self.lease_key)
@@ -140,7 +149,7 @@ impl Relay {
                 .invoke_async(&mut self.conn.clone())
                 .await;
         }
-        drop(watcher);
+        drop(listener);
         info!("outbox relay stopped");
     }
 
@@ -295,35 +304,45 @@ fn order_by_key(batch: &[Document]) -> Result<Vec<(Stream, Envelope, ObjectId)>,
     Ok(out.into_iter().flatten().collect())
 }
 
-/// Wakes the relay on every insert any replica commits (a change stream).
-/// Without change streams the relay still polls.
-async fn watch_inserts(coll: Collection<Document>, wake: Arc<Notify>, shutdown: CancellationToken) {
+/// Wakes the relay when another replica rings (see the module docs).
+/// Without the subscription the relay still polls.
+async fn listen(
+    client: redis::Client,
+    channel: String,
+    wake: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
     while !shutdown.is_cancelled() {
-        match coll
-            .watch()
-            .pipeline([doc! { "$match": { "operationType": "insert" } }])
-            .await
-        {
-            Ok(mut stream) => {
+        match subscribe(&client, &channel).await {
+            Ok(pubsub) => {
                 backoff.reset();
+                let mut rings = pubsub.into_on_message();
                 loop {
                     tokio::select! {
                         () = shutdown.cancelled() => return,
-                        next = stream.next() => match next {
-                            Some(Ok(_)) => wake.notify_one(),
-                            Some(Err(e)) => { debug!(error = %e, "outbox change stream broke; reopening"); break }
-                            None => break,
+                        ring = rings.next() => match ring {
+                            Some(_) => wake.notify_one(),
+                            None => { debug!("outbox wake-up subscription closed; reopening"); break }
                         }
                     }
                 }
             }
-            Err(e) => debug!(error = %e, "outbox change stream unavailable; polling"),
+            Err(e) => debug!(error = %e, "outbox wake-up subscription unavailable; polling"),
         }
         if !backoff.sleep(&shutdown).await {
             return;
         }
     }
+}
+
+async fn subscribe(
+    client: &redis::Client,
+    channel: &str,
+) -> redis::RedisResult<redis::aio::PubSub> {
+    let mut pubsub = client.get_async_pubsub().await?;
+    pubsub.subscribe(channel).await?;
+    Ok(pubsub)
 }
 
 #[cfg(test)]
