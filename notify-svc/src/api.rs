@@ -324,6 +324,9 @@ async fn timeline(
     Ok(([(header::CACHE_CONTROL, "no-store")], Json(snapshot)).into_response())
 }
 
+/// Read buffer of one WebSocket (grows when a frame needs more).
+const WS_READ_BUFFER: usize = 4096;
+
 /// Live tracking over WebSocket: a `snapshot` message on connect, then one
 /// `update` message per new status, in flow order; the server pings, and
 /// closes with 1000 when idle, 1001 on shutdown, 1011 when the timeline
@@ -367,8 +370,13 @@ async fn track(
         .sessions
         .take(client, st.ws_limits.max_sessions_per_client)
         .ok_or(ApiError::TooManySessions)?;
+    // Small buffers: a client only sends pongs and a close, and every
+    // message sent is a few hundred bytes, flushed at once. The defaults
+    // (128 KiB each way) would make an idle tracker cost ~140 KB.
     let upgrade = upgrade
         .protocols([SUBPROTOCOL])
+        .read_buffer_size(WS_READ_BUFFER)
+        .write_buffer_size(0)
         .max_frame_size(st.ws_limits.max_frame_bytes)
         .max_message_size(st.ws_limits.max_frame_bytes);
     Ok(upgrade.on_upgrade(move |socket| async move {
