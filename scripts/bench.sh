@@ -1,10 +1,18 @@
 #!/usr/bin/env bash
-# The benchmark: order creation throughput and latency, created→delivered
-# latency through the whole event pipeline, and memory per service, on a
-# local deployment of release builds with nothing breaking. Prints numbers;
-# asserts nothing.
-#   scripts/bench.sh                       (2000 orders, 32 clients, 1 replica each)
-#   scripts/bench.sh --orders 5000 --concurrency 64 --replicas 2 --fsync everysec
+# The benchmark, on a local deployment of release builds with nothing
+# breaking (chaos/src/bench/): CPU per delivered order of every process
+# (servers included) and memory; closed-loop creation at c=1/8/32/256 with
+# 5xx counted; created→delivered and hop latency at 10 orders/s and at 80 %
+# of the sustained rate; the sustained rate (backlog does not grow); the
+# floor (bare MongoDB order transaction, raw XADD and XREADGROUP+XACK on the
+# same servers) and ours ÷ floor; WebSocket fan-out (10,000 trackers on
+# 1,000 orders). Prints numbers and writes bench.json; asserts nothing.
+# About 12 minutes on 2 cores.
+#
+#   scripts/bench.sh                                  everything, defaults
+#   scripts/bench.sh --quick                          creation, pipeline, CPU, memory only (~1 min)
+#   scripts/bench.sh --ladder 1,32 --step-secs 5 --fanout-sockets 2000
+#   scripts/bench.sh --bin-dir <dir>                  other builds of the services (before/after)
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -12,4 +20,6 @@ scripts/infra.sh deps >&2
 # The shipped binaries exactly as `make run` builds them, then the driver.
 cargo build --release --locked --quiet
 cargo build --release --locked --quiet -p chaos
+# The fan-out opens tens of thousands of sockets (both ends on this machine).
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 exec target/release/chaos bench "$@"

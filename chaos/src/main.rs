@@ -97,6 +97,29 @@ struct BenchArgs {
     /// Where the service binaries are (default: next to this one).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
+    /// Concurrencies of the closed-loop ladder (comma-separated; 0 skips it
+    /// and the floor).
+    #[arg(long, value_delimiter = ',', default_value = "1,8,32,256")]
+    ladder: Vec<usize>,
+    /// Seconds of each ladder step, open-loop window and floor measurement.
+    #[arg(long, default_value_t = 10)]
+    step_secs: u64,
+    /// Skip the sustained-rate search.
+    #[arg(long)]
+    no_sustained: bool,
+    /// Skip the floor (bare MongoDB and Redis) measurements.
+    #[arg(long)]
+    no_floor: bool,
+    /// WebSocket trackers of the fan-out phase (0 skips it).
+    #[arg(long, default_value_t = 10_000)]
+    fanout_sockets: usize,
+    /// Orders the fan-out's trackers watch.
+    #[arg(long, default_value_t = 1_000)]
+    fanout_orders: usize,
+    /// Only the first phases (creation, pipeline, CPU, memory): no ladder,
+    /// pace, sustained rate, floor or fan-out.
+    #[arg(long)]
+    quick: bool,
 }
 
 #[derive(clap::Args)]
@@ -590,6 +613,16 @@ async fn bench_cmd(a: BenchArgs) -> anyhow::Result<()> {
         fsync: fsync_policy(&a.fsync),
         bin_dir: default_bin_dir(a.bin_dir)?,
         out: out.clone(),
+        ladder: if a.quick {
+            Vec::new()
+        } else {
+            a.ladder.into_iter().filter(|c| *c > 0).collect()
+        },
+        step: Duration::from_secs(a.step_secs.max(1)),
+        sustained: !a.quick && !a.no_sustained,
+        floor: !a.quick && !a.no_floor,
+        fanout_sockets: if a.quick { 0 } else { a.fanout_sockets },
+        fanout_orders: a.fanout_orders.max(1),
     };
     println!(
         "bench: {} orders, {} clients, {} replica(s), binaries in {}, logs in {}",

@@ -19,7 +19,23 @@
 //! 4. **memory**: peak and current resident set of every service process
 //!    (`VmHWM`, `VmRSS` from `/proc`).
 //!
+//! 5. **the ladder** ([`rates`]): closed-loop creation at each concurrency
+//!    (default 1, 8, 32, 256) for a fixed time, 5xx counted apart;
+//! 6. **pace**: created → delivered and the median hop at 10 orders/s, and
+//!    at 80 % of the sustained rate;
+//! 7. **the sustained rate** ([`rates::sustained_rate`]): the highest offered
+//!    rate at which the backlog does not grow;
+//! 8. **the floor** ([`floor`]): the same servers without the services, at
+//!    each concurrency of the ladder, and ours ÷ floor;
+//! 9. **WebSocket fan-out** ([`fanout`]): thousands of trackers on one
+//!    notify-svc, memory per idle session, push latency (last: it stops the
+//!    simulator).
+//!
 //! Numbers, not assertions: run it, compare with the previous run.
+
+pub mod fanout;
+pub mod floor;
+pub mod rates;
 
 use std::{
     path::PathBuf,
@@ -57,6 +73,18 @@ pub struct BenchConfig {
     pub bin_dir: PathBuf,
     /// Logs and `bench.json`.
     pub out: PathBuf,
+    /// Concurrencies of the ladder (empty: no ladder, no floor).
+    pub ladder: Vec<usize>,
+    /// Length of each ladder step, open-loop window and floor measurement.
+    pub step: Duration,
+    /// Search the sustained rate (and measure the pace at 80 % of it).
+    pub sustained: bool,
+    /// Measure the floor at each concurrency of the ladder.
+    pub floor: bool,
+    /// WebSocket fan-out: trackers and the orders they watch (0: skip).
+    pub fanout_sockets: usize,
+    /// Orders the fan-out's trackers watch.
+    pub fanout_orders: usize,
 }
 
 /// Latency percentiles, in milliseconds.
@@ -158,6 +186,23 @@ pub struct BenchReport {
     pub cpu: Vec<Cpu>,
     /// The sum of `cpu`, per delivered order, in milliseconds.
     pub cpu_ms_per_order: f64,
+    /// Stream entries added per delivered order (every stream).
+    pub xadds_per_order: f64,
+    /// Entries read and acknowledged by a group per delivered order.
+    pub reads_per_order: f64,
+    /// Closed-loop creation per concurrency.
+    pub ladder: Vec<rates::Step>,
+    /// Open-loop windows with created → delivered measured (10/s, and 80 %
+    /// of the sustained rate).
+    pub pace: Vec<rates::RateRun>,
+    /// The highest sustained rate found, orders/s.
+    pub sustained_rate: Option<f64>,
+    /// Every window of the search.
+    pub sustained_search: Vec<rates::RateRun>,
+    /// The bare servers, per concurrency of the ladder.
+    pub floor: Vec<floor::Floor>,
+    /// WebSocket fan-out.
+    pub fanout: Option<fanout::Fanout>,
 }
 
 /// CPU time a process used during the measured phase.
@@ -201,6 +246,11 @@ impl std::fmt::Display for BenchReport {
         for c in &self.cpu {
             writeln!(f, "  {:<16} {:>7.2} s", c.process, c.secs)?;
         }
+        writeln!(
+            f,
+            "stream entries per order: {:.1} added, {:.1} read and acknowledged",
+            self.xadds_per_order, self.reads_per_order
+        )?;
         writeln!(f, "memory (MiB)     peak   now")?;
         for m in &self.memory {
             writeln!(
@@ -208,6 +258,57 @@ impl std::fmt::Display for BenchReport {
                 "  {:<16} {:>5.1} {:>5.1}",
                 m.process, m.peak_mib, m.current_mib
             )?;
+        }
+        if !self.ladder.is_empty() {
+            writeln!(f, "creation, closed loop:")?;
+            for step in &self.ladder {
+                let floor = self
+                    .floor
+                    .iter()
+                    .find(|fl| fl.concurrency == step.concurrency);
+                match floor {
+                    Some(fl) => writeln!(
+                        f,
+                        "{step}  (floor {:.0} txn/s: ours ÷ floor {:.2})",
+                        fl.mongo_txn_per_sec,
+                        step.per_sec / fl.mongo_txn_per_sec
+                    )?,
+                    None => writeln!(f, "{step}")?,
+                }
+            }
+        }
+        if !self.pace.is_empty() {
+            writeln!(f, "created → delivered at a steady rate:")?;
+            for run in &self.pace {
+                writeln!(f, "{run}")?;
+            }
+        }
+        if let Some(rate) = self.sustained_rate {
+            writeln!(
+                f,
+                "sustained rate: {rate:.1} orders/s (backlog does not grow)"
+            )?;
+        }
+        for fl in &self.floor {
+            write!(f, "{fl}")?;
+        }
+        if let (Some(rate), Some(fl)) = (
+            self.sustained_rate,
+            self.floor.iter().max_by_key(|fl| fl.concurrency),
+        ) {
+            let xadds = rate * self.xadds_per_order;
+            let reads = rate * self.reads_per_order;
+            writeln!(
+                f,
+                "Redis at the sustained rate: {xadds:.0} XADD/s (floor {:.0}/s, {:.1} %), {reads:.0} reads+acks/s (floor {:.0}/s, {:.1} %)",
+                fl.xadd_per_sec,
+                100.0 * xadds / fl.xadd_per_sec,
+                fl.read_ack_per_sec,
+                100.0 * reads / fl.read_ack_per_sec
+            )?;
+        }
+        if let Some(fan) = &self.fanout {
+            write!(f, "{fan}")?;
         }
         Ok(())
     }
@@ -371,6 +472,8 @@ pub async fn run(cfg: BenchConfig) -> anyhow::Result<BenchReport> {
         // The services' own defaults, not the chaos runs' tighter polling.
         ("SIM_POLL_MS", "100"),
         ("OUTBOX_POLL_MS", "250"),
+        // The fan-out's trackers all come from this machine.
+        ("WS_MAX_SESSIONS_PER_CLIENT", "1000000"),
     ];
     let cluster = Cluster::start(
         cfg.bin_dir.clone(),
@@ -418,6 +521,7 @@ async fn measure(cluster: &Cluster, cfg: &BenchConfig) -> anyhow::Result<BenchRe
     wait_delivered(&orders, Duration::from_secs(120)).await?;
     drop(warm);
 
+    let entries_before = stream_entries(&cluster.redis.url()).await?;
     let cpu_before = cpu_of(cluster);
     let started = Instant::now();
     let (accepted, create_errors) = place_many(
@@ -448,6 +552,10 @@ async fn measure(cluster: &Cluster, cfg: &BenchConfig) -> anyhow::Result<BenchRe
         .collect();
     let cpu_ms_per_order =
         cpu.iter().map(|c| c.secs).sum::<f64>() * 1e3 / accepted.len().max(1) as f64;
+    let entries_after = stream_entries(&cluster.redis.url()).await?;
+    let per_order = |a: u64, b: u64| (a.saturating_sub(b)) as f64 / accepted.len().max(1) as f64;
+    let xadds_per_order = per_order(entries_after.0, entries_before.0);
+    let reads_per_order = per_order(entries_after.1, entries_before.1);
 
     let create_latency = Percentiles::of(accepted.iter().map(|(_, _, ms)| *ms).collect());
     let measured: Vec<(f64, Vec<f64>)> = stream::iter(&accepted)
@@ -478,7 +586,62 @@ async fn measure(cluster: &Cluster, cfg: &BenchConfig) -> anyhow::Result<BenchRe
             })
         })
         .collect();
+    let load = rates::Load {
+        urls: order_urls.clone(),
+        items: items.clone(),
+        tag: "run".into(),
+    };
+    let ladder = rates::ladder(&http, &load, &orders, &cfg.ladder, cfg.step).await?;
+    let mut pace = Vec::new();
+    if cfg.sustained || !cfg.ladder.is_empty() {
+        let run = rates::open_loop(&http, &load, &orders, 10.0, cfg.step, Some(notify_url)).await?;
+        println!("{run}");
+        pace.push(run);
+    }
+    let (mut sustained_rate, mut sustained_search) = (None, Vec::new());
+    if cfg.sustained {
+        let best = ladder.iter().map(|s| s.per_sec).fold(20.0, f64::max);
+        let (rate, runs) =
+            rates::sustained_rate(&http, &load, &orders, best * 0.5, cfg.step, 3).await?;
+        sustained_rate = Some(rate);
+        sustained_search = runs;
+        if rate > 0.0 {
+            let run = rates::open_loop(
+                &http,
+                &load,
+                &orders,
+                rate * 0.8,
+                cfg.step,
+                Some(notify_url),
+            )
+            .await?;
+            println!("{run}");
+            pace.push(run);
+        }
+    }
+    let mut floors = Vec::new();
+    if cfg.floor {
+        for &c in &cfg.ladder {
+            let fl =
+                floor::measure(&cluster.mongo.url(), &cluster.redis.url(), c, cfg.step).await?;
+            print!("{fl}");
+            floors.push(fl);
+        }
+    }
+    let fanout = if cfg.fanout_sockets > 0 {
+        Some(fan_out(cluster, &http, &order_urls, &items, cfg).await?)
+    } else {
+        None
+    };
     Ok(BenchReport {
+        xadds_per_order,
+        reads_per_order,
+        ladder,
+        pace,
+        sustained_rate,
+        sustained_search,
+        floor: floors,
+        fanout,
         orders: cfg.orders,
         concurrency: cfg.concurrency,
         replicas: cfg.replicas,
@@ -493,6 +656,77 @@ async fn measure(cluster: &Cluster, cfg: &BenchConfig) -> anyhow::Result<BenchRe
         cpu,
         cpu_ms_per_order,
     })
+}
+
+/// Entries in every stream, and entries times the groups that read them.
+async fn stream_entries(redis_url: &str) -> anyhow::Result<(u64, u64)> {
+    let mut conn = redis::Client::open(redis_url)?
+        .get_multiplexed_async_connection()
+        .await?;
+    let (mut added, mut read) = (0, 0);
+    for stream in contract::streams::Stream::ALL {
+        let name = stream.name();
+        // XLEN counts what is left; streams are far below their MAXLEN here.
+        let len: u64 = redis::cmd("XLEN").arg(name).query_async(&mut conn).await?;
+        let groups: Vec<redis::Value> = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(name)
+            .query_async(&mut conn)
+            .await
+            .unwrap_or_default();
+        added += len;
+        read += len * groups.len() as u64;
+    }
+    Ok((added, read))
+}
+
+/// The fan-out phase: stops the simulator, places the orders, measures.
+async fn fan_out(
+    cluster: &Cluster,
+    http: &reqwest::Client,
+    order_urls: &[String],
+    items: &[String],
+    cfg: &BenchConfig,
+) -> anyhow::Result<fanout::Fanout> {
+    for r in 0..cluster.replicas {
+        cluster.kill(Svc::Simulator, r).await?;
+    }
+    let (placed, errors) = place_many(
+        http,
+        order_urls,
+        items,
+        cfg.fanout_orders,
+        cfg.concurrency,
+        "fanout",
+    )
+    .await;
+    if errors > 0 {
+        bail!("{errors} fan-out orders were not accepted");
+    }
+    let orders: fanout::Orders = placed
+        .into_iter()
+        .map(|(id, token, _)| (id, token))
+        .collect();
+    let notify = cluster.url(Svc::NotifySvc, 0).context("no notify-svc")?;
+    let pid = cluster
+        .pids()
+        .into_iter()
+        .find(|(name, _)| name.starts_with("notify-svc"))
+        .map(|(_, pid)| pid)
+        .context("no notify-svc process")?;
+    // Let notify-svc record the created events first.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let ws_base = notify.replacen("http://", "ws://", 1);
+    let fan = fanout::measure(
+        &ws_base,
+        pid,
+        &cluster.redis.url(),
+        &orders,
+        cfg.fanout_sockets,
+    )
+    .await?;
+    print!("{fan}");
+    Ok(fan)
 }
 
 async fn wait_delivered(

@@ -1,0 +1,290 @@
+//! The floor: what the servers themselves do for the work one order needs,
+//! on the same Redis and MongoDB as the system, without any service code.
+//!
+//! * **MongoDB**: one replica-set transaction with exactly the writes a
+//!   placement needs (two guarded stock decrements of two dishes out of
+//!   seven, the order, one outbox entry, the idempotency record), from
+//!   `concurrency` tasks for a fixed time, each retrying its write conflicts
+//!   until it commits. Its rate is what one-order-per-transaction can reach.
+//! * **Redis**: raw `XADD` of an envelope-sized entry, then `XREADGROUP`
+//!   (one entry per call) and `XACK` of every entry, from `concurrency`
+//!   tasks. Their rates bound what the relays and the consumer loops can do.
+//!
+//! The report divides ours by these.
+
+use std::{
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use bson::{Document, doc, oid::ObjectId};
+use futures::{FutureExt, future::join_all};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use serde::Serialize;
+
+use super::Percentiles;
+
+/// Rates measured on the bare servers.
+#[derive(Debug, Clone, Serialize)]
+pub struct Floor {
+    /// Concurrent tasks.
+    pub concurrency: usize,
+    /// Committed order transactions per second.
+    pub mongo_txn_per_sec: f64,
+    /// Their latency, retries included.
+    pub mongo_txn_latency: Percentiles,
+    /// Transaction runs that hit a write conflict and ran again.
+    pub mongo_conflicts: u64,
+    /// `XADD` per second.
+    pub xadd_per_sec: f64,
+    /// Entries read (`XREADGROUP COUNT 1`) and acknowledged per second.
+    pub read_ack_per_sec: f64,
+}
+
+impl std::fmt::Display for Floor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "floor, c={}: MongoDB order transaction {:.0}/s ({}; {} conflicts retried); Redis XADD {:.0}/s, XREADGROUP+XACK {:.0}/s",
+            self.concurrency,
+            self.mongo_txn_per_sec,
+            self.mongo_txn_latency,
+            self.mongo_conflicts,
+            self.xadd_per_sec,
+            self.read_ack_per_sec
+        )
+    }
+}
+
+/// Runs `task` from `concurrency` workers until `duration` has passed (or
+/// a worker's task says there is no more work, `Ok(false)`); returns how
+/// many times it succeeded, per second, and its latencies.
+async fn closed_loop<F, Fut>(concurrency: usize, duration: Duration, task: F) -> (f64, Vec<f64>)
+where
+    F: Fn(usize, u64) -> Fut,
+    Fut: Future<Output = anyhow::Result<bool>>,
+{
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let workers = (0..concurrency.max(1)).map(|w| {
+        let stop = stop.clone();
+        let task = &task;
+        async move {
+            let mut latencies = Vec::new();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                match task(w, n).await {
+                    Ok(true) => latencies.push(t.elapsed().as_secs_f64() * 1e3),
+                    Ok(false) => break,
+                    Err(_) => {}
+                }
+                n += 1;
+                if started.elapsed() >= duration {
+                    stop.store(true, Ordering::Relaxed);
+                }
+            }
+            latencies
+        }
+        .boxed_local()
+    });
+    let all: Vec<f64> = join_all(workers).await.into_iter().flatten().collect();
+    (all.len() as f64 / started.elapsed().as_secs_f64(), all)
+}
+
+/// Measures the floor at `concurrency` for `duration` per server.
+pub async fn measure(
+    mongo_url: &str,
+    redis_url: &str,
+    concurrency: usize,
+    duration: Duration,
+) -> anyhow::Result<Floor> {
+    let (mongo_txn_per_sec, latencies, mongo_conflicts) =
+        mongo_floor(mongo_url, concurrency, duration).await?;
+    let (xadd_per_sec, read_ack_per_sec) = redis_floor(redis_url, concurrency, duration).await?;
+    Ok(Floor {
+        concurrency,
+        mongo_txn_per_sec,
+        mongo_txn_latency: Percentiles::of(latencies),
+        mongo_conflicts,
+        xadd_per_sec,
+        read_ack_per_sec,
+    })
+}
+
+async fn mongo_floor(
+    url: &str,
+    concurrency: usize,
+    duration: Duration,
+) -> anyhow::Result<(f64, Vec<f64>, u64)> {
+    let client = common::mongo::connect(url, "bench-floor").await?;
+    let db = client.database("bench_floor");
+    db.drop().await?;
+    let menu = db.collection::<Document>("menu");
+    let dishes: Vec<ObjectId> = (0..7).map(|_| ObjectId::new()).collect();
+    menu.insert_many(
+        dishes
+            .iter()
+            .map(|id| doc! { "_id": id, "name": "dish", "price_cents": 1250_i64, "stock": 1_000_000_000_i64 }),
+    )
+    .await?;
+    // The collections and indexes a placement writes to.
+    db.collection::<Document>("orders")
+        .insert_one(doc! { "_id": ObjectId::new() })
+        .await?;
+    db.collection::<Document>("outbox")
+        .insert_one(doc! { "_id": ObjectId::new() })
+        .await?;
+    db.collection::<Document>("keys")
+        .insert_one(doc! { "_id": "warm" })
+        .await?;
+    let conflicts = AtomicU64::new(0);
+    let policy = common::mongo::RetryPolicy {
+        max_attempts: 1000,
+        max_elapsed: Duration::from_secs(30),
+        ..Default::default()
+    };
+    let (rate, latencies) = closed_loop(concurrency, duration, |w, n| {
+        let (client, db, dishes, conflicts) = (&client, &db, &dishes, &conflicts);
+        async move {
+            let mut rng = StdRng::seed_from_u64((w as u64) << 32 | n);
+            let a = rng.random_range(0..7);
+            let b = (a + rng.random_range(1..7)) % 7;
+            let lines = [(dishes[a], rng.random_range(1..=2_i64)), (dishes[b], rng.random_range(1..=2_i64))];
+            let ctx = (db.clone(), lines, format!("floor-{w}-{n}"));
+            let runs = AtomicU64::new(0);
+            common::mongo::run_transaction(client, policy, &ctx, |s, (db, lines, key)| {
+                runs.fetch_add(1, Ordering::Relaxed);
+                async move {
+                    let menu = db.collection::<Document>("menu");
+                    for (id, q) in lines {
+                        let r = menu
+                            .update_one(
+                                doc! { "_id": id, "stock": { "$gte": q } },
+                                doc! { "$inc": { "stock": -q } },
+                            )
+                            .session(&mut *s)
+                            .await?;
+                        if r.modified_count != 1 {
+                            return Err(mongodb::error::Error::custom("out of stock"));
+                        }
+                    }
+                    let order_id = ObjectId::new();
+                    let items: Vec<Document> = lines
+                        .iter()
+                        .map(|(id, q)| doc! { "item_id": id, "name": "dish", "quantity": q, "price_cents": 1250_i64 })
+                        .collect();
+                    db.collection::<Document>("orders")
+                        .insert_one(doc! {
+                            "_id": order_id, "status": "created", "version": 1_i64,
+                            "customer": { "name": "Bench Mark", "address": "1 Fast Lane", "phone": "+1 555 0199" },
+                            "items": items, "total_cents": 5000_i64,
+                            "created_at": bson::DateTime::now(), "token_hash": "0123456789abcdef0123456789abcdef",
+                        })
+                        .session(&mut *s)
+                        .await?;
+                    db.collection::<Document>("outbox")
+                        .insert_one(doc! {
+                            "stream": "orders-stream", "key": order_id.to_hex(), "seq": 1_i64,
+                            "published": false, "written_at": bson::DateTime::now(),
+                            "fields": { "event_type": "order.created.v1", "payload": "x".repeat(400) },
+                        })
+                        .session(&mut *s)
+                        .await?;
+                    db.collection::<Document>("keys")
+                        .insert_one(doc! { "_id": key.as_str(), "order_id": order_id, "fingerprint": "f".repeat(64) })
+                        .session(&mut *s)
+                        .await?;
+                    Ok::<(), mongodb::error::Error>(())
+                }
+                .boxed()
+            })
+            .await?;
+            conflicts.fetch_add(runs.load(Ordering::Relaxed) - 1, Ordering::Relaxed);
+            Ok(true)
+        }
+    })
+    .await;
+    db.drop().await?;
+    Ok((rate, latencies, conflicts.load(Ordering::Relaxed)))
+}
+
+async fn redis_floor(
+    url: &str,
+    concurrency: usize,
+    duration: Duration,
+) -> anyhow::Result<(f64, f64)> {
+    let client = redis::Client::open(url)?;
+    let conn = client.get_multiplexed_async_connection().await?;
+    let stream = "bench-floor-stream";
+    let _: () = redis::cmd("DEL")
+        .arg(stream)
+        .query_async(&mut conn.clone())
+        .await?;
+    let payload = "x".repeat(400);
+    let (xadd, _) = closed_loop(concurrency, duration, |_, _| {
+        let (mut conn, payload) = (conn.clone(), &payload);
+        async move {
+            let _: String = redis::cmd("XADD")
+                .arg(stream)
+                .arg("*")
+                .arg("event_id")
+                .arg(uuid::Uuid::now_v7().to_string())
+                .arg("event_type")
+                .arg("order.status_updated.v1")
+                .arg("key")
+                .arg("65f1a2b3c4d5e6f708192a3b")
+                .arg("occurred_at")
+                .arg("2026-12-01T00:00:00.000000Z")
+                .arg("payload")
+                .arg(payload)
+                .query_async(&mut conn)
+                .await?;
+            Ok(true)
+        }
+    })
+    .await;
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(stream)
+        .arg("floor")
+        .arg("0")
+        .query_async(&mut conn.clone())
+        .await?;
+    // Reads what the XADDs wrote, until it is all read or the time is up.
+    let (read_ack, _) = closed_loop(concurrency, duration, |w, _| {
+        let mut conn = conn.clone();
+        async move {
+            let reply: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
+                .arg("GROUP")
+                .arg("floor")
+                .arg(format!("c{w}"))
+                .arg("COUNT")
+                .arg(1)
+                .arg("STREAMS")
+                .arg(stream)
+                .arg(">")
+                .query_async(&mut conn)
+                .await?;
+            let Some(id) = reply.keys.first().and_then(|k| k.ids.first()) else {
+                return Ok(false);
+            };
+            let _: i64 = redis::cmd("XACK")
+                .arg(stream)
+                .arg("floor")
+                .arg(&id.id)
+                .query_async(&mut conn)
+                .await?;
+            Ok(true)
+        }
+    })
+    .await;
+    let _: () = redis::cmd("DEL")
+        .arg(stream)
+        .query_async(&mut conn.clone())
+        .await?;
+    Ok((xadd, read_ack))
+}

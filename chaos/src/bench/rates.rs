@@ -1,0 +1,345 @@
+//! Creation at several concurrencies, and the sustained rate.
+//!
+//! * **Ladder**: for each concurrency, closed-loop clients post orders for a
+//!   fixed time; throughput, latency, and every answer that is not a 201 by
+//!   kind (5xx apart). Between steps the backlog drains, so each step starts
+//!   from a quiet system.
+//! * **Open loop**: orders posted at a fixed rate (not waiting for answers),
+//!   for a fixed time; created → delivered of every accepted order.
+//! * **Sustained rate**: the highest open-loop rate at which the backlog
+//!   does not grow. A rate is sustained when every POST got a 201, when at the
+//!   end of the window fewer than one second's worth of orders were still
+//!   undelivered, and when the rest were delivered within
+//!   [`DRAIN_GRACE`]. Searched by growing the rate ×1.5 until it fails, then
+//!   bisecting.
+
+use std::{
+    sync::atomic::{AtomicUsize, Ordering},
+    time::{Duration, Instant},
+};
+
+use futures::{StreamExt, future::join_all, stream};
+use rand::{Rng, SeedableRng, rngs::StdRng};
+use serde::Serialize;
+
+use super::{Percentiles, pipeline_ms, post_order, wait_delivered};
+
+/// How long the rest of an open-loop window may take to be delivered.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
+
+/// What the clients post: two distinct dishes of the first seven, 1–2 each.
+#[derive(Debug, Clone)]
+pub struct Load {
+    /// The order-svc replicas' base URLs (round robin).
+    pub urls: Vec<String>,
+    /// Menu item ids.
+    pub items: Vec<String>,
+    /// The run's tag, in every Idempotency-Key.
+    pub tag: String,
+}
+
+impl Load {
+    fn lines(&self, rng: &mut StdRng) -> Vec<(&str, u32)> {
+        let dishes = self.items.len().min(7);
+        let a = rng.random_range(0..dishes);
+        let b = (a + rng.random_range(1..dishes.max(2))) % dishes.max(1);
+        vec![
+            (self.items[a].as_str(), rng.random_range(1..=2)),
+            (self.items[b].as_str(), rng.random_range(1..=2)),
+        ]
+    }
+
+    /// Posts order `n` of `phase`: (status, id, token, latency ms).
+    async fn post(&self, http: &reqwest::Client, phase: &str, n: usize) -> Posted {
+        let mut rng = StdRng::seed_from_u64(n as u64);
+        let lines = self.lines(&mut rng);
+        let url = &self.urls[n % self.urls.len()];
+        let key = format!("bench-{}-{phase}-{n}", self.tag);
+        let started = Instant::now();
+        let answer = post_order(http, url, &key, &lines).await;
+        let ms = started.elapsed().as_secs_f64() * 1e3;
+        match answer {
+            Ok((201, order)) => Posted {
+                status: 201,
+                order: order["id"]
+                    .as_str()
+                    .zip(order["tracking_token"].as_str())
+                    .map(|(i, t)| (i.to_owned(), t.to_owned())),
+                ms,
+            },
+            Ok((status, _)) => Posted {
+                status,
+                order: None,
+                ms,
+            },
+            Err(_) => Posted {
+                status: 0,
+                order: None,
+                ms,
+            },
+        }
+    }
+}
+
+/// One POST's answer.
+#[derive(Debug, Clone)]
+struct Posted {
+    /// HTTP status; 0 when no answer came (connection error, timeout).
+    status: u16,
+    order: Option<(String, String)>,
+    ms: f64,
+}
+
+/// One concurrency of the ladder.
+#[derive(Debug, Clone, Serialize)]
+pub struct Step {
+    /// Closed-loop clients.
+    pub concurrency: usize,
+    /// Orders accepted (201) per second.
+    pub per_sec: f64,
+    /// Latency of the 201s.
+    pub latency: Percentiles,
+    /// 5xx answers.
+    pub server_errors: usize,
+    /// Other answers that were not 201 (4xx, no answer).
+    pub other_errors: usize,
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "  c={:<4} {:>6.0} orders/s  p50 {:>6.1} ms  p99 {:>7.1} ms  5xx {:<4} other non-201 {}",
+            self.concurrency,
+            self.per_sec,
+            self.latency.p50,
+            self.latency.p99,
+            self.server_errors,
+            self.other_errors
+        )
+    }
+}
+
+fn summarise(concurrency: usize, secs: f64, posted: &[Posted]) -> Step {
+    let ok: Vec<f64> = posted
+        .iter()
+        .filter(|p| p.status == 201)
+        .map(|p| p.ms)
+        .collect();
+    Step {
+        concurrency,
+        per_sec: ok.len() as f64 / secs,
+        latency: Percentiles::of(ok),
+        server_errors: posted.iter().filter(|p| p.status >= 500).count(),
+        other_errors: posted
+            .iter()
+            .filter(|p| p.status != 201 && p.status < 500)
+            .count(),
+    }
+}
+
+/// Closed-loop creation at each concurrency for `duration`, draining the
+/// backlog between steps.
+pub async fn ladder(
+    http: &reqwest::Client,
+    load: &Load,
+    orders: &mongodb::Collection<bson::Document>,
+    concurrencies: &[usize],
+    duration: Duration,
+) -> anyhow::Result<Vec<Step>> {
+    let mut steps = Vec::new();
+    for &c in concurrencies {
+        let phase = format!("c{c}");
+        let next = AtomicUsize::new(0);
+        let started = Instant::now();
+        let workers = (0..c.max(1)).map(|_| {
+            let (next, phase) = (&next, &phase);
+            async move {
+                let mut out = Vec::new();
+                while started.elapsed() < duration {
+                    let n = next.fetch_add(1, Ordering::Relaxed);
+                    out.push(load.post(http, phase, n).await);
+                }
+                out
+            }
+        });
+        let posted: Vec<Posted> = join_all(workers).await.into_iter().flatten().collect();
+        let step = summarise(c, started.elapsed().as_secs_f64(), &posted);
+        println!("{step}");
+        steps.push(step);
+        wait_delivered(orders, Duration::from_secs(600)).await?;
+    }
+    Ok(steps)
+}
+
+/// One open-loop window.
+#[derive(Debug, Clone, Serialize)]
+pub struct RateRun {
+    /// Offered orders per second.
+    pub rate: f64,
+    /// Orders posted.
+    pub posted: usize,
+    /// Answers other than 201.
+    pub errors: usize,
+    /// POST latency of the 201s.
+    pub create_latency: Percentiles,
+    /// Orders not yet delivered when the window ended.
+    pub undelivered_at_end: u64,
+    /// Seconds from the end of the window until all were delivered (or the
+    /// grace ran out).
+    pub drain_secs: f64,
+    /// Whether the rate is sustained (see the module docs).
+    pub sustained: bool,
+    /// `created_at` → delivered, when measured.
+    pub pipeline: Option<Percentiles>,
+    /// Median of every hop between two consecutive statuses, when measured.
+    pub hop_p50_ms: Option<f64>,
+}
+
+impl std::fmt::Display for RateRun {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "  {:>6.1} orders/s offered: {} posted, {} non-201, POST p99 {:.1} ms, {} undelivered at the end, drained in {:.1} s: {}",
+            self.rate,
+            self.posted,
+            self.errors,
+            self.create_latency.p99,
+            self.undelivered_at_end,
+            self.drain_secs,
+            if self.sustained {
+                "sustained"
+            } else {
+                "NOT sustained"
+            }
+        )?;
+        if let (Some(p), Some(h)) = (&self.pipeline, self.hop_p50_ms) {
+            write!(f, "\n    created→delivered {p}; hop p50 {h:.1} ms")?;
+        }
+        Ok(())
+    }
+}
+
+/// Posts at `rate` for `duration`; with `timelines`, measures created →
+/// delivered of every accepted order (through notify-svc at `notify_url`).
+pub async fn open_loop(
+    http: &reqwest::Client,
+    load: &Load,
+    orders: &mongodb::Collection<bson::Document>,
+    rate: f64,
+    duration: Duration,
+    timelines: Option<&str>,
+) -> anyhow::Result<RateRun> {
+    let phase = format!("r{rate:.1}-{}", rand::rng().random::<u32>());
+    let total = (rate * duration.as_secs_f64()).round().max(1.0) as usize;
+    let started = tokio::time::Instant::now();
+    let tasks: Vec<_> = (0..total)
+        .map(|n| {
+            let (http, load, phase) = (http.clone(), load.clone(), phase.clone());
+            let at = started + Duration::from_secs_f64(n as f64 / rate);
+            tokio::spawn(async move {
+                tokio::time::sleep_until(at).await;
+                load.post(&http, &phase, n).await
+            })
+        })
+        .collect();
+    tokio::time::sleep_until(started + duration).await;
+    let undelivered_at_end = orders
+        .count_documents(bson::doc! { "status": { "$ne": "delivered" } })
+        .await?;
+    let posted: Vec<Posted> = join_all(tasks)
+        .await
+        .into_iter()
+        .filter_map(Result::ok)
+        .collect();
+    let window_end = Instant::now();
+    let drained = wait_delivered(orders, DRAIN_GRACE).await.is_ok();
+    let drain_secs = window_end.elapsed().as_secs_f64();
+    if !drained {
+        // Leave a quiet system for whatever runs next.
+        wait_delivered(orders, Duration::from_secs(600)).await?;
+    }
+    let errors = posted.iter().filter(|p| p.status != 201).count();
+    let sustained = errors == 0 && drained && (undelivered_at_end as f64) <= rate.max(1.0);
+    let (pipeline, hop_p50_ms) = match timelines {
+        Some(notify_url) => {
+            let measured: Vec<(f64, Vec<f64>)> =
+                stream::iter(posted.iter().filter_map(|p| p.order.clone()))
+                    .map(|(id, token)| async move {
+                        pipeline_ms(http, &load.urls[0], notify_url, &id, &token).await
+                    })
+                    .buffer_unordered(16)
+                    .filter_map(|r| async move { r.ok() })
+                    .collect()
+                    .await;
+            let hops: Vec<f64> = measured
+                .iter()
+                .flat_map(|(_, h)| h.iter().copied())
+                .collect();
+            (
+                Some(Percentiles::of(measured.iter().map(|(t, _)| *t).collect())),
+                Some(Percentiles::of(hops).p50),
+            )
+        }
+        None => (None, None),
+    };
+    Ok(RateRun {
+        rate,
+        posted: posted.len(),
+        errors,
+        create_latency: Percentiles::of(
+            posted
+                .iter()
+                .filter(|p| p.status == 201)
+                .map(|p| p.ms)
+                .collect(),
+        ),
+        undelivered_at_end,
+        drain_secs,
+        sustained,
+        pipeline,
+        hop_p50_ms,
+    })
+}
+
+/// The highest sustained rate, starting from `start` orders/s: ×1.5 while
+/// sustained, then `bisections` halvings of the interval.
+pub async fn sustained_rate(
+    http: &reqwest::Client,
+    load: &Load,
+    orders: &mongodb::Collection<bson::Document>,
+    start: f64,
+    duration: Duration,
+    bisections: usize,
+) -> anyhow::Result<(f64, Vec<RateRun>)> {
+    let mut runs = Vec::new();
+    let (mut good, mut bad) = (0.0_f64, None::<f64>);
+    let mut rate = start.max(1.0);
+    for _ in 0..12 {
+        let run = open_loop(http, load, orders, rate, duration, None).await?;
+        println!("{run}");
+        let ok = run.sustained;
+        runs.push(run);
+        if ok {
+            good = rate;
+            rate *= 1.5;
+        } else {
+            bad = Some(rate);
+            break;
+        }
+    }
+    if let Some(mut hi) = bad {
+        for _ in 0..bisections {
+            let mid = (good + hi) / 2.0;
+            let run = open_loop(http, load, orders, mid, duration, None).await?;
+            println!("{run}");
+            if run.sustained {
+                good = mid;
+            } else {
+                hi = mid;
+            }
+            runs.push(run);
+        }
+    }
+    Ok((good, runs))
+}
