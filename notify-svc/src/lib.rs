@@ -15,10 +15,13 @@
 //! * `GET /`, `/orders`, `/track/{id}`: the web app (menu, cart, checkout,
 //!   live tracker, "my orders"); `GET /ops`: the operator console. Static
 //!   files compiled into the binary ([`web`]).
+//! * After a crowd of trackers leaves, freed memory goes back to the system
+//!   ([`memory`]).
 
 pub mod api;
 pub mod consumers;
 pub mod hub;
+pub mod memory;
 pub mod settings;
 pub mod timeline;
 pub mod web;
@@ -62,6 +65,8 @@ pub async fn run(
     rt.spawn(move |token| hub::tail(h, tail_conn, ns, token));
 
     let state = api::AppState::new(&settings, store, hub, shutdown);
+    let sessions = state.sessions.clone();
+    rt.spawn(move |token| memory::trim_after_crowds(sessions, token));
     let router = api::router(state).layer(common::http::cors(&settings.edge.cors_allowed_origins));
     rt.serve(listener, router).await
 }
