@@ -12,7 +12,8 @@
 //!    about a second); each tracker notes when its `update` message arrives,
 //!    and the latency is from the `XADD` of that order's event (the moment
 //!    it reached notify-svc's stream) to the message on every socket;
-//! 4. all sockets close, and the memory is read again (is it returned?).
+//! 4. all sockets close, and the memory is read again 8 s later (is it
+//!    returned?).
 
 use std::{
     collections::HashMap,
@@ -157,7 +158,8 @@ pub async fn measure(
         .filter_map(|r| r.as_ref().ok().copied().flatten())
         .collect();
     let missed = connected - latencies.len().min(connected);
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // notify-svc looks at its session count every 5 s (notify-svc/src/memory.rs).
+    tokio::time::sleep(Duration::from_secs(8)).await;
     let rss_after_close_mib = rss();
     Ok(Fanout {
         sockets: connected,
