@@ -18,7 +18,7 @@
 //! | `CONSUMER_BATCH_SIZE` | `64` | XREADGROUP COUNT |
 //! | `CONSUMER_BLOCK_MS` | `1000` | XREADGROUP BLOCK; also bounds how long shutdown waits for a read |
 //! | `CONSUMER_CONCURRENCY` | `16` | handlers running at once (different ordering keys) |
-//! | `HANDLER_TIMEOUT_MS` | `2500` | a handler running longer has failed; must stay below `RECLAIM_MIN_IDLE_MS` |
+//! | `HANDLER_TIMEOUT_MS` | `2500` | a handler running longer is abandoned and its message looked at again later, without using up an attempt (bounded by `CONSUMER_MAX_DEFER_MS`); must stay below `RECLAIM_MIN_IDLE_MS` |
 //! | `MAX_ATTEMPTS` | `5` | attempts before a message is dead-lettered |
 //! | `RETRY_BACKOFF_MS` | `200` | first retry delay; doubles per attempt, capped at half the min-idle |
 //! | `RECLAIM_MIN_IDLE_MS` | `5000` | a pending message idle this long is taken over (XAUTOCLAIM) |

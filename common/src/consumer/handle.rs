@@ -91,10 +91,15 @@ impl<E: StreamEvent, H: Handler<E>> Inner<E, H> {
         let timeout = self.settings().handler_timeout;
         let started = Instant::now();
         let guarded = AssertUnwindSafe(self.handler.handle(&msg)).catch_unwind();
+        // A timeout is looked at again later without using up an attempt:
+        // on a starved machine (or behind a slow database) every handler
+        // times out, and counting those would dead-letter good events. A
+        // handler that always hangs still ends in the dead letters, once the
+        // message is older than CONSUMER_MAX_DEFER_MS (deferred_too_long).
         let result = match tokio::time::timeout(timeout, guarded).await {
-            Err(_) => Err(HandlerError::retry(format!(
-                "handler timed out after {timeout:?}"
-            ))),
+            Err(_) => Err(HandlerError::Defer(
+                format!("handler timed out after {timeout:?}").into(),
+            )),
             Ok(Err(panic)) => Err(HandlerError::retry(format!(
                 "handler panicked: {}",
                 panic_text(&*panic)
@@ -239,10 +244,15 @@ impl<E: StreamEvent, H: Handler<E>> Inner<E, H> {
         self.retry_added.notify_one();
     }
 
-    /// Young deferred messages are looked at again soon, old ones less often.
+    /// Young deferred messages are looked at again soon, old ones less often,
+    /// but always soon enough that a handler that ran its whole timeout plus
+    /// this wait stays below the takeover idle time (a takeover would count
+    /// as a delivery, and so as an attempt).
     fn schedule_deferral(&self, id: String, age: Duration) {
         let s = self.settings();
-        let delay = (age / 10).clamp(s.retry_backoff, s.reclaim_min_idle / 2);
+        let longest =
+            (s.reclaim_min_idle.saturating_sub(s.handler_timeout) / 2).max(s.retry_backoff);
+        let delay = (age / 10).clamp(s.retry_backoff, longest);
         lock(&self.retries).push(Pending {
             due: Instant::now() + delay,
             id,

@@ -45,6 +45,11 @@
 //!    [`HandlerError::Retry`] → the error text is saved in a hash next to the
 //!    stream (so whoever dead-letters it later can say why), and the message
 //!    is retried, or dead-lettered if this was attempt `max_attempts`.
+//!    [`HandlerError::Defer`], and a handler that outlived its timeout, →
+//!    looked at again later without using up an attempt, dead-lettered
+//!    (`deferred_too_long`) once older than `max_defer`: an overloaded
+//!    machine where every handler is slow dead-letters nothing.
+//!    [`HandlerError::Unavailable`] → retried without a deadline.
 //!
 //! Dead-lettering and acknowledging happen in one Lua script (see
 //! [`crate::dead_letter`]). With the defaults a poison message reaches the dead

@@ -553,3 +553,53 @@ async fn a_message_deferred_for_too_long_is_dead_lettered() {
     );
     assert_eq!(ctx.pending(S, G).await, 0);
 }
+
+#[tokio::test]
+async fn a_handler_that_times_out_is_looked_at_again_without_using_up_attempts() {
+    // An overloaded machine: the handler outlives its timeout (300 ms) more
+    // often than MAX_ATTEMPTS (3), then succeeds. Nothing is dead-lettered.
+    let ctx = Ctx::with(&[("CONSUMER_MAX_DEFER_MS", "60000")]).await;
+    let handler = TestHandler::new(|_, seen| {
+        if seen < 4 {
+            Act::Sleep(Duration::from_millis(600))
+        } else {
+            Act::Ok
+        }
+    });
+    let run = Running::start(&ctx, "c1", handler.clone());
+    ctx.publish(S, "a", ORDER_CREATED_V1).await;
+    eventually("handled in the end", WAIT, || async {
+        (handler.finished().len() == 1).then_some(())
+    })
+    .await;
+    eventually("nothing pending", WAIT, || async {
+        (ctx.pending(S, G).await == 0).then_some(())
+    })
+    .await;
+    run.stop().await;
+    let calls = handler.calls();
+    assert!(calls.len() >= 5, "four timeouts, then success: {calls:?}");
+    assert!(
+        calls.iter().all(|c| c.attempt == 1),
+        "a timeout is not an attempt: {calls:?}"
+    );
+    assert!(ctx.dead_letters().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_handler_that_always_hangs_is_dead_lettered_once_too_old() {
+    let ctx = Ctx::with(&[("CONSUMER_MAX_DEFER_MS", "1000")]).await;
+    let handler = TestHandler::new(|_, _| Act::Hang);
+    let run = Running::start(&ctx, "c1", handler.clone());
+    ctx.publish(S, "a", ORDER_CREATED_V1).await;
+    let dl = eventually("dead letter", WAIT, || async {
+        let d = ctx.dead_letters().await;
+        (!d.is_empty()).then_some(d)
+    })
+    .await;
+    run.stop().await;
+    let d = DeadLetter::from_entry(&dl[0]).unwrap();
+    assert_eq!(d.reason.as_str(), "deferred_too_long");
+    assert!(d.error.contains("timed out"), "{}", d.error);
+    assert_eq!(ctx.pending(S, G).await, 0);
+}
