@@ -49,7 +49,7 @@ use std::{
 use anyhow::{Context, bail};
 use chrono::{DateTime, Utc};
 use futures::{StreamExt, stream};
-use rand::{Rng, SeedableRng, rngs::StdRng};
+use rand::{SeedableRng, rngs::StdRng};
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -383,15 +383,8 @@ async fn place_many(
 ) -> (Vec<(String, String, f64)>, usize) {
     let errors = Arc::new(AtomicUsize::new(0));
     let mut rng = StdRng::seed_from_u64(7);
-    // Two distinct dishes out of (at most) the first seven, 1 or 2 of each.
-    let dishes = items.len().min(7);
-    let picks: Vec<[(usize, u32); 2]> = (0..n)
-        .map(|_| {
-            let a = rng.random_range(0..dishes);
-            let b = (a + rng.random_range(1..dishes.max(2))) % dishes.max(1);
-            [(a, rng.random_range(1..=2)), (b, rng.random_range(1..=2))]
-        })
-        .collect();
+    let picks: Vec<[(usize, u32); 2]> =
+        (0..n).map(|_| rates::pick(items.len(), &mut rng)).collect();
     let accepted: Vec<(String, String, f64)> = stream::iter(picks.into_iter().enumerate())
         .map(|(i, pick)| {
             let errors = errors.clone();

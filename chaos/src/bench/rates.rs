@@ -40,13 +40,10 @@ pub struct Load {
 
 impl Load {
     fn lines(&self, rng: &mut StdRng) -> Vec<(&str, u32)> {
-        let dishes = self.items.len().min(7);
-        let a = rng.random_range(0..dishes);
-        let b = (a + rng.random_range(1..dishes.max(2))) % dishes.max(1);
-        vec![
-            (self.items[a].as_str(), rng.random_range(1..=2)),
-            (self.items[b].as_str(), rng.random_range(1..=2)),
-        ]
+        pick(self.items.len(), rng)
+            .iter()
+            .map(|(i, q)| (self.items[*i].as_str(), *q))
+            .collect()
     }
 
     /// Posts order `n` of `phase`: (status, id, token, latency ms).
@@ -79,6 +76,15 @@ impl Load {
             },
         }
     }
+}
+
+/// Two distinct dishes out of (at most) the first seven of `items`
+/// dishes, 1 or 2 of each: `(index, quantity)`.
+pub fn pick(items: usize, rng: &mut StdRng) -> [(usize, u32); 2] {
+    let dishes = items.min(7);
+    let a = rng.random_range(0..dishes);
+    let b = (a + rng.random_range(1..dishes.max(2))) % dishes.max(1);
+    [(a, rng.random_range(1..=2)), (b, rng.random_range(1..=2))]
 }
 
 /// One POST's answer.
