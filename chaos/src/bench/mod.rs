@@ -36,6 +36,7 @@
 pub mod fanout;
 pub mod floor;
 pub mod rates;
+pub mod top;
 
 use std::{
     path::PathBuf,
@@ -190,6 +191,8 @@ pub struct BenchReport {
     pub xadds_per_order: f64,
     /// Entries read and acknowledged by a group per delivered order.
     pub reads_per_order: f64,
+    /// MongoDB commands per delivered order, by collection and kind.
+    pub mongo_commands: Vec<top::Commands>,
     /// Closed-loop creation per concurrency.
     pub ladder: Vec<rates::Step>,
     /// Open-loop windows with created → delivered measured (10/s, and 80 %
@@ -251,6 +254,16 @@ impl std::fmt::Display for BenchReport {
             "stream entries per order: {:.1} added, {:.1} read and acknowledged",
             self.xadds_per_order, self.reads_per_order
         )?;
+        if !self.mongo_commands.is_empty() {
+            let total: f64 = self.mongo_commands.iter().map(|c| c.per_order).sum();
+            writeln!(
+                f,
+                "MongoDB commands per order: {total:.1} (top; transactions' commits not counted)"
+            )?;
+            for c in &self.mongo_commands {
+                writeln!(f, "  {:<32} {:>5.2}", c.what, c.per_order)?;
+            }
+        }
         writeln!(f, "memory (MiB)     peak   now")?;
         for m in &self.memory {
             writeln!(
@@ -515,6 +528,7 @@ async fn measure(cluster: &Cluster, cfg: &BenchConfig) -> anyhow::Result<BenchRe
     drop(warm);
 
     let entries_before = stream_entries(&cluster.redis.url()).await?;
+    let top_before = top::snapshot(&mongo, &cluster.db).await;
     let cpu_before = cpu_of(cluster);
     let started = Instant::now();
     let (accepted, create_errors) = place_many(
@@ -545,6 +559,8 @@ async fn measure(cluster: &Cluster, cfg: &BenchConfig) -> anyhow::Result<BenchRe
         .collect();
     let cpu_ms_per_order =
         cpu.iter().map(|c| c.secs).sum::<f64>() * 1e3 / accepted.len().max(1) as f64;
+    let top_after = top::snapshot(&mongo, &cluster.db).await;
+    let mongo_commands = top::per_order(&top_before, &top_after, accepted.len());
     let entries_after = stream_entries(&cluster.redis.url()).await?;
     let per_order = |a: u64, b: u64| (a.saturating_sub(b)) as f64 / accepted.len().max(1) as f64;
     let xadds_per_order = per_order(entries_after.0, entries_before.0);
@@ -627,6 +643,7 @@ async fn measure(cluster: &Cluster, cfg: &BenchConfig) -> anyhow::Result<BenchRe
         None
     };
     Ok(BenchReport {
+        mongo_commands,
         xadds_per_order,
         reads_per_order,
         ladder,
