@@ -12,7 +12,8 @@
 //! | [`settings`] | one [`settings::CommonSettings`] from env vars, documented defaults, fail-fast validation |
 //! | [`http`] | `/healthz` and `/readyz` every service mounts |
 //! | [`outbox`] | the transactional outbox and its single active relay (lease in Redis) |
-//! | [`transition`] | guarded status transitions of a versioned document, idempotent, with their outbox event |
+//! | [`transition`] | guarded status transitions of a versioned document, idempotent, with their outbox event, group-committed |
+//! | [`batch`] | group commit: one writer task doing every queued job in one round of writes |
 //! | [`failpoint`] | test-only crash points (cargo feature `failpoints`) |
 //! | [`publisher`] | XADD with approximate MAXLEN trimming |
 //! | [`consumer`] | the consumer-group loop: XREADGROUP, XACK, retries, XAUTOCLAIM, dead letters |
@@ -52,6 +53,7 @@
 //!   stops reading, finishes and acknowledges the batch it holds, and returns.
 
 pub mod backoff;
+pub mod batch;
 pub mod consumer;
 pub mod dead_letter;
 pub mod failpoint;

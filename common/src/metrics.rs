@@ -53,8 +53,8 @@ fn describe() {
         "HTTP request latency by method, route template and status."
     );
     describe_histogram!(
-        "order_batch_size",
-        "Orders placed per transaction by order-svc's writer (group commit)."
+        "write_batch_size",
+        "Jobs per round of a group-commit writer (label writer: order_placements, order_moves, delivery_moves, delivery_creations, timeline_appends, acks)."
     );
     describe_counter!(
         "events_published_total",

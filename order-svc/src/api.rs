@@ -400,12 +400,20 @@ async fn create_order(
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let key = idempotency::from_request(&headers, &body, idempotency::CREATE)?;
-    if let Some(key) = &key
-        && let Some(stored) = st.store.keys.get(key).await.map_err(db_error)?
-    {
-        return replay(&st, key, stored);
-    }
-    let new = parse_new_order(&body, st.limits).map_err(ApiError::Validation)?;
+    // A stored key (a replay) is found by the order writer, which looks up
+    // the keys of a whole batch at once (see crate::placing), unless the
+    // body does not even validate: then the stored answer, if any, wins.
+    let new = match parse_new_order(&body, st.limits) {
+        Ok(new) => new,
+        Err(fields) => {
+            if let Some(key) = &key
+                && let Some(stored) = st.store.keys.get(key).await.map_err(db_error)?
+            {
+                return replay(&st, key, stored);
+            }
+            return Err(ApiError::Validation(fields));
+        }
+    };
     let correlation_id = correlation_id(&headers);
     let token = TrackingToken::generate();
     let placed = match st

@@ -26,26 +26,26 @@
 //! orders did. The batch grows by itself with the load: while a transaction
 //! runs, the next requests queue.
 //!
-//! Idempotency keys: a request whose key is already stored never reaches the
-//! writer (the API replays it). Two requests with one key in the same batch:
-//! the first is placed, the second answers [`PlaceError::KeyTaken`] (the API
-//! then replays the first's answer). A key stored meanwhile by another
+//! Idempotency keys: the writer looks up every key of a batch in one query
+//! before its transaction; a request whose key is already stored (a retry,
+//! a replay) answers [`PlaceError::KeyTaken`], and the API replays the
+//! stored answer. Two requests with one key in the same batch: the first is
+//! placed, the second answers [`PlaceError::KeyTaken`] too. A key stored meanwhile by another
 //! replica makes the insert fail with a duplicate key: the writer finds which
 //! keys exist, answers those requests `KeyTaken`, and places the rest.
 
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{collections::HashMap, time::Duration};
 
 use bson::{Document, doc, oid::ObjectId};
 use chrono::Utc;
 use common::{
+    batch::{Batch, Batcher},
     mongo::{MaybeMongoError, RetryPolicy, check_write_reply, is_duplicate_key, run_transaction},
     outbox::Outbox,
 };
 use contract::{MenuItemId, auth::TrackingToken, events::OrderLine, status::OrderStatus};
-use futures::{FutureExt, TryStreamExt};
+use futures::TryStreamExt;
 use mongodb::{ClientSession, Collection};
-use tokio::sync::{Mutex, mpsc, oneshot};
-use tracing::{debug, error};
 
 use crate::{
     domain::NewOrder,
@@ -58,9 +58,6 @@ use crate::{
 /// Most orders in one transaction.
 pub const MAX_BATCH: usize = 64;
 
-/// Requests waiting for the writer, at most; more wait to be queued.
-const QUEUE: usize = 1024;
-
 /// One order to place.
 struct Request {
     new: NewOrder,
@@ -69,15 +66,6 @@ struct Request {
     token: TrackingToken,
     reply: fn(&Order) -> Reply,
 }
-
-/// A request and where its answer goes.
-struct Job {
-    request: Request,
-    done: oneshot::Sender<Result<Placed, PlaceError>>,
-}
-
-/// The writer's end of the queue, before the writer starts.
-type Idle = Option<(mpsc::Receiver<Job>, Collections)>;
 
 /// What the writer writes to.
 #[derive(Debug, Clone)]
@@ -97,28 +85,17 @@ pub struct Collections {
 }
 
 /// The handle requests place their orders through (cheap to clone).
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Placer {
-    tx: mpsc::Sender<Job>,
-    /// The writer's end, until the first order starts the writer.
-    idle: Arc<Mutex<Idle>>,
-}
-
-impl std::fmt::Debug for Placer {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Placer").finish_non_exhaustive()
-    }
+    writer: Batcher<Writer>,
 }
 
 impl Placer {
-    /// A placer writing to `collections`. The writer task starts with the
-    /// first order, on the runtime of its request, and ends once every
-    /// handle is dropped (after answering what was queued).
+    /// A placer writing to `collections` (the writer, `common::batch`,
+    /// starts with the first order).
     pub fn new(collections: Collections) -> Self {
-        let (tx, rx) = mpsc::channel(QUEUE);
         Self {
-            tx,
-            idle: Arc::new(Mutex::new(Some((rx, collections)))),
+            writer: Batcher::new("order_placements", MAX_BATCH, Writer(collections)),
         }
     }
 
@@ -133,60 +110,37 @@ impl Placer {
         token: &TrackingToken,
         reply: fn(&Order) -> Reply,
     ) -> Result<Placed, PlaceError> {
-        if let Some((rx, collections)) = self.idle.lock().await.take() {
-            tokio::spawn(write(rx, collections));
-        }
-        let (done, answer) = oneshot::channel();
-        let job = Job {
-            request: Request {
-                new: new.clone(),
-                correlation_id: correlation_id.to_owned(),
-                key: key.cloned(),
-                token: token.clone(),
-                reply,
-            },
-            done,
+        let request = Request {
+            new: new.clone(),
+            correlation_id: correlation_id.to_owned(),
+            key: key.cloned(),
+            token: token.clone(),
+            reply,
         };
-        let stopped =
-            || PlaceError::Mongo(mongodb::error::Error::custom("the order writer stopped"));
-        self.tx.send(job).await.map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        self.writer
+            .submit(request)
+            .await
+            .map_err(|e| PlaceError::Mongo(mongodb::error::Error::custom(e)))?
     }
 }
 
-/// The writer: batches of what is queued, one after another.
-async fn write(mut rx: mpsc::Receiver<Job>, c: Collections) {
-    let mut batch = Vec::with_capacity(MAX_BATCH);
-    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        metrics::histogram!("order_batch_size").record(batch.len() as f64);
-        let jobs = std::mem::take(&mut batch);
-        // A bug in one batch must not stop every later order: its requests
-        // get an error (500), the writer goes on.
-        let (requests, senders): (Vec<Request>, Vec<_>) =
-            jobs.into_iter().map(|j| (j.request, j.done)).unzip();
-        let placed = std::panic::AssertUnwindSafe(place_batch(&c, &requests))
-            .catch_unwind()
-            .await;
-        let results = match placed {
-            Ok(results) => results,
-            Err(_) => {
-                error!("placing a batch of orders panicked");
-                requests
-                    .iter()
-                    .map(|_| {
-                        Err(PlaceError::Mongo(mongodb::error::Error::custom(
-                            "placing the order failed",
-                        )))
-                    })
-                    .collect()
-            }
-        };
-        for (done, result) in senders.into_iter().zip(results) {
-            // The request may have given up (client gone): nothing to do.
-            let _ = done.send(result);
-        }
+/// The writer's side of [`Placer`].
+#[derive(Debug)]
+struct Writer(Collections);
+
+impl Batch for Writer {
+    type Job = Request;
+    type Output = Result<Placed, PlaceError>;
+
+    async fn run(&self, requests: &[Request]) -> Vec<Result<Placed, PlaceError>> {
+        place_batch(&self.0, requests).await
     }
-    debug!("order writer stopped");
+
+    fn failed(&self, _: &Request) -> Result<Placed, PlaceError> {
+        Err(PlaceError::Mongo(mongodb::error::Error::custom(
+            "placing the order failed",
+        )))
+    }
 }
 
 /// A shopper waits for contention to resolve longer than a consumer does.
@@ -210,6 +164,15 @@ async fn place_batch(c: &Collections, requests: &[Request]) -> Vec<Result<Placed
             taken[i] = true;
         }
     }
+    // Keys stored before: replays. One query for the whole batch (the API
+    // sends every request here, so a lone request pays what its own lookup
+    // did, and a batch of 64 pays one).
+    if requests.iter().any(|r| r.key.is_some()) {
+        match stored_keys(&c.keys, requests).await {
+            Ok(stored) => mark_taken(requests, &stored, &mut taken),
+            Err(e) => return fail_all(requests, &e),
+        }
+    }
     for _ in 0..3 {
         let ctx = (c, requests, taken.as_slice());
         let outcome = run_transaction(&c.client, POLICY, &ctx, |s, (c, requests, taken)| {
@@ -221,13 +184,7 @@ async fn place_batch(c: &Collections, requests: &[Request]) -> Vec<Result<Placed
             Err(BatchError::Mongo(e)) if is_duplicate_key(&e) => {
                 // Another replica stored one of the keys meanwhile.
                 match stored_keys(&c.keys, requests).await {
-                    Ok(stored) => {
-                        for (i, r) in requests.iter().enumerate() {
-                            if r.key.as_ref().is_some_and(|k| stored.contains(&k.id)) {
-                                taken[i] = true;
-                            }
-                        }
-                    }
+                    Ok(stored) => mark_taken(requests, &stored, &mut taken),
                     Err(e) => return fail_all(requests, &e),
                 }
             }
@@ -238,6 +195,18 @@ async fn place_batch(c: &Collections, requests: &[Request]) -> Vec<Result<Placed
         requests,
         &mongodb::error::Error::custom("idempotency keys kept colliding"),
     )
+}
+
+fn mark_taken(
+    requests: &[Request],
+    stored: &std::collections::HashSet<String>,
+    taken: &mut [bool],
+) {
+    for (r, t) in requests.iter().zip(taken) {
+        if r.key.as_ref().is_some_and(|k| stored.contains(&k.id)) {
+            *t = true;
+        }
+    }
 }
 
 fn fail_all(requests: &[Request], e: &mongodb::error::Error) -> Vec<Result<Placed, PlaceError>> {

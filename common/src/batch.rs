@@ -1,0 +1,197 @@
+//! Group commit: one writer task that takes every job queued while it was
+//! busy and does them in one round of writes.
+//!
+//! Requests and handlers run concurrently; each write they need costs the
+//! database a command (and, in a transaction, a commit) however small it is.
+//! A [`Batcher`] turns N concurrent writes into one: callers
+//! [`submit`](Batcher::submit) a job and wait for its answer; a single task
+//! takes whatever is queued (up to `max`), hands the batch to the
+//! [`Batch`], and answers each caller, in arrival order. Under no load a
+//! batch is one job and costs what the direct write did (plus a channel
+//! hop); under load the batch grows by itself, because while one round
+//! runs the next jobs queue.
+//!
+//! Used for order placement (order-svc), guarded status moves (order-svc and
+//! delivery-svc, [`crate::transition`]) and timeline appends (notify-svc).
+//!
+//! The writer starts with the first job, on that job's runtime (so a handle
+//! can be built outside a runtime, and tests with several runtimes each get
+//! theirs), and ends when every handle is dropped, after answering what was
+//! queued. A panic in one batch answers its jobs with
+//! [`Batch::failed`] and the writer goes on.
+
+use std::{
+    future::Future,
+    panic::AssertUnwindSafe,
+    sync::{Arc, Mutex},
+};
+
+use futures::FutureExt;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, error};
+
+/// Requests waiting for the writer, at most; more wait to be queued.
+const QUEUE: usize = 1024;
+
+/// What a writer does with a batch.
+pub trait Batch: Send + Sync + 'static {
+    /// One caller's job.
+    type Job: Send + 'static;
+    /// Its answer.
+    type Output: Send + 'static;
+    /// Does every job (at least one); one answer per job, in order.
+    fn run(&self, jobs: &[Self::Job]) -> impl Future<Output = Vec<Self::Output>> + Send;
+    /// The answer to a job whose batch panicked.
+    fn failed(&self, job: &Self::Job) -> Self::Output;
+}
+
+/// The writer went away (its task panicked outside a batch, or the runtime
+/// is shutting down).
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the {0} writer stopped")]
+pub struct Stopped(pub &'static str);
+
+type Queued<B> = (<B as Batch>::Job, oneshot::Sender<<B as Batch>::Output>);
+
+/// The writer's end of the queue, before the writer starts.
+type Idle<B> = Option<(mpsc::Receiver<Queued<B>>, B)>;
+
+/// A handle to one writer (cheap to clone); see the module docs.
+pub struct Batcher<B: Batch> {
+    tx: mpsc::Sender<Queued<B>>,
+    idle: Arc<Mutex<Idle<B>>>,
+    max: usize,
+    name: &'static str,
+}
+
+impl<B: Batch> Clone for Batcher<B> {
+    fn clone(&self) -> Self {
+        Self {
+            tx: self.tx.clone(),
+            idle: self.idle.clone(),
+            max: self.max,
+            name: self.name,
+        }
+    }
+}
+
+impl<B: Batch> std::fmt::Debug for Batcher<B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Batcher")
+            .field("name", &self.name)
+            .field("max", &self.max)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<B: Batch> Batcher<B> {
+    /// A writer doing batches of at most `max` jobs with `batch`; `name`
+    /// labels its `write_batch_size` histogram (`writer="<name>"`).
+    pub fn new(name: &'static str, max: usize, batch: B) -> Self {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        Self {
+            tx,
+            idle: Arc::new(Mutex::new(Some((rx, batch)))),
+            max: max.max(1),
+            name,
+        }
+    }
+
+    /// Queues `job` and waits for its answer.
+    pub async fn submit(&self, job: B::Job) -> Result<B::Output, Stopped> {
+        let start = self
+            .idle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if let Some((rx, batch)) = start {
+            tokio::spawn(write(rx, batch, self.max, self.name));
+        }
+        let (done, answer) = oneshot::channel();
+        self.tx
+            .send((job, done))
+            .await
+            .map_err(|_| Stopped(self.name))?;
+        answer.await.map_err(|_| Stopped(self.name))
+    }
+}
+
+/// The writer: batches of what is queued, one after another.
+async fn write<B: Batch>(
+    mut rx: mpsc::Receiver<Queued<B>>,
+    batch: B,
+    max: usize,
+    name: &'static str,
+) {
+    let mut queued = Vec::with_capacity(max);
+    while rx.recv_many(&mut queued, max).await > 0 {
+        metrics::histogram!("write_batch_size", "writer" => name).record(queued.len() as f64);
+        let (jobs, senders): (Vec<B::Job>, Vec<_>) =
+            std::mem::take(&mut queued).into_iter().unzip();
+        let results = match AssertUnwindSafe(batch.run(&jobs)).catch_unwind().await {
+            Ok(results) if results.len() == jobs.len() => results,
+            Ok(_) | Err(_) => {
+                error!(writer = name, "a write batch panicked or lost answers");
+                jobs.iter().map(|j| batch.failed(j)).collect()
+            }
+        };
+        for (done, result) in senders.into_iter().zip(results) {
+            // The caller may have given up (timeout, client gone).
+            let _ = done.send(result);
+        }
+    }
+    debug!(writer = name, "writer stopped");
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use super::*;
+
+    /// Doubles numbers; records batch sizes; panics on 13.
+    struct Double(Arc<Mutex<Vec<usize>>>, AtomicUsize);
+
+    impl Batch for Double {
+        type Job = u32;
+        type Output = Option<u32>;
+        async fn run(&self, jobs: &[u32]) -> Vec<Option<u32>> {
+            self.1.fetch_add(1, Ordering::Relaxed);
+            self.0.lock().unwrap().push(jobs.len());
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            assert!(!jobs.contains(&13), "unlucky");
+            jobs.iter().map(|j| Some(j * 2)).collect()
+        }
+        fn failed(&self, _: &u32) -> Option<u32> {
+            None
+        }
+    }
+
+    #[tokio::test]
+    async fn concurrent_jobs_share_batches_and_each_gets_its_answer() {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let b = Batcher::new("test", 8, Double(sizes.clone(), AtomicUsize::new(0)));
+        let jobs = (100..120).collect::<Vec<u32>>();
+        let answers = futures::future::join_all(jobs.iter().map(|&i| {
+            let b = b.clone();
+            async move { b.submit(i).await.unwrap() }
+        }))
+        .await;
+        assert_eq!(
+            answers,
+            jobs.iter().map(|i| Some(i * 2)).collect::<Vec<_>>()
+        );
+        let sizes = sizes.lock().unwrap().clone();
+        assert_eq!(sizes.iter().sum::<usize>(), 20);
+        assert!(sizes.iter().all(|&n| n <= 8), "{sizes:?}");
+        assert!(sizes.len() < 20, "no batching happened: {sizes:?}");
+    }
+
+    #[tokio::test]
+    async fn a_panicking_batch_fails_its_jobs_and_the_writer_goes_on() {
+        let b = Batcher::new("test", 8, Double(Arc::default(), AtomicUsize::new(0)));
+        assert_eq!(b.submit(13).await.unwrap(), None);
+        assert_eq!(b.submit(2).await.unwrap(), Some(4));
+    }
+}
