@@ -1,30 +1,37 @@
 //! Guarded status transitions of a versioned document, at most once.
 //!
 //! order-svc (orders) and delivery-svc (deliveries) apply status events the
-//! same way, and this module is that way, written once. In one retried
-//! replica-set transaction:
+//! same way, and this module is that way, written once. Moves are
+//! group-committed ([`Guarded`], via [`crate::batch`]): the moves asked for
+//! while a transaction runs wait and share the next one. In one retried
+//! replica-set transaction (snapshot reads):
 //!
-//! 1. one `findAndModify` moves the document to the new status only if its
-//!    current status is one the [`Lifecycle`] allows the move from
-//!    ([`Lifecycle::predecessors`]: the previous status of the path, or the
-//!    statuses an exit may leave from), sets the extra fields and
-//!    increments `version`;
-//! 2. if it matched, an [`Effect`] may run on the document after the move
-//!    (putting a cancelled order's stock back), and the resulting event goes
-//!    into the [`Outbox`] in the same transaction, with the new version as
-//!    its sequence number;
-//! 3. if it did not, the document is read and the lifecycle says why: a
-//!    status at or behind the current one, or any status after a terminal
-//!    one, is [`StatusChange::Stale`] (acknowledged, never moved backwards);
-//!    one that skips ahead is [`StatusChange::Early`] (the consumer defers it
-//!    until its predecessor is applied); an exit no longer allowed is
-//!    [`StatusChange::Refused`].
+//! 1. one query reads every document the batch names;
+//! 2. each move is decided in memory, in arrival order, by the
+//!    [`Lifecycle`]: it applies only if the document's current status is
+//!    one the move is allowed from ([`Lifecycle::predecessors`]: the
+//!    previous status of the path, or the statuses an exit may leave from).
+//!    Otherwise a status at or behind the current one, or any status after
+//!    a terminal one, is [`StatusChange::Stale`] (acknowledged, never moved
+//!    backwards); one that skips ahead is [`StatusChange::Early`] (the
+//!    consumer defers it until its predecessor is applied); an exit no
+//!    longer allowed is [`StatusChange::Refused`]. A later move of the same
+//!    document in the batch is decided on the document as the earlier one
+//!    left it;
+//! 3. for each move that applies, an [`Effect`] may run on the document
+//!    after it (putting a cancelled order's stock back);
+//! 4. one `update` command writes the moves that apply (the status, the
+//!    extra fields, `version + 1`), each statement guarded by the version
+//!    it was decided on; one outbox command writes their events, with the
+//!    new versions as sequence numbers; one commit.
 //!
 //! This makes every move idempotent by itself: a redelivered, reclaimed or
 //! republished event finds the document already moved and changes nothing,
 //! whenever it comes back (no inbox of processed event ids to write and
-//! expire). Inside the snapshot transaction the guard cannot be raced: a
-//! concurrent change of the document is a write conflict, and a retry.
+//! expire). Inside the snapshot transaction the decision cannot be raced: a
+//! concurrent change of a document between the read and the write is a
+//! write conflict, and the whole batch runs again. A batch costs four
+//! commands however many moves it holds (docs/performance.md).
 //!
 //! A move can be requested by a user rather than by an event
 //! ([`Cause::Request`], a cancel): its idempotency is the guard's too (a
@@ -37,13 +44,16 @@ use contract::{
     status::{Lifecycle, Transition},
     streams::Stream,
 };
-use mongodb::{ClientSession, Collection, options::ReturnDocument};
+use std::collections::HashMap;
+
+use mongodb::{ClientSession, Collection};
 use serde::{Serialize, de::DeserializeOwned};
 use tracing::info;
 
 use crate::{
+    batch::{Batch, Batcher},
     consumer::{HandlerError, Outcome},
-    mongo::{BoxFuture, MaybeMongoError, RetryPolicy, run_transaction},
+    mongo::{BoxFuture, RetryPolicy, check_write_reply, run_transaction},
     outbox::Outbox,
 };
 
@@ -56,6 +66,8 @@ pub trait Versioned: Serialize + DeserializeOwned + Send + Sync + Unpin + 'stati
     fn status(&self) -> Self::Status;
     /// The current version.
     fn version(&self) -> u32;
+    /// Its `_id`.
+    fn id(&self) -> ObjectId;
 }
 
 /// What applying a status event did.
@@ -133,7 +145,7 @@ impl Cause<'_> {
 }
 
 /// More work in the transaction of a move, on the document after it.
-pub trait Effect<T>: Sync {
+pub trait Effect<T>: Send + Sync + 'static {
     /// Runs inside the move's transaction.
     fn run<'a>(
         &'a self,
@@ -143,49 +155,67 @@ pub trait Effect<T>: Sync {
 }
 
 /// Where one kind of document lives and where its events go.
-pub struct Guarded<'a, T: Versioned> {
+pub struct Spec<T: Versioned> {
     /// The client (for the session).
-    pub client: &'a mongodb::Client,
+    pub client: mongodb::Client,
     /// The documents.
-    pub collection: &'a Collection<T>,
+    pub collection: Collection<T>,
     /// Where the resulting events are written.
-    pub outbox: &'a Outbox,
+    pub outbox: Outbox,
     /// Their stream.
     pub stream: Stream,
     /// Builds the resulting event: `(document after, previous status, correlation id)`.
     pub event: fn(&T, T::Status, &str) -> Envelope,
     /// Run in the transaction after every move, on the document after it.
-    pub effect: Option<&'a dyn Effect<T>>,
+    pub effect: Option<Box<dyn Effect<T>>>,
 }
 
-impl<T: Versioned> std::fmt::Debug for Guarded<'_, T> {
+impl<T: Versioned> std::fmt::Debug for Spec<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Guarded")
+        f.debug_struct("Spec")
+            .field("collection", &self.collection.name())
             .field("stream", &self.stream)
             .finish_non_exhaustive()
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-enum Abort<S: std::fmt::Debug> {
-    #[error("no such document")]
-    Missing,
-    #[error("early: the document is {0:?}")]
-    Early(S),
-    #[error(transparent)]
-    Mongo(#[from] mongodb::error::Error),
+/// Most moves in one transaction.
+pub const MAX_BATCH: usize = 64;
+
+/// The guarded moves of one collection, group-committed: the moves asked
+/// for concurrently (by a consumer's lanes, and by requests such as a
+/// cancel) are applied by one writer in one transaction, each with its own
+/// guard and outcome, their events written to the outbox with one command,
+/// and one commit (see [`crate::batch`]). Under no load a batch is one
+/// move. A batch that fails for a reason other than a conflict (which
+/// re-runs the whole transaction) is split, each move run alone, so that one
+/// move's error is only its own.
+pub struct Guarded<T: Versioned> {
+    writer: Batcher<Moves<T>>,
 }
 
-impl<S: std::fmt::Debug> MaybeMongoError for Abort<S> {
-    fn as_mongo(&self) -> Option<&mongodb::error::Error> {
-        match self {
-            Abort::Mongo(e) => Some(e),
-            _ => None,
+impl<T: Versioned> Clone for Guarded<T> {
+    fn clone(&self) -> Self {
+        Self {
+            writer: self.writer.clone(),
         }
     }
 }
 
-impl<T: Versioned> Guarded<'_, T> {
+impl<T: Versioned> std::fmt::Debug for Guarded<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Guarded").finish_non_exhaustive()
+    }
+}
+
+impl<T: Versioned> Guarded<T> {
+    /// The moves of `spec.collection`; `name` labels the writer's metrics.
+    pub fn new(name: &'static str, spec: Spec<T>) -> Self {
+        Self {
+            writer: Batcher::new(name, MAX_BATCH, Moves(spec)),
+        }
+    }
+
     /// Moves document `id` to status `to` because of `cause`, at most once,
     /// setting `set` too (see the module doc).
     pub async fn apply(
@@ -195,84 +225,180 @@ impl<T: Versioned> Guarded<'_, T> {
         cause: Cause<'_>,
         set: Document,
     ) -> mongodb::error::Result<StatusChange<T::Status>> {
-        let ctx = (self, id, to, cause, set);
-        let result = run_transaction(
-            self.client,
-            RetryPolicy::default(),
-            &ctx,
-            |s, (this, id, to, cause, set)| Box::pin(this.apply_in(s, *id, *to, *cause, set)),
-        )
-        .await;
-        match result {
-            Ok(change) => {
-                if matches!(change, StatusChange::Moved { .. }) {
-                    // The event is in the outbox, committed with the change.
-                    self.outbox.wake();
-                }
-                Ok(change)
-            }
-            Err(Abort::Missing) => Ok(StatusChange::Missing),
-            Err(Abort::Early(current)) => Ok(StatusChange::Early(current)),
-            Err(Abort::Mongo(e)) => Err(e),
-        }
-    }
-
-    async fn apply_in(
-        &self,
-        s: &mut ClientSession,
-        id: ObjectId,
-        to: T::Status,
-        cause: Cause<'_>,
-        set: &Document,
-    ) -> Result<StatusChange<T::Status>, Abort<T::Status>> {
-        let status = bson::to_bson(&to).map_err(mongodb::error::Error::custom)?;
-        let from = bson::to_bson(to.predecessors()).map_err(mongodb::error::Error::custom)?;
-        let mut fields = set.clone();
-        fields.insert("status", status);
-        fields.insert("updated_at", bson::DateTime::now());
-        let before = self
-            .collection
-            .find_one_and_update(
-                doc! { "_id": id, "status": { "$in": from } },
-                doc! { "$set": &fields, "$inc": { "version": 1 } },
-            )
-            .return_document(ReturnDocument::Before)
-            .session(&mut *s)
-            .await?;
-        let Some(before) = before else {
-            // Not moved: say why.
-            let Some(current) = self
-                .collection
-                .find_one(doc! { "_id": id })
-                .session(&mut *s)
-                .await?
-            else {
-                return Err(Abort::Missing);
-            };
-            let current = current.status();
-            return match current.transition(to) {
-                Transition::Stale => Ok(StatusChange::Stale(current)),
-                Transition::Refused => Ok(StatusChange::Refused(current)),
-                // (Apply cannot be: the guard would have matched.)
-                Transition::Early | Transition::Apply => Err(Abort::Early(current)),
-            };
+        let job = Move {
+            id,
+            to,
+            correlation_id: cause.correlation_id().to_owned(),
+            set,
         };
-        let previous = before.status();
-        let after = moved(&before, fields)?;
-        if let Some(effect) = self.effect {
-            effect.run(&mut *s, &after).await?;
-        }
-        let event = (self.event)(&after, previous, cause.correlation_id());
-        self.outbox
-            .add(&mut *s, self.stream, &event, after.version())
-            .await?;
-        Ok(StatusChange::Moved { previous })
+        self.writer
+            .submit(job)
+            .await
+            .map_err(mongodb::error::Error::custom)?
     }
 }
 
-/// The document after the update `findAndModify` applied to `before`:
-/// `fields` set and the version incremented (the same update, in memory,
-/// so the move costs one round trip).
+/// One requested move.
+struct Move<S> {
+    id: ObjectId,
+    to: S,
+    correlation_id: String,
+    set: Document,
+}
+
+/// The writer's side of [`Guarded`].
+struct Moves<T: Versioned>(Spec<T>);
+
+type Changes<S> = Vec<mongodb::error::Result<StatusChange<S>>>;
+
+impl<T: Versioned> Batch for Moves<T> {
+    type Job = Move<T::Status>;
+    type Output = mongodb::error::Result<StatusChange<T::Status>>;
+
+    async fn run(&self, jobs: &[Move<T::Status>]) -> Changes<T::Status> {
+        match self.commit(jobs).await {
+            Ok(changes) => changes.into_iter().map(Ok).collect(),
+            // One move, or the database itself failing: everyone's error.
+            Err(e) if jobs.len() == 1 || crate::mongo::is_unavailable(&e) => {
+                jobs.iter().map(|_| Err(e.clone())).collect()
+            }
+            Err(_) => {
+                // Not a conflict (those re-run the whole transaction): find
+                // whose error it is by running each move alone.
+                let mut out = Vec::with_capacity(jobs.len());
+                for job in jobs {
+                    out.push(
+                        self.commit(std::slice::from_ref(job))
+                            .await
+                            .map(|mut c| c.remove(0)),
+                    );
+                }
+                out
+            }
+        }
+    }
+
+    fn failed(&self, _: &Move<T::Status>) -> Self::Output {
+        Err(mongodb::error::Error::custom("applying the status failed"))
+    }
+}
+
+impl<T: Versioned> Moves<T> {
+    /// One transaction for `jobs`, retried as a whole on conflicts.
+    async fn commit(
+        &self,
+        jobs: &[Move<T::Status>],
+    ) -> mongodb::error::Result<Vec<StatusChange<T::Status>>> {
+        let changes = run_transaction(
+            &self.0.client,
+            RetryPolicy::default(),
+            &(self, jobs),
+            |s, (this, jobs)| Box::pin(this.apply_all(s, jobs)),
+        )
+        .await?;
+        if changes
+            .iter()
+            .any(|c| matches!(c, StatusChange::Moved { .. }))
+        {
+            // The events are in the outbox, committed with the changes.
+            self.0.outbox.wake();
+        }
+        Ok(changes)
+    }
+
+    /// The batch's moves in the transaction `s`: one query reads every
+    /// document the batch names; each move is decided in memory, in arrival
+    /// order, on the document as the moves before it left it (so two moves
+    /// of one document in one batch apply in order, and a duplicate is
+    /// stale); the moves that apply are written with one `update` command,
+    /// each statement guarded by the version it was decided on, and their
+    /// events with one outbox command. A move that does not apply writes
+    /// nothing. Inside the snapshot transaction nobody else can change a
+    /// document between the read and the write: that would be a write
+    /// conflict, and the whole batch runs again.
+    async fn apply_all(
+        &self,
+        s: &mut ClientSession,
+        jobs: &[Move<T::Status>],
+    ) -> mongodb::error::Result<Vec<StatusChange<T::Status>>> {
+        let spec = &self.0;
+        let mut ids: Vec<ObjectId> = jobs.iter().map(|j| j.id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        let mut cursor = spec
+            .collection
+            .find(doc! { "_id": { "$in": &ids } })
+            .session(&mut *s)
+            .await?;
+        let mut docs = HashMap::with_capacity(ids.len());
+        while let Some(d) = cursor.next(&mut *s).await {
+            let d = d?;
+            docs.insert(d.id(), d);
+        }
+        let mut changes = Vec::with_capacity(jobs.len());
+        let mut statements = Vec::new();
+        let mut events = Vec::new();
+        for job in jobs {
+            let Some(doc) = docs.get_mut(&job.id) else {
+                changes.push(StatusChange::Missing);
+                continue;
+            };
+            let current = doc.status();
+            let change = match current.transition(job.to) {
+                Transition::Stale => StatusChange::Stale(current),
+                Transition::Refused => StatusChange::Refused(current),
+                Transition::Early => StatusChange::Early(current),
+                Transition::Apply => {
+                    let mut fields = job.set.clone();
+                    fields.insert(
+                        "status",
+                        bson::to_bson(&job.to).map_err(mongodb::error::Error::custom)?,
+                    );
+                    fields.insert("updated_at", bson::DateTime::now());
+                    statements.push(doc! {
+                        "q": { "_id": job.id, "version": i64::from(doc.version()) },
+                        "u": { "$set": &fields, "$inc": { "version": 1 } },
+                    });
+                    let after = moved(doc, fields)?;
+                    if let Some(effect) = &spec.effect {
+                        effect.run(&mut *s, &after).await?;
+                    }
+                    let event = (spec.event)(&after, current, &job.correlation_id);
+                    events.push((event, after.version()));
+                    *doc = after;
+                    StatusChange::Moved { previous: current }
+                }
+            };
+            changes.push(change);
+        }
+        if statements.is_empty() {
+            return Ok(changes);
+        }
+        let expected = statements.len();
+        let reply = spec
+            .collection
+            .client()
+            .database(&spec.collection.namespace().db)
+            .run_command(doc! {
+                "update": spec.collection.name(),
+                "updates": statements,
+                "ordered": true,
+            })
+            .session(&mut *s)
+            .await?;
+        check_write_reply(&reply, expected)?;
+        let entries: Vec<_> = events
+            .iter()
+            .map(|(event, seq)| (spec.stream, event, *seq))
+            .collect();
+        spec.outbox.add_all(&mut *s, &entries).await?;
+        Ok(changes)
+    }
+}
+
+/// The document after the update a move writes: `fields` set and the
+/// version incremented (the same update, in memory, so the event is built
+/// without reading the document again).
 fn moved<T: Versioned>(before: &T, fields: Document) -> mongodb::error::Result<T> {
     let mut d = bson::to_document(before).map_err(mongodb::error::Error::custom)?;
     for (k, v) in fields {

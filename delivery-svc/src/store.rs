@@ -2,14 +2,18 @@
 //! Every effect of an event (creating a delivery, changing its status)
 //! commits in one transaction with the outgoing events, and is idempotent by
 //! itself: one delivery per order (a unique index), statuses that only move
-//! forward (see `common::transition`).
+//! forward (see `common::transition`). Both are group-committed: the
+//! effects that arrive together share one transaction (`common::batch`).
 
 use bson::{doc, oid::ObjectId};
 use chrono::{DateTime, Utc};
+use std::collections::HashSet;
+
 use common::{
-    mongo::{MaybeMongoError, RetryPolicy, is_duplicate_key, run_transaction},
+    batch::{Batch, Batcher},
+    mongo::{RetryPolicy, is_duplicate_key, run_transaction},
     outbox::Outbox,
-    transition::{Cause, Guarded, Versioned},
+    transition::{Cause, Guarded, Spec, Versioned},
 };
 use contract::{
     Envelope, OrderId,
@@ -57,15 +61,6 @@ pub enum Creation {
 /// Outcome of applying a courier status.
 pub type StatusChange = common::transition::StatusChange<DeliveryStatus>;
 
-/// Aborts a transaction that must not commit.
-#[derive(Debug, thiserror::Error)]
-enum Abort {
-    #[error("the order already has its delivery")]
-    Exists,
-    #[error(transparent)]
-    Mongo(#[from] mongodb::error::Error),
-}
-
 impl Versioned for Delivery {
     type Status = DeliveryStatus;
     fn status(&self) -> DeliveryStatus {
@@ -74,34 +69,173 @@ impl Versioned for Delivery {
     fn version(&self) -> u32 {
         self.version
     }
-}
-
-impl MaybeMongoError for Abort {
-    fn as_mongo(&self) -> Option<&mongodb::error::Error> {
-        match self {
-            Self::Mongo(e) => Some(e),
-            _ => None,
-        }
+    fn id(&self) -> ObjectId {
+        self.id
     }
 }
 
 /// Handle to the deliveries.
 #[derive(Debug, Clone)]
 pub struct Store {
-    client: mongodb::Client,
     deliveries: Collection<Delivery>,
     /// Events committed with the deliveries.
     pub outbox: Outbox,
+    /// The status writer (see [`common::transition`]).
+    moves: Guarded<Delivery>,
+    /// The creation writer (see [`Creations`]).
+    creations: Batcher<Creations>,
+}
+
+/// A delivery to create.
+#[derive(Debug)]
+struct NewDelivery {
+    order_id: OrderId,
+    address: String,
+    correlation_id: String,
+}
+
+/// Most creations in one transaction.
+const MAX_BATCH: usize = 64;
+
+/// The writer of creations (group commit, see `common::batch`): one
+/// transaction for every creation queued. It reads which of the batch's
+/// orders already have their delivery (one query), inserts the others (one
+/// command) and their events (one outbox command), and commits. An order
+/// twice in a batch gets one delivery; a delivery inserted meanwhile by
+/// another replica makes the insert meet the unique index, and the batch
+/// runs again, finding it.
+#[derive(Debug)]
+struct Creations {
+    client: mongodb::Client,
+    deliveries: Collection<Delivery>,
+    outbox: Outbox,
+}
+
+impl Batch for Creations {
+    type Job = NewDelivery;
+    type Output = mongodb::error::Result<Creation>;
+
+    async fn run(&self, jobs: &[NewDelivery]) -> Vec<mongodb::error::Result<Creation>> {
+        let mut last = mongodb::error::Error::custom("deliveries kept colliding");
+        for _ in 0..3 {
+            let result = run_transaction(
+                &self.client,
+                RetryPolicy::default(),
+                &(self, jobs),
+                |s, (this, jobs)| Box::pin(this.create_all(s, jobs)),
+            )
+            .await;
+            match result {
+                Ok(created) => return created.into_iter().map(Ok).collect(),
+                Err(e) if is_duplicate_key(&e) => last = e,
+                Err(e) => return jobs.iter().map(|_| Err(e.clone())).collect(),
+            }
+        }
+        jobs.iter().map(|_| Err(last.clone())).collect()
+    }
+
+    fn failed(&self, _: &NewDelivery) -> mongodb::error::Result<Creation> {
+        Err(mongodb::error::Error::custom(
+            "creating the delivery failed",
+        ))
+    }
+}
+
+impl Creations {
+    async fn create_all(
+        &self,
+        s: &mut ClientSession,
+        jobs: &[NewDelivery],
+    ) -> mongodb::error::Result<Vec<Creation>> {
+        let order_ids: Vec<String> = jobs.iter().map(|j| j.order_id.to_string()).collect();
+        let mut existing = self
+            .deliveries
+            .clone_with_type::<bson::Document>()
+            .find(doc! { "order_id": { "$in": &order_ids } })
+            .projection(doc! { "order_id": 1 })
+            .session(&mut *s)
+            .await?;
+        let mut taken = HashSet::new();
+        while let Some(d) = existing.next(&mut *s).await {
+            if let Ok(id) = d?.get_str("order_id") {
+                taken.insert(id.to_owned());
+            }
+        }
+        let now = Utc::now();
+        let mut created = Vec::new();
+        let outcomes: Vec<Creation> = jobs
+            .iter()
+            .map(|job| {
+                if !taken.insert(job.order_id.to_string()) {
+                    return Creation::Exists;
+                }
+                let delivery = Delivery {
+                    id: ObjectId::new(),
+                    order_id: job.order_id,
+                    status: DeliveryStatus::WaitingForPickup,
+                    version: 1,
+                    address: job.address.clone(),
+                    correlation_id: job.correlation_id.clone(),
+                    created_at: now,
+                    updated_at: now,
+                };
+                created.push(delivery.clone());
+                Creation::Created(delivery)
+            })
+            .collect();
+        if created.is_empty() {
+            return Ok(outcomes);
+        }
+        // The unique index on order_id makes a second delivery impossible.
+        self.deliveries
+            .insert_many(&created)
+            .session(&mut *s)
+            .await?;
+        let events: Vec<_> = created
+            .iter()
+            .flat_map(|d| {
+                events::delivery_created(d)
+                    .into_iter()
+                    .map(move |(stream, event)| (stream, event, d.version))
+            })
+            .collect();
+        let entries: Vec<_> = events.iter().map(|(st, ev, v)| (*st, ev, *v)).collect();
+        self.outbox.add_all(&mut *s, &entries).await?;
+        Ok(outcomes)
+    }
 }
 
 impl Store {
     /// The collections of `db`; Redis keys (the relay lease) in `ns`.
     pub fn new(client: mongodb::Client, db: &str, ns: Namespace) -> Self {
         let db = client.database(db);
+        let deliveries = db.collection("deliveries");
+        let outbox = Outbox::new(&db, ns, events::SOURCE);
+        let moves = Guarded::new(
+            "delivery_moves",
+            Spec {
+                client: client.clone(),
+                collection: deliveries.clone(),
+                outbox: outbox.clone(),
+                stream: Stream::Deliveries,
+                event: events::delivery_status_updated,
+                effect: None,
+            },
+        );
+        let creations = Batcher::new(
+            "delivery_creations",
+            MAX_BATCH,
+            Creations {
+                client: client.clone(),
+                deliveries: deliveries.clone(),
+                outbox: outbox.clone(),
+            },
+        );
         Self {
-            deliveries: db.collection("deliveries"),
-            outbox: Outbox::new(&db, ns, events::SOURCE),
-            client,
+            deliveries,
+            outbox,
+            moves,
+            creations,
         }
     }
 
@@ -120,61 +254,23 @@ impl Store {
     }
 
     /// Creates the order's delivery (once per order, once per event).
+    /// Creations that arrive together share one transaction (see
+    /// [`Creations`]).
     pub async fn create(
         &self,
         order_id: OrderId,
         address: &str,
         cause: &Envelope,
     ) -> mongodb::error::Result<Creation> {
-        let ctx = (self, order_id, address, cause);
-        let result = run_transaction(
-            &self.client,
-            RetryPolicy::default(),
-            &ctx,
-            |s, (store, order_id, address, cause)| {
-                Box::pin(store.create_in(s, *order_id, address, cause))
-            },
-        )
-        .await;
-        match result {
-            Ok(c) => Ok(c),
-            Err(Abort::Exists) => Ok(Creation::Exists),
-            Err(Abort::Mongo(e)) => Err(e),
-        }
-    }
-
-    async fn create_in(
-        &self,
-        s: &mut ClientSession,
-        order_id: OrderId,
-        address: &str,
-        cause: &Envelope,
-    ) -> Result<Creation, Abort> {
-        let now = Utc::now();
-        let delivery = Delivery {
-            id: ObjectId::new(),
+        let job = NewDelivery {
             order_id,
-            status: DeliveryStatus::WaitingForPickup,
-            version: 1,
             address: address.to_owned(),
             correlation_id: cause.correlation_id.clone(),
-            created_at: now,
-            updated_at: now,
         };
-        // The unique index on order_id makes a second delivery impossible;
-        // meeting it aborts the transaction.
-        match self.deliveries.insert_one(&delivery).session(&mut *s).await {
-            Ok(_) => {}
-            Err(e) if is_duplicate_key(&e) => return Err(Abort::Exists),
-            Err(e) => return Err(e.into()),
-        }
-        let events = events::delivery_created(&delivery);
-        let entries: Vec<_> = events
-            .iter()
-            .map(|(stream, event)| (*stream, event, delivery.version))
-            .collect();
-        self.outbox.add_all(&mut *s, &entries).await?;
-        Ok(Creation::Created(delivery))
+        self.creations
+            .submit(job)
+            .await
+            .map_err(mongodb::error::Error::custom)?
     }
 
     /// One delivery.
@@ -197,15 +293,8 @@ impl Store {
         to: DeliveryStatus,
         cause: &Envelope,
     ) -> mongodb::error::Result<StatusChange> {
-        Guarded {
-            client: &self.client,
-            collection: &self.deliveries,
-            outbox: &self.outbox,
-            stream: Stream::Deliveries,
-            event: events::delivery_status_updated,
-            effect: None,
-        }
-        .apply(id, to, Cause::Event(cause), bson::Document::new())
-        .await
+        self.moves
+            .apply(id, to, Cause::Event(cause), bson::Document::new())
+            .await
     }
 }

@@ -16,7 +16,7 @@ use chrono::{DateTime, Utc};
 use common::{
     mongo::{BoxFuture, MaybeMongoError},
     outbox::Outbox,
-    transition::{Cause, Effect, Guarded, Versioned},
+    transition::{Cause, Effect, Guarded, Spec, Versioned},
 };
 use contract::{
     auth::{TokenHash, TrackingToken},
@@ -95,11 +95,11 @@ pub struct Order {
 /// moves it to cancelled or rejected: the compensation of both, done exactly
 /// once because it happens only with the one move that applies (the status
 /// guard).
-struct Restock<'a> {
-    menu: &'a Collection<MenuItem>,
+struct Restock {
+    menu: Collection<MenuItem>,
 }
 
-impl Effect<Order> for Restock<'_> {
+impl Effect<Order> for Restock {
     fn run<'a>(
         &'a self,
         s: &'a mut ClientSession,
@@ -184,6 +184,9 @@ impl Versioned for Order {
     fn version(&self) -> u32 {
         self.version
     }
+    fn id(&self) -> ObjectId {
+        self.id
+    }
 }
 
 /// One seed entry (`seed/menu.json`).
@@ -209,7 +212,6 @@ pub const SEED_MENU: &str = include_str!("../../seed/menu.json");
 /// Handle to order-svc's collections.
 #[derive(Debug, Clone)]
 pub struct Store {
-    client: mongodb::Client,
     menu: Collection<MenuItem>,
     orders: Collection<Order>,
     /// Events committed with the orders.
@@ -218,6 +220,8 @@ pub struct Store {
     pub keys: Keys,
     /// The order writer (see [`crate::placing`]).
     placer: crate::placing::Placer,
+    /// The status writer (see [`common::transition`]).
+    moves: Guarded<Order>,
 }
 
 impl Store {
@@ -236,13 +240,24 @@ impl Store {
             outbox: outbox.clone(),
             keys: keys.clone(),
         });
+        let moves = Guarded::new(
+            "order_moves",
+            Spec {
+                client: client.clone(),
+                collection: orders.clone(),
+                outbox: outbox.clone(),
+                stream: Stream::Orders,
+                event: events::order_moved,
+                effect: Some(Box::new(Restock { menu: menu.clone() })),
+            },
+        );
         Self {
             menu,
             orders,
             outbox,
             keys,
             placer,
-            client,
+            moves,
         }
     }
 
@@ -319,16 +334,7 @@ impl Store {
         if let Some(r) = reason {
             set.insert("end_reason", r);
         }
-        Guarded {
-            client: &self.client,
-            collection: &self.orders,
-            outbox: &self.outbox,
-            stream: Stream::Orders,
-            event: events::order_moved,
-            effect: Some(&Restock { menu: &self.menu }),
-        }
-        .apply(id, to, cause, set)
-        .await
+        self.moves.apply(id, to, cause, set).await
     }
 
     /// Adds a menu item; `Ok(None)` if its slug is taken.

@@ -7,13 +7,14 @@ use bson::{Document, doc, oid::ObjectId};
 use common::{
     mongo,
     outbox::Outbox,
-    transition::{Cause, Guarded, StatusChange, Versioned},
+    transition::{Cause, Guarded, Spec, StatusChange, Versioned},
 };
 use contract::{
     Envelope,
     status::DeliveryStatus,
     streams::{Namespace, Stream},
 };
+use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -31,6 +32,9 @@ impl Versioned for Parcel {
     }
     fn version(&self) -> u32 {
         self.version
+    }
+    fn id(&self) -> ObjectId {
+        self.id
     }
 }
 
@@ -56,6 +60,24 @@ fn cause() -> Envelope {
     .unwrap()
 }
 
+fn guarded(
+    client: &mongodb::Client,
+    parcels: &mongodb::Collection<Parcel>,
+    outbox: &Outbox,
+) -> Guarded<Parcel> {
+    Guarded::new(
+        "test_moves",
+        Spec {
+            client: client.clone(),
+            collection: parcels.clone(),
+            outbox: outbox.clone(),
+            stream: Stream::Deliveries,
+            event: moved_event,
+            effect: None,
+        },
+    )
+}
+
 #[tokio::test]
 async fn only_the_next_status_applies_and_only_once() {
     let client = mongo::connect(&testkit::shared_mongo().await.url(), "common-tests")
@@ -73,14 +95,7 @@ async fn only_the_next_status_applies_and_only_once() {
         })
         .await
         .unwrap();
-    let g = Guarded {
-        client: &client,
-        collection: &parcels,
-        outbox: &outbox,
-        stream: Stream::Deliveries,
-        event: moved_event,
-        effect: None,
-    };
+    let g = guarded(&client, &parcels, &outbox);
     let version = || async {
         parcels
             .find_one(doc! { "_id": id })
@@ -199,4 +214,79 @@ async fn only_the_next_status_applies_and_only_once() {
         .unwrap(),
         StatusChange::Missing
     );
+}
+
+/// Many moves in flight at once share transactions (group commit), and each
+/// still gets its own outcome: the next status moves, a duplicate in the same
+/// batch is stale, an early one waits, a missing document is missing, and
+/// exactly one event per move is in the outbox.
+#[tokio::test]
+async fn concurrent_moves_share_transactions_with_their_own_outcomes() {
+    let client = mongo::connect(&testkit::shared_mongo().await.url(), "common-tests")
+        .await
+        .unwrap();
+    let db = client.database(&testkit::unique_db("transition_batch"));
+    let parcels = db.collection::<Parcel>("parcels");
+    let outbox = Outbox::new(&db, Namespace::new("t:"), "test");
+    let ids: Vec<ObjectId> = (0..60).map(|_| ObjectId::new()).collect();
+    parcels
+        .insert_many(ids.iter().map(|&id| Parcel {
+            id,
+            status: DeliveryStatus::WaitingForPickup,
+            version: 1,
+        }))
+        .await
+        .unwrap();
+    let g = guarded(&client, &parcels, &outbox);
+    let event = cause();
+    let apply = |id: ObjectId, to: DeliveryStatus| {
+        let (g, event) = (g.clone(), &event);
+        async move {
+            g.apply(id, to, Cause::Event(event), Document::new())
+                .await
+                .unwrap()
+        }
+    };
+    // Each parcel moved twice to on_the_way (a duplicate), the first ten
+    // also asked to be delivered (early, or moved if its on_the_way went
+    // first in the same transaction), and ten parcels that do not exist.
+    let mut asks = Vec::new();
+    for &id in &ids {
+        asks.push((id, DeliveryStatus::OnTheWay));
+        asks.push((id, DeliveryStatus::OnTheWay));
+    }
+    for &id in &ids[..10] {
+        asks.push((id, DeliveryStatus::Delivered));
+    }
+    for _ in 0..10 {
+        asks.push((ObjectId::new(), DeliveryStatus::OnTheWay));
+    }
+    let changes = futures::future::join_all(asks.iter().map(|&(id, to)| apply(id, to))).await;
+
+    let count =
+        |f: fn(&StatusChange<DeliveryStatus>) -> bool| changes.iter().filter(|c| f(c)).count();
+    let moved = count(|c| matches!(c, StatusChange::Moved { .. }));
+    let early = count(|c| matches!(c, StatusChange::Early(_)));
+    assert_eq!(count(|c| *c == StatusChange::Missing), 10);
+    assert_eq!(
+        count(|c| *c == StatusChange::Stale(DeliveryStatus::OnTheWay))
+            + count(|c| *c == StatusChange::Stale(DeliveryStatus::Delivered)),
+        60,
+        "one of each duplicate pair is stale: {changes:?}"
+    );
+    assert_eq!(moved + early, 70, "{changes:?}");
+    // Every move has exactly one event; a parcel's version counts its moves.
+    assert_eq!(outbox.len().await.unwrap(), moved as u64);
+    let mut versions = 0;
+    for p in parcels
+        .find(doc! {})
+        .await
+        .unwrap()
+        .try_collect::<Vec<_>>()
+        .await
+        .unwrap()
+    {
+        versions += p.version - 1;
+    }
+    assert_eq!(versions as usize, moved);
 }
