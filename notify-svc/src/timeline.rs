@@ -11,7 +11,7 @@
 //! while the stage order is the causal order of the flow.
 
 use chrono::{DateTime, Utc};
-use common::mongo::is_duplicate_key;
+use common::batch::{Batch, Batcher};
 use contract::{
     DeliveryId, Envelope, OrderId,
     auth::TokenHash,
@@ -222,47 +222,32 @@ pub struct Stored {
 #[derive(Debug, Clone)]
 pub struct TimelineStore {
     coll: Collection<TimelineDoc>,
+    /// Group commit of appends (see [`Appends`]).
+    writer: Batcher<Appends>,
 }
+
+/// Most appends in one write command.
+const MAX_BATCH: usize = 128;
 
 impl TimelineStore {
     /// `timelines` of `db`.
     pub fn new(client: &mongodb::Client, db: &str) -> Self {
+        let db = client.database(db);
         Self {
-            coll: client.database(db).collection("timelines"),
+            coll: db.collection("timelines"),
+            writer: Batcher::new("timeline_appends", MAX_BATCH, Appends { db }),
         }
     }
 
     /// Appends a fact's entry unless its event is already there (and records
-    /// the token hash it carries); `true` if appended.
+    /// the token hash it carries); `true` if appended. Appends that arrive
+    /// together share one write command (see [`Appends`]).
     pub async fn append(&self, fact: &Fact) -> mongodb::error::Result<bool> {
-        let order_id = fact.order_id;
-        let entry = bson::to_bson(&fact.entry).map_err(mongodb::error::Error::custom)?;
-        let event_id = entry
-            .as_document()
-            .and_then(|d| d.get_str("event_id").ok())
-            .unwrap_or_default()
-            .to_owned();
-        let result = self
-            .coll
-            .update_one(
-                doc! { "_id": order_id.to_string(), "entries.event_id": { "$ne": &event_id } },
-                {
-                    let mut set = doc! { "updated_at": bson::DateTime::now() };
-                    if let Some(h) = fact.token_hash {
-                        set.insert("token_hash", h.to_string());
-                    }
-                    doc! { "$push": { "entries": entry }, "$set": set }
-                },
-            )
-            .upsert(true)
-            .await;
-        match result {
-            Ok(r) => Ok(r.modified_count == 1 || r.upserted_id.is_some()),
-            // The document exists and already holds the event: the upsert
-            // tried to insert a second document with the same `_id`.
-            Err(e) if is_duplicate_key(&e) => Ok(false),
-            Err(e) => Err(e),
-        }
+        let op = Appends::op(fact)?;
+        self.writer
+            .submit(op)
+            .await
+            .map_err(mongodb::error::Error::custom)?
     }
 
     /// The stored timeline of an order (empty if none).
@@ -278,6 +263,79 @@ impl TimelineStore {
             .unwrap_or_default())
     }
 }
+
+/// The writer of appends: one `update` command (unordered) for every
+/// append queued, each an upsert of its order's document guarded by "this
+/// event id is not there yet". Each statement is atomic on its own
+/// document; a guard that fails makes its upsert collide with the existing
+/// `_id` (duplicate key): that event was already appended, and only that
+/// statement fails. Every other statement of the command wrote.
+#[derive(Debug)]
+struct Appends {
+    db: mongodb::Database,
+}
+
+impl Appends {
+    /// The update statement of one fact.
+    fn op(fact: &Fact) -> mongodb::error::Result<bson::Document> {
+        let entry = bson::to_bson(&fact.entry).map_err(mongodb::error::Error::custom)?;
+        let mut set = doc! { "updated_at": bson::DateTime::now() };
+        if let Some(h) = fact.token_hash {
+            set.insert("token_hash", h.to_string());
+        }
+        Ok(doc! {
+            "q": { "_id": fact.order_id.to_string(), "entries.event_id": { "$ne": &fact.entry.event_id } },
+            "u": { "$push": { "entries": entry }, "$set": set },
+            "upsert": true,
+        })
+    }
+}
+
+impl Batch for Appends {
+    type Job = bson::Document;
+    type Output = mongodb::error::Result<bool>;
+
+    async fn run(&self, ops: &[bson::Document]) -> Vec<mongodb::error::Result<bool>> {
+        let reply = self
+            .db
+            .run_command(doc! { "update": "timelines", "updates": ops, "ordered": false })
+            .await;
+        let reply = match reply {
+            Ok(r) => r,
+            Err(e) => return ops.iter().map(|_| Err(e.clone())).collect(),
+        };
+        let mut out: Vec<mongodb::error::Result<bool>> = ops.iter().map(|_| Ok(true)).collect();
+        for e in reply.get_array("writeErrors").into_iter().flatten() {
+            let Some(e) = e.as_document() else { continue };
+            let index = e
+                .get_i32("index")
+                .ok()
+                .and_then(|i| usize::try_from(i).ok());
+            let Some(slot) = index.and_then(|i| out.get_mut(i)) else {
+                continue;
+            };
+            let code = e.get_i32("code").unwrap_or_default();
+            *slot = if code == DUPLICATE_KEY {
+                Ok(false)
+            } else {
+                Err(mongodb::error::Error::custom(format!(
+                    "E{code} {}",
+                    e.get_str("errmsg").unwrap_or("write error")
+                )))
+            };
+        }
+        out
+    }
+
+    fn failed(&self, _: &bson::Document) -> mongodb::error::Result<bool> {
+        Err(mongodb::error::Error::custom(
+            "appending to the timeline failed",
+        ))
+    }
+}
+
+/// MongoDB's duplicate-key error code.
+const DUPLICATE_KEY: i32 = 11000;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

@@ -21,6 +21,52 @@ use super::{
 };
 use crate::dead_letter::{self, MoveRequest};
 
+/// The acknowledgements of one consumer, coalesced: the messages handled
+/// while an `XACK` was on its way are acknowledged together by the next one
+/// (one `XACK` of many ids, and one `HDEL` of the error texts of those that
+/// had failed before), in one round trip. See [`crate::batch`].
+pub(super) struct Acks {
+    pub(super) conn: redis::aio::ConnectionManager,
+    pub(super) stream: String,
+    pub(super) group: String,
+    pub(super) errors_key: String,
+}
+
+/// Most ids in one `XACK`.
+pub(super) const MAX_ACKS: usize = 256;
+
+impl crate::batch::Batch for Acks {
+    /// Entry id, and whether an earlier attempt failed (its error text is kept).
+    type Job = (String, bool);
+    type Output = redis::RedisResult<()>;
+
+    async fn run(&self, jobs: &[(String, bool)]) -> Vec<redis::RedisResult<()>> {
+        let mut pipe = redis::pipe();
+        let xack = pipe.cmd("XACK").arg(&self.stream).arg(&self.group);
+        for (id, _) in jobs {
+            xack.arg(id);
+        }
+        xack.ignore();
+        let failed: Vec<&str> = jobs
+            .iter()
+            .filter(|(_, f)| *f)
+            .map(|(id, _)| id.as_str())
+            .collect();
+        if !failed.is_empty() {
+            pipe.cmd("HDEL").arg(&self.errors_key).arg(&failed).ignore();
+        }
+        let result = pipe.query_async::<()>(&mut self.conn.clone()).await;
+        jobs.iter().map(|_| result.clone()).collect()
+    }
+
+    fn failed(&self, _: &(String, bool)) -> redis::RedisResult<()> {
+        Err(redis::RedisError::from((
+            redis::ErrorKind::Io,
+            "acknowledging failed",
+        )))
+    }
+}
+
 /// How long the last-error hash lives after its last write.
 const ERRORS_TTL_SECS: u64 = 7 * 24 * 3600;
 
@@ -167,16 +213,12 @@ impl<E: StreamEvent, H: Handler<E>> Inner<E, H> {
     }
 
     async fn ack(&self, id: &str, had_failed: bool) -> redis::RedisResult<()> {
-        let mut pipe = redis::pipe();
-        pipe.cmd("XACK")
-            .arg(&self.cfg.stream)
-            .arg(&self.cfg.group)
-            .arg(id)
-            .ignore();
-        if had_failed {
-            pipe.cmd("HDEL").arg(&self.errors_key).arg(id).ignore();
-        }
-        pipe.query_async::<()>(&mut self.conn.clone()).await
+        self.acks
+            .submit((id.to_owned(), had_failed))
+            .await
+            .map_err(|e| {
+                redis::RedisError::from((redis::ErrorKind::Io, "acknowledging", e.to_string()))
+            })?
     }
 
     async fn record_error(&self, id: &str, error: &str) -> redis::RedisResult<()> {

@@ -41,7 +41,8 @@
 //! 3. otherwise the handler runs, inside a span carrying `stream`, `group`,
 //!    `event_id`, `event_type`, `correlation_id`, `key` and `attempt`, with a
 //!    timeout and a panic guard. Success (or "not mine", [`Outcome::Skipped`])
-//!    → `XACK`. [`HandlerError::Reject`] → dead letters at once (`rejected`).
+//!    → `XACK` (coalesced: the acknowledgements due while one is on its way
+//!    go together in the next, one round trip for many ids). [`HandlerError::Reject`] → dead letters at once (`rejected`).
 //!    [`HandlerError::Retry`] → the error text is saved in a hash next to the
 //!    stream (so whoever dead-letters it later can say why), and the message
 //!    is retried, or dead-lettered if this was attempt `max_attempts`.
@@ -282,6 +283,8 @@ struct Inner<E, H> {
     handler: H,
     /// Acks, claims, dead letters.
     conn: ConnectionManager,
+    /// Coalesced acknowledgements.
+    acks: crate::batch::Batcher<handle::Acks>,
     /// Blocking reads only.
     read_conn: ConnectionManager,
     /// Own failed or deferred messages waiting for their time.
@@ -323,9 +326,21 @@ impl<E: StreamEvent, H: Handler<E>> Consumer<E, H> {
         let conn = wire::commands(client)?;
         let read_conn = wire::blocking(client, cfg.settings.block)?;
         let status = LoopStatus::new(format!("{}/{}", cfg.label, cfg.group));
+        let errors_key = format!("{}:last-errors:{}", cfg.stream, cfg.group);
+        let acks = crate::batch::Batcher::new(
+            "acks",
+            handle::MAX_ACKS,
+            handle::Acks {
+                conn: conn.clone(),
+                stream: cfg.stream.clone(),
+                group: cfg.group.clone(),
+                errors_key: errors_key.clone(),
+            },
+        );
         Ok(Self {
             inner: Arc::new(Inner {
-                errors_key: format!("{}:last-errors:{}", cfg.stream, cfg.group),
+                acks,
+                errors_key,
                 metrics: LoopMetrics::new(&cfg),
                 cfg,
                 handler,
