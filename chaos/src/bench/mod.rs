@@ -193,6 +193,8 @@ pub struct BenchReport {
     pub reads_per_order: f64,
     /// MongoDB commands per delivered order, by collection and kind.
     pub mongo_commands: Vec<top::Commands>,
+    /// Redis commands per delivered order (`INFO commandstats`).
+    pub redis_commands: Vec<top::Commands>,
     /// Closed-loop creation per concurrency.
     pub ladder: Vec<rates::Step>,
     /// Open-loop windows with created → delivered measured (10/s, and 80 %
@@ -261,6 +263,16 @@ impl std::fmt::Display for BenchReport {
                 "MongoDB commands per order: {total:.1} (top; transactions' commits not counted)"
             )?;
             for c in &self.mongo_commands {
+                writeln!(f, "  {:<32} {:>5.2}", c.what, c.per_order)?;
+            }
+        }
+        if !self.redis_commands.is_empty() {
+            let total: f64 = self.redis_commands.iter().map(|c| c.per_order).sum();
+            writeln!(
+                f,
+                "Redis commands per order: {total:.1} (INFO commandstats; scripts count their inner calls too)"
+            )?;
+            for c in &self.redis_commands {
                 writeln!(f, "  {:<32} {:>5.2}", c.what, c.per_order)?;
             }
         }
@@ -528,7 +540,8 @@ async fn measure(cluster: &Cluster, cfg: &BenchConfig) -> anyhow::Result<BenchRe
     drop(warm);
 
     let entries_before = stream_entries(&cluster.redis.url()).await?;
-    let top_before = top::snapshot(&mongo, &cluster.db).await;
+    let mut top_before = top::snapshot(&mongo, &cluster.db).await;
+    top_before.extend(top::redis_snapshot(&cluster.redis.url()).await);
     let cpu_before = cpu_of(cluster);
     let started = Instant::now();
     let (accepted, create_errors) = place_many(
@@ -559,8 +572,21 @@ async fn measure(cluster: &Cluster, cfg: &BenchConfig) -> anyhow::Result<BenchRe
         .collect();
     let cpu_ms_per_order =
         cpu.iter().map(|c| c.secs).sum::<f64>() * 1e3 / accepted.len().max(1) as f64;
-    let top_after = top::snapshot(&mongo, &cluster.db).await;
-    let mongo_commands = top::per_order(&top_before, &top_after, accepted.len());
+    let mut top_after = top::snapshot(&mongo, &cluster.db).await;
+    let redis_after = top::redis_snapshot(&cluster.redis.url()).await;
+    let (mongo_commands, redis_commands) = {
+        let redis_before: std::collections::BTreeMap<_, _> = top_before
+            .iter()
+            .filter(|(k, _)| k.starts_with("redis "))
+            .map(|(k, v)| (k.clone(), *v))
+            .collect();
+        top_before.retain(|k, _| !k.starts_with("redis "));
+        top_after.retain(|k, _| !k.starts_with("redis "));
+        (
+            top::per_order(&top_before, &top_after, accepted.len()),
+            top::per_order(&redis_before, &redis_after, accepted.len()),
+        )
+    };
     let entries_after = stream_entries(&cluster.redis.url()).await?;
     let per_order = |a: u64, b: u64| (a.saturating_sub(b)) as f64 / accepted.len().max(1) as f64;
     let xadds_per_order = per_order(entries_after.0, entries_before.0);
@@ -644,6 +670,7 @@ async fn measure(cluster: &Cluster, cfg: &BenchConfig) -> anyhow::Result<BenchRe
     };
     Ok(BenchReport {
         mongo_commands,
+        redis_commands,
         xadds_per_order,
         reads_per_order,
         ladder,

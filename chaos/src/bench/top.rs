@@ -3,6 +3,7 @@
 //! commands (`findAndModify`, `commitTransaction`, ...) each collection
 //! received during the CPU phase. Counts are per command, not per document,
 //! so a batch of 64 inserts counts once: this is the round-trip count.
+//! The same for Redis, from `INFO commandstats` (calls per command).
 
 use std::collections::BTreeMap;
 
@@ -79,4 +80,36 @@ pub fn per_order(
         .collect();
     out.sort_by(|a, b| b.per_order.total_cmp(&a.per_order));
     out
+}
+
+/// A snapshot of Redis's `INFO commandstats`: `redis <command> → calls`.
+pub async fn redis_snapshot(url: &str) -> BTreeMap<String, u64> {
+    let mut counts = BTreeMap::new();
+    let Ok(client) = redis::Client::open(url) else {
+        return counts;
+    };
+    let Ok(mut conn) = client.get_multiplexed_async_connection().await else {
+        return counts;
+    };
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut conn)
+        .await
+        .unwrap_or_default();
+    // cmdstat_xadd:calls=123,usec=456,...
+    for line in info.lines() {
+        let Some((name, stats)) = line
+            .strip_prefix("cmdstat_")
+            .and_then(|l| l.split_once(':'))
+        else {
+            continue;
+        };
+        let calls = stats
+            .split(',')
+            .find_map(|kv| kv.strip_prefix("calls="))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        counts.insert(format!("redis {name}"), calls);
+    }
+    counts
 }
