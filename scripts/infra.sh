@@ -12,6 +12,7 @@
 #   INFRA_DIR=<repo>/.infra         data, pid files and logs (git-ignored)
 #   REDIS_PORT=16379                MONGO_PORT=37017
 #   REDIS_APPENDFSYNC=always        AOF fsync policy (why: docs/delivery-guarantees.md)
+#   REDIS_MAXMEMORY=0               Redis memory ceiling (0: none); never evicting (docs/scaling.md)
 #   MONGO_CACHE_SIZE=256M           SecantusDB WiredTiger cache
 #   SECANTUS_ROOT=${XDG_CACHE_HOME:-~/.cache}/foodchain/secantus   where SecantusDB is built once
 #
@@ -25,6 +26,7 @@ INFRA_DIR=${INFRA_DIR:-$ROOT/.infra}
 REDIS_PORT=${REDIS_PORT:-16379}
 MONGO_PORT=${MONGO_PORT:-37017}
 REDIS_APPENDFSYNC=${REDIS_APPENDFSYNC:-always}
+REDIS_MAXMEMORY=${REDIS_MAXMEMORY:-0}
 MONGO_CACHE_SIZE=${MONGO_CACHE_SIZE:-256M}
 SECANTUS_VERSION=0.5.3-beta.196
 SECANTUS_ROOT=${SECANTUS_ROOT:-${XDG_CACHE_HOME:-$HOME/.cache}/foodchain/secantus}
@@ -114,6 +116,7 @@ start_redis() {
   mkdir -p "$INFRA_DIR/redis"
   redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$INFRA_DIR/redis" \
     --appendonly yes --appendfsync "$REDIS_APPENDFSYNC" --save "" \
+    --maxmemory-policy noeviction --maxmemory "$REDIS_MAXMEMORY" \
     --daemonize yes --pidfile "$pidfile" --logfile "$INFRA_DIR/redis.log"
   wait_until "redis" 10 redis_ping
   say "redis up on $REDIS_PORT (AOF, appendfsync $REDIS_APPENDFSYNC)"

@@ -177,6 +177,9 @@ impl Cluster {
             ("SIM_POLL_MS", "20".into()),
             // The load comes from one address: no per-client order rate.
             ("ORDER_RATE_PER_SEC", "0".into()),
+            // Trim often, so that faults meet trimming (it must never take
+            // an entry a group still needs; the checker would see the loss).
+            ("STREAM_TRIM_INTERVAL_MS", "500".into()),
         ]
         .into_iter()
         .map(|(k, v)| (k.to_owned(), v))

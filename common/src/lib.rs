@@ -15,7 +15,8 @@
 //! | [`transition`] | guarded status transitions of a versioned document, idempotent, with their outbox event, group-committed |
 //! | [`batch`] | group commit: one writer task doing every queued job in one round of writes |
 //! | [`failpoint`] | test-only crash points (cargo feature `failpoints`) |
-//! | [`publisher`] | XADD with approximate MAXLEN trimming |
+//! | [`publisher`] | XADD (never trims) |
+//! | [`trim`] | trimming below what every consumer group acknowledged, with the alarm gauge |
 //! | [`consumer`] | the consumer-group loop: XREADGROUP, XACK, retries, XAUTOCLAIM, dead letters |
 //! | [`dead_letter`] | the atomic move-and-ack script (the entry format is `contract::dead_letter`) |
 //! | [`metrics`] | the Prometheus recorder, HTTP metrics by route template |
@@ -67,3 +68,4 @@ pub mod settings;
 pub mod shutdown;
 pub mod telemetry;
 pub mod transition;
+pub mod trim;

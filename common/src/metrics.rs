@@ -100,6 +100,14 @@ fn describe() {
     );
     describe_gauge!("dead_letters", "Entries in the dead-letter stream.");
     describe_gauge!(
+        "stream_entries",
+        "Entries in the stream after its last trim: what some consumer group has not read and acknowledged yet (alarm above STREAM_ALARM_ENTRIES)."
+    );
+    describe_counter!(
+        "stream_trimmed_total",
+        "Entries trimmed because every group of the stream was done with them."
+    );
+    describe_gauge!(
         "websocket_sessions",
         "Open tracker WebSockets on this replica."
     );

@@ -1,11 +1,11 @@
-//! Publishing events: XADD with approximate MAXLEN trimming.
+//! Publishing events: XADD, without trimming.
 //!
-//! `MAXLEN ~ N` lets Redis trim whole radix-tree nodes lazily, which is much
-//! cheaper than exact trimming; a stream may hold a few more than N entries.
-//! Trimming bounds memory, so N must exceed what a consumer group can lag
-//! behind by: an entry trimmed before a group read it is lost to that group
-//! (the `consumer_group_lag` metric shows how close a group gets). The
-//! dead-letter stream is never trimmed.
+//! Streams are trimmed only below what every consumer group is done with
+//! (see [`crate::trim`]), never by the publisher: a `MAXLEN` here would drop
+//! entries a group that is down has not read yet. Memory is bounded by
+//! Redis's `maxmemory` with `noeviction`: at the ceiling every `XADD` fails
+//! (`OOM command not allowed`), the caller (the outbox relay) keeps the
+//! event and tries again, and nothing is dropped.
 
 use redis::{ToRedisArgs, aio::ConnectionManager};
 
@@ -19,22 +19,18 @@ use contract::{
 pub struct Publisher {
     conn: ConnectionManager,
     ns: Namespace,
-    maxlen: Option<usize>,
 }
 
 impl std::fmt::Debug for Publisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Publisher")
-            .field("ns", &self.ns)
-            .field("maxlen", &self.maxlen)
-            .finish()
+        f.debug_struct("Publisher").field("ns", &self.ns).finish()
     }
 }
 
 impl Publisher {
-    /// A publisher trimming each stream to about `maxlen` entries (`None`: never).
-    pub fn new(conn: ConnectionManager, ns: Namespace, maxlen: Option<usize>) -> Self {
-        Self { conn, ns, maxlen }
+    /// A publisher to the streams of `ns`.
+    pub fn new(conn: ConnectionManager, ns: Namespace) -> Self {
+        Self { conn, ns }
     }
 
     /// The namespace events are published in.
@@ -83,11 +79,7 @@ impl Publisher {
 
     fn xadd<K: ToRedisArgs, V: ToRedisArgs>(&self, key: &str, fields: &[(K, V)]) -> redis::Cmd {
         let mut cmd = redis::cmd("XADD");
-        cmd.arg(key);
-        if let Some(n) = self.maxlen {
-            cmd.arg("MAXLEN").arg("~").arg(n);
-        }
-        cmd.arg("*");
+        cmd.arg(key).arg("*");
         for (k, v) in fields {
             cmd.arg(k).arg(v);
         }

@@ -47,6 +47,7 @@ use crate::{
     outbox::Outbox,
     publisher::Publisher,
     settings::CommonSettings,
+    trim::Trimmer,
 };
 use contract::{
     events::StreamEvent,
@@ -119,7 +120,7 @@ impl Runtime {
         // Before anything records a metric.
         crate::metrics::handle();
         let health = Health::new(&settings.service_name, conn.clone());
-        let publisher = Publisher::new(conn.clone(), settings.namespace(), settings.stream_maxlen);
+        let publisher = Publisher::new(conn.clone(), settings.namespace());
         let mut rt = Self {
             settings: settings.clone(),
             redis,
@@ -143,6 +144,14 @@ impl Runtime {
                 metrics::gauge!("dead_letters").set(n as f64);
             }
         });
+        // Every service trims every event stream, below what all of its
+        // groups are done with (safe without a lease: see crate::trim).
+        let trimmer = Trimmer::new(rt.conn.clone(), &settings.namespace(), settings.trim);
+        rt.every(
+            trimmer.interval(),
+            trimmer,
+            |t| async move { t.round().await },
+        );
         Ok(rt)
     }
 

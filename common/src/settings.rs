@@ -13,7 +13,9 @@
 //! | `MONGO_URL` | `mongodb://127.0.0.1:37017/?directConnection=true` | MongoDB replica set (transactions need one; the default is `make run`'s) |
 //! | `MONGO_DB` | `foodchain` | database name |
 //! | `STREAM_PREFIX` | empty | prefix of every Redis key (isolates deployments and tests sharing a Redis) |
-//! | `STREAM_MAXLEN` | `100000` | approximate MAXLEN of each event stream; `0` disables trimming |
+//! | `STREAM_TRIM_INTERVAL_MS` | `5000` | how often each service trims the event streams below what every consumer group has acknowledged (never an unread entry; see `common::trim`) |
+//! | `STREAM_ALARM_ENTRIES` | `100000` | a stream holding more entries than this after its trim logs a warning naming the group holding it back (gauge `stream_entries`) |
+//! | `STREAM_MAXLEN` | retired | refused at start-up: it dropped entries no group had read (docs/scaling.md) |
 //! | `CONSUMER_NAME` | `<hostname>-<random>` | this process' consumer name inside each group |
 //! | `CONSUMER_BATCH_SIZE` | `64` | XREADGROUP COUNT |
 //! | `CONSUMER_BLOCK_MS` | `1000` | XREADGROUP BLOCK; also bounds how long shutdown waits for a read |
@@ -457,8 +459,8 @@ pub struct CommonSettings {
     pub mongo_db: String,
     /// Prefix of every Redis key this deployment uses.
     pub stream_prefix: String,
-    /// Approximate MAXLEN for event streams (`None`: no trimming).
-    pub stream_maxlen: Option<usize>,
+    /// Stream trimming (below what every group is done with).
+    pub trim: crate::trim::TrimSettings,
     /// This process' consumer name in each group; unique per process.
     pub consumer_name: String,
     /// Consumer-loop tuning.
@@ -492,7 +494,6 @@ impl CommonSettings {
             !mongo_db.is_empty() && !mongo_db.contains(['/', '.', ' ', '"', '$']),
             format!("MONGO_DB={mongo_db:?}: not a valid database name"),
         );
-        let maxlen: usize = env.parse("STREAM_MAXLEN", 100_000);
         let service_name = env.string("SERVICE_NAME", service_name);
         Self {
             consumer_name: env
@@ -503,7 +504,7 @@ impl CommonSettings {
             mongo_url: SecretUrl::new(mongo_url),
             mongo_db,
             stream_prefix: env.string("STREAM_PREFIX", ""),
-            stream_maxlen: (maxlen > 0).then_some(maxlen),
+            trim: crate::trim::TrimSettings::from_env(env),
             consumer: ConsumerSettings::from_env(env),
             outbox: crate::outbox::OutboxSettings::from_env(env),
             shutdown_timeout: env.millis("SHUTDOWN_TIMEOUT_MS", 10_000),
@@ -574,7 +575,7 @@ mod tests {
             "mongodb://127.0.0.1:37017/?directConnection=true"
         );
         assert_eq!(s.mongo_db, "foodchain");
-        assert_eq!(s.stream_maxlen, Some(100_000));
+        assert_eq!(s.trim.alarm_entries, 100_000);
         assert_eq!(s.consumer.max_attempts, 5);
         assert_eq!(s.consumer.reclaim_min_idle, Duration::from_secs(5));
         assert_eq!(s.log_format, LogFormat::Json);
@@ -606,11 +607,14 @@ mod tests {
     }
 
     #[test]
-    fn zero_maxlen_disables_trimming_and_names_are_unique() {
-        let mut env = Env::from_map([("STREAM_MAXLEN", "0")]);
-        let s = CommonSettings::from_env(&mut env, "x");
-        env.finish().unwrap();
-        assert_eq!(s.stream_maxlen, None);
+    fn the_retired_maxlen_is_refused_and_names_are_unique() {
+        let mut env = Env::from_map([("STREAM_MAXLEN", "100000")]);
+        let _ = CommonSettings::from_env(&mut env, "x");
+        let err = env.finish().unwrap_err().to_string();
+        assert!(
+            err.contains("STREAM_MAXLEN is no longer supported"),
+            "{err}"
+        );
         assert_ne!(default_consumer_name(), default_consumer_name());
     }
 

@@ -125,7 +125,6 @@ pub async fn run(
     let timers = Timers::new(
         rt.conn.clone(),
         rt.namespace(),
-        settings.common.stream_maxlen,
         settings.delays,
         &settings.common.service_name,
     )

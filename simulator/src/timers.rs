@@ -8,11 +8,14 @@
 //!   `<prefix>simulator:started:<kind>:<id>` with `NX` (kept 7 days) and only if
 //!   it was not there add the first step. A redelivered request therefore
 //!   never starts a second simulation.
-//! * **Firing** a due step (one script): `ZREM` the member, and only if this
-//!   call removed it, `XADD` the status event and `ZADD` the next step. Removal,
-//!   publication and scheduling are one atomic unit: a crash cannot publish a
-//!   step twice or lose the rest of the chain, and two replicas racing for a
-//!   timer publish it once.
+//! * **Firing** a due step (one script): only if the member is still in the
+//!   set, `XADD` the status event, `ZREM` the member and `ZADD` the next step.
+//!   Publication, removal and scheduling are one atomic unit: a crash cannot
+//!   publish a step twice or lose the rest of the chain, and two replicas
+//!   racing for a timer publish it once. The `XADD` comes first because it is
+//!   the command Redis refuses at its memory ceiling (`noeviction`): the
+//!   script then fails before it has removed anything, and the step fires
+//!   later.
 //! * **Rejecting**: at the confirm step, the kitchen refuses the order with
 //!   probability `SIMULATOR_REJECT_RATE`, drawn from `SIMULATOR_SEED` and the
 //!   order id, so a run with the same seed rejects the same orders, whatever
@@ -120,22 +123,22 @@ return 0
     )
 });
 
-/// KEYS: timer set, stream, timer index. ARGV: member, maxlen, next member
-/// (empty: the chain ends), next due, index field, then the event's fields.
+/// KEYS: timer set, stream, timer index. ARGV: member, next member (empty:
+/// the chain ends), next due, index field, then the event's fields. The
+/// stream is not trimmed here (see `common::trim`). At Redis's memory
+/// ceiling the XADD fails: the script errors before removing anything, so
+/// the step stays due and fires once there is room.
 static FIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-if redis.call('ZREM', KEYS[1], ARGV[1]) == 0 then return 0 end
-if tonumber(ARGV[2]) > 0 then
-  redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[2], '*', unpack(ARGV, 6))
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) == false then return 0 end
+redis.call('XADD', KEYS[2], '*', unpack(ARGV, 5))
+redis.call('ZREM', KEYS[1], ARGV[1])
+if ARGV[2] ~= '' then
+  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2])
+  redis.call('HSET', KEYS[3], ARGV[4], ARGV[2])
 else
-  redis.call('XADD', KEYS[2], '*', unpack(ARGV, 6))
-end
-if ARGV[3] ~= '' then
-  redis.call('ZADD', KEYS[1], ARGV[4], ARGV[3])
-  redis.call('HSET', KEYS[3], ARGV[5], ARGV[3])
-else
-  redis.call('HDEL', KEYS[3], ARGV[5])
+  redis.call('HDEL', KEYS[3], ARGV[4])
 end
 return 1
 ",
@@ -169,7 +172,6 @@ pub struct Timers {
     conn: ConnectionManager,
     ns: Namespace,
     key: String,
-    maxlen: usize,
     delays: Delays,
     source: String,
     poll: Duration,
@@ -199,19 +201,12 @@ fn millis(d: Duration) -> i64 {
 
 impl Timers {
     /// Timers of namespace `ns`, publishing as `source`.
-    pub fn new(
-        conn: ConnectionManager,
-        ns: Namespace,
-        maxlen: Option<usize>,
-        delays: Delays,
-        source: &str,
-    ) -> Self {
+    pub fn new(conn: ConnectionManager, ns: Namespace, delays: Delays, source: &str) -> Self {
         Self {
             key: ns.key("simulator:timers"),
             index: ns.key("simulator:timer-of"),
             conn,
             ns,
-            maxlen: maxlen.unwrap_or(0),
             delays,
             source: source.to_owned(),
             poll: Duration::from_millis(100),
@@ -406,7 +401,6 @@ impl Timers {
         inv.key(self.ns.stream(stream))
             .key(&self.index)
             .arg(member)
-            .arg(self.maxlen)
             .arg(&next_member)
             .arg(next_due)
             .arg(Self::index_field(timer.kind, &timer.id));

@@ -113,6 +113,11 @@ async fn base_vars(prefix: &str, db: &str) -> HashMap<String, String> {
         // No rate limit on order creation in tests that place many orders
         // from one address; the limit has its own test.
         ("ORDER_RATE_PER_SEC", "0".into()),
+        // Tests read the streams after the flow (the schema check at
+        // shutdown, events_of): no trimming under them. Trimming has its
+        // own tests (tests/it/trim.rs, common's trim tests), and the chaos
+        // runs trim every half second.
+        ("STREAM_TRIM_INTERVAL_MS", "3600000".into()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))

@@ -490,6 +490,7 @@ pub async fn run(cfg: BenchConfig) -> anyhow::Result<BenchReport> {
         // The services' own defaults, not the chaos runs' tighter polling.
         ("SIM_POLL_MS", "100"),
         ("OUTBOX_POLL_MS", "250"),
+        ("STREAM_TRIM_INTERVAL_MS", "5000"),
         // The fan-out's trackers all come from this machine.
         ("WS_MAX_SESSIONS_PER_CLIENT", "1000000"),
     ];
@@ -695,7 +696,9 @@ async fn measure(cluster: &Cluster, cfg: &BenchConfig) -> anyhow::Result<BenchRe
     })
 }
 
-/// Entries in every stream, and entries times the groups that read them.
+/// Entries ever added to every stream, and entries read by its groups
+/// (Redis 7's `entries-added` and `entries-read` counters: trimming does not
+/// change them).
 async fn stream_entries(redis_url: &str) -> anyhow::Result<(u64, u64)> {
     let mut conn = redis::Client::open(redis_url)?
         .get_multiplexed_async_connection()
@@ -703,18 +706,43 @@ async fn stream_entries(redis_url: &str) -> anyhow::Result<(u64, u64)> {
     let (mut added, mut read) = (0, 0);
     for stream in contract::streams::Stream::ALL {
         let name = stream.name();
-        // XLEN counts what is left; streams are far below their MAXLEN here.
-        let len: u64 = redis::cmd("XLEN").arg(name).query_async(&mut conn).await?;
+        let info: redis::Value = redis::cmd("XINFO")
+            .arg("STREAM")
+            .arg(name)
+            .query_async(&mut conn)
+            .await
+            .unwrap_or(redis::Value::Nil);
+        added += field_u64(&info, "entries-added");
         let groups: Vec<redis::Value> = redis::cmd("XINFO")
             .arg("GROUPS")
             .arg(name)
             .query_async(&mut conn)
             .await
             .unwrap_or_default();
-        added += len;
-        read += len * groups.len() as u64;
+        read += groups
+            .iter()
+            .map(|g| field_u64(g, "entries-read"))
+            .sum::<u64>();
     }
     Ok((added, read))
+}
+
+/// A number field of an `XINFO` reply (field, value pairs).
+fn field_u64(reply: &redis::Value, name: &str) -> u64 {
+    let redis::Value::Array(items) = reply else {
+        return 0;
+    };
+    items
+        .chunks(2)
+        .find_map(|kv| match kv {
+            [redis::Value::BulkString(k), redis::Value::Int(n)]
+                if k.as_slice() == name.as_bytes() =>
+            {
+                u64::try_from(*n).ok()
+            }
+            _ => None,
+        })
+        .unwrap_or(0)
 }
 
 /// The fan-out phase: stops the simulator, places the orders, measures.

@@ -44,7 +44,11 @@ impl Ctx {
     }
 
     pub(crate) async fn with(extra: &[(&str, &str)]) -> Self {
-        let redis = testkit::shared_redis().await;
+        Self::on(testkit::shared_redis().await, extra).await
+    }
+
+    /// On a Redis of the test's own.
+    pub(crate) async fn on(redis: &testkit::RedisServer, extra: &[(&str, &str)]) -> Self {
         let prefix = format!("{}:", testkit::unique("t"));
         let mut vars: HashMap<String, String> = FAST
             .iter()
@@ -61,7 +65,7 @@ impl Ctx {
         let client = redis_conn::client(settings.redis_url.expose()).unwrap();
         let conn = redis_conn::commands(&client).unwrap();
         let ns = settings.namespace();
-        let publisher = Publisher::new(conn.clone(), ns.clone(), settings.stream_maxlen);
+        let publisher = Publisher::new(conn.clone(), ns.clone());
         Self {
             settings,
             client,

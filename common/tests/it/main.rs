@@ -10,3 +10,4 @@ mod mongo;
 mod publisher;
 mod telemetry;
 mod transition;
+mod trim;

@@ -82,7 +82,7 @@ impl World {
         env.finish().unwrap();
         let client = redis_conn::client(settings.redis_url.expose()).unwrap();
         let conn = redis_conn::commands(&client).unwrap();
-        let publisher = Publisher::new(conn.clone(), settings.namespace(), None);
+        let publisher = Publisher::new(conn.clone(), settings.namespace());
         let handlers = [Switchable::default(), Switchable::default()];
         let token = CancellationToken::new();
         let mut tasks = Vec::new();

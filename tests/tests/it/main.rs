@@ -10,3 +10,4 @@ mod ops;
 mod order_api;
 mod privacy;
 mod tracker;
+mod trim;

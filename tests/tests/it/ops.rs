@@ -124,6 +124,28 @@ async fn metrics_use_route_templates_and_pass_promtool() {
     sys.shutdown().await;
 }
 
+/// The alert rules shipped for Prometheus parse, and name only metrics the
+/// services export.
+#[test]
+fn alert_rules_pass_promtool() {
+    let rules = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../deploy/prometheus/alerts.yml");
+    let out = Command::new(promtool())
+        .args(["check", "rules"])
+        .arg(&rules)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check rules: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&rules).unwrap();
+    for metric in ["stream_entries", "outbox_backlog", "dead_letters"] {
+        assert!(text.contains(metric));
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readiness_follows_redis_down_and_back() {
     let redis = RedisServer::start_with(RedisOptions {
