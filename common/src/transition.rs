@@ -31,7 +31,11 @@
 //! expire). Inside the snapshot transaction the decision cannot be raced: a
 //! concurrent change of a document between the read and the write is a
 //! write conflict, and the whole batch runs again. A batch costs four
-//! commands however many moves it holds (docs/performance.md).
+//! commands however many moves it holds (docs/performance.md). A batch of
+//! one (no load) takes a shorter way with the same guard: one
+//! `findAndModify` that matches only from the allowed statuses (the
+//! document is read only if it did not match, to say why), the outbox
+//! command and the commit.
 //!
 //! A move can be requested by a user rather than by an event
 //! ([`Cause::Request`], a cancel): its idempotency is the guard's too (a
@@ -46,7 +50,7 @@ use contract::{
 };
 use std::collections::HashMap;
 
-use mongodb::{ClientSession, Collection};
+use mongodb::{ClientSession, Collection, options::ReturnDocument};
 use serde::{Serialize, de::DeserializeOwned};
 use tracing::info;
 
@@ -306,20 +310,78 @@ impl<T: Versioned> Moves<T> {
         Ok(changes)
     }
 
-    /// The batch's moves in the transaction `s`: one query reads every
-    /// document the batch names; each move is decided in memory, in arrival
-    /// order, on the document as the moves before it left it (so two moves
-    /// of one document in one batch apply in order, and a duplicate is
-    /// stale); the moves that apply are written with one `update` command,
-    /// each statement guarded by the version it was decided on, and their
-    /// events with one outbox command. A move that does not apply writes
-    /// nothing. Inside the snapshot transaction nobody else can change a
-    /// document between the read and the write: that would be a write
-    /// conflict, and the whole batch runs again.
+    /// The batch's moves in the transaction `s`, then their events with one
+    /// outbox command. A move that does not apply writes nothing.
     async fn apply_all(
         &self,
         s: &mut ClientSession,
         jobs: &[Move<T::Status>],
+    ) -> mongodb::error::Result<Vec<StatusChange<T::Status>>> {
+        let mut events = Vec::new();
+        let changes = match jobs {
+            [job] => vec![self.apply_one(s, job, &mut events).await?],
+            _ => self.apply_many(s, jobs, &mut events).await?,
+        };
+        let entries: Vec<_> = events
+            .iter()
+            .map(|(event, seq)| (self.0.stream, event, *seq))
+            .collect();
+        self.0.outbox.add_all(&mut *s, &entries).await?;
+        Ok(changes)
+    }
+
+    /// A batch of one (no load): one guarded `findAndModify`, so a lone move
+    /// costs no more round trips than it did before group commit; the
+    /// document is read only when the guard did not match, to say why.
+    async fn apply_one(
+        &self,
+        s: &mut ClientSession,
+        job: &Move<T::Status>,
+        events: &mut Vec<(Envelope, u32)>,
+    ) -> mongodb::error::Result<StatusChange<T::Status>> {
+        let spec = &self.0;
+        let fields = job.fields()?;
+        let from = bson::to_bson(job.to.predecessors()).map_err(mongodb::error::Error::custom)?;
+        let before = spec
+            .collection
+            .find_one_and_update(
+                doc! { "_id": job.id, "status": { "$in": from } },
+                doc! { "$set": &fields, "$inc": { "version": 1 } },
+            )
+            .return_document(ReturnDocument::Before)
+            .session(&mut *s)
+            .await?;
+        if let Some(before) = before {
+            return self
+                .moved(s, &before, job, fields, events)
+                .await
+                .map(|(c, _)| c);
+        }
+        let current = spec
+            .collection
+            .find_one(doc! { "_id": job.id })
+            .session(&mut *s)
+            .await?;
+        Ok(match current {
+            None => StatusChange::Missing,
+            // (Apply cannot be: the guard would have matched.)
+            Some(d) => unapplied(d.status(), job.to),
+        })
+    }
+
+    /// A batch of several: one query reads every document the batch names;
+    /// each move is decided in memory, in arrival order, on the document as
+    /// the moves before it left it (so two moves of one document in one
+    /// batch apply in order, and a duplicate is stale); the moves that apply
+    /// are written with one `update` command, each statement guarded by the
+    /// version it was decided on. Inside the snapshot transaction nobody
+    /// else can change a document between the read and the write: that
+    /// would be a write conflict, and the whole batch runs again.
+    async fn apply_many(
+        &self,
+        s: &mut ClientSession,
+        jobs: &[Move<T::Status>],
+        events: &mut Vec<(Envelope, u32)>,
     ) -> mongodb::error::Result<Vec<StatusChange<T::Status>>> {
         let spec = &self.0;
         let mut ids: Vec<ObjectId> = jobs.iter().map(|j| j.id).collect();
@@ -337,38 +399,22 @@ impl<T: Versioned> Moves<T> {
         }
         let mut changes = Vec::with_capacity(jobs.len());
         let mut statements = Vec::new();
-        let mut events = Vec::new();
         for job in jobs {
             let Some(doc) = docs.get_mut(&job.id) else {
                 changes.push(StatusChange::Missing);
                 continue;
             };
-            let current = doc.status();
-            let change = match current.transition(job.to) {
-                Transition::Stale => StatusChange::Stale(current),
-                Transition::Refused => StatusChange::Refused(current),
-                Transition::Early => StatusChange::Early(current),
-                Transition::Apply => {
-                    let mut fields = job.set.clone();
-                    fields.insert(
-                        "status",
-                        bson::to_bson(&job.to).map_err(mongodb::error::Error::custom)?,
-                    );
-                    fields.insert("updated_at", bson::DateTime::now());
-                    statements.push(doc! {
-                        "q": { "_id": job.id, "version": i64::from(doc.version()) },
-                        "u": { "$set": &fields, "$inc": { "version": 1 } },
-                    });
-                    let after = moved(doc, fields)?;
-                    if let Some(effect) = &spec.effect {
-                        effect.run(&mut *s, &after).await?;
-                    }
-                    let event = (spec.event)(&after, current, &job.correlation_id);
-                    events.push((event, after.version()));
-                    *doc = after;
-                    StatusChange::Moved { previous: current }
-                }
-            };
+            if doc.status().transition(job.to) != Transition::Apply {
+                changes.push(unapplied(doc.status(), job.to));
+                continue;
+            }
+            let fields = job.fields()?;
+            statements.push(doc! {
+                "q": { "_id": job.id, "version": i64::from(doc.version()) },
+                "u": { "$set": &fields, "$inc": { "version": 1 } },
+            });
+            let (change, after) = self.moved(s, doc, job, fields, events).await?;
+            *doc = after;
             changes.push(change);
         }
         if statements.is_empty() {
@@ -387,12 +433,52 @@ impl<T: Versioned> Moves<T> {
             .session(&mut *s)
             .await?;
         check_write_reply(&reply, expected)?;
-        let entries: Vec<_> = events
-            .iter()
-            .map(|(event, seq)| (spec.stream, event, *seq))
-            .collect();
-        spec.outbox.add_all(&mut *s, &entries).await?;
         Ok(changes)
+    }
+
+    /// A move that applies, on `before`: the effect on the document after
+    /// it, and its event.
+    async fn moved(
+        &self,
+        s: &mut ClientSession,
+        before: &T,
+        job: &Move<T::Status>,
+        fields: Document,
+        events: &mut Vec<(Envelope, u32)>,
+    ) -> mongodb::error::Result<(StatusChange<T::Status>, T)> {
+        let spec = &self.0;
+        let previous = before.status();
+        let after = moved(before, fields)?;
+        if let Some(effect) = &spec.effect {
+            effect.run(&mut *s, &after).await?;
+        }
+        events.push((
+            (spec.event)(&after, previous, &job.correlation_id),
+            after.version(),
+        ));
+        Ok((StatusChange::Moved { previous }, after))
+    }
+}
+
+impl<S: Lifecycle + Serialize> Move<S> {
+    /// What a move sets: its extra fields, the status, the time.
+    fn fields(&self) -> mongodb::error::Result<Document> {
+        let mut fields = self.set.clone();
+        fields.insert(
+            "status",
+            bson::to_bson(&self.to).map_err(mongodb::error::Error::custom)?,
+        );
+        fields.insert("updated_at", bson::DateTime::now());
+        Ok(fields)
+    }
+}
+
+/// Why a move from `current` to `to` does not apply.
+fn unapplied<S: Lifecycle>(current: S, to: S) -> StatusChange<S> {
+    match current.transition(to) {
+        Transition::Stale => StatusChange::Stale(current),
+        Transition::Refused => StatusChange::Refused(current),
+        Transition::Early | Transition::Apply => StatusChange::Early(current),
     }
 }
 

@@ -99,11 +99,12 @@ const MAX_BATCH: usize = 64;
 
 /// The writer of creations (group commit, see `common::batch`): one
 /// transaction for every creation queued. It reads which of the batch's
-/// orders already have their delivery (one query), inserts the others (one
-/// command) and their events (one outbox command), and commits. An order
-/// twice in a batch gets one delivery; a delivery inserted meanwhile by
-/// another replica makes the insert meet the unique index, and the batch
-/// runs again, finding it.
+/// orders already have their delivery (one query; a batch of one skips it
+/// and lets the unique index answer), inserts the others (one command) and
+/// their events (one outbox command), and commits. An order twice in a
+/// batch gets one delivery; a delivery inserted meanwhile by another
+/// replica makes the insert meet the unique index, and the batch runs
+/// again, finding it.
 #[derive(Debug)]
 struct Creations {
     client: mongodb::Client,
@@ -127,6 +128,10 @@ impl Batch for Creations {
             .await;
             match result {
                 Ok(created) => return created.into_iter().map(Ok).collect(),
+                // A lone creation met the unique index: the order has its delivery.
+                Err(e) if is_duplicate_key(&e) && jobs.len() == 1 => {
+                    return vec![Ok(Creation::Exists)];
+                }
                 Err(e) if is_duplicate_key(&e) => last = e,
                 Err(e) => return jobs.iter().map(|_| Err(e.clone())).collect(),
             }
@@ -142,11 +147,13 @@ impl Batch for Creations {
 }
 
 impl Creations {
-    async fn create_all(
+    /// Which of the batch's orders already have their delivery.
+    async fn existing(
         &self,
         s: &mut ClientSession,
         jobs: &[NewDelivery],
-    ) -> mongodb::error::Result<Vec<Creation>> {
+        taken: &mut HashSet<String>,
+    ) -> mongodb::error::Result<()> {
         let order_ids: Vec<String> = jobs.iter().map(|j| j.order_id.to_string()).collect();
         let mut existing = self
             .deliveries
@@ -155,11 +162,23 @@ impl Creations {
             .projection(doc! { "order_id": 1 })
             .session(&mut *s)
             .await?;
-        let mut taken = HashSet::new();
         while let Some(d) = existing.next(&mut *s).await {
             if let Ok(id) = d?.get_str("order_id") {
                 taken.insert(id.to_owned());
             }
+        }
+        Ok(())
+    }
+
+    async fn create_all(
+        &self,
+        s: &mut ClientSession,
+        jobs: &[NewDelivery],
+    ) -> mongodb::error::Result<Vec<Creation>> {
+        let mut taken = HashSet::new();
+        // A batch of one (no load) skips the query: the unique index answers.
+        if jobs.len() > 1 {
+            self.existing(s, jobs, &mut taken).await?;
         }
         let now = Utc::now();
         let mut created = Vec::new();
