@@ -210,6 +210,24 @@ pub struct BenchReport {
     pub fanout: Option<fanout::Fanout>,
 }
 
+/// One table of commands per order, with its total.
+fn write_commands(
+    f: &mut std::fmt::Formatter<'_>,
+    title: &str,
+    source: &str,
+    commands: &[top::Commands],
+) -> std::fmt::Result {
+    if commands.is_empty() {
+        return Ok(());
+    }
+    let total: f64 = commands.iter().map(|c| c.per_order).sum();
+    writeln!(f, "{title}: {total:.1} ({source})")?;
+    for c in commands {
+        writeln!(f, "  {:<32} {:>5.2}", c.what, c.per_order)?;
+    }
+    Ok(())
+}
+
 /// CPU time a process used during the measured phase.
 #[derive(Debug, Clone, Serialize)]
 pub struct Cpu {
@@ -256,26 +274,18 @@ impl std::fmt::Display for BenchReport {
             "stream entries per order: {:.1} added, {:.1} read and acknowledged",
             self.xadds_per_order, self.reads_per_order
         )?;
-        if !self.mongo_commands.is_empty() {
-            let total: f64 = self.mongo_commands.iter().map(|c| c.per_order).sum();
-            writeln!(
-                f,
-                "MongoDB commands per order: {total:.1} (top; transactions' commits not counted)"
-            )?;
-            for c in &self.mongo_commands {
-                writeln!(f, "  {:<32} {:>5.2}", c.what, c.per_order)?;
-            }
-        }
-        if !self.redis_commands.is_empty() {
-            let total: f64 = self.redis_commands.iter().map(|c| c.per_order).sum();
-            writeln!(
-                f,
-                "Redis commands per order: {total:.1} (INFO commandstats; scripts count their inner calls too)"
-            )?;
-            for c in &self.redis_commands {
-                writeln!(f, "  {:<32} {:>5.2}", c.what, c.per_order)?;
-            }
-        }
+        write_commands(
+            f,
+            "MongoDB commands per order",
+            "top; transactions' commits not counted",
+            &self.mongo_commands,
+        )?;
+        write_commands(
+            f,
+            "Redis commands per order",
+            "INFO commandstats; scripts count their inner calls too",
+            &self.redis_commands,
+        )?;
         writeln!(f, "memory (MiB)     peak   now")?;
         for m in &self.memory {
             writeln!(

@@ -92,6 +92,29 @@ impl Ctx {
     }
 
     /// Entries pending in `group` on `stream` (XPENDING summary).
+    /// Publishes `n` events to `stream` (keys `o-0`, `o-1`, ...), 200 per round trip.
+    pub(crate) async fn publish_many(&self, stream: Stream, n: usize) {
+        let events: Vec<Envelope> = (0..n)
+            .map(|i| {
+                Envelope::new(
+                    <contract::events::OrderCreated as contract::events::Event>::TYPE,
+                    format!("o-{i}"),
+                    "c",
+                    "test",
+                    &serde_json::json!({}),
+                )
+                .unwrap()
+            })
+            .collect();
+        for chunk in events.chunks(200) {
+            let batch: Vec<_> = chunk.iter().map(|e| (stream, e)).collect();
+            assert_eq!(
+                self.publisher.publish_all(&batch).await.unwrap().len(),
+                chunk.len()
+            );
+        }
+    }
+
     pub(crate) async fn pending(&self, stream: Stream, group: &str) -> i64 {
         let v: redis::Value = redis::cmd("XPENDING")
             .arg(self.ns.stream(stream))

@@ -17,23 +17,7 @@ async fn publish_appends_the_envelope_fields_and_never_trims() {
     assert_eq!(back.event_id, first.event_id);
     assert_eq!(back.correlation_id, "corr-o-1");
 
-    let many: Vec<contract::Envelope> = (0..1000)
-        .map(|i| {
-            contract::Envelope::new(
-                ORDER_CREATED_V1,
-                format!("o-{i}"),
-                "c",
-                "test",
-                &serde_json::json!({}),
-            )
-            .unwrap()
-        })
-        .collect();
-    for chunk in many.chunks(100) {
-        let batch: Vec<_> = chunk.iter().map(|e| (Stream::Orders, e)).collect();
-        let ids = ctx.publisher.publish_all(&batch).await.unwrap();
-        assert_eq!(ids.len(), 100);
-    }
+    ctx.publish_many(Stream::Orders, 1000).await;
     let len: usize = redis::cmd("XLEN")
         .arg(ctx.ns.stream(Stream::Orders))
         .query_async(&mut ctx.conn.clone())

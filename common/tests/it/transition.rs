@@ -60,6 +60,33 @@ fn cause() -> Envelope {
     .unwrap()
 }
 
+/// A parcel waiting for pickup, at version 1.
+fn waiting(id: ObjectId) -> Parcel {
+    Parcel {
+        id,
+        status: DeliveryStatus::WaitingForPickup,
+        version: 1,
+    }
+}
+
+/// A fresh database with its parcels and outbox.
+async fn world(
+    name: &str,
+) -> (
+    mongodb::Client,
+    mongodb::Database,
+    mongodb::Collection<Parcel>,
+    Outbox,
+) {
+    let client = mongo::connect(&testkit::shared_mongo().await.url(), "common-tests")
+        .await
+        .unwrap();
+    let db = client.database(&testkit::unique_db(name));
+    let parcels = db.collection::<Parcel>("parcels");
+    let outbox = Outbox::new(&db, Namespace::new("t:"), "test");
+    (client, db, parcels, outbox)
+}
+
 fn guarded(
     client: &mongodb::Client,
     parcels: &mongodb::Collection<Parcel>,
@@ -80,21 +107,9 @@ fn guarded(
 
 #[tokio::test]
 async fn only_the_next_status_applies_and_only_once() {
-    let client = mongo::connect(&testkit::shared_mongo().await.url(), "common-tests")
-        .await
-        .unwrap();
-    let db = client.database(&testkit::unique_db("transition"));
-    let parcels = db.collection::<Parcel>("parcels");
-    let outbox = Outbox::new(&db, Namespace::new("t:"), "test");
+    let (client, db, parcels, outbox) = world("transition").await;
     let id = ObjectId::new();
-    parcels
-        .insert_one(Parcel {
-            id,
-            status: DeliveryStatus::WaitingForPickup,
-            version: 1,
-        })
-        .await
-        .unwrap();
+    parcels.insert_one(waiting(id)).await.unwrap();
     let g = guarded(&client, &parcels, &outbox);
     let version = || async {
         parcels
@@ -222,19 +237,10 @@ async fn only_the_next_status_applies_and_only_once() {
 /// exactly one event per move is in the outbox.
 #[tokio::test]
 async fn concurrent_moves_share_transactions_with_their_own_outcomes() {
-    let client = mongo::connect(&testkit::shared_mongo().await.url(), "common-tests")
-        .await
-        .unwrap();
-    let db = client.database(&testkit::unique_db("transition_batch"));
-    let parcels = db.collection::<Parcel>("parcels");
-    let outbox = Outbox::new(&db, Namespace::new("t:"), "test");
+    let (client, _db, parcels, outbox) = world("transition_batch").await;
     let ids: Vec<ObjectId> = (0..60).map(|_| ObjectId::new()).collect();
     parcels
-        .insert_many(ids.iter().map(|&id| Parcel {
-            id,
-            status: DeliveryStatus::WaitingForPickup,
-            version: 1,
-        }))
+        .insert_many(ids.iter().map(|&id| waiting(id)))
         .await
         .unwrap();
     let g = guarded(&client, &parcels, &outbox);

@@ -9,25 +9,6 @@ use redis::aio::ConnectionManager;
 
 use crate::helpers::Ctx;
 
-async fn publish_n(ctx: &Ctx, n: usize) {
-    let events: Vec<Envelope> = (0..n)
-        .map(|i| {
-            Envelope::new(
-                OrderCreated::TYPE,
-                format!("o-{i}"),
-                "c",
-                "test",
-                &serde_json::json!({}),
-            )
-            .unwrap()
-        })
-        .collect();
-    for chunk in events.chunks(200) {
-        let batch: Vec<_> = chunk.iter().map(|e| (Stream::Orders, e)).collect();
-        ctx.publisher.publish_all(&batch).await.unwrap();
-    }
-}
-
 async fn group(conn: &mut ConnectionManager, key: &str, name: &str) {
     let _: () = redis::cmd("XGROUP")
         .arg("CREATE")
@@ -85,7 +66,7 @@ async fn only_what_every_group_acknowledged_is_trimmed() {
     let trimmer = Trimmer::new(conn.clone(), &ctx.ns, TrimSettings::default());
 
     // Nobody reads it yet: nothing goes.
-    publish_n(&ctx, 1000).await;
+    ctx.publish_many(Stream::Orders, 1000).await;
     let t = trimmer.trim(&key).await.unwrap();
     assert_eq!((t.floor, t.removed, t.length), (None, 0, 1000));
 
@@ -140,7 +121,7 @@ async fn at_the_memory_ceiling_publishing_fails_loudly_and_drops_nothing() {
     let ctx = Ctx::on(&redis, &[]).await;
     let key = ctx.ns.stream(Stream::Orders);
     let mut conn = ctx.conn.clone();
-    publish_n(&ctx, 100).await;
+    ctx.publish_many(Stream::Orders, 100).await;
     let used: String = redis::cmd("INFO")
         .arg("memory")
         .query_async(&mut conn)
