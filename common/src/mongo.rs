@@ -198,13 +198,8 @@ pub fn is_unavailable(e: &Error) -> bool {
 /// one's code (so [`is_duplicate_key`] and the error labels still apply), and
 /// fewer documents than `expected` written is an error too.
 pub fn check_write_reply(reply: &mongodb::bson::Document, expected: usize) -> Result<(), Error> {
-    if let Ok(errors) = reply.get_array("writeErrors")
-        && let Some(first) = errors.first().and_then(|e| e.as_document())
-    {
-        let code = first.get_i32("code").unwrap_or_default();
-        let message = first.get_str("errmsg").unwrap_or("write error");
-        let raw = mongodb::bson::doc! { "ok": 0, "code": code, "errmsg": message };
-        return Err(Error::custom(format!("E{code} {message} ({raw})")));
+    if let Some((_, first)) = write_errors(reply).into_iter().next() {
+        return Err(first);
     }
     let n = reply
         .get_i32("n")
@@ -217,6 +212,31 @@ pub fn check_write_reply(reply: &mongodb::bson::Document, expected: usize) -> Re
         )));
     }
     Ok(())
+}
+
+/// The per-statement errors of a raw write command's reply, as `(statement
+/// index, error)`, each a command error carrying the statement's code (so
+/// [`is_duplicate_key`] and the error labels apply). For unordered writes,
+/// where every other statement was applied.
+pub fn write_errors(reply: &mongodb::bson::Document) -> Vec<(usize, Error)> {
+    let Ok(errors) = reply.get_array("writeErrors") else {
+        return Vec::new();
+    };
+    errors
+        .iter()
+        .filter_map(|e| e.as_document())
+        .map(|e| {
+            let index = e
+                .get_i32("index")
+                .ok()
+                .and_then(|i| usize::try_from(i).ok())
+                .unwrap_or_default();
+            let code = e.get_i32("code").unwrap_or_default();
+            let message = e.get_str("errmsg").unwrap_or("write error");
+            let raw = mongodb::bson::doc! { "ok": 0, "code": code, "errmsg": message };
+            (index, Error::custom(format!("E{code} {message} ({raw})")))
+        })
+        .collect()
 }
 
 /// Whether `e` is a duplicate-key error (code 11000), e.g. a unique index

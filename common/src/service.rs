@@ -92,6 +92,8 @@ pub struct Runtime {
     startup: Vec<(&'static str, Step)>,
     /// Consumer loops, started once start-up is done.
     consumers: Vec<Task>,
+    /// The streams those loops read (and this service trims).
+    consumed: Vec<Stream>,
     /// Other background tasks, started at once.
     tasks: Vec<Task>,
     /// Gauges refreshed on every scrape of `/metrics`.
@@ -129,6 +131,7 @@ impl Runtime {
             publisher,
             startup: Vec::new(),
             consumers: Vec::new(),
+            consumed: Vec::new(),
             tasks: Vec::new(),
             samplers: Vec::new(),
             shutdown,
@@ -144,14 +147,6 @@ impl Runtime {
                 metrics::gauge!("dead_letters").set(n as f64);
             }
         });
-        // Every service trims every event stream, below what all of its
-        // groups are done with (safe without a lease: see crate::trim).
-        let trimmer = Trimmer::new(rt.conn.clone(), &settings.namespace(), settings.trim);
-        rt.every(
-            trimmer.interval(),
-            trimmer,
-            |t| async move { t.round().await },
-        );
         Ok(rt)
     }
 
@@ -207,6 +202,9 @@ impl Runtime {
         )?;
         self.health.watch(consumer.status());
         self.sample_group(stream, group);
+        if !self.consumed.contains(&stream) {
+            self.consumed.push(stream);
+        }
         self.consumers
             .push(Box::new(move |token| Box::pin(consumer.run(token))));
         Ok(())
@@ -341,7 +339,22 @@ impl Runtime {
     /// Starts everything declared, serves `router` (plus `/healthz`,
     /// `/readyz`, `/metrics`) on `listener` until shutdown, then drains
     /// within `SHUTDOWN_TIMEOUT_MS` (see the module docs).
-    pub async fn serve(self, listener: TcpListener, router: Router) -> Result<(), StartError> {
+    pub async fn serve(mut self, listener: TcpListener, router: Router) -> Result<(), StartError> {
+        // Each service trims the streams it reads, below what all of their
+        // groups are done with (safe without a lease: see crate::trim).
+        if !self.consumed.is_empty() {
+            let trimmer = Trimmer::new(
+                self.conn.clone(),
+                &self.settings.namespace(),
+                &self.consumed,
+                self.settings.trim,
+            );
+            self.every(
+                trimmer.interval(),
+                trimmer,
+                |t| async move { t.round().await },
+            );
+        }
         let Self {
             settings,
             health,

@@ -13,7 +13,7 @@
 //! | `MONGO_URL` | `mongodb://127.0.0.1:37017/?directConnection=true` | MongoDB replica set (transactions need one; the default is `make run`'s) |
 //! | `MONGO_DB` | `foodchain` | database name |
 //! | `STREAM_PREFIX` | empty | prefix of every Redis key (isolates deployments and tests sharing a Redis) |
-//! | `STREAM_TRIM_INTERVAL_MS` | `5000` | how often each service trims the event streams below what every consumer group has acknowledged (never an unread entry; see `common::trim`) |
+//! | `STREAM_TRIM_INTERVAL_MS` | `5000` | how often each service trims the streams it consumes below what every consumer group of them has acknowledged (never an unread entry; see `common::trim`) |
 //! | `STREAM_ALARM_ENTRIES` | `100000` | a stream holding more entries than this after its trim logs a warning naming the group holding it back (gauge `stream_entries`) |
 //! | `STREAM_MAXLEN` | retired | refused at start-up: it dropped entries no group had read (docs/scaling.md) |
 //! | `CONSUMER_NAME` | `<hostname>-<random>` | this process' consumer name inside each group |

@@ -1,9 +1,11 @@
 //! Trimming that never removes an entry some consumer group still needs.
 //!
 //! Publishing does not trim (no `MAXLEN`). Instead every service runs a
-//! [`Trimmer`] that, every `STREAM_TRIM_INTERVAL_MS`, computes the *floor*
-//! of each event stream, the oldest entry some group is not done with, and
-//! removes what is below it with `XTRIM <stream> MINID ~ <floor>`. Per group:
+//! [`Trimmer`] over the streams it consumes (so every stream that has a
+//! group is trimmed by its readers, one or two services, not by all four)
+//! that, every `STREAM_TRIM_INTERVAL_MS`, computes the *floor* of each of
+//! them, the oldest entry *any* of its groups is not done with, and removes
+//! what is below it with `XTRIM <stream> MINID ~ <floor>`. Per group:
 //!
 //! * anything pending (delivered, not acknowledged) → its oldest pending id
 //!   (`XPENDING` summary);
@@ -26,7 +28,10 @@
 
 use std::time::Duration;
 
-use contract::streams::{Namespace, Stream};
+use contract::{
+    redis as wire,
+    streams::{Namespace, Stream},
+};
 use redis::{Value, aio::ConnectionManager};
 use tracing::{debug, warn};
 
@@ -97,9 +102,14 @@ pub struct Trimmer {
 }
 
 impl Trimmer {
-    /// Trims every event stream of `ns` (not the dead letters).
-    pub fn new(conn: ConnectionManager, ns: &Namespace, settings: TrimSettings) -> Self {
-        let streams = Stream::ALL
+    /// Trims `streams` of `ns` (never the dead letters).
+    pub fn new(
+        conn: ConnectionManager,
+        ns: &Namespace,
+        streams: &[Stream],
+        settings: TrimSettings,
+    ) -> Self {
+        let streams = streams
             .iter()
             .filter(|s| **s != Stream::DeadLetters)
             .map(|s| (ns.stream(*s), s.name()))
@@ -169,14 +179,14 @@ impl Trimmer {
             Err(e) => return Err(e),
         };
         let mut floor: Option<(EntryId, String)> = None;
-        for g in groups_of(&groups) {
+        for g in groups_of(groups) {
             let at = if g.pending > 0 {
                 let summary: Value = redis::cmd("XPENDING")
                     .arg(key)
                     .arg(&g.name)
                     .query_async(&mut conn)
                     .await?;
-                match oldest_pending(&summary) {
+                match oldest_pending(summary) {
                     Some(id) => id,
                     // Acknowledged meanwhile: everything it read is done.
                     None => g.last_delivered.next(),
@@ -241,68 +251,29 @@ struct Group {
     last_delivered: EntryId,
 }
 
-/// The groups of an `XINFO GROUPS` reply (RESP2: a flat list of field,
-/// value pairs per group).
-fn groups_of(reply: &Value) -> Vec<Group> {
-    let Value::Array(groups) = reply else {
-        return Vec::new();
-    };
-    groups
-        .iter()
+/// The groups of an `XINFO GROUPS` reply.
+fn groups_of(reply: Value) -> Vec<Group> {
+    wire::array(reply)
+        .unwrap_or_default()
+        .into_iter()
         .filter_map(|g| {
-            let fields = pairs(g);
-            let text = |name: &str| {
-                fields
-                    .iter()
-                    .find(|(k, _)| k == name)
-                    .and_then(|(_, v)| string(v))
-            };
-            let pending = fields
-                .iter()
-                .find(|(k, _)| k == "pending")
-                .and_then(|(_, v)| match v {
-                    Value::Int(n) => u64::try_from(*n).ok(),
-                    other => string(other)?.parse().ok(),
-                })
-                .unwrap_or(0);
+            let fields = wire::fields_of(g);
             Some(Group {
-                name: text("name")?,
-                pending,
-                last_delivered: EntryId::parse(&text("last-delivered-id")?)?,
+                name: fields.get("name")?.clone(),
+                pending: fields
+                    .get("pending")
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0),
+                last_delivered: EntryId::parse(fields.get("last-delivered-id")?)?,
             })
         })
         .collect()
 }
 
 /// `[count, smallest id, greatest id, consumers]`: the smallest id.
-fn oldest_pending(summary: &Value) -> Option<EntryId> {
-    let Value::Array(parts) = summary else {
-        return None;
-    };
-    EntryId::parse(&string(parts.get(1)?)?)
-}
-
-fn pairs(v: &Value) -> Vec<(String, &Value)> {
-    match v {
-        Value::Array(items) => items
-            .chunks(2)
-            .filter_map(|kv| Some((string(kv.first()?)?, kv.get(1)?)))
-            .collect(),
-        Value::Map(items) => items
-            .iter()
-            .filter_map(|(k, v)| Some((string(k)?, v)))
-            .collect(),
-        _ => Vec::new(),
-    }
-}
-
-fn string(v: &Value) -> Option<String> {
-    match v {
-        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
-        Value::SimpleString(s) => Some(s.clone()),
-        Value::Int(n) => Some(n.to_string()),
-        _ => None,
-    }
+fn oldest_pending(summary: Value) -> Option<EntryId> {
+    let parts = wire::array(summary).ok()?;
+    EntryId::parse(&wire::text(parts.get(1)?).ok()?)
 }
 
 #[cfg(test)]

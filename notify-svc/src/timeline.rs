@@ -11,7 +11,10 @@
 //! while the stage order is the causal order of the flow.
 
 use chrono::{DateTime, Utc};
-use common::batch::{Batch, Batcher};
+use common::{
+    batch::{Batch, Batcher},
+    mongo::{is_duplicate_key, write_errors},
+};
 use contract::{
     DeliveryId, Envelope, OrderId,
     auth::TokenHash,
@@ -305,24 +308,14 @@ impl Batch for Appends {
             Err(e) => return ops.iter().map(|_| Err(e.clone())).collect(),
         };
         let mut out: Vec<mongodb::error::Result<bool>> = ops.iter().map(|_| Ok(true)).collect();
-        for e in reply.get_array("writeErrors").into_iter().flatten() {
-            let Some(e) = e.as_document() else { continue };
-            let index = e
-                .get_i32("index")
-                .ok()
-                .and_then(|i| usize::try_from(i).ok());
-            let Some(slot) = index.and_then(|i| out.get_mut(i)) else {
-                continue;
-            };
-            let code = e.get_i32("code").unwrap_or_default();
-            *slot = if code == DUPLICATE_KEY {
-                Ok(false)
-            } else {
-                Err(mongodb::error::Error::custom(format!(
-                    "E{code} {}",
-                    e.get_str("errmsg").unwrap_or("write error")
-                )))
-            };
+        for (index, e) in write_errors(&reply) {
+            if let Some(slot) = out.get_mut(index) {
+                *slot = if is_duplicate_key(&e) {
+                    Ok(false)
+                } else {
+                    Err(e)
+                };
+            }
         }
         out
     }
@@ -333,9 +326,6 @@ impl Batch for Appends {
         ))
     }
 }
-
-/// MongoDB's duplicate-key error code.
-const DUPLICATE_KEY: i32 = 11000;
 
 #[cfg(test)]
 #[allow(clippy::unwrap_used)]

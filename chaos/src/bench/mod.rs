@@ -722,7 +722,7 @@ async fn stream_entries(redis_url: &str) -> anyhow::Result<(u64, u64)> {
             .query_async(&mut conn)
             .await
             .unwrap_or(redis::Value::Nil);
-        added += field_u64(&info, "entries-added");
+        added += field_u64(info, "entries-added");
         let groups: Vec<redis::Value> = redis::cmd("XINFO")
             .arg("GROUPS")
             .arg(name)
@@ -730,28 +730,18 @@ async fn stream_entries(redis_url: &str) -> anyhow::Result<(u64, u64)> {
             .await
             .unwrap_or_default();
         read += groups
-            .iter()
+            .into_iter()
             .map(|g| field_u64(g, "entries-read"))
             .sum::<u64>();
     }
     Ok((added, read))
 }
 
-/// A number field of an `XINFO` reply (field, value pairs).
-fn field_u64(reply: &redis::Value, name: &str) -> u64 {
-    let redis::Value::Array(items) = reply else {
-        return 0;
-    };
-    items
-        .chunks(2)
-        .find_map(|kv| match kv {
-            [redis::Value::BulkString(k), redis::Value::Int(n)]
-                if k.as_slice() == name.as_bytes() =>
-            {
-                u64::try_from(*n).ok()
-            }
-            _ => None,
-        })
+/// A number field of an `XINFO` reply.
+fn field_u64(reply: redis::Value, name: &str) -> u64 {
+    contract::redis::fields_of(reply)
+        .get(name)
+        .and_then(|n| n.parse().ok())
         .unwrap_or(0)
 }
 

@@ -63,7 +63,12 @@ async fn only_what_every_group_acknowledged_is_trimmed() {
     let ctx = Ctx::new().await;
     let key = ctx.ns.stream(Stream::Orders);
     let mut conn = ctx.conn.clone();
-    let trimmer = Trimmer::new(conn.clone(), &ctx.ns, TrimSettings::default());
+    let trimmer = Trimmer::new(
+        conn.clone(),
+        &ctx.ns,
+        &[Stream::Orders],
+        TrimSettings::default(),
+    );
 
     // Nobody reads it yet: nothing goes.
     ctx.publish_many(Stream::Orders, 1000).await;
