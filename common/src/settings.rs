@@ -27,7 +27,8 @@
 //! | `RECLAIM_INTERVAL_MS` | `1000` | how often each consumer looks for such messages |
 //! | `CONSUMER_MAX_DEFER_MS` | `300000` | how long a message may wait for an earlier event (deferral) before it is dead-lettered; keep it well above MongoDB's `transactionLifetimeLimitSeconds` |
 //! | `OUTBOX_POLL_MS` | `250` | longest sleep of the outbox relay when nothing wakes it |
-//! | `OUTBOX_BATCH` | `500` | outbox entries published per round |
+//! | `OUTBOX_GATHER_MS` | `2` | shortest time between two outbox relay rounds, so commits that land together go out in one round; `0` turns it off |
+//! | `OUTBOX_BATCH` | `500` | events published per relay round (whole commits, so a round may go over by one commit) |
 //! | `OUTBOX_LEASE_MS` | `5000` | relay lease TTL: a dead relay is replaced within this |
 //! | `OUTBOX_RETENTION_SECS` | `0` | keep published outbox entries this long (marked published); 0 deletes them once published |
 //! | `SHUTDOWN_TIMEOUT_MS` | `10000` | on SIGTERM, how long in-flight requests, consumer batches and background tasks get to finish before they are abandoned (keep it below the orchestrator's grace period: 30 s in Kubernetes) |

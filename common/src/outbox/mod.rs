@@ -18,9 +18,28 @@
 //! checks the holder), and a replica whose holder died takes over when the
 //! lease expires. The active relay loops:
 //!
-//! 1. read up to `batch` unpublished entries in written order;
+//! 1. read unpublished entries in written order, up to `batch` events;
 //! 2. publish them in one pipeline, each order's events in `seq` order;
 //! 3. delete them (or mark them published, see below).
+//!
+//! # Gathering
+//!
+//! Under load, commits land faster than rounds finish, and each round costs
+//! a read, a lease check, a pipeline and a delete whatever its size. So two
+//! rounds start at least `gather` (`OUTBOX_GATHER_MS`, 2 ms) apart: a wake-up
+//! sooner than that waits for the rest, and the commits that land meanwhile
+//! go out together. At low load rounds are further apart than that, so
+//! nothing waits; `0` turns it off.
+//!
+//! # One document per commit
+//!
+//! An entry is one document per [`Outbox::add_all`] call, that is per
+//! transaction, holding that commit's events in an `events` array: a group
+//! commit of 64 orders writes one outbox document, not 64, and the relay
+//! reads and deletes one. What MongoDB spends is mostly per document and per
+//! command (index maintenance, cursors, BSON), so this cut its CPU per order
+//! (docs/performance.md). The relay still reads entries of the earlier
+//! one-event-per-document shape, so an upgrade leaves nothing behind.
 //!
 //! A crash between 2 and 3 republishes those entries later: consumers shrug
 //! (their effects are idempotent), so that costs a duplicate message, never a
@@ -50,6 +69,7 @@ use std::{
 };
 
 use bson::{Document, doc, oid::ObjectId};
+use futures::TryStreamExt;
 use mongodb::{ClientSession, Collection, IndexModel};
 use redis::aio::ConnectionManager;
 use tokio::sync::Notify;
@@ -73,6 +93,10 @@ pub struct OutboxSettings {
     pub lease_ttl: Duration,
     /// How long published entries are kept.
     pub retention: Duration,
+    /// Shortest time between the starts of two rounds: a commit that lands
+    /// sooner waits for the rest of it, so commits arriving together go out
+    /// in one round (see "Gathering" in the module docs).
+    pub gather: Duration,
 }
 
 impl Default for OutboxSettings {
@@ -82,12 +106,14 @@ impl Default for OutboxSettings {
             poll: Duration::from_millis(250),
             lease_ttl: Duration::from_secs(5),
             retention: Duration::ZERO,
+            gather: Duration::from_millis(2),
         }
     }
 }
 
 impl OutboxSettings {
-    /// Reads `OUTBOX_BATCH`, `OUTBOX_POLL_MS`, `OUTBOX_LEASE_MS`, `OUTBOX_RETENTION_SECS`.
+    /// Reads `OUTBOX_BATCH`, `OUTBOX_POLL_MS`, `OUTBOX_LEASE_MS`,
+    /// `OUTBOX_RETENTION_SECS`, `OUTBOX_GATHER_MS`.
     pub fn from_env(env: &mut crate::settings::Env) -> Self {
         let d = Self::default();
         let s = Self {
@@ -97,6 +123,7 @@ impl OutboxSettings {
             retention: Duration::from_secs(
                 env.parse("OUTBOX_RETENTION_SECS", d.retention.as_secs()),
             ),
+            gather: env.millis("OUTBOX_GATHER_MS", crate::settings::millis(d.gather)),
         };
         env.check(s.batch >= 1, "OUTBOX_BATCH must be at least 1");
         env.check(
@@ -167,8 +194,9 @@ impl Outbox {
         self.add_all(s, &[(stream, event, seq)]).await
     }
 
-    /// Adds several events inside the caller's transaction, in one round
-    /// trip (an `update` command of one upsert per event), in this order.
+    /// Adds several events inside the caller's transaction, in this order:
+    /// one document holding them all (see "One document per commit" in the
+    /// module docs), written in one round trip.
     pub async fn add_all(
         &self,
         s: &mut ClientSession,
@@ -177,9 +205,7 @@ impl Outbox {
         if events.is_empty() {
             return Ok(());
         }
-        // Upserts, so that `$currentDate` stamps each entry with the
-        // database's clock: one clock for every replica that writes.
-        let updates: Vec<Document> = events
+        let events: Vec<Document> = events
             .iter()
             .map(|(stream, event, seq)| {
                 let mut fields = Document::new();
@@ -187,28 +213,30 @@ impl Outbox {
                     fields.insert(k, v);
                 }
                 doc! {
-                    "q": { "_id": ObjectId::new() },
-                    "u": {
-                        "$currentDate": { "written_at": true },
-                        "$setOnInsert": {
-                            "stream": stream.name(),
-                            "key": &event.key,
-                            "seq": i64::from(*seq),
-                            "event_id": event.event_id.to_string(),
-                            "fields": fields,
-                            "published": false,
-                        },
-                    },
-                    "upsert": true,
+                    "stream": stream.name(),
+                    "key": &event.key,
+                    "seq": i64::from(*seq),
+                    "event_id": event.event_id.to_string(),
+                    "fields": fields,
                 }
             })
             .collect();
+        // An upsert, so that `$currentDate` stamps the entry with the
+        // database's clock: one clock for every replica that writes.
+        let update = doc! {
+            "q": { "_id": ObjectId::new() },
+            "u": {
+                "$currentDate": { "written_at": true },
+                "$setOnInsert": { "events": events, "published": false },
+            },
+            "upsert": true,
+        };
         let reply = self
             .db
-            .run_command(doc! { "update": self.coll.name(), "updates": updates, "ordered": true })
+            .run_command(doc! { "update": self.coll.name(), "updates": [update], "ordered": true })
             .session(&mut *s)
             .await?;
-        crate::mongo::check_write_reply(&reply, events.len())
+        crate::mongo::check_write_reply(&reply, 1)
     }
 
     /// The namespace of the relay's lease (and of failpoints).
@@ -243,14 +271,36 @@ impl Outbox {
         self.ns.key(&format!("outbox-wake:{}", self.service))
     }
 
-    /// Unpublished entries.
+    /// Unpublished events.
     pub async fn backlog(&self) -> mongodb::error::Result<u64> {
-        self.coll.count_documents(doc! { "published": false }).await
+        self.count_events(doc! { "published": false }).await
     }
 
-    /// Entries in the collection (published or not).
+    /// Events in the collection (published or not).
     pub async fn len(&self) -> mongodb::error::Result<u64> {
-        self.coll.count_documents(doc! {}).await
+        self.count_events(doc! {}).await
+    }
+
+    /// Events in the entries matching `filter`; an entry of the earlier
+    /// one-event-per-document shape counts one.
+    async fn count_events(&self, filter: Document) -> mongodb::error::Result<u64> {
+        let pipeline = [
+            doc! { "$match": filter },
+            doc! { "$group": { "_id": null, "n": { "$sum": {
+                "$cond": [{ "$isArray": "$events" }, { "$size": "$events" }, 1]
+            } } } },
+        ];
+        let mut cursor = self.coll.aggregate(pipeline).await?;
+        let n = match cursor.try_next().await? {
+            Some(d) => match d.get("n") {
+                Some(bson::Bson::Int32(n)) => u64::try_from(*n).unwrap_or(0),
+                Some(bson::Bson::Int64(n)) => u64::try_from(*n).unwrap_or(0),
+                Some(bson::Bson::Double(n)) => *n as u64,
+                _ => 0,
+            },
+            None => 0,
+        };
+        Ok(n)
     }
 
     /// The relay for this outbox; `client` opens its wake-up subscription.

@@ -96,6 +96,7 @@ impl Relay {
         let mut held = false;
         let mut renewed_at = tokio::time::Instant::now();
         let mut last_sweep = tokio::time::Instant::now();
+        let mut round_at: Option<tokio::time::Instant> = None;
         info!(lease = %self.lease_key, holder = %self.holder, "outbox relay started");
         while !shutdown.is_cancelled() {
             // A holder renews at a third of the TTL, not on every round: the
@@ -114,8 +115,17 @@ impl Relay {
             metrics::gauge!("outbox_relay_active").set(if held { 1.0 } else { 0.0 });
             let mut more = false;
             if held {
+                if let Some(at) = round_at {
+                    // Gathering (module docs): let what lands meanwhile join.
+                    let next = at + self.settings.gather;
+                    tokio::select! {
+                        () = shutdown.cancelled() => continue,
+                        () = tokio::time::sleep_until(next) => {}
+                    }
+                }
+                round_at = Some(tokio::time::Instant::now());
                 match self.relay_once().await {
-                    Ok(n) => more = n as i64 >= self.settings.batch,
+                    Ok(round) => more = round.more,
                     Err(e) => warn!(error = %e, "outbox relay round failed; retrying"),
                 }
                 if last_sweep.elapsed() > RETENTION_SWEEP_EVERY {
@@ -183,9 +193,9 @@ impl Relay {
         Ok(taken.is_some())
     }
 
-    /// One round: read, publish, mark. Returns how many entries it handled.
-    async fn relay_once(&self) -> Result<usize, RelayError> {
-        let batch: Vec<Document> = self
+    /// One round: read, publish, delete (or mark).
+    async fn relay_once(&self) -> Result<Round, RelayError> {
+        let docs: Vec<Document> = self
             .outbox
             .coll
             .find(doc! { "published": false })
@@ -194,10 +204,22 @@ impl Relay {
             .await?
             .try_collect()
             .await?;
-        if batch.is_empty() {
-            return Ok(0);
+        if docs.is_empty() {
+            return Ok(Round::default());
         }
-        let ordered = order_by_key(&batch)?;
+        // Whole entries, in written order, until `batch` events.
+        let mut events = Vec::new();
+        let mut ids = Vec::new();
+        for d in &docs {
+            if !events.is_empty() && events.len() as i64 >= self.settings.batch {
+                break;
+            }
+            let (id, parsed) = events_of(d)?;
+            ids.push(id);
+            events.extend(parsed);
+        }
+        let more = ids.len() < docs.len() || docs.len() as i64 >= self.settings.batch;
+        let ordered = order_by_key(events);
         failpoint::hit(self.publisher.namespace(), "outbox.before_publish").await;
         // Another relay may have taken over while this one slept.
         let mut conn = self.conn.clone();
@@ -206,14 +228,13 @@ impl Relay {
             .query_async(&mut conn)
             .await?;
         if holder.as_deref() != Some(self.holder.as_str()) {
-            return Ok(0);
+            return Ok(Round::default());
         }
-        let events: Vec<(Stream, &Envelope)> = ordered.iter().map(|(s, e, _)| (*s, e)).collect();
-        self.publisher.publish_all(&events).await?;
+        let out: Vec<(Stream, &Envelope)> = ordered.iter().map(|(s, e)| (*s, e)).collect();
+        self.publisher.publish_all(&out).await?;
         failpoint::hit(self.publisher.namespace(), "outbox.after_publish").await;
-        let ids: Vec<ObjectId> = ordered.iter().map(|(_, _, id)| *id).collect();
         if self.settings.retention.is_zero() {
-            // Nothing to keep: one write per entry instead of a mark and a
+            // Nothing to keep: one write per round instead of a mark and a
             // later sweep.
             self.outbox
                 .coll
@@ -228,9 +249,13 @@ impl Relay {
                 )
                 .await?;
         }
-        metrics::counter!("outbox_published_total").increment(ids.len() as u64);
-        debug!(count = ids.len(), "outbox entries published");
-        Ok(batch.len())
+        metrics::counter!("outbox_published_total").increment(out.len() as u64);
+        debug!(
+            events = out.len(),
+            entries = ids.len(),
+            "outbox entries published"
+        );
+        Ok(Round { more })
     }
 
     async fn sweep(&self) {
@@ -255,23 +280,36 @@ impl Relay {
     }
 }
 
-/// The batch in publishing order: entries keep their written order, except
-/// that each key's entries go out in `seq` order.
-fn order_by_key(batch: &[Document]) -> Result<Vec<(Stream, Envelope, ObjectId)>, RelayError> {
-    let mut parsed = Vec::with_capacity(batch.len());
-    for d in batch {
-        let id = d
-            .get_object_id("_id")
-            .map_err(|_| RelayError::Malformed("without _id".into()))?;
-        let bad = || RelayError::Malformed(id.to_hex());
-        let stream = d
+/// What a round found.
+#[derive(Debug, Default)]
+struct Round {
+    /// Entries were left for the next round.
+    more: bool,
+}
+
+/// One event read from an entry.
+#[derive(Debug)]
+struct Parsed {
+    key: String,
+    seq: i64,
+    stream: Stream,
+    envelope: Envelope,
+}
+
+/// An entry's id and events: the `events` of a commit, or (the earlier
+/// shape) the entry itself as one event.
+fn events_of(d: &Document) -> Result<(ObjectId, Vec<Parsed>), RelayError> {
+    let id = d
+        .get_object_id("_id")
+        .map_err(|_| RelayError::Malformed("without _id".into()))?;
+    let bad = || RelayError::Malformed(id.to_hex());
+    let one = |e: &Document| -> Result<Parsed, RelayError> {
+        let stream = e
             .get_str("stream")
             .ok()
             .and_then(Stream::from_name)
             .ok_or_else(bad)?;
-        let key = d.get_str("key").map_err(|_| bad())?.to_owned();
-        let seq = d.get_i64("seq").map_err(|_| bad())?;
-        let fields = d.get_document("fields").map_err(|_| bad())?;
+        let fields = e.get_document("fields").map_err(|_| bad())?;
         let entry = StreamEntry {
             id: id.to_hex(),
             fields: fields
@@ -279,29 +317,43 @@ fn order_by_key(batch: &[Document]) -> Result<Vec<(Stream, Envelope, ObjectId)>,
                 .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.as_bytes().to_vec())))
                 .collect(),
         };
-        let envelope = Envelope::from_entry(&entry).map_err(|_| bad())?;
-        parsed.push((key, seq, stream, envelope, id));
-    }
+        Ok(Parsed {
+            key: e.get_str("key").map_err(|_| bad())?.to_owned(),
+            seq: e.get_i64("seq").map_err(|_| bad())?,
+            stream,
+            envelope: Envelope::from_entry(&entry).map_err(|_| bad())?,
+        })
+    };
+    let events = match d.get_array("events") {
+        Ok(list) => list
+            .iter()
+            .map(|e| e.as_document().ok_or_else(bad).and_then(one))
+            .collect::<Result<_, _>>()?,
+        Err(_) => vec![one(d)?],
+    };
+    Ok((id, events))
+}
+
+/// The events in publishing order: they keep their written order, except
+/// that each key's events go out in `seq` order.
+fn order_by_key(parsed: Vec<Parsed>) -> Vec<(Stream, Envelope)> {
     // Slots of each key, in written order, refilled in seq order.
     let mut slots: HashMap<String, Vec<usize>> = HashMap::new();
-    for (i, (key, ..)) in parsed.iter().enumerate() {
-        slots.entry(key.clone()).or_default().push(i);
+    for (i, p) in parsed.iter().enumerate() {
+        slots.entry(p.key.clone()).or_default().push(i);
     }
-    let mut out: Vec<Option<(Stream, Envelope, ObjectId)>> = vec![None; parsed.len()];
-    let mut by_key: HashMap<String, Vec<(i64, Stream, Envelope, ObjectId)>> = HashMap::new();
-    for (key, seq, stream, envelope, id) in parsed {
-        by_key
-            .entry(key)
-            .or_default()
-            .push((seq, stream, envelope, id));
+    let mut out: Vec<Option<(Stream, Envelope)>> = vec![None; parsed.len()];
+    let mut by_key: HashMap<String, Vec<Parsed>> = HashMap::new();
+    for p in parsed {
+        by_key.entry(p.key.clone()).or_default().push(p);
     }
     for (key, mut entries) in by_key {
-        entries.sort_by_key(|(seq, ..)| *seq);
-        for (slot, (_, stream, envelope, id)) in slots[&key].iter().zip(entries) {
-            out[*slot] = Some((stream, envelope, id));
+        entries.sort_by_key(|p| p.seq);
+        for (slot, p) in slots[&key].iter().zip(entries) {
+            out[*slot] = Some((p.stream, p.envelope));
         }
     }
-    Ok(out.into_iter().flatten().collect())
+    out.into_iter().flatten().collect()
 }
 
 /// Wakes the relay when another replica rings (see the module docs).
@@ -349,7 +401,7 @@ async fn subscribe(
 mod tests {
     use super::*;
 
-    fn entry(key: &str, seq: i64, n: u8) -> Document {
+    fn event(key: &str, seq: i64, n: u8) -> Document {
         let e = Envelope::new(
             "order.status_updated.v1",
             key,
@@ -362,25 +414,51 @@ mod tests {
         for (k, v) in e.to_fields() {
             fields.insert(k, v);
         }
-        doc! { "_id": ObjectId::new(), "stream": "orders-stream", "key": key, "seq": seq, "fields": fields }
+        doc! { "stream": "orders-stream", "key": key, "seq": seq, "fields": fields }
+    }
+
+    fn commit(events: Vec<Document>) -> Document {
+        doc! { "_id": ObjectId::new(), "events": events, "published": false }
+    }
+
+    fn legacy(key: &str, seq: i64, n: u8) -> Document {
+        let mut d = event(key, seq, n);
+        d.insert("_id", ObjectId::new());
+        d
     }
 
     #[test]
     fn each_key_goes_out_in_seq_order_keeping_the_written_order_otherwise() {
-        // Written order: a3, b1, a2, c1, a4 (a's v2 committed later than v3 by the clock).
-        let batch = [
-            entry("a", 3, 0),
-            entry("b", 1, 1),
-            entry("a", 2, 2),
-            entry("c", 1, 3),
-            entry("a", 4, 4),
+        // Written order: a3, b1, a2, c1, a4 (a's v2 committed later than v3
+        // by the clock), in two commits and one entry of the earlier shape.
+        let entries = [
+            commit(vec![event("a", 3, 0), event("b", 1, 1)]),
+            legacy("a", 2, 2),
+            commit(vec![event("c", 1, 3), event("a", 4, 4)]),
         ];
-        let out = order_by_key(&batch).unwrap();
-        let got: Vec<(String, u64)> = out
+        let mut parsed = Vec::new();
+        for d in &entries {
+            let (id, events) = events_of(d).unwrap();
+            assert_eq!(id, d.get_object_id("_id").unwrap());
+            parsed.extend(events);
+        }
+        let got: Vec<(String, u64)> = order_by_key(parsed)
             .iter()
-            .map(|(_, e, _)| (e.key.clone(), e.payload["n"].as_u64().unwrap()))
+            .map(|(_, e)| (e.key.clone(), e.payload["n"].as_u64().unwrap()))
             .collect();
         let want = [("a", 2), ("b", 1), ("a", 0), ("c", 3), ("a", 4)];
         assert_eq!(got, want.map(|(k, n)| (k.to_owned(), n)));
+    }
+
+    #[test]
+    fn a_malformed_event_names_its_entry() {
+        let mut bad = event("a", 1, 0);
+        bad.remove("seq");
+        let d = commit(vec![event("b", 1, 1), bad]);
+        let id = d.get_object_id("_id").unwrap().to_hex();
+        match events_of(&d) {
+            Err(RelayError::Malformed(got)) => assert_eq!(got, id),
+            other => panic!("expected malformed, got {other:?}"),
+        }
     }
 }

@@ -158,8 +158,12 @@ async fn only_the_next_status_applies_and_only_once() {
         .await
         .unwrap()
         .unwrap();
+    let events = entry.get_array("events").unwrap();
+    assert_eq!(events.len(), 1, "one commit, one entry: {entry}");
     let payload: serde_json::Value = serde_json::from_str(
-        entry
+        events[0]
+            .as_document()
+            .unwrap()
             .get_document("fields")
             .unwrap()
             .get_str("payload")
@@ -237,7 +241,7 @@ async fn only_the_next_status_applies_and_only_once() {
 /// exactly one event per move is in the outbox.
 #[tokio::test]
 async fn concurrent_moves_share_transactions_with_their_own_outcomes() {
-    let (client, _db, parcels, outbox) = world("transition_batch").await;
+    let (client, db, parcels, outbox) = world("transition_batch").await;
     let ids: Vec<ObjectId> = (0..60).map(|_| ObjectId::new()).collect();
     parcels
         .insert_many(ids.iter().map(|&id| waiting(id)))
@@ -283,6 +287,16 @@ async fn concurrent_moves_share_transactions_with_their_own_outcomes() {
     assert_eq!(moved + early, 70, "{changes:?}");
     // Every move has exactly one event; a parcel's version counts its moves.
     assert_eq!(outbox.len().await.unwrap(), moved as u64);
+    // ... in one outbox entry per transaction, not one per move.
+    let entries = db
+        .collection::<Document>("outbox_test")
+        .count_documents(doc! {})
+        .await
+        .unwrap();
+    assert!(
+        entries < moved as u64,
+        "{entries} entries for {moved} moves"
+    );
     let mut versions = 0;
     for p in parcels
         .find(doc! {})
