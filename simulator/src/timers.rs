@@ -15,7 +15,10 @@
 //!   racing for a timer publish it once. The `XADD` comes first because it is
 //!   the command Redis refuses at its memory ceiling (`noeviction`): the
 //!   script then fails before it has removed anything, and the step fires
-//!   later.
+//!   later. The steps due at one look go out as one pipeline of these
+//!   scripts: one round trip and one AOF write for the lot, instead of one
+//!   fsync per step, which had made the timer loop the pipeline's
+//!   bottleneck (docs/performance.md).
 //! * **Rejecting**: at the confirm step, the kitchen refuses the order with
 //!   probability `SIMULATOR_REJECT_RATE`, drawn from `SIMULATOR_SEED` and the
 //!   order id, so a run with the same seed rejects the same orders, whatever
@@ -165,6 +168,15 @@ const REJECTIONS: [&str; 3] = [
     "the kitchen is closing",
     "too many orders in the kitchen right now",
 ];
+
+/// A step fired, for its log line.
+struct Fired {
+    kind: Kind,
+    id: String,
+    order_id: OrderId,
+    step: usize,
+    event_type: String,
+}
 
 /// The timer set and how to fire it.
 #[derive(Clone)]
@@ -347,6 +359,12 @@ impl Timers {
     }
 
     /// Fires every due timer; returns how many this call fired.
+    ///
+    /// The due steps go out in one pipeline, one `FIRE` script each: every
+    /// step stays its own atomic unit, but a round is one round trip, and
+    /// Redis writes (and with `appendfsync always` fsyncs) the whole round
+    /// once instead of once per step. A step that fails (say `OOM` at the
+    /// memory ceiling) stays due; the others of the round still fire.
     pub async fn fire_due(&self) -> redis::RedisResult<usize> {
         let due: Vec<String> = redis::cmd("ZRANGEBYSCORE")
             .arg(&self.key)
@@ -357,34 +375,63 @@ impl Timers {
             .arg(FIRE_BATCH)
             .query_async(&mut self.conn.clone())
             .await?;
-        let mut fired = 0;
-        for member in due {
-            fired += usize::from(self.fire(&member).await?);
+        if due.is_empty() {
+            return Ok(0);
         }
-        Ok(fired)
+        let mut steps = Vec::with_capacity(due.len());
+        let mut invocations = Vec::with_capacity(due.len());
+        let mut unusable = Vec::new();
+        for member in &due {
+            match self.step(member) {
+                Some((step, inv)) => {
+                    steps.push(step);
+                    invocations.push(inv);
+                }
+                None => unusable.push(member),
+            }
+        }
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors().load_script(&FIRE);
+        for inv in &invocations {
+            pipe.invoke_script(inv);
+        }
+        if !unusable.is_empty() {
+            pipe.cmd("ZREM").arg(&self.key).arg(&unusable);
+        }
+        let replies: Vec<redis::RedisResult<redis::Value>> =
+            pipe.query_async(&mut self.conn.clone()).await?;
+        let mut fired = 0;
+        let mut failed = None;
+        for (step, reply) in steps.iter().zip(replies.into_iter().skip(1)) {
+            match reply.and_then(|v| Ok(redis::from_redis_value::<i64>(v)?)) {
+                Ok(1) => {
+                    fired += 1;
+                    info!(kind = step.kind.name(), id = %step.id, order_id = %step.order_id, step = step.step, event_type = %step.event_type, "simulated step");
+                }
+                Ok(_) => {}
+                Err(e) => failed = failed.or(Some(e)),
+            }
+        }
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(fired),
+        }
     }
 
-    async fn fire(&self, member: &str) -> redis::RedisResult<bool> {
+    /// The `FIRE` invocation of a due member, with what to log once it
+    /// fired; `None` for a member that can never fire (unreadable, or past
+    /// the last step), which is then removed.
+    fn step(&self, member: &str) -> Option<(Fired, redis::ScriptInvocation<'static>)> {
         let timer: Timer = match serde_json::from_str(member) {
             Ok(t) => t,
             Err(e) => {
                 error!(member, error = %e, "dropping an unreadable timer");
-                redis::cmd("ZREM")
-                    .arg(&self.key)
-                    .arg(member)
-                    .query_async::<()>(&mut self.conn.clone())
-                    .await?;
-                return Ok(false);
+                return None;
             }
         };
         let Some((stream, event)) = self.event_for(&timer) else {
             error!(member, "dropping a timer past the last step");
-            redis::cmd("ZREM")
-                .arg(&self.key)
-                .arg(member)
-                .query_async::<()>(&mut self.conn.clone())
-                .await?;
-            return Ok(false);
+            return None;
         };
         let rejected = event.event_type == OrderStatusChanged::TYPE
             && event.payload["status"] == OrderStatus::Rejected.as_str();
@@ -407,11 +454,14 @@ impl Timers {
         for (k, v) in event.to_fields() {
             inv.arg(k).arg(v);
         }
-        let fired: i64 = inv.invoke_async(&mut self.conn.clone()).await?;
-        if fired == 1 {
-            info!(kind = timer.kind.name(), id = %timer.id, order_id = %timer.order_id, step = timer.step, event_type = %event.event_type, "simulated step");
-        }
-        Ok(fired == 1)
+        let fired = Fired {
+            kind: timer.kind,
+            id: timer.id,
+            order_id: timer.order_id,
+            step: timer.step,
+            event_type: event.event_type,
+        };
+        Some((fired, inv))
     }
 
     fn event_for(&self, t: &Timer) -> Option<(Stream, Envelope)> {

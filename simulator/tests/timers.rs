@@ -1,0 +1,172 @@
+//! The durable timers on a real Redis: a round fires every due step once,
+//! in one pipeline, and each chain advances in order; at Redis's memory
+//! ceiling a round fails loudly, its steps stay due, and once there is room
+//! every step fires exactly once.
+
+// Test code fails by panicking.
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use contract::{
+    OrderId,
+    redis::{array, text},
+    streams::{Namespace, Stream},
+};
+use redis::aio::ConnectionManager;
+use simulator::{
+    settings::Delays,
+    timers::{Kind, Timers},
+};
+
+const ZERO: Delays = Delays {
+    scale: 0.0,
+    jitter: 0.0,
+    order: [Duration::ZERO; 3],
+    delivery: [Duration::ZERO; 2],
+};
+
+async fn timers(redis: &testkit::RedisServer) -> (Timers, ConnectionManager, Namespace) {
+    let client = redis::Client::open(redis.url()).unwrap();
+    let conn = ConnectionManager::new(client).await.unwrap();
+    let ns = Namespace::new(&format!("{}:", testkit::unique("sim")));
+    (
+        Timers::new(conn.clone(), ns.clone(), ZERO, "test"),
+        conn,
+        ns,
+    )
+}
+
+async fn start(t: &Timers, n: usize) -> Vec<OrderId> {
+    let mut ids = Vec::new();
+    for _ in 0..n {
+        let id = OrderId::parse(&format!("{:024x}", rand::random::<u128>() >> 32)).unwrap();
+        assert!(
+            t.start(Kind::Order, &id.to_string(), id, "c")
+                .await
+                .unwrap()
+        );
+        ids.push(id);
+    }
+    ids
+}
+
+/// The statuses published for each order, in stream order.
+async fn published(conn: &mut ConnectionManager, ns: &Namespace) -> Vec<(String, String)> {
+    let reply: redis::Value = redis::cmd("XRANGE")
+        .arg(ns.stream(Stream::OrderStatus))
+        .arg("-")
+        .arg("+")
+        .query_async(conn)
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    for entry in array(reply).unwrap() {
+        let fields = array(array(entry).unwrap().pop().unwrap()).unwrap();
+        let mut map = std::collections::HashMap::new();
+        for kv in fields.chunks(2) {
+            map.insert(text(&kv[0]).unwrap(), text(&kv[1]).unwrap());
+        }
+        let payload: serde_json::Value = serde_json::from_str(&map["payload"]).unwrap();
+        out.push((
+            payload["order_id"].as_str().unwrap().to_owned(),
+            payload["status"].as_str().unwrap().to_owned(),
+        ));
+    }
+    out
+}
+
+/// Every order has exactly its three kitchen steps, in order.
+fn assert_chains(ids: &[OrderId], got: &[(String, String)]) {
+    assert_eq!(got.len(), ids.len() * 3, "one event per step");
+    for id in ids {
+        let statuses: Vec<&str> = got
+            .iter()
+            .filter(|(o, _)| *o == id.to_string())
+            .map(|(_, s)| s.as_str())
+            .collect();
+        assert_eq!(
+            statuses,
+            ["confirmed", "preparing", "out_for_delivery"],
+            "{id}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_round_fires_every_due_step_once_and_each_chain_advances_in_order() {
+    let redis = testkit::shared_redis().await;
+    let (t, mut conn, ns) = timers(redis).await;
+    // More due steps than one round takes (200).
+    let ids = start(&t, 300).await;
+    let mut rounds = 0;
+    while t.pending().await.unwrap() > 0 {
+        t.fire_due().await.unwrap();
+        rounds += 1;
+        assert!(rounds < 100, "the timers never drained");
+    }
+    assert!(
+        rounds >= 5,
+        "a round takes at most 200 steps: {rounds} rounds"
+    );
+    assert_chains(&ids, &published(&mut conn, &ns).await);
+    // Nothing is left to fire, and firing again publishes nothing.
+    assert_eq!(t.fire_due().await.unwrap(), 0);
+    assert_eq!(published(&mut conn, &ns).await.len(), 900);
+}
+
+#[tokio::test]
+async fn at_the_memory_ceiling_a_round_fails_and_its_steps_fire_once_there_is_room() {
+    let redis = testkit::RedisServer::start().await;
+    let (t, mut conn, ns) = timers(&redis).await;
+    let ids = start(&t, 150).await;
+    let used: String = redis::cmd("INFO")
+        .arg("memory")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let used: u64 = used
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap();
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(used + 32 * 1024)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let refusal = loop {
+        match t.fire_due().await {
+            Ok(0) => panic!("the timers drained below the ceiling"),
+            Ok(_) => {}
+            Err(e) => break e,
+        }
+    };
+    assert!(refusal.to_string().contains("OOM"), "{refusal}");
+    // A refused step is still due: every chain that has not published its
+    // last step still has exactly one pending timer.
+    let so_far = published(&mut conn, &ns).await;
+    assert!(so_far.len() < 450, "the ceiling never bit");
+    let done = ids
+        .iter()
+        .filter(|id| so_far.iter().filter(|(o, _)| *o == id.to_string()).count() == 3)
+        .count();
+    assert_eq!(
+        t.pending().await.unwrap(),
+        ids.len() - done,
+        "a chain lost its pending step"
+    );
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxmemory")
+        .arg(0)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    while t.pending().await.unwrap() > 0 {
+        t.fire_due().await.unwrap();
+    }
+    assert_chains(&ids, &published(&mut conn, &ns).await);
+}
