@@ -120,6 +120,10 @@ struct BenchArgs {
     /// pace, sustained rate, floor or fan-out.
     #[arg(long)]
     quick: bool,
+    /// Extra environment for every service, `NAME=value` (repeatable): to
+    /// compare settings, e.g. `--env OUTBOX_GATHER_MS=0`.
+    #[arg(long = "env", value_parser = parse_env)]
+    env: Vec<(String, String)>,
 }
 
 #[derive(clap::Args)]
@@ -623,14 +627,19 @@ async fn bench_cmd(a: BenchArgs) -> anyhow::Result<()> {
         floor: !a.quick && !a.no_floor,
         fanout_sockets: if a.quick { 0 } else { a.fanout_sockets },
         fanout_orders: a.fanout_orders.max(1),
+        env: a.env,
     };
     println!(
-        "bench: {} orders, {} clients, {} replica(s), binaries in {}, logs in {}",
+        "bench: {} orders, {} clients, {} replica(s), binaries in {}, logs in {}{}",
         cfg.orders,
         cfg.concurrency,
         cfg.replicas,
         cfg.bin_dir.display(),
-        out.display()
+        out.display(),
+        cfg.env
+            .iter()
+            .map(|(k, v)| format!(", {k}={v}"))
+            .collect::<String>()
     );
     let report = bench::run(cfg).await?;
     print!("{report}");

@@ -86,6 +86,8 @@ pub struct BenchConfig {
     pub fanout_sockets: usize,
     /// Orders the fan-out's trackers watch.
     pub fanout_orders: usize,
+    /// Extra environment for every service (after the bench's own).
+    pub env: Vec<(String, String)>,
 }
 
 /// Latency percentiles, in milliseconds.
@@ -513,6 +515,7 @@ pub async fn run(cfg: BenchConfig) -> anyhow::Result<BenchReport> {
             env: env
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .chain(cfg.env.iter().cloned())
                 .collect(),
         },
     )
