@@ -120,23 +120,7 @@ async fn at_the_memory_ceiling_a_round_fails_and_its_steps_fire_once_there_is_ro
     let redis = testkit::RedisServer::start().await;
     let (t, mut conn, ns) = timers(&redis).await;
     let ids = start(&t, 150).await;
-    let used: String = redis::cmd("INFO")
-        .arg("memory")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let used: u64 = used
-        .lines()
-        .find_map(|l| l.strip_prefix("used_memory:"))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap();
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("maxmemory")
-        .arg(used + 32 * 1024)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    redis.memory_ceiling(Some(32 * 1024)).await;
     let refusal = loop {
         match t.fire_due().await {
             Ok(0) => panic!("the timers drained below the ceiling"),
@@ -158,13 +142,7 @@ async fn at_the_memory_ceiling_a_round_fails_and_its_steps_fire_once_there_is_ro
         ids.len() - done,
         "a chain lost its pending step"
     );
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("maxmemory")
-        .arg(0)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    redis.memory_ceiling(None).await;
     while t.pending().await.unwrap() > 0 {
         t.fire_due().await.unwrap();
     }

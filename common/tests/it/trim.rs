@@ -127,23 +127,7 @@ async fn at_the_memory_ceiling_publishing_fails_loudly_and_drops_nothing() {
     let key = ctx.ns.stream(Stream::Orders);
     let mut conn = ctx.conn.clone();
     ctx.publish_many(Stream::Orders, 100).await;
-    let used: String = redis::cmd("INFO")
-        .arg("memory")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    let used: u64 = used
-        .lines()
-        .find_map(|l| l.strip_prefix("used_memory:"))
-        .and_then(|n| n.trim().parse().ok())
-        .unwrap();
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("maxmemory")
-        .arg(used + 64 * 1024)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    redis.memory_ceiling(Some(64 * 1024)).await;
     // Publish until Redis refuses: it must refuse, not evict.
     let event = Envelope::new(
         OrderCreated::TYPE,
@@ -167,12 +151,6 @@ async fn at_the_memory_ceiling_publishing_fails_loudly_and_drops_nothing() {
         100 + accepted,
         "an entry was dropped"
     );
-    let _: () = redis::cmd("CONFIG")
-        .arg("SET")
-        .arg("maxmemory")
-        .arg(0)
-        .query_async(&mut conn)
-        .await
-        .unwrap();
+    redis.memory_ceiling(None).await;
     ctx.publisher.publish(Stream::Orders, &event).await.unwrap();
 }
