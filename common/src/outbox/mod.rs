@@ -24,12 +24,13 @@
 //!
 //! # Gathering
 //!
-//! Under load, commits land faster than rounds finish, and each round costs
-//! a read, a lease check, a pipeline and a delete whatever its size. So two
-//! rounds start at least `gather` (`OUTBOX_GATHER_MS`, 2 ms) apart: a wake-up
-//! sooner than that waits for the rest, and the commits that land meanwhile
-//! go out together. At low load rounds are further apart than that, so
-//! nothing waits; `0` turns it off.
+//! Each round costs a read, a lease check, a pipeline and a delete whatever
+//! its size. With `OUTBOX_GATHER_MS` above zero, two rounds start at least
+//! that far apart: a wake-up sooner waits for the rest, and the commits
+//! that land meanwhile go out together. It is off by default: measured
+//! (docs/performance.md), 2 ms saved about 0.3 ms of CPU per order and cost
+//! about 3 ms end to end at 10 orders/s, because consumers' group commits
+//! already make rounds carry several events each under load.
 //!
 //! # One document per commit
 //!
@@ -106,7 +107,7 @@ impl Default for OutboxSettings {
             poll: Duration::from_millis(250),
             lease_ttl: Duration::from_secs(5),
             retention: Duration::ZERO,
-            gather: Duration::from_millis(2),
+            gather: Duration::ZERO,
         }
     }
 }

@@ -115,7 +115,7 @@ impl Relay {
             metrics::gauge!("outbox_relay_active").set(if held { 1.0 } else { 0.0 });
             let mut more = false;
             if held {
-                if let Some(at) = round_at {
+                if let Some(at) = round_at.filter(|_| !self.settings.gather.is_zero()) {
                     // Gathering (module docs): let what lands meanwhile join.
                     let next = at + self.settings.gather;
                     tokio::select! {
