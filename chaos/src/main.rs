@@ -121,7 +121,7 @@ struct BenchArgs {
     #[arg(long)]
     quick: bool,
     /// Extra environment for every service, `NAME=value` (repeatable): to
-    /// compare settings, e.g. `--env OUTBOX_GATHER_MS=0`.
+    /// compare settings, e.g. `--env OUTBOX_BATCH=100`.
     #[arg(long = "env", value_parser = parse_env)]
     env: Vec<(String, String)>,
 }

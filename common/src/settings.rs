@@ -27,7 +27,6 @@
 //! | `RECLAIM_INTERVAL_MS` | `1000` | how often each consumer looks for such messages |
 //! | `CONSUMER_MAX_DEFER_MS` | `300000` | how long a message may wait for an earlier event (deferral) before it is dead-lettered; keep it well above MongoDB's `transactionLifetimeLimitSeconds` |
 //! | `OUTBOX_POLL_MS` | `250` | longest sleep of the outbox relay when nothing wakes it |
-//! | `OUTBOX_GATHER_MS` | `0` | shortest time between two outbox relay rounds, so commits that land together go out in one round (off by default, see docs/performance.md) |
 //! | `OUTBOX_BATCH` | `500` | events published per relay round (whole commits, so a round may go over by one commit) |
 //! | `OUTBOX_LEASE_MS` | `5000` | relay lease TTL: a dead relay is replaced within this |
 //! | `OUTBOX_RETENTION_SECS` | `0` | keep published outbox entries this long (marked published); 0 deletes them once published |

@@ -169,15 +169,6 @@ const REJECTIONS: [&str; 3] = [
     "too many orders in the kitchen right now",
 ];
 
-/// A step fired, for its log line.
-struct Fired {
-    kind: Kind,
-    id: String,
-    order_id: OrderId,
-    step: usize,
-    event_type: String,
-}
-
 /// The timer set and how to fire it.
 #[derive(Clone)]
 pub struct Timers {
@@ -402,11 +393,11 @@ impl Timers {
             pipe.query_async(&mut self.conn.clone()).await?;
         let mut fired = 0;
         let mut failed = None;
-        for (step, reply) in steps.iter().zip(replies.into_iter().skip(1)) {
+        for ((timer, event_type), reply) in steps.iter().zip(replies.into_iter().skip(1)) {
             match reply.and_then(|v| Ok(redis::from_redis_value::<i64>(v)?)) {
                 Ok(1) => {
                     fired += 1;
-                    info!(kind = step.kind.name(), id = %step.id, order_id = %step.order_id, step = step.step, event_type = %step.event_type, "simulated step");
+                    info!(kind = timer.kind.name(), id = %timer.id, order_id = %timer.order_id, step = timer.step, event_type = %event_type, "simulated step");
                 }
                 Ok(_) => {}
                 Err(e) => failed = failed.or(Some(e)),
@@ -421,7 +412,7 @@ impl Timers {
     /// The `FIRE` invocation of a due member, with what to log once it
     /// fired; `None` for a member that can never fire (unreadable, or past
     /// the last step), which is then removed.
-    fn step(&self, member: &str) -> Option<(Fired, redis::ScriptInvocation<'static>)> {
+    fn step(&self, member: &str) -> Option<((Timer, String), redis::ScriptInvocation<'static>)> {
         let timer: Timer = match serde_json::from_str(member) {
             Ok(t) => t,
             Err(e) => {
@@ -454,14 +445,7 @@ impl Timers {
         for (k, v) in event.to_fields() {
             inv.arg(k).arg(v);
         }
-        let fired = Fired {
-            kind: timer.kind,
-            id: timer.id,
-            order_id: timer.order_id,
-            step: timer.step,
-            event_type: event.event_type,
-        };
-        Some((fired, inv))
+        Some(((timer, event.event_type), inv))
     }
 
     fn event_for(&self, t: &Timer) -> Option<(Stream, Envelope)> {

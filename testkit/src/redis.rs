@@ -93,9 +93,18 @@ impl RedisServer {
     /// or lifts it (`None`). Under `noeviction` a write past the ceiling
     /// fails with `OOM`: the tests of what happens at the ceiling use it.
     pub async fn memory_ceiling(&self, headroom: Option<u64>) {
+        let client = redis::Client::open(self.url()).expect("the test Redis URL");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("connect to the test Redis");
         let limit = match headroom {
             Some(h) => {
-                let info = self.raw("INFO memory").await;
+                let info: String = redis::cmd("INFO")
+                    .arg("memory")
+                    .query_async(&mut conn)
+                    .await
+                    .expect("INFO memory");
                 let used: u64 = info
                     .lines()
                     .find_map(|l| l.strip_prefix("used_memory:"))
@@ -105,50 +114,13 @@ impl RedisServer {
             }
             None => 0,
         };
-        let reply = self.raw(&format!("CONFIG SET maxmemory {limit}")).await;
-        assert!(reply.starts_with("+OK"), "CONFIG SET maxmemory: {reply}");
-    }
-
-    /// One inline command, its whole reply as text (a status, an error or
-    /// a bulk string).
-    async fn raw(&self, command: &str) -> String {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.port()))
+        let () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("maxmemory")
+            .arg(limit)
+            .query_async(&mut conn)
             .await
-            .expect("connect to the test Redis");
-        let auth = match self.launch().acl_user {
-            Some((user, password)) => format!("AUTH {user} {password}\r\n"),
-            None => String::new(),
-        };
-        s.write_all(format!("{auth}{command}\r\n").as_bytes())
-            .await
-            .expect("write to the test Redis");
-        let mut got = Vec::new();
-        let mut buf = [0u8; 4096];
-        loop {
-            let n = s.read(&mut buf).await.expect("read from the test Redis");
-            assert!(n > 0, "the test Redis closed the connection");
-            got.extend_from_slice(&buf[..n]);
-            let text = String::from_utf8_lossy(&got).into_owned();
-            // Skip the AUTH reply, then wait for a whole reply.
-            let reply = if auth.is_empty() {
-                text.as_str()
-            } else {
-                match text.split_once("\r\n") {
-                    Some((_, rest)) => rest,
-                    None => continue,
-                }
-            };
-            if let Some(bulk) = reply.strip_prefix('$') {
-                if let Some((len, body)) = bulk.split_once("\r\n")
-                    && let Ok(len) = len.parse::<usize>()
-                    && body.len() >= len
-                {
-                    return body[..len].to_owned();
-                }
-            } else if reply.ends_with("\r\n") {
-                return reply.to_owned();
-            }
-        }
+            .expect("CONFIG SET maxmemory");
     }
 
     /// `redis://127.0.0.1:<port>`, with the ACL user's credentials if it has one.

@@ -22,16 +22,6 @@
 //! 2. publish them in one pipeline, each order's events in `seq` order;
 //! 3. delete them (or mark them published, see below).
 //!
-//! # Gathering
-//!
-//! Each round costs a read, a lease check, a pipeline and a delete whatever
-//! its size. With `OUTBOX_GATHER_MS` above zero, two rounds start at least
-//! that far apart: a wake-up sooner waits for the rest, and the commits
-//! that land meanwhile go out together. It is off by default: measured
-//! (docs/performance.md), 2 ms saved about 0.3 ms of CPU per order and cost
-//! about 3 ms end to end at 10 orders/s, because consumers' group commits
-//! already make rounds carry several events each under load.
-//!
 //! # One document per commit
 //!
 //! An entry is one document per [`Outbox::add_all`] call, that is per
@@ -94,10 +84,6 @@ pub struct OutboxSettings {
     pub lease_ttl: Duration,
     /// How long published entries are kept.
     pub retention: Duration,
-    /// Shortest time between the starts of two rounds: a commit that lands
-    /// sooner waits for the rest of it, so commits arriving together go out
-    /// in one round (see "Gathering" in the module docs).
-    pub gather: Duration,
 }
 
 impl Default for OutboxSettings {
@@ -107,14 +93,12 @@ impl Default for OutboxSettings {
             poll: Duration::from_millis(250),
             lease_ttl: Duration::from_secs(5),
             retention: Duration::ZERO,
-            gather: Duration::ZERO,
         }
     }
 }
 
 impl OutboxSettings {
-    /// Reads `OUTBOX_BATCH`, `OUTBOX_POLL_MS`, `OUTBOX_LEASE_MS`,
-    /// `OUTBOX_RETENTION_SECS`, `OUTBOX_GATHER_MS`.
+    /// Reads `OUTBOX_BATCH`, `OUTBOX_POLL_MS`, `OUTBOX_LEASE_MS`, `OUTBOX_RETENTION_SECS`.
     pub fn from_env(env: &mut crate::settings::Env) -> Self {
         let d = Self::default();
         let s = Self {
@@ -124,7 +108,6 @@ impl OutboxSettings {
             retention: Duration::from_secs(
                 env.parse("OUTBOX_RETENTION_SECS", d.retention.as_secs()),
             ),
-            gather: env.millis("OUTBOX_GATHER_MS", crate::settings::millis(d.gather)),
         };
         env.check(s.batch >= 1, "OUTBOX_BATCH must be at least 1");
         env.check(

@@ -96,7 +96,6 @@ impl Relay {
         let mut held = false;
         let mut renewed_at = tokio::time::Instant::now();
         let mut last_sweep = tokio::time::Instant::now();
-        let mut round_at: Option<tokio::time::Instant> = None;
         info!(lease = %self.lease_key, holder = %self.holder, "outbox relay started");
         while !shutdown.is_cancelled() {
             // A holder renews at a third of the TTL, not on every round: the
@@ -115,17 +114,8 @@ impl Relay {
             metrics::gauge!("outbox_relay_active").set(if held { 1.0 } else { 0.0 });
             let mut more = false;
             if held {
-                if let Some(at) = round_at.filter(|_| !self.settings.gather.is_zero()) {
-                    // Gathering (module docs): let what lands meanwhile join.
-                    let next = at + self.settings.gather;
-                    tokio::select! {
-                        () = shutdown.cancelled() => continue,
-                        () = tokio::time::sleep_until(next) => {}
-                    }
-                }
-                round_at = Some(tokio::time::Instant::now());
                 match self.relay_once().await {
-                    Ok(round) => more = round.more,
+                    Ok(left) => more = left,
                     Err(e) => warn!(error = %e, "outbox relay round failed; retrying"),
                 }
                 if last_sweep.elapsed() > RETENTION_SWEEP_EVERY {
@@ -193,8 +183,9 @@ impl Relay {
         Ok(taken.is_some())
     }
 
-    /// One round: read, publish, delete (or mark).
-    async fn relay_once(&self) -> Result<Round, RelayError> {
+    /// One round: read, publish, delete (or mark). Returns whether entries
+    /// were left for the next round.
+    async fn relay_once(&self) -> Result<bool, RelayError> {
         let docs: Vec<Document> = self
             .outbox
             .coll
@@ -205,7 +196,7 @@ impl Relay {
             .try_collect()
             .await?;
         if docs.is_empty() {
-            return Ok(Round::default());
+            return Ok(false);
         }
         // Whole entries, in written order, until `batch` events.
         let mut events = Vec::new();
@@ -228,7 +219,7 @@ impl Relay {
             .query_async(&mut conn)
             .await?;
         if holder.as_deref() != Some(self.holder.as_str()) {
-            return Ok(Round::default());
+            return Ok(false);
         }
         let out: Vec<(Stream, &Envelope)> = ordered.iter().map(|(s, e)| (*s, e)).collect();
         self.publisher.publish_all(&out).await?;
@@ -255,7 +246,7 @@ impl Relay {
             entries = ids.len(),
             "outbox entries published"
         );
-        Ok(Round { more })
+        Ok(more)
     }
 
     async fn sweep(&self) {
@@ -278,13 +269,6 @@ impl Relay {
             Err(e) => warn!(error = %e, "outbox sweep failed"),
         }
     }
-}
-
-/// What a round found.
-#[derive(Debug, Default)]
-struct Round {
-    /// Entries were left for the next round.
-    more: bool,
 }
 
 /// One event read from an entry.
