@@ -20,7 +20,9 @@
 //!    (`VmHWM`, `VmRSS` from `/proc`).
 //!
 //! 5. **the ladder** ([`rates`]): closed-loop creation at each concurrency
-//!    (default 1, 8, 32, 256) for a fixed time, 5xx counted apart;
+//!    (default 1, 8, 32, 256) for a fixed time, 5xx counted apart; then
+//!    c=1 again with the simulator paused, creation without the delivery
+//!    of earlier orders competing for the cores and the database;
 //! 6. **pace**: created → delivered and the median hop at 10 orders/s, and
 //!    at 80 % of the sustained rate;
 //! 7. **the sustained rate** ([`rates::sustained_rate`]): the highest offered
@@ -199,6 +201,10 @@ pub struct BenchReport {
     pub redis_commands: Vec<top::Commands>,
     /// Closed-loop creation per concurrency.
     pub ladder: Vec<rates::Step>,
+    /// One client with the simulator paused: creation without the rest of
+    /// the pipeline running behind it (what the ladder's c=1 would be if
+    /// delivering the earlier orders cost nothing).
+    pub c1_alone: Option<rates::Step>,
     /// Open-loop windows with created → delivered measured (10/s, and 80 %
     /// of the sustained rate).
     pub pace: Vec<rates::RateRun>,
@@ -313,6 +319,9 @@ impl std::fmt::Display for BenchReport {
                     None => writeln!(f, "{step}")?,
                 }
             }
+        }
+        if let Some(step) = &self.c1_alone {
+            writeln!(f, "{step}  (the simulator paused: no pipeline behind it)")?;
         }
         if !self.pace.is_empty() {
             writeln!(f, "created → delivered at a steady rate:")?;
@@ -641,6 +650,11 @@ async fn measure(cluster: &Cluster, cfg: &BenchConfig) -> anyhow::Result<BenchRe
         tag: "run".into(),
     };
     let ladder = rates::ladder(&http, &load, &orders, &cfg.ladder, cfg.step).await?;
+    let c1_alone = if cfg.ladder.contains(&1) {
+        Some(alone(cluster, &http, &load, &orders, cfg).await?)
+    } else {
+        None
+    };
     let mut pace = Vec::new();
     if cfg.sustained || !cfg.ladder.is_empty() {
         let run = rates::open_loop(&http, &load, &orders, 10.0, cfg.step, Some(notify_url)).await?;
@@ -688,6 +702,7 @@ async fn measure(cluster: &Cluster, cfg: &BenchConfig) -> anyhow::Result<BenchRe
         xadds_per_order,
         reads_per_order,
         ladder,
+        c1_alone,
         pace,
         sustained_rate,
         sustained_search,
@@ -795,6 +810,28 @@ async fn fan_out(
     .await?;
     print!("{fan}");
     Ok(fan)
+}
+
+/// The ladder's c=1 again with every simulator replica paused (SIGSTOP), so
+/// no order moves on: the orders' delivery stops competing with creation
+/// for the two cores and the database. The pipeline catches up afterwards.
+async fn alone(
+    cluster: &Cluster,
+    http: &reqwest::Client,
+    load: &rates::Load,
+    orders: &mongodb::Collection<bson::Document>,
+    cfg: &BenchConfig,
+) -> anyhow::Result<rates::Step> {
+    for r in 0..cfg.replicas {
+        cluster.pause(Svc::Simulator, r)?;
+    }
+    let step = rates::closed_loop(http, load, "alone", 1, cfg.step).await;
+    for r in 0..cfg.replicas {
+        cluster.resume(Svc::Simulator, r)?;
+    }
+    println!("{step}  (the simulator paused)");
+    wait_delivered(orders, Duration::from_secs(600)).await?;
+    Ok(step)
 }
 
 async fn wait_delivered(

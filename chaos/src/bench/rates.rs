@@ -155,27 +155,38 @@ pub async fn ladder(
 ) -> anyhow::Result<Vec<Step>> {
     let mut steps = Vec::new();
     for &c in concurrencies {
-        let phase = format!("c{c}");
-        let next = AtomicUsize::new(0);
-        let started = Instant::now();
-        let workers = (0..c.max(1)).map(|_| {
-            let (next, phase) = (&next, &phase);
-            async move {
-                let mut out = Vec::new();
-                while started.elapsed() < duration {
-                    let n = next.fetch_add(1, Ordering::Relaxed);
-                    out.push(load.post(http, phase, n).await);
-                }
-                out
-            }
-        });
-        let posted: Vec<Posted> = join_all(workers).await.into_iter().flatten().collect();
-        let step = summarise(c, started.elapsed().as_secs_f64(), &posted);
+        let step = closed_loop(http, load, &format!("c{c}"), c, duration).await;
         println!("{step}");
         steps.push(step);
         wait_delivered(orders, Duration::from_secs(600)).await?;
     }
     Ok(steps)
+}
+
+/// `c` closed-loop clients posting orders for `duration` (Idempotency-Keys
+/// tagged with `phase`); returns without waiting for their delivery.
+pub async fn closed_loop(
+    http: &reqwest::Client,
+    load: &Load,
+    phase: &str,
+    c: usize,
+    duration: Duration,
+) -> Step {
+    let next = AtomicUsize::new(0);
+    let started = Instant::now();
+    let workers = (0..c.max(1)).map(|_| {
+        let next = &next;
+        async move {
+            let mut out = Vec::new();
+            while started.elapsed() < duration {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                out.push(load.post(http, phase, n).await);
+            }
+            out
+        }
+    });
+    let posted: Vec<Posted> = join_all(workers).await.into_iter().flatten().collect();
+    summarise(c, started.elapsed().as_secs_f64(), &posted)
 }
 
 /// One open-loop window.
