@@ -321,7 +321,7 @@ impl std::fmt::Display for BenchReport {
             }
         }
         if let Some(step) = &self.c1_alone {
-            writeln!(f, "{step}  (the simulator paused: no pipeline behind it)")?;
+            writeln!(f, "{step}  {PAUSED}")?;
         }
         if !self.pace.is_empty() {
             writeln!(f, "created → delivered at a steady rate:")?;
@@ -812,6 +812,9 @@ async fn fan_out(
     Ok(fan)
 }
 
+/// How the paused step is labelled, live and in the report.
+const PAUSED: &str = "(the simulator paused: no pipeline behind it)";
+
 /// The ladder's c=1 again with every simulator replica paused (SIGSTOP), so
 /// no order moves on: the orders' delivery stops competing with creation
 /// for the two cores and the database. The pipeline catches up afterwards.
@@ -829,7 +832,7 @@ async fn alone(
     for r in 0..cfg.replicas {
         cluster.resume(Svc::Simulator, r)?;
     }
-    println!("{step}  (the simulator paused)");
+    println!("{step}  {PAUSED}");
     wait_delivered(orders, Duration::from_secs(600)).await?;
     Ok(step)
 }
