@@ -828,13 +828,15 @@ async fn alone(
     for r in 0..cfg.replicas {
         cluster.pause(Svc::Simulator, r)?;
     }
-    let step = rates::closed_loop(http, load, "alone", 1, cfg.step).await;
-    for r in 0..cfg.replicas {
-        cluster.resume(Svc::Simulator, r)?;
-    }
-    println!("{step}  {PAUSED}");
-    wait_delivered(orders, Duration::from_secs(600)).await?;
-    Ok(step)
+    rates::counted(orders, || async {
+        let step = rates::closed_loop(http, load, "alone", 1, cfg.step).await;
+        for r in 0..cfg.replicas {
+            cluster.resume(Svc::Simulator, r)?;
+        }
+        println!("{step}  {PAUSED}");
+        Ok(step)
+    })
+    .await
 }
 
 async fn wait_delivered(

@@ -22,7 +22,7 @@ use futures::{StreamExt, future::join_all, stream};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde::Serialize;
 
-use super::{Percentiles, pipeline_ms, post_order, wait_delivered};
+use super::{Percentiles, pipeline_ms, post_order, top, wait_delivered};
 
 /// How long the rest of an open-loop window may take to be delivered.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
@@ -109,6 +109,10 @@ pub struct Step {
     pub server_errors: usize,
     /// Other answers that were not 201 (4xx, no answer).
     pub other_errors: usize,
+    /// What the database spent per accepted order, from the step's start
+    /// until its orders were delivered (set by [`ladder`] and the paused
+    /// step; the drain's own polling, one count every 20 ms, is in it).
+    pub database: Option<top::Spent>,
 }
 
 impl std::fmt::Display for Step {
@@ -122,7 +126,11 @@ impl std::fmt::Display for Step {
             self.latency.p99,
             self.server_errors,
             self.other_errors
-        )
+        )?;
+        match &self.database {
+            Some(d) => write!(f, "  {d}"),
+            None => Ok(()),
+        }
     }
 }
 
@@ -141,6 +149,7 @@ fn summarise(concurrency: usize, secs: f64, posted: &[Posted]) -> Step {
             .iter()
             .filter(|p| p.status != 201 && p.status < 500)
             .count(),
+        database: None,
     }
 }
 
@@ -155,12 +164,37 @@ pub async fn ladder(
 ) -> anyhow::Result<Vec<Step>> {
     let mut steps = Vec::new();
     for &c in concurrencies {
-        let step = closed_loop(http, load, &format!("c{c}"), c, duration).await;
-        println!("{step}");
+        let step = counted(orders, || async {
+            let step = closed_loop(http, load, &format!("c{c}"), c, duration).await;
+            println!("{step}");
+            Ok(step)
+        })
+        .await?;
         steps.push(step);
-        wait_delivered(orders, Duration::from_secs(600)).await?;
     }
     Ok(steps)
+}
+
+/// Runs `step`, waits until its orders are delivered, and sets what the
+/// database spent on them per order.
+pub async fn counted<F, Fut>(
+    orders: &mongodb::Collection<bson::Document>,
+    step: F,
+) -> anyhow::Result<Step>
+where
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Step>>,
+{
+    let (client, db) = (orders.client(), orders.namespace().db);
+    let before = top::Tally::now(client, &db).await;
+    let mut step = step().await?;
+    wait_delivered(orders, Duration::from_secs(600)).await?;
+    let accepted = step.latency.n;
+    step.database = Some(before.until(&top::Tally::now(client, &db).await, accepted));
+    if let Some(d) = &step.database {
+        println!("         {d}");
+    }
+    Ok(step)
 }
 
 /// `c` closed-loop clients posting orders for `duration` (Idempotency-Keys

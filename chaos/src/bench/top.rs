@@ -4,6 +4,10 @@
 //! received during the CPU phase. Counts are per command, not per document,
 //! so a batch of 64 inserts counts once: this is the round-trip count.
 //! The same for Redis, from `INFO commandstats` (calls per command).
+//! [`Tally`] is the short form, for each step of the ladder: all the
+//! database's commands and its committed transactions (`serverStatus`;
+//! commits are not in `top`), per order, from before a step until its
+//! orders are delivered.
 
 use std::collections::BTreeMap;
 
@@ -54,12 +58,15 @@ fn count(sections: &Document, section: &str) -> u64 {
     sections
         .get_document(section)
         .ok()
-        .and_then(|d| match d.get("count") {
-            Some(Bson::Int64(n)) => u64::try_from(*n).ok(),
-            Some(Bson::Int32(n)) => u64::try_from(*n).ok(),
-            _ => None,
-        })
-        .unwrap_or(0)
+        .map_or(0, |d| count_of(d.get("count")))
+}
+
+fn count_of(value: Option<&Bson>) -> u64 {
+    match value {
+        Some(Bson::Int64(n)) => u64::try_from(*n).unwrap_or(0),
+        Some(Bson::Int32(n)) => u64::try_from(*n).unwrap_or(0),
+        _ => 0,
+    }
 }
 
 /// What changed between two snapshots, per order, largest first, zeros left out.
@@ -112,4 +119,64 @@ pub async fn redis_snapshot(url: &str) -> BTreeMap<String, u64> {
         counts.insert(format!("redis {name}"), calls);
     }
     counts
+}
+
+/// The database's counters at one moment: commands on the run's
+/// collections (all kinds of [`snapshot`]) and transactions committed.
+#[derive(Debug, Clone)]
+pub struct Tally {
+    commands: BTreeMap<String, u64>,
+    commits: u64,
+}
+
+/// Per order, between two [`Tally`]s.
+#[derive(Debug, Clone, Serialize)]
+pub struct Spent {
+    /// MongoDB commands (commits not counted) per order.
+    pub commands: f64,
+    /// Transactions committed per order.
+    pub commits: f64,
+    /// The commands by collection and kind, largest first.
+    pub by_kind: Vec<Commands>,
+}
+
+impl std::fmt::Display for Spent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "MongoDB per order: {:.1} commands, {:.2} commits (most:",
+            self.commands, self.commits
+        )?;
+        for c in self.by_kind.iter().take(4) {
+            write!(f, " {} {:.2}", c.what, c.per_order)?;
+        }
+        write!(f, ")")
+    }
+}
+
+impl Tally {
+    /// Reads both counters.
+    pub async fn now(client: &mongodb::Client, db: &str) -> Self {
+        let commands = snapshot(client, db).await;
+        let status = client
+            .database("admin")
+            .run_command(doc! { "serverStatus": 1 })
+            .await
+            .unwrap_or_default();
+        let commits = status
+            .get_document("transactions")
+            .ok()
+            .map_or(0, |t| count_of(t.get("totalCommitted")));
+        Self { commands, commits }
+    }
+
+    /// What was spent per order from `self` to `later`.
+    pub fn until(&self, later: &Self, orders: usize) -> Spent {
+        let by_kind = per_order(&self.commands, &later.commands, orders);
+        Spent {
+            commands: by_kind.iter().map(|c| c.per_order).sum(),
+            commits: later.commits.saturating_sub(self.commits) as f64 / orders.max(1) as f64,
+            by_kind,
+        }
+    }
 }
