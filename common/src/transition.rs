@@ -58,7 +58,7 @@ use crate::{
     batch::{Batch, Batcher},
     consumer::{HandlerError, Outcome},
     mongo::{BoxFuture, RetryPolicy, check_write_reply, run_transaction},
-    outbox::Outbox,
+    outbox::{Outbox, Written},
 };
 
 /// A document with a status lifecycle and a version counter (fields `status`
@@ -293,20 +293,15 @@ impl<T: Versioned> Moves<T> {
         &self,
         jobs: &[Move<T::Status>],
     ) -> mongodb::error::Result<Vec<StatusChange<T::Status>>> {
-        let changes = run_transaction(
+        let (changes, written) = run_transaction(
             &self.0.client,
             RetryPolicy::default(),
             &(self, jobs),
             |s, (this, jobs)| Box::pin(this.apply_all(s, jobs)),
         )
         .await?;
-        if changes
-            .iter()
-            .any(|c| matches!(c, StatusChange::Moved { .. }))
-        {
-            // The events are in the outbox, committed with the changes.
-            self.0.outbox.wake();
-        }
+        // The events are in the outbox, committed with the changes.
+        self.0.outbox.committed(written);
         Ok(changes)
     }
 
@@ -316,7 +311,7 @@ impl<T: Versioned> Moves<T> {
         &self,
         s: &mut ClientSession,
         jobs: &[Move<T::Status>],
-    ) -> mongodb::error::Result<Vec<StatusChange<T::Status>>> {
+    ) -> mongodb::error::Result<(Vec<StatusChange<T::Status>>, Option<Written>)> {
         let mut events = Vec::new();
         let changes = match jobs {
             [job] => vec![self.apply_one(s, job, &mut events).await?],
@@ -326,8 +321,8 @@ impl<T: Versioned> Moves<T> {
             .iter()
             .map(|(event, seq)| (self.0.stream, event, *seq))
             .collect();
-        self.0.outbox.add_all(&mut *s, &entries).await?;
-        Ok(changes)
+        let written = self.0.outbox.add_all(&mut *s, &entries).await?;
+        Ok((changes, written))
     }
 
     /// A batch of one (no load): one guarded `findAndModify`, so a lone move

@@ -42,7 +42,6 @@ impl Handler<OrdersEvent> for OrdersHandler {
             .map_err(HandlerError::from_mongo)?;
         match created {
             Creation::Created(d) => {
-                self.store.outbox.wake();
                 info!(order_id = %p.order_id, delivery_id = %d.id, "delivery created");
                 Ok(Outcome::Done)
             }

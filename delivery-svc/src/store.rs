@@ -12,7 +12,7 @@ use std::collections::HashSet;
 use common::{
     batch::{Batch, Batcher},
     mongo::{RetryPolicy, is_duplicate_key, run_transaction},
-    outbox::Outbox,
+    outbox::{Outbox, Written},
     transition::{Cause, Guarded, Spec, Versioned},
 };
 use contract::{
@@ -127,7 +127,10 @@ impl Batch for Creations {
             )
             .await;
             match result {
-                Ok(created) => return created.into_iter().map(Ok).collect(),
+                Ok((created, written)) => {
+                    self.outbox.committed(written);
+                    return created.into_iter().map(Ok).collect();
+                }
                 // A lone creation met the unique index: the order has its delivery.
                 Err(e) if is_duplicate_key(&e) && jobs.len() == 1 => {
                     return vec![Ok(Creation::Exists)];
@@ -174,7 +177,7 @@ impl Creations {
         &self,
         s: &mut ClientSession,
         jobs: &[NewDelivery],
-    ) -> mongodb::error::Result<Vec<Creation>> {
+    ) -> mongodb::error::Result<(Vec<Creation>, Option<Written>)> {
         let mut taken = HashSet::new();
         // A batch of one (no load) skips the query: the unique index answers.
         if jobs.len() > 1 {
@@ -203,7 +206,7 @@ impl Creations {
             })
             .collect();
         if created.is_empty() {
-            return Ok(outcomes);
+            return Ok((outcomes, None));
         }
         // The unique index on order_id makes a second delivery impossible.
         self.deliveries
@@ -219,8 +222,8 @@ impl Creations {
             })
             .collect();
         let entries: Vec<_> = events.iter().map(|(st, ev, v)| (*st, ev, *v)).collect();
-        self.outbox.add_all(&mut *s, &entries).await?;
-        Ok(outcomes)
+        let written = self.outbox.add_all(&mut *s, &entries).await?;
+        Ok((outcomes, written))
     }
 }
 

@@ -436,7 +436,6 @@ async fn create_order(
         }
     };
     failpoint::hit(st.store.outbox.namespace(), "order-svc.after_commit").await;
-    st.store.outbox.wake();
     let mut response = respond(with_token(placed.reply, &token, &st.tracker_base_url));
     if let Ok(v) = HeaderValue::from_str(&correlation_id) {
         response.headers_mut().insert(CORRELATION_HEADER, v);

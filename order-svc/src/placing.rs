@@ -41,7 +41,7 @@ use chrono::Utc;
 use common::{
     batch::{Batch, Batcher},
     mongo::{MaybeMongoError, RetryPolicy, check_write_reply, is_duplicate_key, run_transaction},
-    outbox::Outbox,
+    outbox::{Outbox, Written},
 };
 use contract::{MenuItemId, auth::TrackingToken, events::OrderLine, status::OrderStatus};
 use futures::TryStreamExt;
@@ -183,7 +183,12 @@ async fn place_batch(c: &Collections, requests: &[Request]) -> Vec<Result<Placed
         })
         .await;
         match outcome {
-            Ok(decided) => return decided,
+            Ok((decided, written)) => {
+                // Handed to the relay before anyone is answered, so a
+                // cancel of one of these orders is handed after it.
+                c.outbox.committed(written);
+                return decided;
+            }
             Err(BatchError::Mongo(e)) if is_duplicate_key(&e) => {
                 // Another replica stored one of the keys meanwhile.
                 match stored_keys(&c.keys, requests).await {
@@ -254,7 +259,7 @@ async fn place_in(
     c: &Collections,
     requests: &[Request],
     taken: &[bool],
-) -> Result<Vec<Result<Placed, PlaceError>>, BatchError> {
+) -> Result<(Vec<Result<Placed, PlaceError>>, Option<Written>), BatchError> {
     let mut ids: Vec<ObjectId> = requests
         .iter()
         .flat_map(|r| r.new.lines.iter().map(|l| l.item_id))
@@ -319,7 +324,7 @@ async fn place_in(
         .filter_map(|(r, d)| Some((r, d.as_ref().ok()?)))
         .collect();
     if placed.is_empty() {
-        return Ok(decided);
+        return Ok((decided, None));
     }
     // 1. Stock: one guarded decrement per dish for the whole batch.
     let decrements: Vec<Document> = stock
@@ -355,14 +360,14 @@ async fn place_in(
         .iter()
         .map(|((stream, event), seq)| (*stream, event, *seq))
         .collect();
-    c.outbox.add_all(&mut *s, &refs).await?;
+    let written = c.outbox.add_all(&mut *s, &refs).await?;
     // 4. Their idempotency records.
     let records: Vec<Document> = placed
         .iter()
         .filter_map(|(r, p)| Some(Keys::document(r.key.as_ref()?, &p.reply, Some(&r.token))))
         .collect();
     c.keys.insert_all(&mut *s, records).await?;
-    Ok(decided)
+    Ok((decided, written))
 }
 
 /// The lines of a request, priced, if every dish exists and has enough

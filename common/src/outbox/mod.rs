@@ -20,7 +20,26 @@
 //!
 //! 1. read unpublished entries in written order, up to `batch` events;
 //! 2. publish them in one pipeline, each order's events in `seq` order;
-//! 3. delete them (or mark them published, see below).
+//! 3. delete them (or mark them published, see below), with one write for
+//!    everything published in the last 20 ms (or the last 256 entries),
+//!    and always before the next read.
+//!
+//! # Hand-off
+//!
+//! Most entries need not be read back at all: the process that committed
+//! one hands it to its own relay ([`Outbox::committed`], after the commit,
+//! before the writer answers anyone), and if that relay holds the lease it
+//! publishes the entry as it was written, skipping step 1. It does so only
+//! when every event in it is the next of its key: `seq` 1, or the relay
+//! itself published `seq − 1` (it remembers the last `seq` per key). An
+//! event whose predecessor it has not seen (written by another replica, or
+//! before this relay took the lease) may have that predecessor still in the
+//! collection, so the relay reads the collection instead, in written order,
+//! and each key keeps its order. One whose `seq` it already published was
+//! published by such a read and is skipped. The relay still reads when
+//! another replica rings, at least every `poll` interval, and after taking
+//! the lease, so nothing depends on the hand-off: a crash between the
+//! commit and the hand-off leaves the entry for the next read.
 //!
 //! # One document per commit
 //!
@@ -32,7 +51,7 @@
 //! (docs/performance.md). The relay still reads entries of the earlier
 //! one-event-per-document shape, so an upgrade leaves nothing behind.
 //!
-//! A crash between 2 and 3 republishes those entries later: consumers shrug
+//! A crash between 2 and 3 (within those 20 ms) republishes those entries later: consumers shrug
 //! (their effects are idempotent), so that costs a duplicate message, never a
 //! duplicate effect. A relay that was paused past its lease (say SIGSTOP)
 //! checks the lease again before publishing, so two relays overlap at most for
@@ -53,7 +72,7 @@ mod relay;
 
 use std::{
     sync::{
-        Arc, OnceLock,
+        Arc, Mutex, OnceLock,
         atomic::{AtomicBool, Ordering},
     },
     time::Duration,
@@ -129,8 +148,20 @@ pub struct Outbox {
     bell: Arc<OnceLock<Bell>>,
     /// Whether this process's relay holds the lease.
     held: Arc<AtomicBool>,
+    /// Entries this process committed, for its relay to publish unread.
+    handed: Arc<Mutex<Vec<Written>>>,
+    /// Whether another replica rang since the relay last read the collection.
+    rung: Arc<AtomicBool>,
     ns: Namespace,
     service: String,
+}
+
+/// An entry a transaction wrote ([`Outbox::add_all`]): its id and events,
+/// as stored.
+#[derive(Debug)]
+pub struct Written {
+    id: ObjectId,
+    events: Vec<Document>,
 }
 
 /// The wake-up channel of a service's relays.
@@ -149,6 +180,8 @@ impl Outbox {
             wake: Arc::new(Notify::new()),
             bell: Arc::new(OnceLock::new()),
             held: Arc::new(AtomicBool::new(false)),
+            handed: Arc::default(),
+            rung: Arc::new(AtomicBool::new(false)),
             ns,
             service: service.to_owned(),
         }
@@ -174,20 +207,21 @@ impl Outbox {
         stream: Stream,
         event: &Envelope,
         seq: u32,
-    ) -> mongodb::error::Result<()> {
+    ) -> mongodb::error::Result<Option<Written>> {
         self.add_all(s, &[(stream, event, seq)]).await
     }
 
     /// Adds several events inside the caller's transaction, in this order:
     /// one document holding them all (see "One document per commit" in the
-    /// module docs), written in one round trip.
+    /// module docs), written in one round trip. Returns the entry (none for
+    /// no events), for [`Outbox::committed`] once the transaction commits.
     pub async fn add_all(
         &self,
         s: &mut ClientSession,
         events: &[(Stream, &Envelope, u32)],
-    ) -> mongodb::error::Result<()> {
+    ) -> mongodb::error::Result<Option<Written>> {
         if events.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
         let events: Vec<Document> = events
             .iter()
@@ -207,11 +241,12 @@ impl Outbox {
             .collect();
         // An upsert, so that `$currentDate` stamps the entry with the
         // database's clock: one clock for every replica that writes.
+        let id = ObjectId::new();
         let update = doc! {
-            "q": { "_id": ObjectId::new() },
+            "q": { "_id": id },
             "u": {
                 "$currentDate": { "written_at": true },
-                "$setOnInsert": { "events": events, "published": false },
+                "$setOnInsert": { "events": &events, "published": false },
             },
             "upsert": true,
         };
@@ -220,7 +255,33 @@ impl Outbox {
             .run_command(doc! { "update": self.coll.name(), "updates": [update], "ordered": true })
             .session(&mut *s)
             .await?;
-        crate::mongo::check_write_reply(&reply, 1)
+        crate::mongo::check_write_reply(&reply, 1)?;
+        Ok(Some(Written { id, events }))
+    }
+
+    /// Hands what a transaction wrote to the relay once it committed (call
+    /// it after the commit, before answering whoever waits for it, from a
+    /// Tokio runtime): if this process's relay holds the lease it publishes
+    /// the entry without reading it back (see "Hand-off" in the module
+    /// docs); otherwise the relay that holds it is rung.
+    pub fn committed(&self, written: impl IntoIterator<Item = Written>) {
+        if self.held.load(Ordering::Relaxed) {
+            self.handed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .extend(written);
+        }
+        self.wake();
+    }
+
+    /// Takes what was handed over since the last call.
+    fn take_handed(&self) -> Vec<Written> {
+        std::mem::take(
+            &mut *self
+                .handed
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 
     /// The namespace of the relay's lease (and of failpoints).
@@ -231,7 +292,7 @@ impl Outbox {
     /// Tells the relay that an entry was committed: this process's relay
     /// directly, and, unless it holds the lease, the one that does (see the
     /// module docs). Call it after the commit, from a Tokio runtime.
-    pub fn wake(&self) {
+    fn wake(&self) {
         self.wake.notify_one();
         if self.held.load(Ordering::Relaxed) {
             return;

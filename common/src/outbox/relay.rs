@@ -3,7 +3,10 @@
 
 use std::{
     collections::HashMap,
-    sync::{Arc, atomic::Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
     time::Duration,
 };
 
@@ -14,7 +17,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{Outbox, OutboxSettings};
+use super::{Outbox, OutboxSettings, Written};
 use contract::{Envelope, StreamEntry, streams::Stream};
 
 use crate::{backoff::Backoff, failpoint, publisher::Publisher, settings::RETENTION_SWEEP_EVERY};
@@ -91,16 +94,23 @@ impl Relay {
             self.client.clone(),
             self.outbox.bell_channel(),
             self.outbox.wake.clone(),
+            self.outbox.rung.clone(),
             shutdown.clone(),
         )));
         let mut held = false;
         let mut renewed_at = tokio::time::Instant::now();
         let mut last_sweep = tokio::time::Instant::now();
+        let mut sent = Sent::default();
+        // Read the collection at the start, when rung, after a poll interval
+        // without one, and while a round leaves entries behind.
+        let mut read = true;
+        let mut read_at = tokio::time::Instant::now();
         info!(lease = %self.lease_key, holder = %self.holder, "outbox relay started");
         while !shutdown.is_cancelled() {
             // A holder renews at a third of the TTL, not on every round: the
             // check before each publish (see `relay_once`) keeps it safe.
             if !held || renewed_at.elapsed() >= self.settings.lease_ttl / 3 {
+                let was_held = held;
                 held = match self.hold_lease(held).await {
                     Ok(h) => h,
                     Err(e) => {
@@ -110,28 +120,60 @@ impl Relay {
                 };
                 renewed_at = tokio::time::Instant::now();
                 self.outbox.held.store(held, Ordering::Relaxed);
+                if held != was_held {
+                    // What another holder published meanwhile is not known.
+                    self.flush(&mut sent).await;
+                    sent = Sent::default();
+                    read = true;
+                }
             }
             metrics::gauge!("outbox_relay_active").set(if held { 1.0 } else { 0.0 });
-            let mut more = false;
-            if held {
-                match self.relay_once().await {
-                    Ok(left) => more = left,
-                    Err(e) => warn!(error = %e, "outbox relay round failed; retrying"),
+            let handed = self.outbox.take_handed();
+            read |= self.outbox.rung.swap(false, Ordering::Relaxed)
+                || read_at.elapsed() >= self.settings.poll;
+            if held && !read && !handed.is_empty() {
+                match self.relay_handed(handed, &mut sent).await {
+                    Ok(must_read) => read = must_read,
+                    Err(e) => {
+                        warn!(error = %e, "outbox hand-off failed; reading the outbox");
+                        read = true;
+                    }
                 }
+            }
+            if held && read {
+                // Published entries go before the read, or it would find them.
+                self.flush(&mut sent).await;
+                read_at = tokio::time::Instant::now();
+                read = match self.relay_once(&mut sent).await {
+                    Ok(left) => left,
+                    Err(e) => {
+                        warn!(error = %e, "outbox relay round failed; retrying");
+                        false
+                    }
+                };
                 if last_sweep.elapsed() > RETENTION_SWEEP_EVERY {
                     self.sweep().await;
                     last_sweep = tokio::time::Instant::now();
                 }
             }
-            if more {
+            if held && sent.due() {
+                self.flush(&mut sent).await;
+            }
+            if read {
                 continue;
             }
-            // The lease holder waits for work; the others check the lease at
-            // a third of its TTL.
+            // The lease holder waits for work (or for its deletes to be due);
+            // the others check the lease at a third of its TTL.
             let wait = if held {
-                self.settings
+                let mut wait = self
+                    .settings
                     .poll
-                    .min((self.settings.lease_ttl / 3).saturating_sub(renewed_at.elapsed()))
+                    .saturating_sub(read_at.elapsed())
+                    .min((self.settings.lease_ttl / 3).saturating_sub(renewed_at.elapsed()));
+                if let Some(due) = sent.due_in() {
+                    wait = wait.min(due);
+                }
+                wait
             } else {
                 self.settings.lease_ttl / 3
             };
@@ -141,6 +183,7 @@ impl Relay {
                 () = tokio::time::sleep(wait) => {}
             }
         }
+        self.flush(&mut sent).await;
         self.outbox.held.store(false, Ordering::Relaxed);
         if held {
             let _: Result<i64, _> = RELEASE
@@ -183,9 +226,9 @@ impl Relay {
         Ok(taken.is_some())
     }
 
-    /// One round: read, publish, delete (or mark). Returns whether entries
-    /// were left for the next round.
-    async fn relay_once(&self) -> Result<bool, RelayError> {
+    /// One round: read, publish, and leave the entries to [`Relay::flush`].
+    /// Returns whether entries were left for the next round.
+    async fn relay_once(&self, sent: &mut Sent) -> Result<bool, RelayError> {
         let docs: Vec<Document> = self
             .outbox
             .coll
@@ -210,6 +253,44 @@ impl Relay {
             events.extend(parsed);
         }
         let more = ids.len() < docs.len() || docs.len() as i64 >= self.settings.batch;
+        self.publish(events, ids, sent).await?;
+        Ok(more)
+    }
+
+    /// Publishes what this process handed over (see "Hand-off" in the module
+    /// docs) without reading it back, when every event in it is the next of
+    /// its key, or skips it when a read already published it. Returns
+    /// whether the collection must be read instead (an event whose
+    /// predecessor this relay has not published: it may still be in the
+    /// outbox, and must go first).
+    async fn relay_handed(
+        &self,
+        handed: Vec<Written>,
+        sent: &mut Sent,
+    ) -> Result<bool, RelayError> {
+        let entries = handed
+            .into_iter()
+            .map(|w| events_of(&doc! { "_id": w.id, "events": w.events }))
+            .collect::<Result<Vec<_>, _>>()?;
+        let Some((ids, events)) = hand_off(entries, &sent.seqs) else {
+            return Ok(true);
+        };
+        if !ids.is_empty() {
+            self.publish(events, ids, sent).await?;
+        }
+        Ok(false)
+    }
+
+    /// Publishes `events` (of the entries `ids`) in one pipeline, each key's
+    /// in `seq` order, if the lease is still this relay's; the entries are
+    /// then due for deletion.
+    async fn publish(
+        &self,
+        events: Vec<Parsed>,
+        ids: Vec<ObjectId>,
+        sent: &mut Sent,
+    ) -> Result<(), RelayError> {
+        sent.note(&events);
         let ordered = order_by_key(events);
         failpoint::hit(self.publisher.namespace(), "outbox.before_publish").await;
         // Another relay may have taken over while this one slept.
@@ -219,34 +300,52 @@ impl Relay {
             .query_async(&mut conn)
             .await?;
         if holder.as_deref() != Some(self.holder.as_str()) {
-            return Ok(false);
+            sent.seqs.clear();
+            return Ok(());
         }
         let out: Vec<(Stream, &Envelope)> = ordered.iter().map(|(s, e)| (*s, e)).collect();
-        self.publisher.publish_all(&out).await?;
+        if let Err(e) = self.publisher.publish_all(&out).await {
+            // Some may have gone out, some not: read back what is left.
+            sent.seqs.clear();
+            return Err(e.into());
+        }
         failpoint::hit(self.publisher.namespace(), "outbox.after_publish").await;
-        if self.settings.retention.is_zero() {
-            // Nothing to keep: one write per round instead of a mark and a
-            // later sweep.
-            self.outbox
-                .coll
-                .delete_many(doc! { "_id": { "$in": &ids } })
-                .await?;
+        sent.published(ids);
+        metrics::counter!("outbox_published_total").increment(out.len() as u64);
+        debug!(events = out.len(), "outbox events published");
+        Ok(())
+    }
+
+    /// Deletes (or marks) the published entries: one write for all that
+    /// were published since the last, so under light load several rounds
+    /// share it. A crash before it republishes them, as a crash between
+    /// publishing and deleting always did (a duplicate message, never a
+    /// duplicate effect).
+    async fn flush(&self, sent: &mut Sent) {
+        if sent.unflushed.is_empty() {
+            return;
+        }
+        let ids = std::mem::take(&mut sent.unflushed);
+        sent.since = None;
+        let filter = doc! { "_id": { "$in": &ids } };
+        let written = if self.settings.retention.is_zero() {
+            // Nothing to keep: one write instead of a mark and a later sweep.
+            self.outbox.coll.delete_many(filter).await.map(drop)
         } else {
             self.outbox
                 .coll
                 .update_many(
-                    doc! { "_id": { "$in": &ids } },
+                    filter,
                     doc! { "$set": { "published": true }, "$currentDate": { "published_at": true } },
                 )
-                .await?;
+                .await
+                .map(drop)
+        };
+        if let Err(e) = written {
+            // They stay unpublished and go out again: duplicates, no loss.
+            warn!(error = %e, entries = ids.len(), "published outbox entries not removed");
+            sent.seqs.clear();
         }
-        metrics::counter!("outbox_published_total").increment(out.len() as u64);
-        debug!(
-            events = out.len(),
-            entries = ids.len(),
-            "outbox entries published"
-        );
-        Ok(more)
     }
 
     async fn sweep(&self) {
@@ -268,6 +367,48 @@ impl Relay {
             Ok(_) => {}
             Err(e) => warn!(error = %e, "outbox sweep failed"),
         }
+    }
+}
+
+/// How long published entries wait to be deleted together.
+const FLUSH_AFTER: Duration = Duration::from_millis(20);
+/// Published entries that are deleted at once, however recent.
+const FLUSH_AT: usize = 256;
+/// Keys whose last published `seq` is remembered (then forgotten at once:
+/// a key not remembered is read from the outbox, which is only slower).
+const REMEMBERED_KEYS: usize = 100_000;
+
+/// What this relay published and has not deleted yet, and the last `seq`
+/// it published of each key (to hand entries off in order).
+#[derive(Debug, Default)]
+struct Sent {
+    unflushed: Vec<ObjectId>,
+    since: Option<tokio::time::Instant>,
+    seqs: HashMap<(Stream, String), i64>,
+}
+
+impl Sent {
+    fn note(&mut self, events: &[Parsed]) {
+        if self.seqs.len() + events.len() > REMEMBERED_KEYS {
+            self.seqs.clear();
+        }
+        for p in events {
+            let seq = self.seqs.entry((p.stream, p.key.clone())).or_insert(p.seq);
+            *seq = (*seq).max(p.seq);
+        }
+    }
+
+    fn published(&mut self, ids: Vec<ObjectId>) {
+        self.since.get_or_insert_with(tokio::time::Instant::now);
+        self.unflushed.extend(ids);
+    }
+
+    fn due_in(&self) -> Option<Duration> {
+        self.since.map(|t| FLUSH_AFTER.saturating_sub(t.elapsed()))
+    }
+
+    fn due(&self) -> bool {
+        self.unflushed.len() >= FLUSH_AT || self.due_in().is_some_and(|d| d.is_zero())
     }
 }
 
@@ -318,6 +459,50 @@ fn events_of(d: &Document) -> Result<(ObjectId, Vec<Parsed>), RelayError> {
     Ok((id, events))
 }
 
+/// Which handed-over entries the relay publishes as they are: `None` when
+/// it must read the collection instead (see "Hand-off" in the module docs),
+/// given the last `seq` it published of each key. Entries whose events it
+/// all published already are left out.
+fn hand_off(
+    entries: Vec<(ObjectId, Vec<Parsed>)>,
+    seqs: &HashMap<(Stream, String), i64>,
+) -> Option<(Vec<ObjectId>, Vec<Parsed>)> {
+    // The last seq of each key once the entries accepted so far go out.
+    let mut next: HashMap<(Stream, String), i64> = HashMap::new();
+    let (mut ids, mut events) = (Vec::new(), Vec::new());
+    for (id, mut parsed) in entries {
+        // (One commit may move a document twice: its seqs in order.)
+        parsed.sort_by_key(|p| p.seq);
+        let mut after = HashMap::new();
+        let (mut old, mut new) = (0, 0);
+        for p in &parsed {
+            let k = (p.stream, p.key.clone());
+            let last = after
+                .get(&k)
+                .or_else(|| next.get(&k))
+                .or_else(|| seqs.get(&k))
+                .copied();
+            if last >= Some(p.seq) {
+                old += 1;
+            } else if (p.seq <= 1 && last.is_none()) || last == Some(p.seq - 1) {
+                new += 1;
+                after.insert(k, p.seq);
+            } else {
+                return None;
+            }
+        }
+        match (old, new) {
+            (_, 0) => continue, // a read published it already
+            (0, _) => {}
+            _ => return None, // half of it known: the read sorts it out
+        }
+        next.extend(after);
+        ids.push(id);
+        events.extend(parsed);
+    }
+    Some((ids, events))
+}
+
 /// The events in publishing order: they keep their written order, except
 /// that each key's events go out in `seq` order.
 fn order_by_key(parsed: Vec<Parsed>) -> Vec<(Stream, Envelope)> {
@@ -346,6 +531,7 @@ async fn listen(
     client: redis::Client,
     channel: String,
     wake: Arc<Notify>,
+    rung: Arc<AtomicBool>,
     shutdown: CancellationToken,
 ) {
     let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
@@ -358,7 +544,10 @@ async fn listen(
                     tokio::select! {
                         () = shutdown.cancelled() => return,
                         ring = rings.next() => match ring {
-                            Some(_) => wake.notify_one(),
+                            Some(_) => {
+                                rung.store(true, Ordering::Relaxed);
+                                wake.notify_one();
+                            }
                             None => { debug!("outbox wake-up subscription closed; reopening"); break }
                         }
                     }
@@ -444,5 +633,61 @@ mod tests {
             Err(RelayError::Malformed(got)) => assert_eq!(got, id),
             other => panic!("expected malformed, got {other:?}"),
         }
+    }
+
+    fn handed(commits: Vec<Vec<Document>>) -> Vec<(ObjectId, Vec<Parsed>)> {
+        commits
+            .into_iter()
+            .map(|events| events_of(&commit(events)).unwrap())
+            .collect()
+    }
+
+    fn seqs(known: &[(&str, i64)]) -> HashMap<(Stream, String), i64> {
+        known
+            .iter()
+            .map(|(k, s)| ((Stream::Orders, (*k).to_owned()), *s))
+            .collect()
+    }
+
+    fn keys_and_seqs(events: &[Parsed]) -> Vec<(&str, i64)> {
+        events.iter().map(|p| (p.key.as_str(), p.seq)).collect()
+    }
+
+    #[test]
+    fn a_handed_entry_goes_out_unread_when_each_event_is_the_next_of_its_key() {
+        // a is new; b was published up to 2; one commit moved c twice.
+        let entries = handed(vec![
+            vec![event("a", 1, 0), event("b", 3, 1)],
+            vec![event("c", 3, 2), event("c", 2, 3)],
+            vec![event("a", 2, 4)],
+        ]);
+        let ids: Vec<ObjectId> = entries.iter().map(|(id, _)| *id).collect();
+        let (out_ids, events) = hand_off(entries, &seqs(&[("b", 2), ("c", 1)])).unwrap();
+        assert_eq!(out_ids, ids);
+        assert_eq!(
+            keys_and_seqs(&events),
+            [("a", 1), ("b", 3), ("c", 2), ("c", 3), ("a", 2)]
+        );
+    }
+
+    #[test]
+    fn an_event_whose_predecessor_the_relay_has_not_published_makes_it_read() {
+        // b's 2 may still be in the outbox (another replica wrote it).
+        let entries = handed(vec![vec![event("a", 1, 0)], vec![event("b", 3, 1)]]);
+        assert!(hand_off(entries, &seqs(&[("b", 1)])).is_none());
+        // Nor does a key the relay knows nothing of start past 1.
+        assert!(hand_off(handed(vec![vec![event("d", 2, 0)]]), &seqs(&[])).is_none());
+    }
+
+    #[test]
+    fn a_handed_entry_that_a_read_already_published_is_skipped() {
+        let entries = handed(vec![vec![event("a", 1, 0)], vec![event("b", 2, 1)]]);
+        let fresh = entries[1].0;
+        let (ids, events) = hand_off(entries, &seqs(&[("a", 1), ("b", 1)])).unwrap();
+        assert_eq!(ids, [fresh]);
+        assert_eq!(keys_and_seqs(&events), [("b", 2)]);
+        // Half published, half not: read.
+        let half = handed(vec![vec![event("a", 1, 0), event("b", 1, 1)]]);
+        assert!(hand_off(half, &seqs(&[("a", 1)])).is_none());
     }
 }
