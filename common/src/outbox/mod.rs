@@ -265,6 +265,10 @@ impl Outbox {
     /// the entry without reading it back (see "Hand-off" in the module
     /// docs); otherwise the relay that holds it is rung.
     pub fn committed(&self, written: impl IntoIterator<Item = Written>) {
+        let mut written = written.into_iter().peekable();
+        if written.peek().is_none() {
+            return; // nothing was written (every move stale, say): no ring
+        }
         if self.held.load(Ordering::Relaxed) {
             self.handed
                 .lock()
