@@ -6,6 +6,14 @@
 //!   seven, the order, one outbox entry, the idempotency record), from
 //!   `concurrency` tasks for a fixed time, each retrying its write conflicts
 //!   until it commits. Its rate is what one-order-per-transaction can reach.
+//! * **MongoDB, one status move**, two ways, each task moving its own
+//!   document (so nothing conflicts): as the services write a lone move
+//!   today (a transaction: guarded `findAndModify`, an outbox entry, the
+//!   commit), and as one guarded single-document `findAndModify` that
+//!   `$push`es the event into the document itself, without a transaction
+//!   (the design that docs/performance.md names as the next step; the
+//!   array is kept to its last 8 events here, where a relay would `$pull`
+//!   them in batches). The ratio is what that design can save per move.
 //! * **Redis**: raw `XADD` of an envelope-sized entry, then `XREADGROUP`
 //!   (one entry per call) and `XACK` of every entry, from `concurrency`
 //!   tasks. Their rates bound what the relays and the consumer loops can do.
@@ -38,6 +46,11 @@ pub struct Floor {
     pub mongo_txn_latency: Percentiles,
     /// Transaction runs that hit a write conflict and ran again.
     pub mongo_conflicts: u64,
+    /// Status moves per second, each a transaction with its outbox entry.
+    pub move_txn_per_sec: f64,
+    /// Status moves per second, each one single-document `findAndModify`
+    /// carrying its event.
+    pub move_single_per_sec: f64,
     /// `XADD` per second.
     pub xadd_per_sec: f64,
     /// Entries read (`XREADGROUP COUNT 1`) and acknowledged per second.
@@ -48,11 +61,14 @@ impl std::fmt::Display for Floor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "floor, c={}: MongoDB order transaction {:.0}/s ({}; {} conflicts retried); Redis XADD {:.0}/s, XREADGROUP+XACK {:.0}/s",
+            "floor, c={}: MongoDB order transaction {:.0}/s ({}; {} conflicts retried); status move as a transaction {:.0}/s, as one document write {:.0}/s ({:.1}×); Redis XADD {:.0}/s, XREADGROUP+XACK {:.0}/s",
             self.concurrency,
             self.mongo_txn_per_sec,
             self.mongo_txn_latency,
             self.mongo_conflicts,
+            self.move_txn_per_sec,
+            self.move_single_per_sec,
+            self.move_single_per_sec / self.move_txn_per_sec.max(f64::MIN_POSITIVE),
             self.xadd_per_sec,
             self.read_ack_per_sec
         )
@@ -104,12 +120,16 @@ pub async fn measure(
 ) -> anyhow::Result<Floor> {
     let (mongo_txn_per_sec, latencies, mongo_conflicts) =
         mongo_floor(mongo_url, concurrency, duration).await?;
+    let (move_txn_per_sec, move_single_per_sec) =
+        move_floor(mongo_url, concurrency, duration).await?;
     let (xadd_per_sec, read_ack_per_sec) = redis_floor(redis_url, concurrency, duration).await?;
     Ok(Floor {
         concurrency,
         mongo_txn_per_sec,
         mongo_txn_latency: Percentiles::of(latencies),
         mongo_conflicts,
+        move_txn_per_sec,
+        move_single_per_sec,
         xadd_per_sec,
         read_ack_per_sec,
     })
@@ -210,6 +230,94 @@ async fn mongo_floor(
     .await;
     db.drop().await?;
     Ok((rate, latencies, conflicts.load(Ordering::Relaxed)))
+}
+
+/// A status move of one document per task, as a transaction with an outbox
+/// entry and as one single-document write carrying its event: the rate of
+/// each, measured one after the other for `duration` each.
+async fn move_floor(
+    url: &str,
+    concurrency: usize,
+    duration: Duration,
+) -> anyhow::Result<(f64, f64)> {
+    let client = common::mongo::connect(url, "bench-floor").await?;
+    let db = client.database("bench_floor_moves");
+    db.drop().await?;
+    let orders = db.collection::<Document>("orders");
+    let docs: Vec<ObjectId> = (0..concurrency.max(1)).map(|_| ObjectId::new()).collect();
+    orders
+        .insert_many(docs.iter().map(
+            |id| doc! { "_id": id, "status": "created", "version": 1_i64, "pad": "x".repeat(300) },
+        ))
+        .await?;
+    db.collection::<Document>("outbox")
+        .insert_one(doc! { "_id": ObjectId::new() })
+        .await?;
+    let event = |id: &ObjectId, seq: i64| {
+        doc! {
+            "stream": "order-status-stream", "key": id.to_hex(), "seq": seq,
+            "fields": { "event_type": "order.status_updated.v1", "payload": "x".repeat(300) },
+        }
+    };
+    let policy = common::mongo::RetryPolicy::default();
+    // Each task's document's version, which guards its next move.
+    let versions: Vec<AtomicU64> = docs.iter().map(|_| AtomicU64::new(1)).collect();
+    let (txn, _) = closed_loop(concurrency, duration, |w, _| {
+        let (client, db, docs, versions, event) = (&client, &db, &docs, &versions, &event);
+        async move {
+            let (id, v) = (docs[w], versions[w].load(Ordering::Relaxed) as i64);
+            let ctx = (db.clone(), id, v, event(&id, v + 1));
+            common::mongo::run_transaction(client, policy, &ctx, |s, (db, id, v, ev)| {
+                async move {
+                    let moved = db
+                        .collection::<Document>("orders")
+                        .find_one_and_update(
+                            doc! { "_id": id, "version": v },
+                            doc! { "$set": { "status": "preparing" }, "$inc": { "version": 1_i64 } },
+                        )
+                        .session(&mut *s)
+                        .await?;
+                    if moved.is_none() {
+                        return Err(mongodb::error::Error::custom("not moved"));
+                    }
+                    db.collection::<Document>("outbox")
+                        .insert_one(doc! { "written_at": bson::DateTime::now(), "published": false, "events": [ev] })
+                        .session(&mut *s)
+                        .await?;
+                    Ok::<(), mongodb::error::Error>(())
+                }
+                .boxed()
+            })
+            .await?;
+            versions[w].fetch_add(1, Ordering::Relaxed);
+            Ok(true)
+        }
+    })
+    .await;
+    let (single, _) = closed_loop(concurrency, duration, |w, _| {
+        let (orders, docs, versions, event) = (&orders, &docs, &versions, &event);
+        async move {
+            let (id, v) = (docs[w], versions[w].load(Ordering::Relaxed) as i64);
+            let moved = orders
+                .find_one_and_update(
+                    doc! { "_id": id, "version": v },
+                    doc! {
+                        "$set": { "status": "preparing" },
+                        "$inc": { "version": 1_i64 },
+                        "$push": { "outbox": { "$each": [event(&id, v + 1)], "$slice": -8 } },
+                    },
+                )
+                // As durable as a transaction's commit.
+                .write_concern(mongodb::options::WriteConcern::majority())
+                .await?;
+            anyhow::ensure!(moved.is_some(), "not moved");
+            versions[w].fetch_add(1, Ordering::Relaxed);
+            Ok(true)
+        }
+    })
+    .await;
+    db.drop().await?;
+    Ok((txn, single))
 }
 
 async fn redis_floor(
