@@ -134,6 +134,7 @@ where
                 // Aborting an already-aborted transaction fails harmlessly.
                 let _ = session.abort_transaction().await;
                 if is_labelled(&e, TRANSIENT_TRANSACTION_ERROR) && may_retry(attempt) {
+                    metrics::counter!("transaction_retries_total").increment(1);
                     debug!(
                         attempt,
                         "transient transaction error; running the transaction again"
@@ -147,6 +148,7 @@ where
         match commit(&mut session, policy).await {
             Ok(()) => return Ok(value),
             Err(e) if e.contains_label(TRANSIENT_TRANSACTION_ERROR) && may_retry(attempt) => {
+                metrics::counter!("transaction_retries_total").increment(1);
                 debug!(
                     attempt,
                     "commit hit a transient error; running the transaction again"

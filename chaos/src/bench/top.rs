@@ -127,6 +127,7 @@ pub async fn redis_snapshot(url: &str) -> BTreeMap<String, u64> {
 pub struct Tally {
     commands: BTreeMap<String, u64>,
     commits: u64,
+    aborts: u64,
 }
 
 /// Per order, between two [`Tally`]s.
@@ -136,6 +137,9 @@ pub struct Spent {
     pub commands: f64,
     /// Transactions committed per order.
     pub commits: f64,
+    /// Transactions aborted per order (write conflicts, mostly: each is
+    /// run again).
+    pub aborts: f64,
     /// The commands by collection and kind, largest first.
     pub by_kind: Vec<Commands>,
 }
@@ -144,8 +148,8 @@ impl std::fmt::Display for Spent {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "MongoDB per order: {:.1} commands, {:.2} commits (most:",
-            self.commands, self.commits
+            "MongoDB per order: {:.1} commands, {:.2} commits, {:.2} aborts (most:",
+            self.commands, self.commits, self.aborts
         )?;
         for c in self.by_kind.iter().take(4) {
             write!(f, " {} {:.2}", c.what, c.per_order)?;
@@ -163,11 +167,13 @@ impl Tally {
             .run_command(doc! { "serverStatus": 1 })
             .await
             .unwrap_or_default();
-        let commits = status
-            .get_document("transactions")
-            .ok()
-            .map_or(0, |t| count_of(t.get("totalCommitted")));
-        Self { commands, commits }
+        let transactions = status.get_document("transactions").ok();
+        let count = |what| transactions.map_or(0, |t| count_of(t.get(what)));
+        Self {
+            commands,
+            commits: count("totalCommitted"),
+            aborts: count("totalAborted"),
+        }
     }
 
     /// What was spent per order from `self` to `later`.
@@ -176,6 +182,7 @@ impl Tally {
         Spent {
             commands: by_kind.iter().map(|c| c.per_order).sum(),
             commits: later.commits.saturating_sub(self.commits) as f64 / orders.max(1) as f64,
+            aborts: later.aborts.saturating_sub(self.aborts) as f64 / orders.max(1) as f64,
             by_kind,
         }
     }
