@@ -308,19 +308,6 @@ async fn a_pending_entry_and_an_unpublished_event_fail() {
         .await
         .unwrap();
     only(&failing(&w).await, "the outbox is drained");
-
-    // An event a document still keeps in its own outbox is unpublished too.
-    let w = world().await;
-    w.target
-        .db
-        .collection::<Document>("orders")
-        .update_one(
-            doc! {},
-            doc! { "$push": { "outbox": { "seq": 2_i64, "key": "k" } } },
-        )
-        .await
-        .unwrap();
-    only(&failing(&w).await, "the outbox is drained");
 }
 
 #[tokio::test]

@@ -21,29 +21,21 @@
 //! 3. for each move that applies, an [`Effect`] may run on the document
 //!    after it (putting a cancelled order's stock back);
 //! 4. one `update` command writes the moves that apply (the status, the
-//!    extra fields, `version + 1`, and the move's event `$push`ed into the
-//!    document's own outbox, with the new version as its sequence number;
-//!    see "In the document" in [`crate::outbox`]), each statement guarded
-//!    by the version it was decided on; one commit.
+//!    extra fields, `version + 1`), each statement guarded by the version
+//!    it was decided on; one outbox command writes their events, with the
+//!    new versions as sequence numbers; one commit.
 //!
 //! This makes every move idempotent by itself: a redelivered, reclaimed or
 //! republished event finds the document already moved and changes nothing,
 //! whenever it comes back (no inbox of processed event ids to write and
 //! expire). Inside the snapshot transaction the decision cannot be raced: a
 //! concurrent change of a document between the read and the write is a
-//! write conflict, and the whole batch runs again. A batch costs three
-//! commands however many moves it holds (docs/performance.md).
-//!
-//! A batch of one (no load) whose move needs no [`Effect`] (every move but
-//! an order's exits, which put stock back) takes no transaction at all: it
-//! reads the document, decides the same way, and writes the move and its
-//! event with one update guarded by the version it read (majority write
-//! concern, as a commit). A single document write is atomic, so the move
-//! and its event still commit together, and the guard still decides once:
-//! a concurrent change makes it miss, and the move is decided again on what
-//! is there now (after a few misses, by the transaction). That is two round
-//! trips and no commit where the transaction was three, and about half the
-//! database's work per move (the floor, docs/performance.md).
+//! write conflict, and the whole batch runs again. A batch costs four
+//! commands however many moves it holds (docs/performance.md). A batch of
+//! one (no load) takes a shorter way with the same guard: one
+//! `findAndModify` that matches only from the allowed statuses (the
+//! document is read only if it did not match, to say why), the outbox
+//! command and the commit.
 //!
 //! A move can be requested by a user rather than by an event
 //! ([`Cause::Request`], a cancel): its idempotency is the guard's too (a
@@ -58,7 +50,7 @@ use contract::{
 };
 use std::collections::HashMap;
 
-use mongodb::{ClientSession, Collection, options::WriteConcern};
+use mongodb::{ClientSession, Collection, options::ReturnDocument};
 use serde::{Serialize, de::DeserializeOwned};
 use tracing::info;
 
@@ -66,7 +58,7 @@ use crate::{
     batch::{Batch, Batcher},
     consumer::{HandlerError, Outcome},
     mongo::{BoxFuture, RetryPolicy, check_write_reply, run_transaction},
-    outbox::{FIELD, Outbox, Written},
+    outbox::{Outbox, Written},
 };
 
 /// A document with a status lifecycle and a version counter (fields `status`
@@ -158,14 +150,6 @@ impl Cause<'_> {
 
 /// More work in the transaction of a move, on the document after it.
 pub trait Effect<T>: Send + Sync + 'static {
-    /// Whether the move that leaves the document as `after` needs this
-    /// effect. A move that does not is written without a transaction (see
-    /// the module docs); the default is every move.
-    fn needed(&self, after: &T) -> bool {
-        let _ = after;
-        true
-    }
-
     /// Runs inside the move's transaction.
     fn run<'a>(
         &'a self,
@@ -202,10 +186,6 @@ impl<T: Versioned> std::fmt::Debug for Spec<T> {
 /// Most moves in one transaction.
 pub const MAX_BATCH: usize = 64;
 
-/// How often a lone move is decided again when its guard misses (a
-/// concurrent change) before the transaction decides it.
-const ALONE_ATTEMPTS: usize = 4;
-
 /// The guarded moves of one collection, group-committed: the moves asked
 /// for concurrently (by a consumer's lanes, and by requests such as a
 /// cancel) are applied by one writer in one transaction, each with its own
@@ -233,15 +213,8 @@ impl<T: Versioned> std::fmt::Debug for Guarded<T> {
 }
 
 impl<T: Versioned> Guarded<T> {
-    /// The moves of `spec.collection`, whose documents keep their own
-    /// events (`spec.outbox` must hold them, see
-    /// [`Outbox::in_documents_of`]); `name` labels the writer's metrics.
+    /// The moves of `spec.collection`; `name` labels the writer's metrics.
     pub fn new(name: &'static str, spec: Spec<T>) -> Self {
-        assert!(
-            spec.outbox.holds(spec.collection.name()),
-            "the outbox must hold the events of {}",
-            spec.collection.name()
-        );
         Self {
             writer: Batcher::new(name, MAX_BATCH, Moves(spec)),
         }
@@ -315,18 +288,11 @@ impl<T: Versioned> Batch for Moves<T> {
 }
 
 impl<T: Versioned> Moves<T> {
-    /// A lone move without effect as one guarded document write (see
-    /// [`Moves::alone`]); anything else in one transaction, retried as a
-    /// whole on conflicts.
+    /// One transaction for `jobs`, retried as a whole on conflicts.
     async fn commit(
         &self,
         jobs: &[Move<T::Status>],
     ) -> mongodb::error::Result<Vec<StatusChange<T::Status>>> {
-        if let [job] = jobs
-            && let Some(change) = self.alone(job).await?
-        {
-            return Ok(vec![change]);
-        }
         let (changes, written) = run_transaction(
             &self.0.client,
             RetryPolicy::default(),
@@ -334,78 +300,84 @@ impl<T: Versioned> Moves<T> {
             |s, (this, jobs)| Box::pin(this.apply_all(s, jobs)),
         )
         .await?;
-        // The events are in their documents, committed with the changes.
+        // The events are in the outbox, committed with the changes.
         self.0.outbox.committed(written);
         Ok(changes)
     }
 
-    /// A batch of one (no load), when its move needs no effect: read the
-    /// document, decide, and write the move with its event pushed into the
-    /// document's own outbox, in one update guarded by the version read
-    /// (majority write concern, as a commit). No transaction: one document
-    /// changes, atomically. A concurrent change of the document makes the
-    /// guard miss, and the move is decided again on what is there now.
-    /// `None`: the move needs its effect, or kept missing; the transaction
-    /// decides it.
-    async fn alone(
-        &self,
-        job: &Move<T::Status>,
-    ) -> mongodb::error::Result<Option<StatusChange<T::Status>>> {
-        let spec = &self.0;
-        for _ in 0..ALONE_ATTEMPTS {
-            let Some(before) = spec.collection.find_one(doc! { "_id": job.id }).await? else {
-                return Ok(Some(StatusChange::Missing));
-            };
-            if before.status().transition(job.to) != Transition::Apply {
-                return Ok(Some(unapplied(before.status(), job.to)));
-            }
-            let fields = job.fields()?;
-            let previous = before.status();
-            let after = moved(&before, fields.clone())?;
-            if spec.effect.as_ref().is_some_and(|e| e.needed(&after)) {
-                return Ok(None);
-            }
-            let event = (spec.event)(&after, previous, &job.correlation_id);
-            let (held, written) = spec.outbox.in_document(
-                spec.collection.name(),
-                job.id,
-                &[(spec.stream, &event, after.version())],
-            );
-            let result = spec
-                .collection
-                .update_one(
-                    doc! { "_id": job.id, "version": i64::from(before.version()) },
-                    doc! {
-                        "$set": fields,
-                        "$inc": { "version": 1 },
-                        "$push": { FIELD: { "$each": held } },
-                    },
-                )
-                .write_concern(WriteConcern::majority())
-                .await?;
-            if result.matched_count == 1 {
-                spec.outbox.committed(Some(written));
-                return Ok(Some(StatusChange::Moved { previous }));
-            }
-        }
-        Ok(None)
-    }
-
-    /// The batch's moves in the transaction `s`: one query reads every
-    /// document the batch names; each move is decided in memory, in arrival
-    /// order, on the document as the moves before it left it (so two moves
-    /// of one document in one batch apply in order, and a duplicate is
-    /// stale); the moves that apply are written with one `update` command,
-    /// each statement guarded by the version it was decided on and pushing
-    /// its event into the document's own outbox. Inside the snapshot
-    /// transaction nobody else can change a document between the read and
-    /// the write: that would be a write conflict, and the whole batch runs
-    /// again. A move that does not apply writes nothing.
+    /// The batch's moves in the transaction `s`, then their events with one
+    /// outbox command. A move that does not apply writes nothing.
     async fn apply_all(
         &self,
         s: &mut ClientSession,
         jobs: &[Move<T::Status>],
-    ) -> mongodb::error::Result<(Vec<StatusChange<T::Status>>, Vec<Written>)> {
+    ) -> mongodb::error::Result<(Vec<StatusChange<T::Status>>, Option<Written>)> {
+        let mut events = Vec::new();
+        let changes = match jobs {
+            [job] => vec![self.apply_one(s, job, &mut events).await?],
+            _ => self.apply_many(s, jobs, &mut events).await?,
+        };
+        let entries: Vec<_> = events
+            .iter()
+            .map(|(event, seq)| (self.0.stream, event, *seq))
+            .collect();
+        let written = self.0.outbox.add_all(&mut *s, &entries).await?;
+        Ok((changes, written))
+    }
+
+    /// A batch of one (no load): one guarded `findAndModify`, so a lone move
+    /// costs no more round trips than it did before group commit; the
+    /// document is read only when the guard did not match, to say why.
+    async fn apply_one(
+        &self,
+        s: &mut ClientSession,
+        job: &Move<T::Status>,
+        events: &mut Vec<(Envelope, u32)>,
+    ) -> mongodb::error::Result<StatusChange<T::Status>> {
+        let spec = &self.0;
+        let fields = job.fields()?;
+        let from = bson::to_bson(job.to.predecessors()).map_err(mongodb::error::Error::custom)?;
+        let before = spec
+            .collection
+            .find_one_and_update(
+                doc! { "_id": job.id, "status": { "$in": from } },
+                doc! { "$set": &fields, "$inc": { "version": 1 } },
+            )
+            .return_document(ReturnDocument::Before)
+            .session(&mut *s)
+            .await?;
+        if let Some(before) = before {
+            return self
+                .moved(s, &before, job, fields, events)
+                .await
+                .map(|(c, _)| c);
+        }
+        let current = spec
+            .collection
+            .find_one(doc! { "_id": job.id })
+            .session(&mut *s)
+            .await?;
+        Ok(match current {
+            None => StatusChange::Missing,
+            // (Apply cannot be: the guard would have matched.)
+            Some(d) => unapplied(d.status(), job.to),
+        })
+    }
+
+    /// A batch of several: one query reads every document the batch names;
+    /// each move is decided in memory, in arrival order, on the document as
+    /// the moves before it left it (so two moves of one document in one
+    /// batch apply in order, and a duplicate is stale); the moves that apply
+    /// are written with one `update` command, each statement guarded by the
+    /// version it was decided on. Inside the snapshot transaction nobody
+    /// else can change a document between the read and the write: that
+    /// would be a write conflict, and the whole batch runs again.
+    async fn apply_many(
+        &self,
+        s: &mut ClientSession,
+        jobs: &[Move<T::Status>],
+        events: &mut Vec<(Envelope, u32)>,
+    ) -> mongodb::error::Result<Vec<StatusChange<T::Status>>> {
         let spec = &self.0;
         let mut ids: Vec<ObjectId> = jobs.iter().map(|j| j.id).collect();
         ids.sort_unstable();
@@ -422,7 +394,6 @@ impl<T: Versioned> Moves<T> {
         }
         let mut changes = Vec::with_capacity(jobs.len());
         let mut statements = Vec::new();
-        let mut written = Vec::new();
         for job in jobs {
             let Some(doc) = docs.get_mut(&job.id) else {
                 changes.push(StatusChange::Missing);
@@ -433,27 +404,16 @@ impl<T: Versioned> Moves<T> {
                 continue;
             }
             let fields = job.fields()?;
-            let version = i64::from(doc.version());
-            let (change, after, event) = self.moved(s, doc, job, fields.clone()).await?;
-            let (held, w) = spec.outbox.in_document(
-                spec.collection.name(),
-                job.id,
-                &[(spec.stream, &event, after.version())],
-            );
             statements.push(doc! {
-                "q": { "_id": job.id, "version": version },
-                "u": {
-                    "$set": &fields,
-                    "$inc": { "version": 1 },
-                    "$push": { FIELD: { "$each": held } },
-                },
+                "q": { "_id": job.id, "version": i64::from(doc.version()) },
+                "u": { "$set": &fields, "$inc": { "version": 1 } },
             });
-            written.push(w);
+            let (change, after) = self.moved(s, doc, job, fields, events).await?;
             *doc = after;
             changes.push(change);
         }
         if statements.is_empty() {
-            return Ok((changes, written));
+            return Ok(changes);
         }
         let expected = statements.len();
         let reply = spec
@@ -468,28 +428,30 @@ impl<T: Versioned> Moves<T> {
             .session(&mut *s)
             .await?;
         check_write_reply(&reply, expected)?;
-        Ok((changes, written))
+        Ok(changes)
     }
 
-    /// A move that applies, on `before`, in a transaction: the effect on
-    /// the document after it, and its event.
+    /// A move that applies, on `before`: the effect on the document after
+    /// it, and its event.
     async fn moved(
         &self,
         s: &mut ClientSession,
         before: &T,
         job: &Move<T::Status>,
         fields: Document,
-    ) -> mongodb::error::Result<(StatusChange<T::Status>, T, Envelope)> {
+        events: &mut Vec<(Envelope, u32)>,
+    ) -> mongodb::error::Result<(StatusChange<T::Status>, T)> {
         let spec = &self.0;
         let previous = before.status();
         let after = moved(before, fields)?;
-        if let Some(effect) = &spec.effect
-            && effect.needed(&after)
-        {
+        if let Some(effect) = &spec.effect {
             effect.run(&mut *s, &after).await?;
         }
-        let event = (spec.event)(&after, previous, &job.correlation_id);
-        Ok((StatusChange::Moved { previous }, after, event))
+        events.push((
+            (spec.event)(&after, previous, &job.correlation_id),
+            after.version(),
+        ));
+        Ok((StatusChange::Moved { previous }, after))
     }
 }
 

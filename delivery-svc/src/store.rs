@@ -1,10 +1,9 @@
-//! MongoDB access: the `deliveries` collection, each delivery holding its
-//! own outgoing events (`common::outbox`, "In the document"). Every effect
-//! of an event (creating a delivery, changing its status) is written
-//! atomically with its events, and is idempotent by itself: one delivery
-//! per order (a unique index), statuses that only move forward (see
-//! `common::transition`). Both are group-committed: the effects that arrive
-//! together share one write, or one transaction (`common::batch`).
+//! MongoDB access: the `deliveries` collection, with the service's outbox.
+//! Every effect of an event (creating a delivery, changing its status)
+//! commits in one transaction with the outgoing events, and is idempotent by
+//! itself: one delivery per order (a unique index), statuses that only move
+//! forward (see `common::transition`). Both are group-committed: the
+//! effects that arrive together share one transaction (`common::batch`).
 
 use bson::{doc, oid::ObjectId};
 use chrono::{DateTime, Utc};
@@ -12,8 +11,8 @@ use std::collections::HashSet;
 
 use common::{
     batch::{Batch, Batcher},
-    mongo::{is_duplicate_key, write_errors},
-    outbox::{self, Outbox},
+    mongo::{RetryPolicy, is_duplicate_key, run_transaction},
+    outbox::{Outbox, Written},
     transition::{Cause, Guarded, Spec, Versioned},
 };
 use contract::{
@@ -21,7 +20,7 @@ use contract::{
     status::DeliveryStatus,
     streams::{Namespace, Stream},
 };
-use mongodb::{Collection, IndexModel, options::IndexOptions};
+use mongodb::{ClientSession, Collection, IndexModel, options::IndexOptions};
 use serde::{Deserialize, Serialize};
 
 use crate::events;
@@ -95,22 +94,20 @@ struct NewDelivery {
     correlation_id: String,
 }
 
-/// Most creations in one write.
+/// Most creations in one transaction.
 const MAX_BATCH: usize = 64;
 
-/// The writer of creations (group commit, see `common::batch`): one write
-/// for every creation queued, and no transaction. Each delivery is one
-/// document holding its own events (see "In the document" in
-/// `common::outbox`), so inserting it is atomic with them, and the unique
-/// index on `order_id` makes a second delivery of an order impossible: an
-/// unordered `insert` (majority write concern) of the batch, where a
-/// duplicate key is an order that already has its delivery (a redelivered
-/// event, another replica), and every other delivery is inserted. A batch
-/// of several first reads which orders already have theirs (one query), so
-/// that a redelivered batch does not fail statement by statement; an order
-/// twice in a batch gets one delivery.
+/// The writer of creations (group commit, see `common::batch`): one
+/// transaction for every creation queued. It reads which of the batch's
+/// orders already have their delivery (one query; a batch of one skips it
+/// and lets the unique index answer), inserts the others (one command) and
+/// their events (one outbox command), and commits. An order twice in a
+/// batch gets one delivery; a delivery inserted meanwhile by another
+/// replica makes the insert meet the unique index, and the batch runs
+/// again, finding it.
 #[derive(Debug)]
 struct Creations {
+    client: mongodb::Client,
     deliveries: Collection<Delivery>,
     outbox: Outbox,
 }
@@ -120,10 +117,29 @@ impl Batch for Creations {
     type Output = mongodb::error::Result<Creation>;
 
     async fn run(&self, jobs: &[NewDelivery]) -> Vec<mongodb::error::Result<Creation>> {
-        match self.create_all(jobs).await {
-            Ok(created) => created,
-            Err(e) => jobs.iter().map(|_| Err(e.clone())).collect(),
+        let mut last = mongodb::error::Error::custom("deliveries kept colliding");
+        for _ in 0..3 {
+            let result = run_transaction(
+                &self.client,
+                RetryPolicy::default(),
+                &(self, jobs),
+                |s, (this, jobs)| Box::pin(this.create_all(s, jobs)),
+            )
+            .await;
+            match result {
+                Ok((created, written)) => {
+                    self.outbox.committed(written);
+                    return created.into_iter().map(Ok).collect();
+                }
+                // A lone creation met the unique index: the order has its delivery.
+                Err(e) if is_duplicate_key(&e) && jobs.len() == 1 => {
+                    return vec![Ok(Creation::Exists)];
+                }
+                Err(e) if is_duplicate_key(&e) => last = e,
+                Err(e) => return jobs.iter().map(|_| Err(e.clone())).collect(),
+            }
         }
+        jobs.iter().map(|_| Err(last.clone())).collect()
     }
 
     fn failed(&self, _: &NewDelivery) -> mongodb::error::Result<Creation> {
@@ -137,6 +153,7 @@ impl Creations {
     /// Which of the batch's orders already have their delivery.
     async fn existing(
         &self,
+        s: &mut ClientSession,
         jobs: &[NewDelivery],
         taken: &mut HashSet<String>,
     ) -> mongodb::error::Result<()> {
@@ -146,9 +163,10 @@ impl Creations {
             .clone_with_type::<bson::Document>()
             .find(doc! { "order_id": { "$in": &order_ids } })
             .projection(doc! { "order_id": 1 })
+            .session(&mut *s)
             .await?;
-        while existing.advance().await? {
-            if let Ok(id) = existing.current().get_str("order_id") {
+        while let Some(d) = existing.next(&mut *s).await {
+            if let Ok(id) = d?.get_str("order_id") {
                 taken.insert(id.to_owned());
             }
         }
@@ -157,93 +175,55 @@ impl Creations {
 
     async fn create_all(
         &self,
+        s: &mut ClientSession,
         jobs: &[NewDelivery],
-    ) -> mongodb::error::Result<Vec<mongodb::error::Result<Creation>>> {
+    ) -> mongodb::error::Result<(Vec<Creation>, Option<Written>)> {
         let mut taken = HashSet::new();
         // A batch of one (no load) skips the query: the unique index answers.
         if jobs.len() > 1 {
-            self.existing(jobs, &mut taken).await?;
+            self.existing(s, jobs, &mut taken).await?;
         }
         let now = Utc::now();
-        // Per job: the statement inserting its delivery, if it has one.
-        let mut statement = Vec::with_capacity(jobs.len());
-        let mut inserts = Vec::new();
-        let mut pending = Vec::new();
-        for job in jobs {
-            if !taken.insert(job.order_id.to_string()) {
-                statement.push(None);
-                continue;
-            }
-            let delivery = Delivery {
-                id: ObjectId::new(),
-                order_id: job.order_id,
-                status: DeliveryStatus::WaitingForPickup,
-                version: 1,
-                address: job.address.clone(),
-                correlation_id: job.correlation_id.clone(),
-                created_at: now,
-                updated_at: now,
-            };
-            let events = events::delivery_created(&delivery);
-            let refs: Vec<_> = events
-                .iter()
-                .map(|(stream, event)| (*stream, event, delivery.version))
-                .collect();
-            let (held, written) =
-                self.outbox
-                    .in_document(self.deliveries.name(), delivery.id, &refs);
-            let mut d = bson::to_document(&delivery).map_err(mongodb::error::Error::custom)?;
-            d.insert(outbox::FIELD, held);
-            statement.push(Some(inserts.len()));
-            inserts.push(d);
-            pending.push((delivery, written));
-        }
-        if inserts.is_empty() {
-            return Ok(jobs.iter().map(|_| Ok(Creation::Exists)).collect());
-        }
-        let reply = self
-            .deliveries
-            .client()
-            .database(&self.deliveries.namespace().db)
-            .run_command(doc! {
-                "insert": self.deliveries.name(),
-                "documents": inserts,
-                "ordered": false,
-                "writeConcern": { "w": "majority" },
-            })
-            .await?;
-        if let Ok(wc) = reply.get_document("writeConcernError") {
-            return Err(mongodb::error::Error::custom(format!(
-                "deliveries written without their write concern: {wc}"
-            )));
-        }
-        let mut failed: Vec<Option<mongodb::error::Error>> = vec![None; pending.len()];
-        for (i, e) in write_errors(&reply) {
-            if let Some(slot) = failed.get_mut(i) {
-                *slot = Some(e);
-            }
-        }
-        let mut outcome: Vec<Option<mongodb::error::Result<Creation>>> = Vec::new();
-        let mut committed = Vec::new();
-        for ((delivery, written), error) in pending.into_iter().zip(failed) {
-            outcome.push(Some(match error {
-                None => {
-                    committed.push(written);
-                    Ok(Creation::Created(delivery))
+        let mut created = Vec::new();
+        let outcomes: Vec<Creation> = jobs
+            .iter()
+            .map(|job| {
+                if !taken.insert(job.order_id.to_string()) {
+                    return Creation::Exists;
                 }
-                // The order has its delivery: a redelivery, another replica.
-                Some(e) if is_duplicate_key(&e) => Ok(Creation::Exists),
-                Some(e) => Err(e),
-            }));
-        }
-        self.outbox.committed(committed);
-        Ok(statement
-            .into_iter()
-            .map(|s| match s {
-                None => Ok(Creation::Exists),
-                Some(i) => outcome[i].take().unwrap_or(Ok(Creation::Exists)),
+                let delivery = Delivery {
+                    id: ObjectId::new(),
+                    order_id: job.order_id,
+                    status: DeliveryStatus::WaitingForPickup,
+                    version: 1,
+                    address: job.address.clone(),
+                    correlation_id: job.correlation_id.clone(),
+                    created_at: now,
+                    updated_at: now,
+                };
+                created.push(delivery.clone());
+                Creation::Created(delivery)
             })
-            .collect())
+            .collect();
+        if created.is_empty() {
+            return Ok((outcomes, None));
+        }
+        // The unique index on order_id makes a second delivery impossible.
+        self.deliveries
+            .insert_many(&created)
+            .session(&mut *s)
+            .await?;
+        let events: Vec<_> = created
+            .iter()
+            .flat_map(|d| {
+                events::delivery_created(d)
+                    .into_iter()
+                    .map(move |(stream, event)| (stream, event, d.version))
+            })
+            .collect();
+        let entries: Vec<_> = events.iter().map(|(st, ev, v)| (*st, ev, *v)).collect();
+        let written = self.outbox.add_all(&mut *s, &entries).await?;
+        Ok((outcomes, written))
     }
 }
 
@@ -252,7 +232,7 @@ impl Store {
     pub fn new(client: mongodb::Client, db: &str, ns: Namespace) -> Self {
         let db = client.database(db);
         let deliveries = db.collection("deliveries");
-        let outbox = Outbox::new(&db, ns, events::SOURCE).in_documents_of("deliveries");
+        let outbox = Outbox::new(&db, ns, events::SOURCE);
         let moves = Guarded::new(
             "delivery_moves",
             Spec {
@@ -268,6 +248,7 @@ impl Store {
             "delivery_creations",
             MAX_BATCH,
             Creations {
+                client: client.clone(),
                 deliveries: deliveries.clone(),
                 outbox: outbox.clone(),
             },
@@ -295,7 +276,8 @@ impl Store {
     }
 
     /// Creates the order's delivery (once per order, once per event).
-    /// Creations that arrive together share one write (see [`Creations`]).
+    /// Creations that arrive together share one transaction (see
+    /// [`Creations`]).
     pub async fn create(
         &self,
         order_id: OrderId,

@@ -14,10 +14,9 @@
 //!    refuse them, and an accepted order takes its units, so no order is
 //!    overtaken and none oversells;
 //! 3. write: one guarded `$inc` per dish for the whole batch's units (one
-//!    `update` command), the orders, each holding its events in its own
-//!    outbox field (one `insert`; see "In the document" in
-//!    `common::outbox`), their idempotency records (one `insert`); then
-//!    commit.
+//!    `update` command), the orders (one `insert`), their events into the
+//!    outbox (one `update` command of upserts), their idempotency records (one
+//!    `insert`); then commit.
 //!
 //! Orders of one replica therefore never conflict with each other: a batch
 //! conflicts only with another replica's batch (or a cancel putting stock
@@ -42,7 +41,7 @@ use chrono::Utc;
 use common::{
     batch::{Batch, Batcher},
     mongo::{MaybeMongoError, RetryPolicy, check_write_reply, is_duplicate_key, run_transaction},
-    outbox::{self, Outbox, Written},
+    outbox::{Outbox, Written},
 };
 use contract::{MenuItemId, auth::TrackingToken, events::OrderLine, status::OrderStatus};
 use futures::TryStreamExt;
@@ -260,7 +259,7 @@ async fn place_in(
     c: &Collections,
     requests: &[Request],
     taken: &[bool],
-) -> Result<(Vec<Result<Placed, PlaceError>>, Vec<Written>), BatchError> {
+) -> Result<(Vec<Result<Placed, PlaceError>>, Option<Written>), BatchError> {
     let mut ids: Vec<ObjectId> = requests
         .iter()
         .flat_map(|r| r.new.lines.iter().map(|l| l.item_id))
@@ -325,7 +324,7 @@ async fn place_in(
         .filter_map(|(r, d)| Some((r, d.as_ref().ok()?)))
         .collect();
     if placed.is_empty() {
-        return Ok((decided, Vec::new()));
+        return Ok((decided, None));
     }
     // 1. Stock: one guarded decrement per dish for the whole batch.
     let decrements: Vec<Document> = stock
@@ -347,26 +346,21 @@ async fn place_in(
     // The reads above are this transaction's snapshot: a concurrent change
     // of a dish is a write conflict, so every guard holds.
     check_write_reply(&reply, expected)?;
-    // 2. The orders, 3. each with its events in its own outbox.
-    let mut orders = Vec::with_capacity(placed.len());
-    let mut written = Vec::with_capacity(placed.len());
-    for (_, p) in &placed {
-        let events = events::order_created(&p.order);
-        let refs: Vec<_> = events
-            .iter()
-            .map(|(stream, event)| (*stream, event, p.order.version))
-            .collect();
-        let (held, w) = c.outbox.in_document(c.orders.name(), p.order.id, &refs);
-        let mut order = bson::to_document(&p.order).map_err(mongodb::error::Error::custom)?;
-        order.insert(outbox::FIELD, held);
-        orders.push(order);
-        written.push(w);
-    }
+    // 2. The orders.
     c.orders
-        .clone_with_type::<Document>()
-        .insert_many(orders)
+        .insert_many(placed.iter().map(|(_, p)| &p.order))
         .session(&mut *s)
         .await?;
+    // 3. Their events.
+    let events: Vec<_> = placed
+        .iter()
+        .flat_map(|(_, p)| events::order_created(&p.order).map(|e| (e, p.order.version)))
+        .collect();
+    let refs: Vec<_> = events
+        .iter()
+        .map(|((stream, event), seq)| (*stream, event, *seq))
+        .collect();
+    let written = c.outbox.add_all(&mut *s, &refs).await?;
     // 4. Their idempotency records.
     let records: Vec<Document> = placed
         .iter()

@@ -100,16 +100,15 @@ struct Restock {
 }
 
 impl Effect<Order> for Restock {
-    fn needed(&self, after: &Order) -> bool {
-        matches!(after.status, OrderStatus::Cancelled | OrderStatus::Rejected)
-    }
-
     fn run<'a>(
         &'a self,
         s: &'a mut ClientSession,
         after: &'a Order,
     ) -> BoxFuture<'a, mongodb::error::Result<()>> {
         Box::pin(async move {
+            if !matches!(after.status, OrderStatus::Cancelled | OrderStatus::Rejected) {
+                return Ok(());
+            }
             for line in &after.items {
                 self.menu
                     .update_one(
@@ -231,7 +230,7 @@ impl Store {
         let db = client.database(db);
         let menu = db.collection("menu");
         let orders = db.collection("orders");
-        let outbox = Outbox::new(&db, ns, events::SOURCE).in_documents_of("orders");
+        let outbox = Outbox::new(&db, ns, events::SOURCE);
         let keys = Keys::new(&db);
         let placer = crate::placing::Placer::new(crate::placing::Collections {
             client: client.clone(),

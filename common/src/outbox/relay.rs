@@ -17,7 +17,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::{FIELD, HELD_SEQ, Outbox, OutboxSettings, Written};
+use super::{Outbox, OutboxSettings, Written};
 use contract::{Envelope, StreamEntry, streams::Stream};
 
 use crate::{backoff::Backoff, failpoint, publisher::Publisher, settings::RETENTION_SWEEP_EVERY};
@@ -227,9 +227,7 @@ impl Relay {
     }
 
     /// One round: read, publish, and leave the entries to [`Relay::flush`].
-    /// Returns whether entries were left for the next round. The outbox
-    /// collection is read first; the documents that keep their own events
-    /// only once it has none (see "In the document" in the module docs).
+    /// Returns whether entries were left for the next round.
     async fn relay_once(&self, sent: &mut Sent) -> Result<bool, RelayError> {
         let docs: Vec<Document> = self
             .outbox
@@ -241,54 +239,21 @@ impl Relay {
             .try_collect()
             .await?;
         if docs.is_empty() {
-            return self.relay_held(sent).await;
+            return Ok(false);
         }
         // Whole entries, in written order, until `batch` events.
         let mut events = Vec::new();
-        let mut taken = Vec::new();
+        let mut ids = Vec::new();
         for d in &docs {
             if !events.is_empty() && events.len() as i64 >= self.settings.batch {
                 break;
             }
             let (id, parsed) = events_of(d)?;
-            taken.push(Taken::Entry(id));
+            ids.push(id);
             events.extend(parsed);
         }
-        self.publish(events, taken, sent).await?;
-        // Then the documents, in the next round.
-        Ok(true)
-    }
-
-    /// The events documents keep, up to `batch` documents per collection.
-    async fn relay_held(&self, sent: &mut Sent) -> Result<bool, RelayError> {
-        let mut events = Vec::new();
-        let mut taken = Vec::new();
-        let mut more = false;
-        for holder in &self.outbox.holders {
-            let docs: Vec<Document> = self
-                .outbox
-                .db
-                .collection::<Document>(holder)
-                .find(doc! { HELD_SEQ: { "$gte": 0 } })
-                .projection(doc! { FIELD: 1 })
-                .limit(self.settings.batch)
-                .await?
-                .try_collect()
-                .await?;
-            more |= docs.len() as i64 >= self.settings.batch;
-            for d in docs {
-                let id = d
-                    .get_object_id("_id")
-                    .map_err(|_| RelayError::Malformed("without _id".into()))?;
-                let held = d.get_array(FIELD).cloned().unwrap_or_default();
-                let (_, parsed) = events_of(&doc! { "_id": id, "events": held })?;
-                taken.push(Taken::held(holder, id, &parsed));
-                events.extend(parsed);
-            }
-        }
-        if !events.is_empty() {
-            self.publish(events, taken, sent).await?;
-        }
+        let more = ids.len() < docs.len() || docs.len() as i64 >= self.settings.batch;
+        self.publish(events, ids, sent).await?;
         Ok(more)
     }
 
@@ -305,54 +270,27 @@ impl Relay {
     ) -> Result<bool, RelayError> {
         let entries = handed
             .into_iter()
-            .map(|w| {
-                let (id, parsed) = events_of(&doc! { "_id": w.id, "events": w.events })?;
-                let taken = match &w.holder {
-                    None => Taken::Entry(id),
-                    Some(holder) => Taken::held(holder, id, &parsed),
-                };
-                Ok((taken, parsed))
-            })
-            .collect::<Result<Vec<_>, RelayError>>()?;
-        let Some((taken, events)) = hand_off(entries, &sent.seqs) else {
+            .map(|w| events_of(&doc! { "_id": w.id, "events": w.events }))
+            .collect::<Result<Vec<_>, _>>()?;
+        let Some((ids, events)) = hand_off(entries, &sent.seqs) else {
             return Ok(true);
         };
-        if !taken.is_empty() {
-            self.publish(events, taken, sent).await?;
+        if !ids.is_empty() {
+            self.publish(events, ids, sent).await?;
         }
         Ok(false)
     }
 
-    /// Publishes `events` (of `taken`) in one pipeline, each key's in `seq`
-    /// order, if the lease is still this relay's; they are then due for
-    /// removal. With a retention, the events documents kept are copied into
-    /// the outbox collection as published, to be looked at there.
+    /// Publishes `events` (of the entries `ids`) in one pipeline, each key's
+    /// in `seq` order, if the lease is still this relay's; the entries are
+    /// then due for deletion.
     async fn publish(
         &self,
         events: Vec<Parsed>,
-        taken: Vec<Taken>,
+        ids: Vec<ObjectId>,
         sent: &mut Sent,
     ) -> Result<(), RelayError> {
         sent.note(&events);
-        let archive: Vec<Document> = if self.settings.retention.is_zero() {
-            Vec::new()
-        } else {
-            let held: std::collections::HashSet<&str> = taken
-                .iter()
-                .flat_map(|t| match t {
-                    Taken::Entry(_) => &[][..],
-                    Taken::Held { events, .. } => &events[..],
-                })
-                .map(String::as_str)
-                .collect();
-            events
-                .iter()
-                .filter(|p| held.contains(p.envelope.event_id.to_string().as_str()))
-                .map(|p| {
-                    super::event_document(p.stream, &p.envelope, u32::try_from(p.seq).unwrap_or(0))
-                })
-                .collect()
-        };
         let ordered = order_by_key(events);
         failpoint::hit(self.publisher.namespace(), "outbox.before_publish").await;
         // Another relay may have taken over while this one slept.
@@ -372,16 +310,7 @@ impl Relay {
             return Err(e.into());
         }
         failpoint::hit(self.publisher.namespace(), "outbox.after_publish").await;
-        if !archive.is_empty() {
-            let now = bson::DateTime::now();
-            let kept = doc! {
-                "events": archive, "published": true, "written_at": now, "published_at": now,
-            };
-            if let Err(e) = self.outbox.coll.insert_one(kept).await {
-                warn!(error = %e, "published events not kept for the retention");
-            }
-        }
-        sent.published(taken);
+        sent.published(ids);
         metrics::counter!("outbox_published_total").increment(out.len() as u64);
         debug!(events = out.len(), "outbox events published");
         Ok(())
@@ -396,77 +325,25 @@ impl Relay {
         if sent.unflushed.is_empty() {
             return;
         }
-        let taken = std::mem::take(&mut sent.unflushed);
+        let ids = std::mem::take(&mut sent.unflushed);
         sent.since = None;
-        let mut entries = Vec::new();
-        // Per collection, per document: the event ids it published.
-        let mut held: HashMap<&str, HashMap<ObjectId, Vec<&str>>> = HashMap::new();
-        for t in &taken {
-            match t {
-                Taken::Entry(id) => entries.push(*id),
-                Taken::Held { holder, id, events } => held
-                    .entry(&**holder)
-                    .or_default()
-                    .entry(*id)
-                    .or_default()
-                    .extend(events.iter().map(String::as_str)),
-            }
-        }
-        let mut failed = false;
-        if !entries.is_empty() {
-            let filter = doc! { "_id": { "$in": &entries } };
-            let written = if self.settings.retention.is_zero() {
-                // Nothing to keep: one write instead of a mark and a later sweep.
-                self.outbox.coll.delete_many(filter).await.map(drop)
-            } else {
-                self.outbox
-                    .coll
-                    .update_many(
-                        filter,
-                        doc! { "$set": { "published": true }, "$currentDate": { "published_at": true } },
-                    )
-                    .await
-                    .map(drop)
-            };
-            if let Err(e) = written {
-                warn!(error = %e, entries = entries.len(), "published outbox entries not removed");
-                failed = true;
-            }
-        }
-        // One command per collection clears what its documents published,
-        // by event id (an event a move pushed meanwhile stays), with one
-        // statement per document: each statement waits for a transaction
-        // that holds its document, where SecantusDB's multi-document
-        // `update_many` and `delete_many` deadlock with it.
-        for (holder, statements) in held {
-            let statements: Vec<Document> = statements
-                .into_iter()
-                .map(|(id, event_ids)| {
-                    doc! {
-                        "q": { "_id": id },
-                        "u": { "$pull": { FIELD: { "event_id": { "$in": event_ids } } } },
-                    }
-                })
-                .collect();
-            let documents = statements.len();
-            let cleared = self
-                .outbox
-                .db
-                .run_command(doc! { "update": holder, "updates": statements, "ordered": false })
+        let filter = doc! { "_id": { "$in": &ids } };
+        let written = if self.settings.retention.is_zero() {
+            // Nothing to keep: one write instead of a mark and a later sweep.
+            self.outbox.coll.delete_many(filter).await.map(drop)
+        } else {
+            self.outbox
+                .coll
+                .update_many(
+                    filter,
+                    doc! { "$set": { "published": true }, "$currentDate": { "published_at": true } },
+                )
                 .await
-                .and_then(
-                    |reply| match crate::mongo::write_errors(&reply).into_iter().next() {
-                        Some((_, e)) => Err(e),
-                        None => Ok(()),
-                    },
-                );
-            if let Err(e) = cleared {
-                warn!(error = %e, holder, documents, "published events not cleared");
-                failed = true;
-            }
-        }
-        if failed {
+                .map(drop)
+        };
+        if let Err(e) = written {
             // They stay unpublished and go out again: duplicates, no loss.
+            warn!(error = %e, entries = ids.len(), "published outbox entries not removed");
             sent.seqs.clear();
         }
     }
@@ -505,7 +382,7 @@ const REMEMBERED_KEYS: usize = 100_000;
 /// it published of each key (to hand entries off in order).
 #[derive(Debug, Default)]
 struct Sent {
-    unflushed: Vec<Taken>,
+    unflushed: Vec<ObjectId>,
     since: Option<tokio::time::Instant>,
     seqs: HashMap<(Stream, String), i64>,
 }
@@ -521,9 +398,9 @@ impl Sent {
         }
     }
 
-    fn published(&mut self, taken: Vec<Taken>) {
+    fn published(&mut self, ids: Vec<ObjectId>) {
         self.since.get_or_insert_with(tokio::time::Instant::now);
-        self.unflushed.extend(taken);
+        self.unflushed.extend(ids);
     }
 
     fn due_in(&self) -> Option<Duration> {
@@ -532,31 +409,6 @@ impl Sent {
 
     fn due(&self) -> bool {
         self.unflushed.len() >= FLUSH_AT || self.due_in().is_some_and(|d| d.is_zero())
-    }
-}
-
-/// Where published events are removed from: an entry of the outbox
-/// collection, or (their ids) a document's own outbox.
-#[derive(Debug)]
-enum Taken {
-    Entry(ObjectId),
-    Held {
-        holder: Arc<str>,
-        id: ObjectId,
-        events: Vec<String>,
-    },
-}
-
-impl Taken {
-    fn held(holder: &Arc<str>, id: ObjectId, parsed: &[Parsed]) -> Self {
-        Self::Held {
-            holder: holder.clone(),
-            id,
-            events: parsed
-                .iter()
-                .map(|p| p.envelope.event_id.to_string())
-                .collect(),
-        }
     }
 }
 
@@ -611,10 +463,10 @@ fn events_of(d: &Document) -> Result<(ObjectId, Vec<Parsed>), RelayError> {
 /// it must read the collection instead (see "Hand-off" in the module docs),
 /// given the last `seq` it published of each key. Entries whose events it
 /// all published already are left out.
-fn hand_off<T>(
-    entries: Vec<(T, Vec<Parsed>)>,
+fn hand_off(
+    entries: Vec<(ObjectId, Vec<Parsed>)>,
     seqs: &HashMap<(Stream, String), i64>,
-) -> Option<(Vec<T>, Vec<Parsed>)> {
+) -> Option<(Vec<ObjectId>, Vec<Parsed>)> {
     // The last seq of each key once the entries accepted so far go out.
     let mut next: HashMap<(Stream, String), i64> = HashMap::new();
     let (mut ids, mut events) = (Vec::new(), Vec::new());

@@ -7,7 +7,6 @@
 mod consumer;
 mod helpers;
 mod mongo;
-mod outbox;
 mod publisher;
 mod telemetry;
 mod transition;
