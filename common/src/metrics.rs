@@ -89,10 +89,7 @@ fn describe() {
         "consumer_group_pending",
         "Entries delivered to the group but not acknowledged."
     );
-    describe_gauge!(
-        "outbox_backlog",
-        "Outbox events not yet published (in the outbox collection and in documents)."
-    );
+    describe_gauge!("outbox_backlog", "Outbox entries not yet published.");
     describe_counter!(
         "transaction_retries_total",
         "MongoDB transactions run again after a transient error (mostly write conflicts)."
