@@ -11,9 +11,9 @@
 //!   today (a transaction: guarded `findAndModify`, an outbox entry, the
 //!   commit), and as one guarded single-document `findAndModify` that
 //!   `$push`es the event into the document itself, without a transaction
-//!   (the design that docs/performance.md names as the next step; the
-//!   array is kept to its last 8 events here, where a relay would `$pull`
-//!   them in batches). The ratio is what that design can save per move.
+//!   (the array is kept to its last 8 events here, where a relay would
+//!   have to `$pull` them). The ratio bounds what that design saves per
+//!   move; built in full it did not pay (docs/performance.md, 13).
 //! * **Redis**: raw `XADD` of an envelope-sized entry, then `XREADGROUP`
 //!   (one entry per call) and `XACK` of every entry, from `concurrency`
 //!   tasks. Their rates bound what the relays and the consumer loops can do.
@@ -155,6 +155,7 @@ async fn mongo_floor(
     db.collection::<Document>("orders")
         .insert_one(doc! { "_id": ObjectId::new() })
         .await?;
+    // The outbox collection exists before the first transaction writes it.
     db.collection::<Document>("outbox")
         .insert_one(doc! { "_id": ObjectId::new() })
         .await?;
@@ -250,6 +251,7 @@ async fn move_floor(
             |id| doc! { "_id": id, "status": "created", "version": 1_i64, "pad": "x".repeat(300) },
         ))
         .await?;
+    // The outbox collection exists before the first transaction writes it.
     db.collection::<Document>("outbox")
         .insert_one(doc! { "_id": ObjectId::new() })
         .await?;
