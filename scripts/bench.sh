@@ -13,6 +13,7 @@
 #   scripts/bench.sh --quick                          creation, pipeline, CPU, memory only (~1 min)
 #   scripts/bench.sh --ladder 1,32 --step-secs 5 --fanout-sockets 2000
 #   scripts/bench.sh --bin-dir <dir>                  other builds of the services (before/after)
+#   scripts/bench.sh --pace 10,55 --no-sustained      the pace (each hop's median too) at fixed rates
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"

@@ -107,6 +107,12 @@ struct BenchArgs {
     /// Skip the sustained-rate search.
     #[arg(long)]
     no_sustained: bool,
+    /// Offered rates (orders/s, comma-separated) of the open-loop pace
+    /// phase, each for one step; the pace at 80 % of the sustained rate
+    /// comes after these. 0 skips the phase, which also does not run
+    /// without a ladder or the sustained-rate search.
+    #[arg(long, value_delimiter = ',', default_value = "10")]
+    pace: Vec<f64>,
     /// Skip the floor (bare MongoDB and Redis) measurements.
     #[arg(long)]
     no_floor: bool,
@@ -624,6 +630,11 @@ async fn bench_cmd(a: BenchArgs) -> anyhow::Result<()> {
         },
         step: Duration::from_secs(a.step_secs.max(1)),
         sustained: !a.quick && !a.no_sustained,
+        pace: if a.quick {
+            Vec::new()
+        } else {
+            a.pace.into_iter().filter(|r| *r > 0.0).collect()
+        },
         floor: !a.quick && !a.no_floor,
         fanout_sockets: if a.quick { 0 } else { a.fanout_sockets },
         fanout_orders: a.fanout_orders.max(1),

@@ -23,8 +23,8 @@
 //!    (default 1, 8, 32, 256) for a fixed time, 5xx counted apart; then
 //!    c=1 again with the simulator paused, creation without the delivery
 //!    of earlier orders competing for the cores and the database;
-//! 6. **pace**: created → delivered and the median hop at 10 orders/s, and
-//!    at 80 % of the sustained rate;
+//! 6. **pace**: created → delivered and the median hop at 10 orders/s (or
+//!    the rates given with `--pace`), and at 80 % of the sustained rate;
 //! 7. **the sustained rate** ([`rates::sustained_rate`]): the highest offered
 //!    rate at which the backlog does not grow;
 //! 8. **the floor** ([`floor`]): the same servers without the services, at
@@ -82,6 +82,8 @@ pub struct BenchConfig {
     pub step: Duration,
     /// Search the sustained rate (and measure the pace at 80 % of it).
     pub sustained: bool,
+    /// Offered rates of the open-loop pace phase (orders/s; empty: none).
+    pub pace: Vec<f64>,
     /// Measure the floor at each concurrency of the ladder.
     pub floor: bool,
     /// WebSocket fan-out: trackers and the orders they watch (0: skip).
@@ -656,8 +658,13 @@ async fn measure(cluster: &Cluster, cfg: &BenchConfig) -> anyhow::Result<BenchRe
         None
     };
     let mut pace = Vec::new();
-    if cfg.sustained || !cfg.ladder.is_empty() {
-        let run = rates::open_loop(&http, &load, &orders, 10.0, cfg.step, Some(notify_url)).await?;
+    let paced = if cfg.sustained || !cfg.ladder.is_empty() {
+        cfg.pace.as_slice()
+    } else {
+        &[]
+    };
+    for &rate in paced {
+        let run = rates::open_loop(&http, &load, &orders, rate, cfg.step, Some(notify_url)).await?;
         println!("{run}");
         pace.push(run);
     }

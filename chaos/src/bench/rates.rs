@@ -245,6 +245,8 @@ pub struct RateRun {
     pub pipeline: Option<Percentiles>,
     /// Median of every hop between two consecutive statuses, when measured.
     pub hop_p50_ms: Option<f64>,
+    /// Median of each hop of the tracking flow, in its order, when measured.
+    pub each_hop_p50_ms: Vec<f64>,
 }
 
 impl std::fmt::Display for RateRun {
@@ -266,6 +268,12 @@ impl std::fmt::Display for RateRun {
         )?;
         if let (Some(p), Some(h)) = (&self.pipeline, self.hop_p50_ms) {
             write!(f, "\n    created→delivered {p}; hop p50 {h:.1} ms")?;
+            let each: Vec<String> = self
+                .each_hop_p50_ms
+                .iter()
+                .map(|ms| format!("{ms:.1}"))
+                .collect();
+            write!(f, " (each: {} ms)", each.join(" / "))?;
         }
         Ok(())
     }
@@ -312,7 +320,7 @@ pub async fn open_loop(
     }
     let errors = posted.iter().filter(|p| p.status != 201).count();
     let sustained = errors == 0 && drained && (undelivered_at_end as f64) <= rate.max(1.0);
-    let (pipeline, hop_p50_ms) = match timelines {
+    let (pipeline, hop_p50_ms, each_hop_p50_ms) = match timelines {
         Some(notify_url) => {
             let measured: Vec<(f64, Vec<f64>)> =
                 stream::iter(posted.iter().filter_map(|p| p.order.clone()))
@@ -327,12 +335,25 @@ pub async fn open_loop(
                 .iter()
                 .flat_map(|(_, h)| h.iter().copied())
                 .collect();
+            let hop_count = measured.first().map_or(0, |(_, h)| h.len());
+            let each = (0..hop_count)
+                .map(|i| {
+                    Percentiles::of(
+                        measured
+                            .iter()
+                            .filter_map(|(_, h)| h.get(i).copied())
+                            .collect(),
+                    )
+                    .p50
+                })
+                .collect();
             (
                 Some(Percentiles::of(measured.iter().map(|(t, _)| *t).collect())),
                 Some(Percentiles::of(hops).p50),
+                each,
             )
         }
-        None => (None, None),
+        None => (None, None, Vec::new()),
     };
     Ok(RateRun {
         rate,
@@ -350,6 +371,7 @@ pub async fn open_loop(
         sustained,
         pipeline,
         hop_p50_ms,
+        each_hop_p50_ms,
     })
 }
 
