@@ -163,11 +163,7 @@ impl<E: StreamEvent, H: Handler<E>> Inner<E, H> {
                     }
                     Outcome::Skipped => self.metrics.skipped.increment(1),
                 }
-                if let Err(e) = self.ack(&msg.id, attempt > 1).await {
-                    warn!(error = %e, "acknowledgement failed; the message will be redelivered");
-                } else {
-                    debug!(?outcome, "handled");
-                }
+                self.ack(msg.id, attempt > 1, outcome);
             }
             Err(HandlerError::Reject(e)) => {
                 self.metrics.failed.increment(1);
@@ -212,13 +208,25 @@ impl<E: StreamEvent, H: Handler<E>> Inner<E, H> {
         }
     }
 
-    async fn ack(&self, id: &str, had_failed: bool) -> redis::RedisResult<()> {
-        self.acks
-            .submit((id.to_owned(), had_failed))
-            .await
-            .map_err(|e| {
-                redis::RedisError::from((redis::ErrorKind::Io, "acknowledging", e.to_string()))
-            })?
+    /// Acknowledges in the background (see [`Inner::acking`]): a lost
+    /// acknowledgement only means a redelivery.
+    fn ack(&self, id: String, had_failed: bool, outcome: Outcome) {
+        let acks = self.acks.clone();
+        self.acking.spawn(
+            async move {
+                let acked = match acks.submit((id, had_failed)).await {
+                    Ok(result) => result.map_err(|e| e.to_string()),
+                    Err(stopped) => Err(stopped.to_string()),
+                };
+                match acked {
+                    Ok(()) => debug!(?outcome, "handled"),
+                    Err(e) => {
+                        warn!(error = %e, "acknowledgement failed; the message will be redelivered");
+                    }
+                }
+            }
+            .in_current_span(),
+        );
     }
 
     async fn record_error(&self, id: &str, error: &str) -> redis::RedisResult<()> {

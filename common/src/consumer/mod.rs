@@ -285,6 +285,10 @@ struct Inner<E, H> {
     conn: ConnectionManager,
     /// Coalesced acknowledgements.
     acks: crate::batch::Batcher<handle::Acks>,
+    /// Acknowledgements on their way: a handled message does not wait for
+    /// its `XACK` (the next message of its lane, and the next read, go on
+    /// meanwhile); shutdown waits for them.
+    acking: tokio_util::task::TaskTracker,
     /// Blocking reads only.
     read_conn: ConnectionManager,
     /// Own failed or deferred messages waiting for their time.
@@ -340,6 +344,7 @@ impl<E: StreamEvent, H: Handler<E>> Consumer<E, H> {
         Ok(Self {
             inner: Arc::new(Inner {
                 acks,
+                acking: tokio_util::task::TaskTracker::new(),
                 errors_key,
                 metrics: LoopMetrics::new(&cfg),
                 cfg,
@@ -380,6 +385,8 @@ impl<E: StreamEvent, H: Handler<E>> Consumer<E, H> {
             if let Err(e) = reclaimer.await {
                 error!(error = %e, "reclaim task failed");
             }
+            inner.acking.close();
+            inner.acking.wait().await;
             inner.status.0.running.store(false, Ordering::Relaxed);
             info!("consumer stopped");
         }
