@@ -7,7 +7,9 @@
 //! * **Starting** a simulation (one script): set a marker
 //!   `<prefix>simulator:started:<kind>:<id>` with `NX` (kept 7 days) and only if
 //!   it was not there add the first step. A redelivered request therefore
-//!   never starts a second simulation.
+//!   never starts a second simulation. A first step without delay fires
+//!   in the same round trip (the firing script pipelined after the start),
+//!   instead of waiting for the loop to look.
 //! * **Firing** a due step (one script): only if the member is still in the
 //!   set, `XADD` the status event, `ZREM` the member and `ZADD` the next step.
 //!   Publication, removal and scheduling are one atomic unit: a crash cannot
@@ -162,6 +164,11 @@ return redis.call('ZREM', KEYS[2], member)
     )
 });
 
+/// The log line of a step that fired.
+fn log_fired(timer: &Timer, event_type: &str) {
+    info!(kind = timer.kind.name(), id = %timer.id, order_id = %timer.order_id, step = timer.step, event_type = %event_type, "simulated step");
+}
+
 /// Why the simulated kitchen refuses an order (one, chosen by the draw).
 const REJECTIONS: [&str; 3] = [
     "the kitchen is out of an ingredient",
@@ -262,6 +269,14 @@ impl Timers {
     }
 
     /// Starts a simulation unless one was already started for `(kind, id)`.
+    ///
+    /// When the first step is due at once (no delay), it fires in the same
+    /// round trip: the pipeline runs `START` and then that step's `FIRE`,
+    /// each its own atomic script as in the timer loop, so the step costs no
+    /// trip through the loop. `FIRE` finds the step only if it is still
+    /// pending (a start that found the chain dropped, or fired already,
+    /// fires nothing); one it cannot fire (Redis's memory ceiling) stays due
+    /// for the loop.
     pub async fn start(
         &self,
         kind: Kind,
@@ -278,20 +293,48 @@ impl Timers {
         };
         let member = serde_json::to_string(&first)
             .map_err(|e| redis::RedisError::from(std::io::Error::other(e)))?;
-        let started: i64 = START
-            .key(self.started_key(kind, id))
+        let delay = self.delay(kind, 0);
+        let mut start = START.key(self.started_key(kind, id));
+        start
             .key(&self.key)
             .key(&self.index)
             .arg(STARTED_TTL_SECS)
-            .arg(now_ms() + millis(self.delay(kind, 0)))
-            .arg(member)
-            .arg(Self::index_field(kind, id))
-            .invoke_async(&mut self.conn.clone())
-            .await?;
-        if started == 1 {
+            .arg(now_ms() + millis(delay))
+            .arg(&member)
+            .arg(Self::index_field(kind, id));
+        let fire_now = if delay.is_zero() {
+            self.step(&member)
+        } else {
+            None
+        };
+        let started = match fire_now {
+            None => start.invoke_async::<i64>(&mut self.conn.clone()).await? == 1,
+            Some((step, fire)) => {
+                let mut pipe = redis::pipe();
+                pipe.ignore_errors()
+                    .load_script(&START)
+                    .load_script(&FIRE)
+                    .invoke_script(&start)
+                    .invoke_script(&fire);
+                let mut replies: Vec<redis::RedisResult<redis::Value>> =
+                    pipe.query_async(&mut self.conn.clone()).await?;
+                let fired = replies.pop().unwrap_or(Ok(redis::Value::Nil));
+                let started = replies.pop().unwrap_or(Ok(redis::Value::Nil));
+                let started = redis::from_redis_value::<i64>(started?)? == 1;
+                match fired.and_then(|v| Ok(redis::from_redis_value::<i64>(v)?)) {
+                    Ok(1) => log_fired(&step.0, &step.1),
+                    Ok(_) => {}
+                    Err(e) => {
+                        warn!(error = %e, "the first step could not fire with its start; the timer loop will fire it")
+                    }
+                }
+                started
+            }
+        };
+        if started {
             self.started.notify_one();
         }
-        Ok(started == 1)
+        Ok(started)
     }
 
     /// How many steps are waiting.
@@ -397,7 +440,7 @@ impl Timers {
             match reply.and_then(|v| Ok(redis::from_redis_value::<i64>(v)?)) {
                 Ok(1) => {
                     fired += 1;
-                    info!(kind = timer.kind.name(), id = %timer.id, order_id = %timer.order_id, step = timer.step, event_type = %event_type, "simulated step");
+                    log_fired(timer, event_type);
                 }
                 Ok(_) => {}
                 Err(e) => failed = failed.or(Some(e)),
