@@ -13,6 +13,10 @@
 #   REDIS_PORT=16379                MONGO_PORT=37017
 #   REDIS_APPENDFSYNC=always        AOF fsync policy (why: docs/delivery-guarantees.md)
 #   REDIS_MAXMEMORY=0               Redis memory ceiling (0: none); never evicting (docs/scaling.md)
+#   REDIS_MODE=single               single: one Redis on REDIS_PORT; cluster: six nodes, 3 primaries
+#                                   and 3 replicas, each with the same AOF and memory policy (docs/scaling.md)
+#   REDIS_CLUSTER_PORT=17000        cluster nodes on 17000..17005; each one's cluster bus is its port+10000
+#   REDIS_CLUSTER_NODE_TIMEOUT_MS=2000   how long a primary may be unreachable before its replica is promoted
 #   MONGO_CACHE_SIZE=256M           SecantusDB WiredTiger cache
 #   SECANTUS_ROOT=${XDG_CACHE_HOME:-~/.cache}/foodchain/secantus   where SecantusDB is built once
 #
@@ -27,6 +31,9 @@ REDIS_PORT=${REDIS_PORT:-16379}
 MONGO_PORT=${MONGO_PORT:-37017}
 REDIS_APPENDFSYNC=${REDIS_APPENDFSYNC:-always}
 REDIS_MAXMEMORY=${REDIS_MAXMEMORY:-0}
+REDIS_MODE=${REDIS_MODE:-single}
+REDIS_CLUSTER_PORT=${REDIS_CLUSTER_PORT:-17000}
+REDIS_CLUSTER_NODE_TIMEOUT_MS=${REDIS_CLUSTER_NODE_TIMEOUT_MS:-2000}
 MONGO_CACHE_SIZE=${MONGO_CACHE_SIZE:-256M}
 SECANTUS_VERSION=0.5.3-beta.196
 SECANTUS_ROOT=${SECANTUS_ROOT:-${XDG_CACHE_HOME:-$HOME/.cache}/foodchain/secantus}
@@ -38,6 +45,22 @@ MONGO_URL="mongodb://127.0.0.1:$MONGO_PORT/?directConnection=true"
 
 say() { printf '\033[1m[infra]\033[0m %s\n' "$*" >&2; }
 die() { printf '\033[31m[infra] %s\033[0m\n' "$*" >&2; exit 1; }
+
+REDIS_CLUSTER_PORTS=()
+case $REDIS_MODE in
+  single) ;;
+  cluster)
+    # Six node ports from REDIS_CLUSTER_PORT, and each one's cluster bus 10000 above.
+    if ! [[ $REDIS_CLUSTER_PORT =~ ^[1-9][0-9]*$ ]] || [ $((REDIS_CLUSTER_PORT + 5 + 10000)) -gt 65535 ]; then
+      die "REDIS_CLUSTER_PORT must be a port number from 1 to 55530, not '$REDIS_CLUSTER_PORT'"
+    fi
+    for i in 0 1 2 3 4 5; do REDIS_CLUSTER_PORTS+=($((REDIS_CLUSTER_PORT + i))); done
+    # A comma-separated list of nodes is what makes the services use the cluster client.
+    REDIS_URL=$(printf 'redis://127.0.0.1:%s,' "${REDIS_CLUSTER_PORTS[@]}")
+    REDIS_URL=${REDIS_URL%,}
+    ;;
+  *) die "REDIS_MODE must be 'single' or 'cluster', not '$REDIS_MODE'" ;;
+esac
 
 as_root() {
   if [ "$(id -u)" = 0 ]; then "$@"
@@ -107,19 +130,78 @@ wait_until() { # <what> <seconds> <command...>
   done
 }
 
-redis_ping() { [ "$(redis-cli -p "$REDIS_PORT" ping 2>/dev/null)" = PONG ]; }
+redis_ping() { [ "$(redis-cli -p "${1:-$REDIS_PORT}" ping 2>/dev/null)" = PONG ]; }
+
+# One field of INFO / CLUSTER INFO (their lines end in \r); empty if the node is down.
+redis_field() { # <port> <field> <command...>
+  local port=$1 field=$2; shift 2
+  redis-cli -p "$port" "$@" 2>/dev/null | tr -d '\r' | sed -n "s/^$field://p"
+}
+
+# Every Redis node, single or in the cluster, runs with these: AOF with
+# REDIS_APPENDFSYNC, no RDB snapshots, never evicting.
+redis_server() { # <port> <dir> <pidfile> <logfile> [more redis-server args...]
+  local port=$1 dir=$2 pidfile=$3 logfile=$4; shift 4
+  redis-server --port "$port" --bind 127.0.0.1 --dir "$dir" \
+    --appendonly yes --appendfsync "$REDIS_APPENDFSYNC" --save "" \
+    --maxmemory-policy noeviction --maxmemory "$REDIS_MAXMEMORY" \
+    --daemonize yes --pidfile "$pidfile" --logfile "$logfile" "$@"
+}
 
 start_redis() {
   local pidfile=$INFRA_DIR/redis.pid
   if pid_alive "$pidfile" && redis_ping; then say "redis already running on $REDIS_PORT"; return; fi
   port_open "$REDIS_PORT" && die "port $REDIS_PORT is taken by another program: set REDIS_PORT"
   mkdir -p "$INFRA_DIR/redis"
-  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --dir "$INFRA_DIR/redis" \
-    --appendonly yes --appendfsync "$REDIS_APPENDFSYNC" --save "" \
-    --maxmemory-policy noeviction --maxmemory "$REDIS_MAXMEMORY" \
-    --daemonize yes --pidfile "$pidfile" --logfile "$INFRA_DIR/redis.log"
+  redis_server "$REDIS_PORT" "$INFRA_DIR/redis" "$pidfile" "$INFRA_DIR/redis.log"
   wait_until "redis" 10 redis_ping
   say "redis up on $REDIS_PORT (AOF, appendfsync $REDIS_APPENDFSYNC)"
+}
+
+start_redis_node() { # <port>
+  local port=$1 pidfile=$INFRA_DIR/redis-$1.pid dir=$INFRA_DIR/redis-cluster/$1
+  if pid_alive "$pidfile" && redis_ping "$port"; then say "redis node already running on $port"; return; fi
+  port_open "$port" && die "port $port is taken by another program: set REDIS_CLUSTER_PORT"
+  port_open $((port + 10000)) &&
+    die "port $((port + 10000)) (cluster bus of node $port) is taken by another program: set REDIS_CLUSTER_PORT"
+  mkdir -p "$dir"
+  # nodes.conf is the node's own record of the cluster: a restarted node
+  # rejoins from it (as a replica, if its replica was promoted meanwhile).
+  redis_server "$port" "$dir" "$pidfile" "$INFRA_DIR/redis-$port.log" \
+    --cluster-enabled yes --cluster-config-file "$dir/nodes.conf" \
+    --cluster-node-timeout "$REDIS_CLUSTER_NODE_TIMEOUT_MS"
+  wait_until "redis node $port" 10 redis_ping "$port"
+}
+
+cluster_ok() {
+  local port
+  for port in "${REDIS_CLUSTER_PORTS[@]}"; do
+    [ "$(redis_field "$port" cluster_state cluster info)" = ok ] || return 1
+  done
+}
+
+start_redis_cluster() {
+  local port fresh=0 addrs=()
+  for port in "${REDIS_CLUSTER_PORTS[@]}"; do
+    start_redis_node "$port"
+    addrs+=("127.0.0.1:$port")
+    # Fresh: knows no other node and serves no slot (--cluster create needs all six so).
+    if [ "$(redis_field "$port" cluster_known_nodes cluster info)" = 1 ] &&
+      [ "$(redis_field "$port" cluster_slots_assigned cluster info)" = 0 ]; then
+      fresh=$((fresh + 1))
+    fi
+  done
+  if [ $fresh = ${#REDIS_CLUSTER_PORTS[@]} ]; then
+    say "creating the redis cluster (3 primaries, 3 replicas)"
+    redis-cli --cluster create "${addrs[@]}" --cluster-replicas 1 --cluster-yes \
+      >"$INFRA_DIR/redis-cluster.log" 2>&1 ||
+      die "redis-cli --cluster create failed: see $INFRA_DIR/redis-cluster.log"
+  elif [ $fresh != 0 ]; then
+    # Some nodes lost their nodes.conf: joining them back by hand beats guessing.
+    die "$fresh of the redis cluster nodes are not part of the cluster: run down, then remove $INFRA_DIR/redis-cluster to start over"
+  fi
+  wait_until "redis cluster (cluster_state:ok on every node)" 30 cluster_ok
+  say "redis cluster up on ${REDIS_CLUSTER_PORTS[0]}..${REDIS_CLUSTER_PORTS[5]} (AOF, appendfsync $REDIS_APPENDFSYNC, node timeout ${REDIS_CLUSTER_NODE_TIMEOUT_MS}ms)"
 }
 
 start_mongo() {
@@ -167,19 +249,33 @@ stop_pidfile() { # <name> <pidfile>
 cmd_up() {
   cmd_deps
   mkdir -p "$INFRA_DIR"
-  start_redis
+  if [ "$REDIS_MODE" = cluster ]; then start_redis_cluster; else start_redis; fi
   start_mongo
   cmd_env
 }
 
 cmd_down() {
+  local pidfile port
+  # Whatever runs, whichever REDIS_MODE started it: the single node and any cluster nodes.
   stop_pidfile redis "$INFRA_DIR/redis.pid"
+  for pidfile in "$INFRA_DIR"/redis-[0-9]*.pid; do
+    [ -e "$pidfile" ] || continue
+    port=${pidfile##*/redis-}
+    stop_pidfile "redis node ${port%.pid}" "$pidfile"
+  done
   stop_pidfile mongo "$INFRA_DIR/mongo.pid"
 }
 
 cmd_status() {
-  local rc=0
-  if pid_alive "$INFRA_DIR/redis.pid"; then echo "redis: running on $REDIS_PORT"; else echo "redis: stopped"; rc=1; fi
+  local rc=0 port
+  if [ "$REDIS_MODE" = cluster ]; then
+    for port in "${REDIS_CLUSTER_PORTS[@]}"; do
+      if pid_alive "$INFRA_DIR/redis-$port.pid"; then
+        echo "redis $port: running ($(redis_field "$port" role info replication), cluster_state $(redis_field "$port" cluster_state cluster info))"
+      else echo "redis $port: stopped"; rc=1
+      fi
+    done
+  elif pid_alive "$INFRA_DIR/redis.pid"; then echo "redis: running on $REDIS_PORT"; else echo "redis: stopped"; rc=1; fi
   if pid_alive "$INFRA_DIR/mongo.pid"; then echo "mongo: running on $MONGO_PORT ($(mongo_kind))"; else echo "mongo: stopped"; rc=1; fi
   echo "data: $INFRA_DIR"
   return $rc
@@ -196,5 +292,5 @@ case "${1:-}" in
   down) cmd_down ;;
   status) cmd_status ;;
   env) cmd_env ;;
-  *) sed -n '2,20p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
+  *) sed -n '2,25p' "$0" | sed 's/^# \{0,1\}//'; exit 2 ;;
 esac

@@ -21,6 +21,8 @@ say "API documents: generated from the code, valid AsyncAPI and OpenAPI"
 scripts/check-docs.sh
 say "REST fuzz against the real services, driven by their OpenAPI documents"
 scripts/fuzz-api.sh
+say "the local Redis Cluster (REDIS_MODE=cluster): forms, fails over, rejoins"
+tests/infra/redis-cluster.sh
 say "chaos (short run)"
 tests/chaos/short.sh
 say "all green"
