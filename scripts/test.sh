@@ -13,6 +13,10 @@ say "clippy"
 cargo clippy --workspace --all-targets --locked --quiet -- -D warnings
 say "tests"
 cargo test --workspace --locked
+say "the suites on a shared Redis, again on a Redis Cluster (FOODCHAIN_TEST_REDIS=cluster)"
+FOODCHAIN_TEST_REDIS=cluster cargo test --locked \
+  -p common -p dlq -p simulator -p chaos -p order-svc -p foodchain-tests \
+  --test it --test timers --test checker
 say "release binaries carry no test-only code (failpoints)"
 scripts/check-release.sh
 say "deployment files (compose, Helm, k8s-jobs), validated offline"

@@ -65,7 +65,7 @@ pub fn groups() -> Vec<(Stream, &'static str)> {
 #[derive(Debug)]
 pub struct Target {
     /// Redis.
-    pub conn: redis::aio::ConnectionManager,
+    pub conn: contract::redis::Conn,
     /// The database.
     pub db: mongodb::Database,
     /// Key prefix.

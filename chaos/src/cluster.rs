@@ -125,6 +125,7 @@ impl Cluster {
         let redis = RedisServer::start_with(RedisOptions {
             appendfsync: Some(fsync),
             acl_user: None,
+            cluster: false,
         })
         .await;
         let mongo = MongoServer::start().await;
@@ -364,11 +365,7 @@ impl Cluster {
     }
 
     /// Which replica of `svc` holds its outbox relay lease.
-    pub async fn lease_holder(
-        &self,
-        conn: &mut redis::aio::ConnectionManager,
-        svc: Svc,
-    ) -> Option<usize> {
+    pub async fn lease_holder(&self, conn: &mut contract::redis::Conn, svc: Svc) -> Option<usize> {
         let holder: Option<String> = redis::cmd("GET")
             .arg(format!("{}outbox-lease:{}", self.prefix, svc.name()))
             .query_async(conn)

@@ -84,7 +84,7 @@ pub fn schedule(kinds: &[Fault], count: usize, seed: u64) -> Vec<Fault> {
 /// Injects one fault; waits for the system to be ready again.
 pub async fn inject(
     cluster: &Cluster,
-    conn: &mut redis::aio::ConnectionManager,
+    conn: &mut contract::redis::Conn,
     fault: Fault,
     accepted: &mut mpsc::UnboundedReceiver<AcceptedBy>,
     poison: &mut Vec<(Stream, String)>,

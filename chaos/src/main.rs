@@ -536,7 +536,7 @@ async fn check_only(a: CheckArgs) -> anyhow::Result<bool> {
     let target = Target {
         conn,
         db: mongo.database(&a.db),
-        ns: Namespace::new(&a.prefix),
+        ns: Namespace::for_redis(&a.prefix, &a.redis_url),
     };
     let record = match &a.record {
         Some(path) => {

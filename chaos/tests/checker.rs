@@ -36,17 +36,13 @@ fn timeline(order: &str, labels: &[&str]) -> Document {
 }
 
 async fn world() -> World {
-    let redis_url = testkit::shared_redis().await.url();
+    let redis_url = testkit::redis_url().await;
     let mongo = mongodb::Client::with_uri_str(testkit::shared_mongo().await.url())
         .await
         .unwrap();
     let db = mongo.database(&testkit::unique_db("checker"));
-    let ns = Namespace::new(&format!("{}:", testkit::unique("checker")));
-    let conn = redis::Client::open(redis_url)
-        .unwrap()
-        .get_connection_manager()
-        .await
-        .unwrap();
+    let ns = Namespace::for_redis(&format!("{}:", testkit::unique("checker")), &redis_url);
+    let conn = contract::redis::commands(&contract::redis::client(&redis_url).unwrap()).unwrap();
     // Every consuming group exists and has nothing pending.
     for (stream, group) in groups() {
         let _: () = redis::cmd("XGROUP")

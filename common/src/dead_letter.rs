@@ -7,12 +7,13 @@
 //! two consumers racing to dead-letter the same message produce one dead
 //! letter.
 
+use contract::redis::Conn;
 use contract::{
     StreamEntry,
     dead_letter::{Reason, fields},
     entry::id_millis,
 };
-use redis::{Script, aio::ConnectionManager};
+use redis::Script;
 
 /// Moves a pending message to the dead letters and acknowledges it, atomically.
 /// KEYS: origin stream, dead-letter stream, last-error hash.
@@ -44,7 +45,7 @@ pub(crate) struct MoveRequest<'a> {
 
 /// Runs the move script; `Ok(true)` when this call moved the message.
 pub(crate) async fn move_and_ack(
-    conn: &mut ConnectionManager,
+    conn: &mut Conn,
     req: MoveRequest<'_>,
 ) -> redis::RedisResult<bool> {
     static SCRIPT: std::sync::LazyLock<Script> =

@@ -22,7 +22,7 @@ use axum::{
     response::{IntoResponse, Response},
     routing::get,
 };
-use redis::aio::ConnectionManager;
+use contract::redis::Conn;
 use serde_json::{Map, Value, json};
 
 use crate::consumer::LoopStatus;
@@ -81,7 +81,7 @@ const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Debug)]
 pub struct Health {
     service: String,
-    redis: ConnectionManager,
+    redis: Conn,
     mongo: std::sync::OnceLock<(mongodb::Client, String)>,
     loops: Mutex<Vec<LoopStatus>>,
     initialised: AtomicBool,
@@ -89,7 +89,7 @@ pub struct Health {
 
 impl Health {
     /// Readiness of `service`, which depends on Redis.
-    pub fn new(service: &str, redis: ConnectionManager) -> Arc<Self> {
+    pub fn new(service: &str, redis: Conn) -> Arc<Self> {
         Arc::new(Self {
             service: service.to_owned(),
             redis,

@@ -7,7 +7,8 @@
 //! (`OOM command not allowed`), the caller (the outbox relay) keeps the
 //! event and tries again, and nothing is dropped.
 
-use redis::{ToRedisArgs, aio::ConnectionManager};
+use contract::redis::Conn;
+use redis::ToRedisArgs;
 
 use contract::{
     Envelope,
@@ -17,7 +18,7 @@ use contract::{
 /// Publishes envelopes to the streams of one namespace.
 #[derive(Clone)]
 pub struct Publisher {
-    conn: ConnectionManager,
+    conn: Conn,
     ns: Namespace,
 }
 
@@ -29,7 +30,7 @@ impl std::fmt::Debug for Publisher {
 
 impl Publisher {
     /// A publisher to the streams of `ns`.
-    pub fn new(conn: ConnectionManager, ns: Namespace) -> Self {
+    pub fn new(conn: Conn, ns: Namespace) -> Self {
         Self { conn, ns }
     }
 

@@ -32,7 +32,7 @@ use std::{
 };
 
 use axum::{Router, extract::MatchedPath, http::Request};
-use redis::aio::ConnectionManager;
+use contract::redis::Conn;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -81,9 +81,9 @@ pub struct Runtime {
     /// The settings it was built from.
     pub settings: CommonSettings,
     /// Redis client (consumers open their own connections from it).
-    pub redis: redis::Client,
+    pub redis: contract::redis::Client,
     /// Shared Redis connection for ordinary commands.
-    pub conn: ConnectionManager,
+    pub conn: Conn,
     /// Readiness state.
     pub health: Arc<Health>,
     /// Publisher for this deployment's streams.

@@ -9,7 +9,7 @@
 //! |---|---|---|
 //! | `SERVICE_NAME` | the binary's name | `source` of published events, `service` label in logs |
 //! | `APP_ENV` | `local` | `env` label in logs |
-//! | `REDIS_URL` | `redis://127.0.0.1:16379` | Redis holding the streams (the default is where `make run` / `scripts/infra.sh up` start it) |
+//! | `REDIS_URL` | `redis://127.0.0.1:16379` | Redis holding the streams (the default is where `make run` / `scripts/infra.sh up` start it); a comma-separated list of node URLs is a Redis Cluster (`redis://h1:p1,redis://h2:p2,...`; the key prefix then becomes one hash tag, see `contract::redis`) |
 //! | `MONGO_URL` | `mongodb://127.0.0.1:37017/?directConnection=true` | MongoDB replica set (transactions need one; the default is `make run`'s) |
 //! | `MONGO_DB` | `foodchain` | database name |
 //! | `STREAM_PREFIX` | empty | prefix of every Redis key (isolates deployments and tests sharing a Redis) |
@@ -103,16 +103,23 @@ impl SecretUrl {
         &self.0
     }
 
-    /// The URL as it may be shown: password masked.
+    /// The URL as it may be shown: password masked. A comma-separated list
+    /// of URLs (a Redis Cluster's nodes) has each one masked.
     pub fn redacted(&self) -> String {
-        match Url::parse(&self.0) {
-            Ok(mut url) if url.password().is_some() => {
+        fn one(raw: &str) -> Option<String> {
+            let mut url = Url::parse(raw).ok()?;
+            if url.password().is_some() {
                 let _ = url.set_password(Some("***"));
-                url.to_string()
+                return Some(url.to_string());
             }
-            Ok(_) => self.0.clone(),
-            Err(_) => "<unparsable URL>".to_owned(),
+            Some(raw.to_owned())
         }
+        one(&self.0)
+            .or_else(|| {
+                let parts: Option<Vec<String>> = self.0.split(',').map(one).collect();
+                parts.map(|p| p.join(","))
+            })
+            .unwrap_or_else(|| "<unparsable URL>".to_owned())
     }
 }
 
@@ -481,12 +488,15 @@ impl CommonSettings {
     /// Reads the common variables; `service_name` is the default of `SERVICE_NAME`.
     pub fn from_env(env: &mut Env, service_name: &str) -> Self {
         let redis_url = env.string("REDIS_URL", DEFAULT_REDIS_URL);
-        check_url(
-            env,
-            "REDIS_URL",
-            &redis_url,
-            &["redis", "rediss", "redis+unix", "unix"],
-        );
+        // One URL, or a Redis Cluster's nodes as a comma-separated list.
+        for url in redis_url.split(',') {
+            check_url(
+                env,
+                "REDIS_URL",
+                url.trim(),
+                &["redis", "rediss", "redis+unix", "unix"],
+            );
+        }
         let mongo_url = env.string("MONGO_URL", DEFAULT_MONGO_URL);
         check_url(env, "MONGO_URL", &mongo_url, &["mongodb", "mongodb+srv"]);
         let mongo_db = env.string("MONGO_DB", "foodchain");
@@ -517,7 +527,7 @@ impl CommonSettings {
 
     /// Key namespace of this deployment (see [`contract::streams`]).
     pub fn namespace(&self) -> contract::streams::Namespace {
-        contract::streams::Namespace::new(&self.stream_prefix)
+        contract::streams::Namespace::for_redis(&self.stream_prefix, self.redis_url.expose())
     }
 }
 
@@ -658,6 +668,23 @@ mod tests {
             "redis://foodchain:s3cret-pass@redis:6379/0"
         );
         assert_eq!(format!("{:?}", Secret::new("tok")), "***");
+
+        // A cluster's node list: every node's password masked, and a
+        // namespace that is one hash tag.
+        let mut env = Env::from_map([(
+            "REDIS_URL",
+            "redis://:s3cret-pass@r1:7000,redis://:s3cret-pass@r2:7001",
+        )]);
+        let s = CommonSettings::from_env(&mut env, "x");
+        env.finish().unwrap();
+        assert_eq!(
+            s.redis_url.to_string(),
+            "redis://:***@r1:7000,redis://:***@r2:7001"
+        );
+        assert_eq!(s.namespace().prefix(), "{foodchain}");
+        let mut env = Env::from_map([("REDIS_URL", "redis://r1:7000,http://r2:7001")]);
+        let _ = CommonSettings::from_env(&mut env, "x");
+        assert!(env.finish().unwrap_err().to_string().contains("http"));
     }
 
     #[test]

@@ -28,11 +28,12 @@
 
 use std::time::Duration;
 
+use contract::redis::Conn;
 use contract::{
     redis as wire,
     streams::{Namespace, Stream},
 };
-use redis::{Value, aio::ConnectionManager};
+use redis::Value;
 use tracing::{debug, warn};
 
 /// Trimming settings.
@@ -96,19 +97,14 @@ pub struct Trimmed {
 /// Trims the event streams of one namespace; see the module docs.
 #[derive(Debug, Clone)]
 pub struct Trimmer {
-    conn: ConnectionManager,
+    conn: Conn,
     streams: Vec<(String, &'static str)>,
     settings: TrimSettings,
 }
 
 impl Trimmer {
     /// Trims `streams` of `ns` (never the dead letters).
-    pub fn new(
-        conn: ConnectionManager,
-        ns: &Namespace,
-        streams: &[Stream],
-        settings: TrimSettings,
-    ) -> Self {
+    pub fn new(conn: Conn, ns: &Namespace, streams: &[Stream], settings: TrimSettings) -> Self {
         let streams = streams
             .iter()
             .filter(|s| **s != Stream::DeadLetters)

@@ -9,9 +9,29 @@
 //! `XREADGROUP ... BLOCK`, which legitimately waits for up to its block time,
 //! and would also hold up every command queued behind it. So the consumer loop
 //! reads on a connection of its own ([`blocking`]) and does everything else on
-//! a shared one ([`commands`]). Both are [`ConnectionManager`]s: they reconnect
-//! by themselves after Redis restarts, and they are created lazily so a service
-//! can start (and report not-ready) while Redis is down.
+//! a shared one ([`commands`]). Both reconnect by themselves after Redis
+//! restarts, and they are created lazily so a service can start (and report
+//! not-ready) while Redis is down.
+//!
+//! # One node or a cluster
+//!
+//! `REDIS_URL` is either one URL (`redis://host:port`, a single Redis: a
+//! [`ConnectionManager`]) or a comma-separated list of node URLs
+//! (`redis://h1:p1,redis://h2:p2,...`, a Redis Cluster: redis-rs's cluster
+//! client, which follows `MOVED`/`ASK` and the slot map through a failover).
+//! [`Conn`] is either, so the code above this module does not know which.
+//!
+//! In a cluster, a Lua script or a pipeline must touch keys of one hash slot.
+//! Until streams are partitioned (docs/scaling.md §2), every key of a
+//! deployment carries one hash tag: [`Namespace::for_redis`] wraps the prefix
+//! in `{...}`, so a deployment's keys live on one primary (correct, and one
+//! primary's worth of speed).
+//!
+//! Pub/sub (the outbox relay's wake-up ring) needs a connection to one node:
+//! in a cluster a `PUBLISH` on any node reaches the subscribers of every
+//! node, so [`Client::pubsub`] subscribes on the first node that answers.
+//!
+//! [`Namespace::for_redis`]: crate::streams::Namespace::for_redis
 //!
 //! # Replies
 //!
@@ -21,8 +41,10 @@
 use std::time::Duration;
 
 use ::redis::{
-    Client, RedisResult, Value,
-    aio::{ConnectionManager, ConnectionManagerConfig},
+    Cmd, Pipeline, RedisFuture, RedisResult, Value,
+    aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig, PubSub},
+    cluster::{ClusterClient, ClusterConfig},
+    cluster_async::ClusterConnection,
 };
 
 use crate::entry::StreamEntry;
@@ -30,30 +52,171 @@ use crate::entry::StreamEntry;
 /// Reply timeout of ordinary commands.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Opens a client for `url` (no I/O yet).
-pub fn client(url: &str) -> RedisResult<Client> {
-    Client::open(url)
+/// Time allowed to open a connection to a node.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Whether `url` names a cluster (a comma-separated list of node URLs).
+pub fn is_cluster_url(url: &str) -> bool {
+    url.contains(',')
 }
 
-fn config(response_timeout: Duration) -> ConnectionManagerConfig {
-    ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(Duration::from_secs(2)))
-        .set_response_timeout(Some(response_timeout))
-        .set_max_delay(Duration::from_secs(2))
+/// Where the streams live: one Redis, or a Redis Cluster (no I/O yet).
+#[derive(Clone)]
+pub enum Client {
+    /// One Redis.
+    Single(::redis::Client),
+    /// A Redis Cluster, and a plain client of each node given (pub/sub).
+    Cluster {
+        /// The cluster client (boxed: it is much larger than a plain client).
+        cluster: Box<ClusterClient>,
+        /// One client per node URL given, in order.
+        nodes: Vec<::redis::Client>,
+    },
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Client::Single(_) => f.write_str("Client::Single"),
+            Client::Cluster { nodes, .. } => write!(f, "Client::Cluster({} nodes)", nodes.len()),
+        }
+    }
+}
+
+/// Opens a client for `url`: one URL, or a comma-separated list of a
+/// cluster's nodes (no I/O yet).
+pub fn client(url: &str) -> RedisResult<Client> {
+    if !is_cluster_url(url) {
+        return ::redis::Client::open(url).map(Client::Single);
+    }
+    let urls: Vec<&str> = url
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect();
+    let nodes = urls
+        .iter()
+        .map(|u| ::redis::Client::open(*u))
+        .collect::<RedisResult<Vec<_>>>()?;
+    let cluster = Box::new(ClusterClient::builder(urls).retries(6).build()?);
+    Ok(Client::Cluster { cluster, nodes })
+}
+
+impl Client {
+    /// Whether this is a cluster.
+    pub fn is_cluster(&self) -> bool {
+        matches!(self, Client::Cluster { .. })
+    }
+
+    fn connection(&self, response_timeout: Duration) -> RedisResult<Conn> {
+        match self {
+            Client::Single(c) => c
+                .get_connection_manager_lazy(
+                    ConnectionManagerConfig::new()
+                        .set_connection_timeout(Some(CONNECT_TIMEOUT))
+                        .set_response_timeout(Some(response_timeout))
+                        .set_max_delay(Duration::from_secs(2)),
+                )
+                .map(Conn::Single),
+            Client::Cluster { cluster, .. } => Ok(Conn::Cluster(
+                cluster.get_pending_async_connection_with_config(
+                    ClusterConfig::new()
+                        .set_connection_timeout(CONNECT_TIMEOUT)
+                        .set_response_timeout(response_timeout),
+                ),
+            )),
+        }
+    }
+
+    /// A pub/sub connection: to the one Redis, or to the first node of the
+    /// cluster that answers (a cluster's `PUBLISH` reaches every node).
+    pub async fn pubsub(&self) -> RedisResult<PubSub> {
+        match self {
+            Client::Single(c) => c.get_async_pubsub().await,
+            Client::Cluster { nodes, .. } => {
+                let mut last = None;
+                for node in nodes {
+                    match node.get_async_pubsub().await {
+                        Ok(p) => return Ok(p),
+                        Err(e) => last = Some(e),
+                    }
+                }
+                Err(last.unwrap_or_else(|| {
+                    ::redis::RedisError::from((
+                        ::redis::ErrorKind::InvalidClientConfig,
+                        "a cluster URL list without nodes",
+                    ))
+                }))
+            }
+        }
+    }
+}
+
+/// A connection to one Redis or to a cluster; cheap to clone (clones share
+/// the connection, commands are multiplexed over it).
+#[derive(Clone)]
+pub enum Conn {
+    /// To one Redis.
+    Single(ConnectionManager),
+    /// To a cluster.
+    Cluster(ClusterConnection),
+}
+
+impl std::fmt::Debug for Conn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Conn::Single(_) => "Conn::Single",
+            Conn::Cluster(_) => "Conn::Cluster",
+        })
+    }
+}
+
+impl From<ConnectionManager> for Conn {
+    fn from(c: ConnectionManager) -> Self {
+        Conn::Single(c)
+    }
+}
+
+impl ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Conn::Single(c) => c.req_packed_command(cmd),
+            Conn::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Conn::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Conn::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Conn::Single(c) => c.get_db(),
+            Conn::Cluster(c) => c.get_db(),
+        }
+    }
 }
 
 /// A shared connection for ordinary commands.
-pub fn commands(client: &Client) -> RedisResult<ConnectionManager> {
-    client.get_connection_manager_lazy(config(COMMAND_TIMEOUT))
+pub fn commands(client: &Client) -> RedisResult<Conn> {
+    client.connection(COMMAND_TIMEOUT)
 }
 
 /// A connection for blocking reads of up to `block`.
-pub fn blocking(client: &Client, block: Duration) -> RedisResult<ConnectionManager> {
-    client.get_connection_manager_lazy(config(block + COMMAND_TIMEOUT))
+pub fn blocking(client: &Client, block: Duration) -> RedisResult<Conn> {
+    client.connection(block + COMMAND_TIMEOUT)
 }
 
 /// `PING`, for readiness checks.
-pub async fn ping(conn: &mut ConnectionManager) -> RedisResult<()> {
+pub async fn ping(conn: &mut Conn) -> RedisResult<()> {
     ::redis::cmd("PING")
         .query_async::<String>(conn)
         .await

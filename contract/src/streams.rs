@@ -156,6 +156,24 @@ impl Namespace {
         }
     }
 
+    /// The namespace of a deployment whose Redis is at `redis_url`: `prefix`
+    /// as given on one Redis; on a cluster (a list of node URLs), `prefix`
+    /// as a hash tag, `{prefix}` (or `{foodchain}` when empty), so that every
+    /// key of the deployment hashes to one slot and every script and
+    /// pipeline stays single-slot. A prefix that already holds a hash tag
+    /// (`{...}` with something inside) is kept as given.
+    pub fn for_redis(prefix: &str, redis_url: &str) -> Self {
+        if !redis_url.contains(',') || has_hash_tag(prefix) {
+            return Self::new(prefix);
+        }
+        let inner = if prefix.is_empty() {
+            "foodchain"
+        } else {
+            prefix
+        };
+        Self::new(&format!("{{{inner}}}"))
+    }
+
     /// The prefix itself.
     pub fn prefix(&self) -> &str {
         &self.prefix
@@ -177,9 +195,36 @@ impl Namespace {
     }
 }
 
+/// Whether Redis Cluster would hash `key` by a tag: a `{` followed later
+/// by a `}` with at least one byte between them (the first such pair).
+fn has_hash_tag(key: &str) -> bool {
+    key.find('{')
+        .and_then(|open| key[open + 1..].find('}'))
+        .is_some_and(|len| len > 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cluster_namespace_is_one_hash_tag() {
+        let one = "redis://127.0.0.1:6379";
+        let cluster = "redis://127.0.0.1:7000,redis://127.0.0.1:7001";
+        assert_eq!(Namespace::for_redis("t1:", one).prefix(), "t1:");
+        assert_eq!(Namespace::for_redis("", one).prefix(), "");
+        assert_eq!(Namespace::for_redis("t1:", cluster).prefix(), "{t1:}");
+        assert_eq!(Namespace::for_redis("", cluster).prefix(), "{foodchain}");
+        assert_eq!(Namespace::for_redis("{a}b:", cluster).prefix(), "{a}b:");
+        // `{}` is no tag: Redis hashes the whole key then.
+        assert_eq!(Namespace::for_redis("{}x", cluster).prefix(), "{{}x}");
+        let ns = Namespace::for_redis("t1:", cluster);
+        assert_eq!(ns.stream(Stream::Orders), "{t1:}orders-stream");
+        assert_eq!(
+            ns.stream_of_key("{t1:}dead-letters"),
+            Some(Stream::DeadLetters)
+        );
+    }
 
     #[test]
     fn names_are_the_documented_ones_and_round_trip() {

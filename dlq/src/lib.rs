@@ -15,13 +15,14 @@
 
 use std::{collections::HashMap, time::Duration};
 
+use contract::redis::Conn;
 use contract::{
     StreamEntry,
     dead_letter::DeadLetter,
     redis::{self as redis_conn, self as stream_entry},
     streams::{Namespace, Stream},
 };
-use redis::{Script, Value, aio::ConnectionManager};
+use redis::{Script, Value};
 use serde::Serialize;
 
 /// What can go wrong.
@@ -222,7 +223,7 @@ pub struct Stats {
 /// Connection to one deployment's dead letters.
 #[derive(Clone)]
 pub struct Dlq {
-    conn: ConnectionManager,
+    conn: Conn,
     ns: Namespace,
     url: String,
 }
@@ -259,7 +260,7 @@ impl Dlq {
         redis_conn::ping(&mut conn).await.map_err(err)?;
         Ok(Self {
             conn,
-            ns: Namespace::new(prefix),
+            ns: Namespace::for_redis(prefix, url),
             url: redacted,
         })
     }

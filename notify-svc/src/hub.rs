@@ -26,6 +26,7 @@ use std::{
 };
 
 use common::backoff::Backoff;
+use contract::redis::Conn;
 use contract::{
     Envelope, OrderId,
     auth::TokenHash,
@@ -33,7 +34,6 @@ use contract::{
     redis as stream_entry,
     streams::{Namespace, Stream},
 };
-use redis::aio::ConnectionManager;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -190,12 +190,7 @@ impl Hub {
 
 /// Tails the order and delivery streams into `hub` until `shutdown`.
 /// `conn` must allow blocking reads of [`TAIL_BLOCK`].
-pub async fn tail(
-    hub: Arc<Hub>,
-    conn: ConnectionManager,
-    ns: Namespace,
-    shutdown: CancellationToken,
-) {
+pub async fn tail(hub: Arc<Hub>, conn: Conn, ns: Namespace, shutdown: CancellationToken) {
     let keys = STREAMS.map(|s| ns.stream(s));
     // Start after what each stream holds now, then always continue from the
     // last id seen, so a Redis hiccup loses nothing. (Never pass `$` twice:
@@ -269,7 +264,7 @@ pub async fn tail(
 /// The id of each stream's newest entry (`0-0` for an empty or missing
 /// stream), retried until Redis answers or shutdown.
 async fn current_ends(
-    conn: &ConnectionManager,
+    conn: &Conn,
     keys: &[String],
     shutdown: &CancellationToken,
 ) -> Option<[String; 2]> {

@@ -26,6 +26,7 @@ use axum::{
 use bson::oid::ObjectId;
 use chrono::{DateTime, Utc};
 use common::{http::ErrorBody, settings::Secret};
+use contract::redis::Conn;
 use contract::{
     MenuItemId, OrderId,
     dead_letter::DeadLetter,
@@ -34,7 +35,6 @@ use contract::{
     status::OrderStatus,
     streams::{Namespace, Stream},
 };
-use redis::aio::ConnectionManager;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -55,7 +55,7 @@ pub struct AdminState {
     /// Menu and orders.
     pub store: Store,
     /// The streams, for the overview.
-    pub redis: ConnectionManager,
+    pub redis: Conn,
     /// The deployment's key prefix.
     pub ns: Namespace,
     /// The admin token (`None`: every request is refused).

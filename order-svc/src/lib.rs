@@ -112,7 +112,7 @@ pub async fn run(
 pub fn app(
     settings: &Settings,
     store: Store,
-    redis: redis::aio::ConnectionManager,
+    redis: contract::redis::Conn,
 ) -> (axum::Router, Option<api::Limiter>) {
     let admin = admin::AdminState {
         store: store.clone(),

@@ -39,13 +39,14 @@ use std::{
     time::Duration,
 };
 
+use contract::redis::Conn;
 use contract::{
     DeliveryId, Envelope, OrderId,
     events::{DeliveryStatusChanged, Event, OrderStatusChanged},
     status::{DeliveryStatus, HANDOVER, Lifecycle, OrderStatus},
     streams::{Namespace, Stream},
 };
-use redis::{Script, aio::ConnectionManager};
+use redis::Script;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
@@ -179,7 +180,7 @@ const REJECTIONS: [&str; 3] = [
 /// The timer set and how to fire it.
 #[derive(Clone)]
 pub struct Timers {
-    conn: ConnectionManager,
+    conn: Conn,
     ns: Namespace,
     key: String,
     delays: Delays,
@@ -211,7 +212,7 @@ fn millis(d: Duration) -> i64 {
 
 impl Timers {
     /// Timers of namespace `ns`, publishing as `source`.
-    pub fn new(conn: ConnectionManager, ns: Namespace, delays: Delays, source: &str) -> Self {
+    pub fn new(conn: Conn, ns: Namespace, delays: Delays, source: &str) -> Self {
         Self {
             key: ns.key("simulator:timers"),
             index: ns.key("simulator:timer-of"),

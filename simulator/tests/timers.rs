@@ -8,12 +8,12 @@
 
 use std::time::Duration;
 
+use contract::redis::Conn;
 use contract::{
     OrderId,
     redis::{array, text},
     streams::{Namespace, Stream},
 };
-use redis::aio::ConnectionManager;
 use simulator::{
     settings::Delays,
     timers::{Kind, Timers},
@@ -26,10 +26,9 @@ const ZERO: Delays = Delays {
     delivery: [Duration::ZERO; 2],
 };
 
-async fn timers(redis: &testkit::RedisServer) -> (Timers, ConnectionManager, Namespace) {
-    let client = redis::Client::open(redis.url()).unwrap();
-    let conn = ConnectionManager::new(client).await.unwrap();
-    let ns = Namespace::new(&format!("{}:", testkit::unique("sim")));
+async fn timers(url: &str) -> (Timers, Conn, Namespace) {
+    let conn = contract::redis::commands(&contract::redis::client(url).unwrap()).unwrap();
+    let ns = Namespace::for_redis(&format!("{}:", testkit::unique("sim")), url);
     (
         Timers::new(conn.clone(), ns.clone(), ZERO, "test"),
         conn,
@@ -52,7 +51,7 @@ async fn start(t: &Timers, n: usize) -> Vec<OrderId> {
 }
 
 /// The statuses published for each order, in stream order.
-async fn published(conn: &mut ConnectionManager, ns: &Namespace) -> Vec<(String, String)> {
+async fn published(conn: &mut Conn, ns: &Namespace) -> Vec<(String, String)> {
     let reply: redis::Value = redis::cmd("XRANGE")
         .arg(ns.stream(Stream::OrderStatus))
         .arg("-")
@@ -95,8 +94,7 @@ fn assert_chains(ids: &[OrderId], got: &[(String, String)]) {
 
 #[tokio::test]
 async fn a_round_fires_every_due_step_once_and_each_chain_advances_in_order() {
-    let redis = testkit::shared_redis().await;
-    let (t, mut conn, ns) = timers(redis).await;
+    let (t, mut conn, ns) = timers(&testkit::redis_url().await).await;
     // More due steps than one round takes (200).
     let ids = start(&t, 300).await;
     // With no delay, each chain's first step fired with its start.
@@ -122,7 +120,7 @@ async fn a_round_fires_every_due_step_once_and_each_chain_advances_in_order() {
 #[tokio::test]
 async fn at_the_memory_ceiling_a_round_fails_and_its_steps_fire_once_there_is_room() {
     let redis = testkit::RedisServer::start().await;
-    let (t, mut conn, ns) = timers(&redis).await;
+    let (t, mut conn, ns) = timers(&redis.url()).await;
     let ids = start(&t, 150).await;
     redis.memory_ceiling(Some(32 * 1024)).await;
     let refusal = loop {

@@ -129,6 +129,33 @@ pub async fn shared_redis() -> &'static RedisServer {
     S.get_or_init(RedisServer::start).await
 }
 
+/// The per-process Redis Cluster: 3 primaries, no replicas (the tests of
+/// failover start their own, with replicas).
+pub async fn shared_redis_cluster() -> &'static redis::RedisCluster {
+    static S: OnceCell<redis::RedisCluster> = OnceCell::const_new();
+    S.get_or_init(|| redis::RedisCluster::start(3, 0)).await
+}
+
+/// The variable that puts the suite on a Redis Cluster: with
+/// `FOODCHAIN_TEST_REDIS=cluster`, [`redis_url`] is the shared cluster's.
+pub const TEST_REDIS_VAR: &str = "FOODCHAIN_TEST_REDIS";
+
+/// Whether this run puts the tests on a Redis Cluster ([`TEST_REDIS_VAR`]).
+pub fn on_cluster() -> bool {
+    std::env::var(TEST_REDIS_VAR).is_ok_and(|v| v == "cluster")
+}
+
+/// The Redis the tests that share one use: the per-process Redis, or with
+/// `FOODCHAIN_TEST_REDIS=cluster` the per-process Redis Cluster (a list of
+/// node URLs), so that the same tests run on both.
+pub async fn redis_url() -> String {
+    if on_cluster() {
+        shared_redis_cluster().await.url()
+    } else {
+        shared_redis().await.url()
+    }
+}
+
 /// The per-process MongoDB.
 pub async fn shared_mongo() -> &'static MongoServer {
     static S: OnceCell<MongoServer> = OnceCell::const_new();

@@ -14,6 +14,8 @@ pub struct RedisOptions {
     /// `Some((user, password))`: an ACL user with every permission, and the
     /// `default` user off (so every client must authenticate).
     pub acl_user: Option<(&'static str, &'static str)>,
+    /// A node of a Redis Cluster (`cluster-enabled yes`): see [`RedisCluster`].
+    pub cluster: bool,
 }
 
 /// A `redis-server` process.
@@ -43,6 +45,23 @@ impl Launch for RedisOptions {
             Some(policy) => cmd.args(["--appendonly", "yes", "--appendfsync", policy]),
             None => cmd.args(["--appendonly", "no"]),
         };
+        if self.cluster {
+            // The cluster bus port, chosen once per data directory so that a
+            // restarted node comes back on the port its peers know.
+            let file = dir.join("cluster-port");
+            let bus = std::fs::read_to_string(&file)
+                .ok()
+                .and_then(|p| p.trim().parse::<u16>().ok())
+                .unwrap_or_else(|| {
+                    let p = crate::process::free_port();
+                    std::fs::write(&file, p.to_string()).expect("write the cluster port");
+                    p
+                });
+            cmd.args(["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"])
+                .args(["--cluster-port", &bus.to_string()])
+                .arg("--cluster-config-file")
+                .arg(dir.join("nodes.conf"));
+        }
         if let Some((user, password)) = self.acl_user {
             let acl = dir.join("users.acl");
             std::fs::write(
@@ -131,5 +150,96 @@ impl RedisServer {
             }
             None => format!("redis://127.0.0.1:{}", self.port()),
         }
+    }
+}
+
+/// A local Redis Cluster: `primaries` nodes holding the slots, each with
+/// `replicas` replicas, all on 127.0.0.1, joined by `redis-cli --cluster
+/// create`. Its [`url`](Self::url) is the list of the nodes' URLs, which is
+/// how the services are given a cluster (`contract::redis`).
+#[derive(Debug)]
+pub struct RedisCluster {
+    nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts the nodes, creates the cluster, and waits until every node
+    /// reports `cluster_state:ok`.
+    pub async fn start(primaries: usize, replicas: usize) -> Self {
+        let opts = RedisOptions {
+            cluster: true,
+            ..RedisOptions::default()
+        };
+        let mut nodes = Vec::new();
+        for _ in 0..primaries * (1 + replicas) {
+            nodes.push(RedisServer::start_with(opts.clone()).await);
+        }
+        let cli = std::env::var("REDIS_CLI_BIN").unwrap_or_else(|_| "redis-cli".into());
+        let out = tokio::process::Command::new(&cli)
+            .arg("--cluster")
+            .arg("create")
+            .args(nodes.iter().map(|n| format!("127.0.0.1:{}", n.port())))
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
+            .output()
+            .await
+            .unwrap_or_else(|e| panic!("cannot run {cli} ({e}); install redis-tools"));
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cluster = Self { nodes };
+        cluster.wait_ok().await;
+        cluster
+    }
+
+    /// Waits until every node that runs says `cluster_state:ok`.
+    pub async fn wait_ok(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        for node in &self.nodes {
+            loop {
+                if node
+                    .cluster_info()
+                    .await
+                    .is_some_and(|i| i.contains("cluster_state:ok"))
+                {
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "the test cluster did not reach cluster_state:ok"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+
+    /// The nodes' URLs, comma-separated.
+    pub fn url(&self) -> String {
+        self.nodes
+            .iter()
+            .map(RedisServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// The nodes, in the order they were started (the first `primaries`
+    /// hold the slots at first).
+    pub fn nodes(&self) -> &[RedisServer] {
+        &self.nodes
+    }
+}
+
+impl RedisServer {
+    /// `CLUSTER INFO` of this node, if it answers.
+    pub async fn cluster_info(&self) -> Option<String> {
+        let client = redis::Client::open(self.url()).ok()?;
+        let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+        redis::cmd("CLUSTER")
+            .arg("INFO")
+            .query_async(&mut conn)
+            .await
+            .ok()
     }
 }

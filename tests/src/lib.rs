@@ -74,7 +74,7 @@ pub struct System {
     /// HTTP client.
     pub http: reqwest::Client,
     /// Redis connection for inspection.
-    pub redis: redis::aio::ConnectionManager,
+    pub redis: contract::redis::Conn,
     /// MongoDB client for inspection.
     pub mongo: mongodb::Client,
     /// Each service's OpenAPI document: every answer the helpers get is checked.
@@ -89,10 +89,10 @@ pub struct System {
 
 /// Environment of every service of a test system.
 async fn base_vars(prefix: &str, db: &str) -> HashMap<String, String> {
-    let redis = testkit::shared_redis().await;
+    let redis = testkit::redis_url().await;
     let mongo = testkit::shared_mongo().await;
     [
-        ("REDIS_URL", redis.url()),
+        ("REDIS_URL", redis),
         ("MONGO_URL", mongo.url()),
         ("MONGO_DB", db.to_owned()),
         ("STREAM_PREFIX", prefix.to_owned()),
@@ -342,7 +342,7 @@ impl System {
 
     /// The deployment namespace (for failpoints).
     pub fn namespace(&self) -> contract::streams::Namespace {
-        contract::streams::Namespace::new(&self.prefix)
+        contract::streams::Namespace::for_redis(&self.prefix, &self.vars["REDIS_URL"])
     }
 
     /// Stops replica 0 of a service gracefully and waits until it has drained.
@@ -608,7 +608,7 @@ impl System {
 
     /// A Redis key of this system.
     pub fn key(&self, name: &str) -> String {
-        format!("{}{name}", self.prefix)
+        self.namespace().key(name)
     }
 
     /// Number of documents in a collection matching `filter`.

@@ -26,7 +26,7 @@ use crate::dead_letter::{self, MoveRequest};
 /// (one `XACK` of many ids, and one `HDEL` of the error texts of those that
 /// had failed before), in one round trip. See [`crate::batch`].
 pub(super) struct Acks {
-    pub(super) conn: redis::aio::ConnectionManager,
+    pub(super) conn: contract::redis::Conn,
     pub(super) stream: String,
     pub(super) group: String,
     pub(super) errors_key: String,

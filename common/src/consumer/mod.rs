@@ -78,13 +78,14 @@ use std::{
     time::{Duration, Instant},
 };
 
+use contract::redis::Conn;
 use contract::{
     Envelope, StreamEntry,
     events::StreamEvent,
     redis::{self as wire, ReplyError},
     streams::{Namespace, Stream},
 };
-use redis::{RedisError, aio::ConnectionManager};
+use redis::RedisError;
 use tokio::sync::Notify;
 use tokio_util::{sync::CancellationToken, task::AbortOnDropHandle};
 use tracing::{Instrument, error, info, info_span};
@@ -282,7 +283,7 @@ struct Inner<E, H> {
     errors_key: String,
     handler: H,
     /// Acks, claims, dead letters.
-    conn: ConnectionManager,
+    conn: Conn,
     /// Coalesced acknowledgements.
     acks: crate::batch::Batcher<handle::Acks>,
     /// Acknowledgements on their way: a handled message does not wait for
@@ -290,7 +291,7 @@ struct Inner<E, H> {
     /// meanwhile); shutdown waits for them.
     acking: tokio_util::task::TaskTracker,
     /// Blocking reads only.
-    read_conn: ConnectionManager,
+    read_conn: Conn,
     /// Own failed or deferred messages waiting for their time.
     retries: Mutex<Vec<Pending>>,
     retry_added: Notify,
@@ -323,7 +324,7 @@ impl<E: StreamEvent, H: Handler<E>> Consumer<E, H> {
     /// A consumer on `cfg.stream` for `cfg.group`, using `client` for its two
     /// connections (no I/O until [`Consumer::run`]).
     pub fn new(
-        client: &redis::Client,
+        client: &contract::redis::Client,
         cfg: ConsumerConfig,
         handler: H,
     ) -> redis::RedisResult<Self> {

@@ -79,9 +79,9 @@ use std::{
 };
 
 use bson::{Document, doc, oid::ObjectId};
+use contract::redis::Conn;
 use futures::TryStreamExt;
 use mongodb::{ClientSession, Collection, IndexModel};
-use redis::aio::ConnectionManager;
 use tokio::sync::Notify;
 
 pub use self::relay::Relay;
@@ -167,7 +167,7 @@ pub struct Written {
 /// The wake-up channel of a service's relays.
 #[derive(Debug)]
 struct Bell {
-    conn: ConnectionManager,
+    conn: Conn,
     channel: String,
 }
 
@@ -355,8 +355,8 @@ impl Outbox {
     /// The relay for this outbox; `client` opens its wake-up subscription.
     pub fn relay(
         &self,
-        client: redis::Client,
-        conn: ConnectionManager,
+        client: contract::redis::Client,
+        conn: Conn,
         publisher: Publisher,
         holder: &str,
         settings: OutboxSettings,

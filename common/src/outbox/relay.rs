@@ -11,8 +11,9 @@ use std::{
 };
 
 use bson::{Document, doc, oid::ObjectId};
+use contract::redis::Conn;
 use futures::{StreamExt, TryStreamExt};
-use redis::{Script, aio::ConnectionManager};
+use redis::Script;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -26,8 +27,8 @@ use crate::{backoff::Backoff, failpoint, publisher::Publisher, settings::RETENTI
 #[derive(Debug)]
 pub struct Relay {
     outbox: Outbox,
-    client: redis::Client,
-    conn: ConnectionManager,
+    client: contract::redis::Client,
+    conn: Conn,
     publisher: Publisher,
     lease_key: String,
     holder: String,
@@ -37,8 +38,8 @@ pub struct Relay {
 impl Relay {
     pub(super) fn new(
         outbox: Outbox,
-        client: redis::Client,
-        conn: ConnectionManager,
+        client: contract::redis::Client,
+        conn: Conn,
         publisher: Publisher,
         holder: &str,
         settings: OutboxSettings,
@@ -528,7 +529,7 @@ fn order_by_key(parsed: Vec<Parsed>) -> Vec<(Stream, Envelope)> {
 /// Wakes the relay when another replica rings (see the module docs).
 /// Without the subscription the relay still polls.
 async fn listen(
-    client: redis::Client,
+    client: contract::redis::Client,
     channel: String,
     wake: Arc<Notify>,
     rung: Arc<AtomicBool>,
@@ -562,10 +563,10 @@ async fn listen(
 }
 
 async fn subscribe(
-    client: &redis::Client,
+    client: &contract::redis::Client,
     channel: &str,
 ) -> redis::RedisResult<redis::aio::PubSub> {
-    let mut pubsub = client.get_async_pubsub().await?;
+    let mut pubsub = client.pubsub().await?;
     pubsub.subscribe(channel).await?;
     Ok(pubsub)
 }

@@ -10,20 +10,20 @@ use common::{
     publisher::Publisher,
     settings::{CommonSettings, Env},
 };
+use contract::redis::Conn;
 use contract::{
     Envelope, StreamEntry,
     redis::{self as redis_conn, self as stream_entry},
     streams::{Namespace, Stream},
 };
-use redis::aio::ConnectionManager;
 use testkit::AnyEvent;
 use tokio::sync::Notify;
 
 /// One test's isolated world: a unique key prefix on the shared Redis.
 pub(crate) struct Ctx {
     pub(crate) settings: CommonSettings,
-    pub(crate) client: redis::Client,
-    pub(crate) conn: ConnectionManager,
+    pub(crate) client: contract::redis::Client,
+    pub(crate) conn: Conn,
     pub(crate) ns: Namespace,
     pub(crate) publisher: Publisher,
 }
@@ -44,17 +44,22 @@ impl Ctx {
     }
 
     pub(crate) async fn with(extra: &[(&str, &str)]) -> Self {
-        Self::on(testkit::shared_redis().await, extra).await
+        Self::on_url(testkit::redis_url().await, extra).await
     }
 
     /// On a Redis of the test's own.
     pub(crate) async fn on(redis: &testkit::RedisServer, extra: &[(&str, &str)]) -> Self {
+        Self::on_url(redis.url(), extra).await
+    }
+
+    /// On the Redis (or the cluster's node list) at `url`.
+    pub(crate) async fn on_url(url: String, extra: &[(&str, &str)]) -> Self {
         let prefix = format!("{}:", testkit::unique("t"));
         let mut vars: HashMap<String, String> = FAST
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect();
-        vars.insert("REDIS_URL".into(), redis.url());
+        vars.insert("REDIS_URL".into(), url);
         vars.insert("STREAM_PREFIX".into(), prefix);
         for (k, v) in extra {
             vars.insert((*k).to_owned(), (*v).to_owned());

@@ -4,12 +4,12 @@
 //! Redis's memory ceiling publishing fails loudly instead of dropping.
 
 use common::trim::{TrimSettings, Trimmer};
+use contract::redis::Conn;
 use contract::{Envelope, events::Event, events::OrderCreated, streams::Stream};
-use redis::aio::ConnectionManager;
 
 use crate::helpers::Ctx;
 
-async fn group(conn: &mut ConnectionManager, key: &str, name: &str) {
+async fn group(conn: &mut Conn, key: &str, name: &str) {
     let _: () = redis::cmd("XGROUP")
         .arg("CREATE")
         .arg(key)
@@ -22,7 +22,7 @@ async fn group(conn: &mut ConnectionManager, key: &str, name: &str) {
 }
 
 /// Reads `n` entries for `group` (they become pending); returns their ids.
-async fn read(conn: &mut ConnectionManager, key: &str, group: &str, n: usize) -> Vec<String> {
+async fn read(conn: &mut Conn, key: &str, group: &str, n: usize) -> Vec<String> {
     let reply: redis::streams::StreamReadReply = redis::cmd("XREADGROUP")
         .arg("GROUP")
         .arg(group)
@@ -42,7 +42,7 @@ async fn read(conn: &mut ConnectionManager, key: &str, group: &str, n: usize) ->
         .collect()
 }
 
-async fn ack(conn: &mut ConnectionManager, key: &str, group: &str, ids: &[String]) {
+async fn ack(conn: &mut Conn, key: &str, group: &str, ids: &[String]) {
     for chunk in ids.chunks(500) {
         let _: i64 = redis::cmd("XACK")
             .arg(key)
@@ -54,7 +54,7 @@ async fn ack(conn: &mut ConnectionManager, key: &str, group: &str, ids: &[String
     }
 }
 
-async fn len(conn: &mut ConnectionManager, key: &str) -> u64 {
+async fn len(conn: &mut Conn, key: &str) -> u64 {
     redis::cmd("XLEN").arg(key).query_async(conn).await.unwrap()
 }
 

@@ -58,7 +58,7 @@ impl Handler<AnyEvent> for Switchable {
 
 struct World {
     settings: CommonSettings,
-    conn: redis::aio::ConnectionManager,
+    conn: redis_conn::Conn,
     publisher: Publisher,
     handlers: [Switchable; 2],
     token: CancellationToken,
@@ -69,7 +69,7 @@ impl World {
     async fn new() -> Self {
         let prefix = format!("{}:", testkit::unique("dlq"));
         let mut env = Env::from_map([
-            ("REDIS_URL", testkit::shared_redis().await.url()),
+            ("REDIS_URL", testkit::redis_url().await),
             ("STREAM_PREFIX", prefix),
             ("CONSUMER_BLOCK_MS", "100".into()),
             ("RECLAIM_MIN_IDLE_MS", "400".into()),

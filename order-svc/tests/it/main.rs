@@ -39,7 +39,7 @@ impl Api {
             .await
             .unwrap();
         let name = testkit::unique_db("order_api");
-        let redis = testkit::shared_redis().await.url();
+        let redis = testkit::redis_url().await;
         let prefix = format!("{}:", testkit::unique("order-api"));
         let mut env: Vec<(&str, &str)> = vec![
             ("MONGO_URL", &url),

@@ -151,6 +151,7 @@ async fn readiness_follows_redis_down_and_back() {
     let redis = RedisServer::start_with(RedisOptions {
         appendfsync: Some("everysec"),
         acl_user: None,
+        cluster: false,
     })
     .await;
     let sys = System::start_with(&[("REDIS_URL", &redis.url())]).await;
@@ -256,6 +257,7 @@ async fn redis_acl_users_and_mongo_users_work_end_to_end() {
     let redis = RedisServer::start_with(RedisOptions {
         appendfsync: None,
         acl_user: Some(("foodchain", "r3dis-Secret-pw")),
+        cluster: false,
     })
     .await;
     // Without the credentials Redis refuses.
