@@ -98,6 +98,10 @@ fn describe() {
         "outbox_published_total",
         "Outbox entries published by this process' relay."
     );
+    describe_counter!(
+        "publish_unreplicated_total",
+        "Publishes that fewer than REDIS_MIN_REPLICAS_ACKED replicas acknowledged in time (the outbox keeps those events and publishes them again)."
+    );
     describe_gauge!(
         "outbox_relay_active",
         "1 while this process holds its service's outbox lease."

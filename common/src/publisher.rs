@@ -6,6 +6,19 @@
 //! Redis's `maxmemory` with `noeviction`: at the ceiling every `XADD` fails
 //! (`OOM command not allowed`), the caller (the outbox relay) keeps the
 //! event and tries again, and nothing is dropped.
+//!
+//! # Replication
+//!
+//! Redis replicates asynchronously: an `XADD` a primary acknowledged is lost
+//! if that primary dies before its replica has it and the replica is
+//! promoted. With [`Replication::min_replicas`] above zero, every
+//! [`Publisher::publish_all`] pipeline ends with `WAIT <n> <timeout>` (in the
+//! same pipeline, so on the same connection and, in a cluster, on the node
+//! that took the writes), and fails with [`NOT_REPLICATED`] when fewer
+//! replicas acknowledged: the outbox relay then keeps the events and
+//! publishes them again later (a duplicate message, never a lost one).
+
+use std::time::Duration;
 
 use contract::redis::Conn;
 use redis::ToRedisArgs;
@@ -15,11 +28,40 @@ use contract::{
     streams::{Namespace, Stream},
 };
 
+/// How many replicas must have a pipeline's writes before it counts as
+/// published (`REDIS_MIN_REPLICAS_ACKED`, `REDIS_WAIT_TIMEOUT_MS`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Replication {
+    /// Replicas that must acknowledge (0: do not wait).
+    pub min_replicas: u32,
+    /// Longest wait for them.
+    pub timeout: Duration,
+}
+
+impl Default for Replication {
+    fn default() -> Self {
+        Self {
+            min_replicas: 0,
+            timeout: Duration::from_millis(1000),
+        }
+    }
+}
+
+/// The detail of the error [`Publisher::publish_all`] returns when fewer
+/// replicas than required acknowledged its writes.
+pub const NOT_REPLICATED: &str = "not replicated";
+
+/// Whether `e` says a publish was not replicated (see [`NOT_REPLICATED`]).
+pub fn is_not_replicated(e: &redis::RedisError) -> bool {
+    e.kind() == redis::ErrorKind::Client && e.to_string().contains(NOT_REPLICATED)
+}
+
 /// Publishes envelopes to the streams of one namespace.
 #[derive(Clone)]
 pub struct Publisher {
     conn: Conn,
     ns: Namespace,
+    replication: Replication,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -31,7 +73,19 @@ impl std::fmt::Debug for Publisher {
 impl Publisher {
     /// A publisher to the streams of `ns`.
     pub fn new(conn: Conn, ns: Namespace) -> Self {
-        Self { conn, ns }
+        Self {
+            conn,
+            ns,
+            replication: Replication::default(),
+        }
+    }
+
+    /// The same publisher, with [`Publisher::publish_all`] waiting for
+    /// replicas as `replication` says.
+    #[must_use]
+    pub fn with_replication(mut self, replication: Replication) -> Self {
+        self.replication = replication;
+        self
     }
 
     /// The namespace events are published in.
@@ -51,7 +105,10 @@ impl Publisher {
     }
 
     /// Appends several events in one round trip, in the given order; returns
-    /// their ids. Not atomic: on error a prefix may have been written.
+    /// their ids. Not atomic: on error a prefix may have been written. With
+    /// a [`Replication`], the same round trip waits for the replicas, and
+    /// too few is an error ([`is_not_replicated`]) although the events were
+    /// written.
     pub async fn publish_all(
         &self,
         events: &[(Stream, &Envelope)],
@@ -60,7 +117,44 @@ impl Publisher {
         for (stream, event) in events {
             pipe.add_command(self.xadd(&self.ns.stream(*stream), &event.to_fields()));
         }
-        let ids: Vec<String> = pipe.query_async(&mut self.conn.clone()).await?;
+        let Replication {
+            min_replicas,
+            timeout,
+        } = self.replication;
+        let ids: Vec<String> = if min_replicas == 0 || events.is_empty() {
+            pipe.query_async(&mut self.conn.clone()).await?
+        } else {
+            pipe.cmd("WAIT")
+                .arg(min_replicas)
+                .arg(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
+            let mut replies: Vec<redis::Value> = pipe.query_async(&mut self.conn.clone()).await?;
+            let acked = replies
+                .pop()
+                .and_then(|v| contract::redis::int(&v).ok())
+                .unwrap_or(0);
+            if acked < i64::from(min_replicas) {
+                metrics::counter!("publish_unreplicated_total").increment(1);
+                return Err(redis::RedisError::from((
+                    redis::ErrorKind::Client,
+                    NOT_REPLICATED,
+                    format!(
+                        "WAIT: {acked} of {min_replicas} replicas acknowledged within {timeout:?}"
+                    ),
+                )));
+            }
+            replies
+                .iter()
+                .map(|v| {
+                    contract::redis::text(v).map_err(|e| {
+                        redis::RedisError::from((
+                            redis::ErrorKind::Parse,
+                            "XADD reply",
+                            e.to_string(),
+                        ))
+                    })
+                })
+                .collect::<redis::RedisResult<_>>()?
+        };
         for (stream, _) in events {
             metrics::counter!("events_published_total", "stream" => stream.name()).increment(1);
         }

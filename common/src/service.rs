@@ -122,7 +122,8 @@ impl Runtime {
         // Before anything records a metric.
         crate::metrics::handle();
         let health = Health::new(&settings.service_name, conn.clone());
-        let publisher = Publisher::new(conn.clone(), settings.namespace());
+        let publisher = Publisher::new(conn.clone(), settings.namespace())
+            .with_replication(settings.replication);
         let mut rt = Self {
             settings: settings.clone(),
             redis,

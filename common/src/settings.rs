@@ -12,6 +12,8 @@
 //! | `REDIS_URL` | `redis://127.0.0.1:16379` | Redis holding the streams (the default is where `make run` / `scripts/infra.sh up` start it); a comma-separated list of node URLs is a Redis Cluster (`redis://h1:p1,redis://h2:p2,...`; the key prefix then becomes one hash tag, see `contract::redis`) |
 //! | `MONGO_URL` | `mongodb://127.0.0.1:37017/?directConnection=true` | MongoDB replica set (transactions need one; the default is `make run`'s) |
 //! | `MONGO_DB` | `foodchain` | database name |
+//! | `REDIS_MIN_REPLICAS_ACKED` | `1` on a cluster, `0` on one Redis | the outbox relay's publish waits (`WAIT`) until this many replicas have its events, and keeps them for another try if fewer did (docs/delivery-guarantees.md) |
+//! | `REDIS_WAIT_TIMEOUT_MS` | `1000` | longest such wait |
 //! | `STREAM_PREFIX` | empty | prefix of every Redis key (isolates deployments and tests sharing a Redis) |
 //! | `STREAM_TRIM_INTERVAL_MS` | `5000` | how often each service trims the streams it consumes below what every consumer group of them has acknowledged (never an unread entry; see `common::trim`) |
 //! | `STREAM_ALARM_ENTRIES` | `100000` | a stream holding more entries than this after its trim logs a warning naming the group holding it back (gauge `stream_entries`) |
@@ -466,6 +468,9 @@ pub struct CommonSettings {
     pub mongo_db: String,
     /// Prefix of every Redis key this deployment uses.
     pub stream_prefix: String,
+    /// Replicas that must acknowledge a publish (`REDIS_MIN_REPLICAS_ACKED`,
+    /// `REDIS_WAIT_TIMEOUT_MS`).
+    pub replication: crate::publisher::Replication,
     /// Stream trimming (below what every group is done with).
     pub trim: crate::trim::TrimSettings,
     /// This process' consumer name in each group; unique per process.
@@ -505,6 +510,21 @@ impl CommonSettings {
             format!("MONGO_DB={mongo_db:?}: not a valid database name"),
         );
         let service_name = env.string("SERVICE_NAME", service_name);
+        let replication = crate::publisher::Replication {
+            min_replicas: env.parse(
+                "REDIS_MIN_REPLICAS_ACKED",
+                u32::from(contract::redis::is_cluster_url(&redis_url)),
+            ),
+            timeout: env.millis("REDIS_WAIT_TIMEOUT_MS", 1000),
+        };
+        env.check(
+            replication.timeout + Duration::from_secs(1) < contract::redis::COMMAND_TIMEOUT,
+            format!(
+                "REDIS_WAIT_TIMEOUT_MS={}: keep it at least a second below the {:?} reply timeout",
+                replication.timeout.as_millis(),
+                contract::redis::COMMAND_TIMEOUT
+            ),
+        );
         Self {
             consumer_name: env
                 .raw("CONSUMER_NAME")
@@ -514,6 +534,7 @@ impl CommonSettings {
             mongo_url: SecretUrl::new(mongo_url),
             mongo_db,
             stream_prefix: env.string("STREAM_PREFIX", ""),
+            replication,
             trim: crate::trim::TrimSettings::from_env(env),
             consumer: ConsumerSettings::from_env(env),
             outbox: crate::outbox::OutboxSettings::from_env(env),

@@ -129,11 +129,11 @@ pub async fn shared_redis() -> &'static RedisServer {
     S.get_or_init(RedisServer::start).await
 }
 
-/// The per-process Redis Cluster: 3 primaries, no replicas (the tests of
-/// failover start their own, with replicas).
+/// The per-process Redis Cluster: 3 primaries with a replica each (the
+/// services wait for one replica per publish on a cluster by default).
 pub async fn shared_redis_cluster() -> &'static redis::RedisCluster {
     static S: OnceCell<redis::RedisCluster> = OnceCell::const_new();
-    S.get_or_init(|| redis::RedisCluster::start(3, 0)).await
+    S.get_or_init(|| redis::RedisCluster::start(3, 1)).await
 }
 
 /// The variable that puts the suite on a Redis Cluster: with

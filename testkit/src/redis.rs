@@ -191,6 +191,25 @@ impl RedisCluster {
         );
         let cluster = Self { nodes };
         cluster.wait_ok().await;
+        // And until every replica has synced: before that, a `WAIT 1` on
+        // its primary answers 0.
+        for node in &cluster.nodes {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+            loop {
+                let info = node.info("replication").await.unwrap_or_default();
+                let synced = info.contains("role:master")
+                    && info.contains(&format!("connected_slaves:{replicas}"))
+                    || info.contains("master_link_status:up");
+                if synced {
+                    break;
+                }
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "a test cluster node did not sync: {info}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
         cluster
     }
 
@@ -232,6 +251,17 @@ impl RedisCluster {
 }
 
 impl RedisServer {
+    /// `INFO <section>` of this node, if it answers.
+    pub async fn info(&self, section: &str) -> Option<String> {
+        let client = redis::Client::open(self.url()).ok()?;
+        let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+        redis::cmd("INFO")
+            .arg(section)
+            .query_async(&mut conn)
+            .await
+            .ok()
+    }
+
     /// `CLUSTER INFO` of this node, if it answers.
     pub async fn cluster_info(&self) -> Option<String> {
         let client = redis::Client::open(self.url()).ok()?;

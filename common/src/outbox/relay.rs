@@ -88,6 +88,13 @@ enum RelayError {
     Malformed(String),
 }
 
+impl RelayError {
+    /// The events went out but too few replicas acknowledged them.
+    fn is_not_replicated(&self) -> bool {
+        matches!(self, RelayError::Redis(e) if crate::publisher::is_not_replicated(e))
+    }
+}
+
 impl Relay {
     /// Runs until `shutdown`; releases the lease on the way out.
     pub async fn run(self, shutdown: CancellationToken) {
@@ -106,6 +113,14 @@ impl Relay {
         // without one, and while a round leaves entries behind.
         let mut read = true;
         let mut read_at = tokio::time::Instant::now();
+        // After a publish too few replicas acknowledged (its events were
+        // written, and will be again): wait before the next, so that a
+        // replica that is down costs a bounded rate of duplicates. Capped at
+        // a third of the lease TTL, so the lease is renewed meanwhile.
+        let mut unreplicated = Backoff::new(
+            Duration::from_millis(200).min(self.settings.lease_ttl / 3),
+            self.settings.lease_ttl / 3,
+        );
         info!(lease = %self.lease_key, holder = %self.holder, "outbox relay started");
         while !shutdown.is_cancelled() {
             // A holder renews at a third of the TTL, not on every round: the
@@ -134,10 +149,16 @@ impl Relay {
                 || read_at.elapsed() >= self.settings.poll;
             if held && !read && !handed.is_empty() {
                 match self.relay_handed(handed, &mut sent).await {
-                    Ok(must_read) => read = must_read,
+                    Ok(must_read) => {
+                        read = must_read;
+                        unreplicated.reset();
+                    }
                     Err(e) => {
                         warn!(error = %e, "outbox hand-off failed; reading the outbox");
                         read = true;
+                        if e.is_not_replicated() && !unreplicated.sleep(&shutdown).await {
+                            break;
+                        }
                     }
                 }
             }
@@ -146,9 +167,15 @@ impl Relay {
                 self.flush(&mut sent).await;
                 read_at = tokio::time::Instant::now();
                 read = match self.relay_once(&mut sent).await {
-                    Ok(left) => left,
+                    Ok(left) => {
+                        unreplicated.reset();
+                        left
+                    }
                     Err(e) => {
                         warn!(error = %e, "outbox relay round failed; retrying");
+                        if e.is_not_replicated() && !unreplicated.sleep(&shutdown).await {
+                            break;
+                        }
                         false
                     }
                 };

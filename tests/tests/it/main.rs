@@ -9,5 +9,6 @@ mod flow;
 mod ops;
 mod order_api;
 mod privacy;
+mod replication;
 mod tracker;
 mod trim;
