@@ -14,7 +14,7 @@ use std::{
 };
 
 use anyhow::{Context, bail};
-use testkit::{MongoServer, RedisOptions, RedisServer};
+use testkit::{MongoServer, RedisCluster, RedisOptions, RedisServer};
 use tokio::process::{Child, Command};
 
 /// A service of the system.
@@ -60,6 +60,58 @@ pub struct Options {
     pub replicas: usize,
     /// Environment for every service, over the cluster's own (later wins).
     pub env: Vec<(String, String)>,
+    /// Run the streams on a local Redis Cluster (3 primaries, 3 replicas,
+    /// no persistence: a killed node resyncs from its new primary).
+    pub redis_cluster: bool,
+}
+
+/// Where the streams live in a chaos run.
+#[derive(Debug)]
+pub enum Bus {
+    /// One Redis (with AOF).
+    Single(RedisServer),
+    /// A Redis Cluster.
+    Cluster(RedisCluster),
+}
+
+impl Bus {
+    /// `REDIS_URL` of the services: one URL, or the nodes' list.
+    pub fn url(&self) -> String {
+        match self {
+            Bus::Single(r) => r.url(),
+            Bus::Cluster(c) => c.url(),
+        }
+    }
+
+    /// Process ids of the Redis server(s), by name (`redis`, or
+    /// `redis-<i>` per cluster node).
+    pub fn pids(&self) -> Vec<(String, Option<u32>)> {
+        match self {
+            Bus::Single(r) => vec![("redis".to_owned(), r.pid())],
+            Bus::Cluster(c) => c
+                .nodes()
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (format!("redis-{i}"), n.pid()))
+                .collect(),
+        }
+    }
+
+    /// The single Redis, for the faults that need one.
+    pub fn single(&self) -> anyhow::Result<&RedisServer> {
+        match self {
+            Bus::Single(r) => Ok(r),
+            Bus::Cluster(_) => bail!("this fault needs a single Redis, not --redis-cluster"),
+        }
+    }
+
+    /// The cluster, for the faults that need one.
+    pub fn cluster(&self) -> anyhow::Result<&RedisCluster> {
+        match self {
+            Bus::Cluster(c) => Ok(c),
+            Bus::Single(_) => bail!("this fault needs --redis-cluster"),
+        }
+    }
 }
 
 impl Default for Options {
@@ -69,6 +121,7 @@ impl Default for Options {
             fsync: "always",
             replicas: 2,
             env: Vec::new(),
+            redis_cluster: false,
         }
     }
 }
@@ -83,8 +136,8 @@ struct Proc {
 /// The running system.
 #[derive(Debug)]
 pub struct Cluster {
-    /// Redis (with AOF).
-    pub redis: RedisServer,
+    /// Redis (with AOF), or a Redis Cluster.
+    pub redis: Bus,
     /// MongoDB (replica set).
     pub mongo: MongoServer,
     /// Stream prefix.
@@ -110,6 +163,7 @@ impl Cluster {
             fsync,
             replicas,
             env,
+            redis_cluster,
         } = opts;
         for svc in Svc::ALL {
             let bin = bin_dir.join(svc.name());
@@ -122,12 +176,18 @@ impl Cluster {
             }
         }
         std::fs::create_dir_all(&dir)?;
-        let redis = RedisServer::start_with(RedisOptions {
-            appendfsync: Some(fsync),
-            acl_user: None,
-            cluster: false,
-        })
-        .await;
+        let redis = if redis_cluster {
+            Bus::Cluster(RedisCluster::start(3, 1).await)
+        } else {
+            Bus::Single(
+                RedisServer::start_with(RedisOptions {
+                    appendfsync: Some(fsync),
+                    acl_user: None,
+                    cluster: false,
+                })
+                .await,
+            )
+        };
         let mongo = MongoServer::start().await;
         let cluster = Self {
             redis,
@@ -156,6 +216,11 @@ impl Cluster {
             }
         }
         Ok(cluster)
+    }
+
+    /// The services' key namespace (one hash tag on a cluster).
+    pub fn namespace(&self) -> contract::streams::Namespace {
+        contract::streams::Namespace::for_redis(&self.prefix, &self.redis.url())
     }
 
     /// Environment of every service process.
@@ -367,7 +432,10 @@ impl Cluster {
     /// Which replica of `svc` holds its outbox relay lease.
     pub async fn lease_holder(&self, conn: &mut contract::redis::Conn, svc: Svc) -> Option<usize> {
         let holder: Option<String> = redis::cmd("GET")
-            .arg(format!("{}outbox-lease:{}", self.prefix, svc.name()))
+            .arg(
+                self.namespace()
+                    .key(&format!("outbox-lease:{}", svc.name())),
+            )
             .query_async(conn)
             .await
             .ok()?;

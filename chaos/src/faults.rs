@@ -2,7 +2,9 @@
 
 use std::time::{Duration, Instant};
 
-use contract::streams::{Namespace, Stream};
+use anyhow::Context;
+
+use contract::streams::Stream;
 use rand::{Rng, SeedableRng, rngs::StdRng, seq::SliceRandom};
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -39,6 +41,9 @@ pub enum Fault {
     /// What an OS crash does under `appendfsync everysec`: kill -9 Redis and
     /// drop the AOF tail written during the last second (never fsynced).
     LoseRedisLastSecond,
+    /// With `--redis-cluster`: kill -9 of the primary holding the streams;
+    /// its replica is promoted; the node comes back as a replica.
+    KillRedisPrimary,
 }
 
 impl Fault {
@@ -52,6 +57,20 @@ impl Fault {
         Fault::KillSimulatorWithTimers,
         Fault::PauseConsumer,
         Fault::RestartRedis,
+        Fault::RestartMongo,
+        Fault::Poison,
+    ];
+
+    /// The standard faults on a Redis Cluster: a primary killed instead of
+    /// a graceful Redis restart.
+    pub const STANDARD_ON_CLUSTER: [Fault; 9] = [
+        Fault::KillOrderAfterAccept,
+        Fault::KillRelayHolder,
+        Fault::KillDeliveryMidBatch,
+        Fault::KillNotifyWithTrackers,
+        Fault::KillSimulatorWithTimers,
+        Fault::PauseConsumer,
+        Fault::KillRedisPrimary,
         Fault::RestartMongo,
         Fault::Poison,
     ];
@@ -137,7 +156,7 @@ pub async fn inject(
             kill_and_restart(cluster, Svc::NotifySvc, replica, rng).await?
         }
         Fault::KillSimulatorWithTimers => {
-            let key = format!("{}simulator:timers", cluster.prefix);
+            let key = cluster.namespace().key("simulator:timers");
             let pending: usize = redis::cmd("ZCARD")
                 .arg(&key)
                 .query_async(conn)
@@ -159,7 +178,7 @@ pub async fn inject(
             format!("{}/{replica}", svc.name())
         }
         Fault::RestartRedis => {
-            cluster.redis.restart().await;
+            cluster.redis.single()?.restart().await;
             "redis".into()
         }
         Fault::RestartMongo => {
@@ -167,25 +186,32 @@ pub async fn inject(
             "mongodb".into()
         }
         Fault::KillRedis => {
-            cluster.redis.kill().await;
+            let redis = cluster.redis.single()?;
+            redis.kill().await;
             tokio::time::sleep(Duration::from_millis(500)).await;
-            cluster.redis.restart().await;
+            redis.restart().await;
             "redis (kill -9)".into()
+        }
+        Fault::KillRedisPrimary => {
+            let (target, promoted) = kill_primary(cluster, conn).await?;
+            note = format!("replica promoted in {promoted:.1}s; the node rejoined as a replica");
+            target
         }
         Fault::LoseRedisLastSecond => {
             let (file, size) = aof_size_a_second_ago(cluster).await?;
-            cluster.redis.kill().await;
+            let redis = cluster.redis.single()?;
+            redis.kill().await;
             let before = std::fs::metadata(&file)?.len();
             std::fs::OpenOptions::new()
                 .write(true)
                 .open(&file)?
                 .set_len(size)?;
             note = format!("dropped the last {} AOF bytes", before.saturating_sub(size));
-            cluster.redis.restart().await;
+            redis.restart().await;
             "redis (OS crash)".into()
         }
         Fault::Poison => {
-            let ns = Namespace::new(&cluster.prefix);
+            let ns = cluster.namespace();
             for stream in Stream::ALL
                 .into_iter()
                 .filter(|s| *s != Stream::DeadLetters)
@@ -219,7 +245,7 @@ pub async fn inject(
 
 /// The incremental AOF file and its size one second ago.
 async fn aof_size_a_second_ago(cluster: &Cluster) -> anyhow::Result<(std::path::PathBuf, u64)> {
-    let dir = cluster.redis.dir().join("appendonlydir");
+    let dir = cluster.redis.single()?.dir().join("appendonlydir");
     let file = std::fs::read_dir(&dir)?
         .filter_map(Result::ok)
         .map(|e| e.path())
@@ -229,6 +255,84 @@ async fn aof_size_a_second_ago(cluster: &Cluster) -> anyhow::Result<(std::path::
     let size = std::fs::metadata(&file)?.len();
     tokio::time::sleep(Duration::from_secs(1)).await;
     Ok((file, size))
+}
+
+/// Kills (-9) the primary that holds the deployment's hash slot, waits
+/// until a replica took its slots over, restarts the node and waits until
+/// it follows as a replica. Returns the target and the seconds until the
+/// promotion.
+async fn kill_primary(
+    cluster: &Cluster,
+    conn: &mut contract::redis::Conn,
+) -> anyhow::Result<(String, f64)> {
+    let bus = cluster.redis.cluster()?;
+    let key = cluster.namespace().stream(Stream::Orders);
+    let slot: i64 = redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(&key)
+        .query_async(conn)
+        .await?;
+    let mut victim = None;
+    for (i, node) in bus.nodes().iter().enumerate() {
+        if owns_slot(node, slot).await {
+            victim = Some(i);
+        }
+    }
+    let victim = victim.context("no primary owns the streams' slot")?;
+    let node = &bus.nodes()[victim];
+    node.kill().await;
+    let killed = Instant::now();
+    // A replica takes the slot over once the others agree the node failed
+    // (cluster-node-timeout 2 s).
+    let promoted = loop {
+        let mut found = false;
+        for (i, other) in bus.nodes().iter().enumerate() {
+            if i != victim && owns_slot(other, slot).await {
+                found = true;
+            }
+        }
+        if found {
+            break killed.elapsed().as_secs_f64();
+        }
+        anyhow::ensure!(
+            killed.elapsed() < Duration::from_secs(60),
+            "no replica took slot {slot} over within 60 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    node.restart().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let info = node.info("replication").await.unwrap_or_default();
+        if info.contains("role:slave") && info.contains("master_link_status:up") {
+            break;
+        }
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the killed primary did not rejoin as a replica: {info}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bus.wait_ok().await;
+    Ok((
+        format!("redis node :{} (slot {slot})", node.port()),
+        promoted,
+    ))
+}
+
+/// Whether `node` is a primary that serves `slot`, by its own account.
+async fn owns_slot(node: &testkit::RedisServer, slot: i64) -> bool {
+    let (Some(info), Some(nodes)) = (node.info("replication").await, node.cluster_nodes().await)
+    else {
+        return false;
+    };
+    let Some(mine) = nodes.lines().find(|l| l.contains("myself")) else {
+        return false;
+    };
+    info.contains("role:master") && mine.split_whitespace().skip(8).any(|range| {
+        let (a, b) = range.split_once('-').unwrap_or((range, range));
+        matches!((a.parse::<i64>(), b.parse::<i64>()), (Ok(a), Ok(b)) if (a..=b).contains(&slot))
+    })
 }
 
 async fn kill_and_restart(

@@ -158,6 +158,11 @@ struct RunArgs {
     /// Redis appendfsync policy.
     #[arg(long, default_value = "always", value_parser = ["always", "everysec", "no"])]
     fsync: String,
+    /// The streams on a local Redis Cluster (3 primaries, 3 replicas); the
+    /// standard faults then kill the streams' primary instead of
+    /// restarting Redis (kill-redis-primary).
+    #[arg(long)]
+    redis_cluster: bool,
     /// RNG seed (random if unset; printed, to replay a run).
     #[arg(long)]
     seed: Option<u64>,
@@ -297,8 +302,13 @@ async fn run(a: RunArgs) -> anyhow::Result<bool> {
         PathBuf::from("target/chaos").join(chrono::Utc::now().format("%Y%m%d-%H%M%S").to_string())
     });
     let fsync = fsync_policy(&a.fsync);
+    let redis = if a.redis_cluster {
+        "a Redis Cluster of 3 primaries and 3 replicas (no persistence)".to_owned()
+    } else {
+        format!("Redis appendfsync {fsync}")
+    };
     println!(
-        "chaos run: seed {seed}, {} orders at {}/s ({:.0}% cancelled, {:.0}% rejected by the kitchen), appendfsync {fsync}, logs in {}",
+        "chaos run: seed {seed}, {} orders at {}/s ({:.0}% cancelled, {:.0}% rejected by the kitchen), {redis}, logs in {}",
         a.orders,
         a.rate,
         a.cancel * 100.0,
@@ -315,6 +325,7 @@ async fn run(a: RunArgs) -> anyhow::Result<bool> {
                     ("SIMULATOR_REJECT_RATE".into(), a.reject_rate.to_string()),
                     ("SIMULATOR_SEED".into(), seed.to_string()),
                 ],
+                redis_cluster: a.redis_cluster,
                 ..Options::default()
             },
         )
@@ -339,7 +350,9 @@ async fn run(a: RunArgs) -> anyhow::Result<bool> {
         .context("no order-svc")?;
     let initial_stock = menu(&cluster.http, &order_url).await?;
 
-    let kinds = if a.kinds.is_empty() {
+    let kinds = if a.kinds.is_empty() && a.redis_cluster {
+        Fault::STANDARD_ON_CLUSTER.to_vec()
+    } else if a.kinds.is_empty() {
         Fault::STANDARD.to_vec()
     } else {
         a.kinds.clone()
@@ -406,7 +419,7 @@ async fn run(a: RunArgs) -> anyhow::Result<bool> {
     let target = Target {
         conn: conn.clone(),
         db,
-        ns: Namespace::new(&cluster.prefix),
+        ns: cluster.namespace(),
     };
     let mut invariants = check::check(&target, &record, Duration::from_secs(a.settle_secs)).await?;
     invariants.insert(
@@ -593,6 +606,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
             fsync: "everysec",
             replicas: 1,
             env: a.env,
+            redis_cluster: false,
         },
     )
     .await?;

@@ -45,7 +45,7 @@ use tokio::sync::OnceCell;
 pub use crate::{
     mongo::{MongoImpl, MongoOptions, MongoServer, find_mongo},
     process::{Launch, Server, free_port},
-    redis::{RedisOptions, RedisServer},
+    redis::{RedisCluster, RedisOptions, RedisServer},
 };
 
 /// The whole flow of one order as a tracker sees it, `kind:status` labels in

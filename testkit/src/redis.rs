@@ -262,6 +262,17 @@ impl RedisServer {
             .ok()
     }
 
+    /// `CLUSTER NODES` of this node, if it answers.
+    pub async fn cluster_nodes(&self) -> Option<String> {
+        let client = redis::Client::open(self.url()).ok()?;
+        let mut conn = client.get_multiplexed_async_connection().await.ok()?;
+        redis::cmd("CLUSTER")
+            .arg("NODES")
+            .query_async(&mut conn)
+            .await
+            .ok()
+    }
+
     /// `CLUSTER INFO` of this node, if it answers.
     pub async fn cluster_info(&self) -> Option<String> {
         let client = redis::Client::open(self.url()).ok()?;

@@ -376,10 +376,11 @@ fn cpu_secs(pid: u32) -> Option<f64> {
 
 /// CPU seconds of every process of the deployment, by name.
 fn cpu_of(cluster: &Cluster) -> Vec<(String, f64)> {
-    let servers = [
-        ("redis".to_owned(), cluster.redis.pid()),
-        ("mongodb".to_owned(), cluster.mongo.pid()),
-    ];
+    let servers = cluster
+        .redis
+        .pids()
+        .into_iter()
+        .chain([("mongodb".to_owned(), cluster.mongo.pid())]);
     cluster
         .pids()
         .into_iter()
@@ -523,6 +524,7 @@ pub async fn run(cfg: BenchConfig) -> anyhow::Result<BenchReport> {
         Options {
             fsync: cfg.fsync,
             replicas: cfg.replicas,
+            redis_cluster: false,
             env: env
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
