@@ -9,10 +9,16 @@
 #   helm      the chart dependencies built (scripts/helm-deps.sh: the library
 #             chart helm/foodchain-lib and the subcharts helm/<name>, packaged
 #             into the git-ignored charts/); helm lint --strict --with-subcharts
-#             and helm template of helm/foodchain with its default values and
-#             helm/ci/values-full.yaml, every render validated with
-#             kubernetes-validate --strict against Kubernetes 1.30 schemas; each
-#             subchart rendered on its own
+#             and helm template of helm/foodchain with its default values,
+#             helm/ci/values-full.yaml and helm/ci/values-cluster.yaml (an
+#             external Redis Cluster), every render validated with
+#             kubernetes-validate --strict against Kubernetes 1.30 schemas; the
+#             Redis wiring of each render asserted (REDIS_URL one URL or a
+#             node list, REDIS_MIN_REPLICAS_ACKED, KEDA redis-streams or
+#             redis-cluster-streams triggers on the right keys) and the
+#             combinations the chart must refuse (clusterNodes with the
+#             bundled Redis, a one-node cluster) rendered and seen to fail;
+#             each subchart rendered on its own
 #   jobs      kubernetes-validate --strict on k8s-jobs/*.yaml, and a drift
 #             check: the files regenerated from the chart must equal them
 #   secrets   no committed credentials in helm/, k8s-jobs/, compose.yaml, deploy/
@@ -33,6 +39,7 @@ TOOLS=${FOODCHAIN_TOOLS:-${XDG_CACHE_HOME:-$HOME/.cache}/foodchain/tools}
 CHART=helm/foodchain
 LIB=helm/foodchain-lib
 FULL_VALUES=helm/ci/values-full.yaml
+CLUSTER_VALUES=helm/ci/values-cluster.yaml
 
 bold() { printf '\033[1m%s\033[0m\n' "$*" >&2; }
 say() { printf '[validate] %s\n' "$*" >&2; }
@@ -137,11 +144,16 @@ for d in docs:
             errors.append(where + ": spec.triggers empty")
         for t in triggers:
             m = t.get("metadata") or {}
-            if t.get("type") != "redis-streams":
+            # One Redis: address; a Redis Cluster: addresses (host:port list).
+            where_key = {"redis-streams": "address", "redis-cluster-streams": "addresses"}.get(t.get("type"))
+            if not where_key:
                 errors.append(where + ": unexpected trigger type %r" % t.get("type"))
-            for f in ("address", "stream", "consumerGroup"):
+            for f in (where_key or "address", "stream", "consumerGroup"):
                 if not m.get(f):
                     errors.append(where + ": trigger metadata.%s missing" % f)
+            other = {"address", "addresses", "host", "hosts", "port", "ports"} - {where_key}
+            if set(m) & other:
+                errors.append(where + ": %s trigger with metadata %s" % (t.get("type"), sorted(set(m) & other)))
             if not (m.get("lagCount") or m.get("pendingEntriesCount")):
                 errors.append(where + ": trigger needs lagCount or pendingEntriesCount")
             if any(not isinstance(v, str) for v in m.values()):
@@ -160,6 +172,97 @@ for e in errors:
     print("ERROR " + e)
 sys.exit(1 if errors else 0)
 '
+
+# ----------------------------------------------------------- Redis wiring
+# REDIS_PY <render> <mode> <key prefix> <min replicas acked> <triggers>:
+# every container that gets REDIS_URL gets, in mode "single", one
+# redis://:$(REDIS_PASSWORD)@host:port URL, in mode "cluster" a
+# comma-separated list of two or more of them; REDIS_MIN_REPLICAS_ACKED is
+# the given value ("" = not set); every KEDA trigger is redis-streams
+# (single) or redis-cluster-streams whose addresses are REDIS_URL's nodes
+# (cluster), on the stream key <key prefix><stream name>; and there are at
+# least <triggers> triggers.
+REDIS_PY='
+import re, sys, yaml
+src, mode, prefix, acked, min_triggers = sys.argv[1:6]
+URL = re.compile(r"^redis://:\$\(REDIS_PASSWORD\)@([^,@/\s]+:[0-9]+)$")
+STREAMS = {"orders-stream", "deliveries-stream", "order-status-stream", "delivery-status-stream",
+           "simulate-order-stream", "simulate-delivery-stream", "dead-letters"}
+docs = [d for d in yaml.safe_load_all(open(src)) if d]
+errors, nodes_seen, n_env, n_triggers = [], set(), 0, 0
+def pod_specs(d):
+    spec = d.get("spec") or {}
+    if d.get("kind") == "CronJob":
+        spec = (spec.get("jobTemplate") or {}).get("spec") or {}
+    pod = (spec.get("template") or {}).get("spec")
+    return [pod] if pod else []
+for d in docs:
+    name = "%s/%s" % (d.get("kind"), (d.get("metadata") or {}).get("name"))
+    for pod in pod_specs(d):
+        for c in (pod.get("initContainers") or []) + (pod.get("containers") or []):
+            env = {e["name"]: e.get("value") for e in c.get("env") or [] if "name" in e}
+            if "REDIS_URL" not in env:
+                continue
+            n_env += 1
+            where = "%s container %s" % (name, c.get("name"))
+            urls = (env["REDIS_URL"] or "").split(",")
+            hosts = [m.group(1) for m in map(URL.match, urls) if m]
+            if len(hosts) != len(urls):
+                errors.append("%s: REDIS_URL %r is not redis://:$(REDIS_PASSWORD)@host:port URLs" % (where, env["REDIS_URL"]))
+            elif mode == "single" and len(urls) != 1:
+                errors.append("%s: REDIS_URL %r: one URL expected (single Redis)" % (where, env["REDIS_URL"]))
+            elif mode == "cluster" and len(urls) < 2:
+                errors.append("%s: REDIS_URL %r: a comma-separated list of node URLs expected (Redis Cluster)" % (where, env["REDIS_URL"]))
+            nodes_seen.add(",".join(hosts))
+            if env.get("REDIS_MIN_REPLICAS_ACKED", "") != acked:
+                errors.append("%s: REDIS_MIN_REPLICAS_ACKED is %r, expected %r" % (where, env.get("REDIS_MIN_REPLICAS_ACKED"), acked or None))
+    if d.get("kind") == "ScaledObject":
+        for t in (d.get("spec") or {}).get("triggers") or []:
+            n_triggers += 1
+            m = t.get("metadata") or {}
+            want = "redis-cluster-streams" if mode == "cluster" else "redis-streams"
+            if t.get("type") != want:
+                errors.append("%s: trigger type %r, expected %s" % (name, t.get("type"), want))
+            if mode == "cluster" and {m.get("addresses")} != nodes_seen:
+                errors.append("%s: trigger addresses %r differ from the REDIS_URL nodes %s" % (name, m.get("addresses"), sorted(nodes_seen)))
+            stream = m.get("stream") or ""
+            if not (stream.startswith(prefix) and stream[len(prefix):] in STREAMS):
+                errors.append("%s: trigger stream %r is not %s<stream>" % (name, stream, prefix))
+if n_env == 0:
+    errors.append("no container gets REDIS_URL")
+if len(nodes_seen) > 1:
+    errors.append("containers disagree on the Redis nodes: %s" % sorted(nodes_seen))
+if n_triggers < int(min_triggers):
+    errors.append("%d KEDA trigger(s), expected at least %s" % (n_triggers, min_triggers))
+for e in errors:
+    print("ERROR " + e)
+if not errors:
+    print("%s Redis: REDIS_URL in %d container(s), REDIS_MIN_REPLICAS_ACKED %s, %d KEDA trigger(s) on %s<stream>"
+          % (mode, n_env, repr(acked) if acked else "unset", n_triggers, prefix))
+sys.exit(1 if errors else 0)
+'
+
+# check_redis <label> <file> <mode> <key prefix> <min replicas acked> <triggers>
+check_redis() {
+  local label=$1 out; shift
+  out=$("$PY" -c "$REDIS_PY" "$@" 2>&1) || { printf '%s\n' "$out" >&2; die "$label: Redis wiring (above)"; }
+  say "$label: $out"
+}
+
+# must_fail <label> <expected message> <helm template args...>: the render
+# fails, with that message.
+must_fail() {
+  local label=$1 msg=$2; shift 2
+  if "$HELM" template foodchain "$CHART" --namespace foodchain --kube-version "$KUBE_VERSION" "$@" \
+       >/dev/null 2>"$WORK/must-fail.txt"; then
+    die "$label: the render succeeded; it must fail"
+  fi
+  grep -qF -- "$msg" "$WORK/must-fail.txt" || {
+    cat "$WORK/must-fail.txt" >&2
+    die "$label: the render failed, but not with \"$msg\""
+  }
+  say "$label: fails as it must (\"$msg\")"
+}
 
 # validate_manifests <label> <file>
 validate_manifests() {
@@ -281,9 +384,12 @@ for chart in "${SUBCHARTS[@]}" "$CHART"; do
     die "$chart: dependencies not all ok after scripts/helm-deps.sh"
   fi
 done
-for set in default full; do
+for set in default full cluster; do
   args=()
-  [ $set = full ] && args=(-f "$FULL_VALUES")
+  case $set in
+    full) args=(-f "$FULL_VALUES") ;;
+    cluster) args=(-f "$CLUSTER_VALUES") ;;
+  esac
   "$HELM" lint --strict --with-subcharts "$CHART" "${args[@]}" >"$WORK/lint-$set.txt" 2>&1 || {
     cat "$WORK/lint-$set.txt" >&2
     die "helm lint --strict --with-subcharts failed ($set values)"
@@ -294,6 +400,21 @@ for set in default full; do
   say "helm template ($set values): $(grep -c '^kind:' "$WORK/render-$set.yaml") objects"
   validate_manifests "render-$set" "$WORK/render-$set.yaml"
 done
+# The Redis wiring. Key prefixes: global.streamPrefix of each values file;
+# on the cluster, as the hash tag the services use ({foodchain} when empty).
+check_redis render-default "$WORK/render-default.yaml" single "" "" 0
+check_redis render-full "$WORK/render-full.yaml" single "staging:" "" 1
+check_redis render-cluster "$WORK/render-cluster.yaml" cluster "{cluster:}" 1 1
+"$HELM" template foodchain "$CHART" --namespace foodchain --kube-version "$KUBE_VERSION" \
+  -f "$CLUSTER_VALUES" --set global.streamPrefix= >"$WORK/render-cluster-noprefix.yaml" ||
+  die "helm template failed (cluster values, empty streamPrefix)"
+check_redis render-cluster-noprefix "$WORK/render-cluster-noprefix.yaml" cluster "{foodchain}" 1 1
+must_fail "clusterNodes with redis.enabled" "global.redis.clusterNodes is set" \
+  -f "$CLUSTER_VALUES" --set redis.enabled=true
+must_fail "a one-node clusterNodes" "list at least two nodes" \
+  -f "$CLUSTER_VALUES" --set "global.redis.clusterNodes={redis-0.example:6379}"
+must_fail "a minReplicasAcked that is no integer" "minReplicasAcked must be an integer" \
+  --set global.redis.minReplicasAcked=-1
 # Each subchart on its own, as `helm lint --with-subcharts` sees it.
 for sub in "${SUBCHARTS[@]}"; do
   "$HELM" template r "$sub" --kube-version "$KUBE_VERSION" >"$WORK/sub.yaml" ||
@@ -321,6 +442,8 @@ cat >&2 <<EOF
   + deploy/offline override    docker compose config -q          OK
   helm/foodchain (default)     lint --strict, template, schemas  OK
   helm/foodchain (values-full) lint --strict, template, schemas  OK
+  helm/foodchain (cluster)     lint --strict, template, schemas  OK
+  Redis wiring, refused values REDIS_URL, WAIT, KEDA; fail cases OK
   k8s-jobs/                    schemas, in sync with the chart   OK
   secrets                      none committed                    OK
 EOF

@@ -141,6 +141,63 @@ namespace (a name, or "$(POD_NAMESPACE)" inside container env).
 {{- dig "redis" "host" "" $g | default (printf "%s.%s.svc.%s" (include "foodchain.name" (dict "root" .root "name" "redis")) .namespace (include "foodchain.clusterDomain" .root)) -}}
 {{- end -}}
 
+{{/*
+Nodes of an external Redis Cluster (global.redis.clusterNodes, "host:port"
+strings), comma-separated; empty = a single Redis (global.redis.host or the
+bundled one). A cluster needs at least two entries: the services take a
+REDIS_URL with one URL for a single Redis and a comma-separated list of node
+URLs for a cluster. Fails on anything that is not such a list.
+*/}}
+{{- define "foodchain.redis.clusterNodes" -}}
+{{- $g := fromYaml (include "foodchain.global" .) -}}
+{{- $nodes := dig "redis" "clusterNodes" list $g | default list -}}
+{{- if not (kindIs "slice" $nodes) -}}
+{{- fail (printf "global.redis.clusterNodes must be a list of host:port strings (got %v)" $nodes) -}}
+{{- end -}}
+{{- if eq (len $nodes) 1 -}}
+{{- fail "global.redis.clusterNodes: list at least two nodes of the Redis Cluster (with one URL in REDIS_URL the services would treat it as a single Redis)" -}}
+{{- end -}}
+{{- range $nodes -}}
+{{- if not (regexMatch "^[^\\s,/@]+:[0-9]+$" (toString .)) -}}
+{{- fail (printf "global.redis.clusterNodes: %q is not host:port" (toString .)) -}}
+{{- end -}}
+{{- end -}}
+{{- join "," $nodes -}}
+{{- end -}}
+
+{{/*
+Prefix of every Redis key of this deployment, as the services compute it
+(contract::streams::Namespace::for_redis): global.streamPrefix on a single
+Redis; on a cluster (global.redis.clusterNodes) one hash tag, {<prefix>}, or
+{foodchain} when the prefix is empty, so that all keys share one slot. A
+prefix that already holds a hash tag is kept as given.
+*/}}
+{{- define "foodchain.redis.keyPrefix" -}}
+{{- $g := fromYaml (include "foodchain.global" .) -}}
+{{- $prefix := dig "streamPrefix" "" $g | toString -}}
+{{- if and (include "foodchain.redis.clusterNodes" .) (not (regexMatch "^[^{]*\\{[^}]+\\}" $prefix)) -}}
+{{- printf "{%s}" ($prefix | default "foodchain") -}}
+{{- else -}}
+{{- $prefix -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
+REDIS_MIN_REPLICAS_ACKED (global.redis.minReplicasAcked, an integer >= 0), as
+a string; empty when unset (the services' default: 1 on a cluster, 0 on a
+single Redis).
+*/}}
+{{- define "foodchain.redis.minReplicasAcked" -}}
+{{- $g := fromYaml (include "foodchain.global" .) -}}
+{{- $n := dig "redis" "minReplicasAcked" "" $g -}}
+{{- if not (or (kindIs "invalid" $n) (eq (toString $n) "")) -}}
+{{- if not (regexMatch "^[0-9]+$" (toString $n)) -}}
+{{- fail (printf "global.redis.minReplicasAcked must be an integer >= 0 or empty (got %v)" $n) -}}
+{{- end -}}
+{{- toString $n -}}
+{{- end -}}
+{{- end -}}
+
 {{/* --------------------------------------------------------- Admin token */}}
 
 {{/*
@@ -225,6 +282,7 @@ there replaces the chart's own variable of that name).
   "LOG_FORMAT" (dig "logFormat" "json" $g)
   "RUST_LOG" (dig "rustLog" "info" $g)
   "LOKI_URL" (dig "lokiUrl" "" $g)
+  "REDIS_MIN_REPLICAS_ACKED" (include "foodchain.redis.minReplicasAcked" $root)
 -}}
 - name: POD_NAMESPACE
   valueFrom:
@@ -245,8 +303,18 @@ there replaces the chart's own variable of that name).
   value: {{ printf "mongodb://%s:$(MONGO_PASSWORD)@%s/?replicaSet=%s&authSource=%s" (include "foodchain.mongodb.username" $root) (include "foodchain.mongodb.hosts" $root) (include "foodchain.mongodb.replicaSetName" $root) $db | quote }}
 {{- end }}
 {{- if not (hasKey $extra "REDIS_URL") }}
+{{- $cluster := include "foodchain.redis.clusterNodes" $root }}
 - name: REDIS_URL
+{{- if $cluster }}
+  {{- /* A Redis Cluster: one URL per node, each with the password. */}}
+  {{- $urls := list }}
+  {{- range splitList "," $cluster }}
+  {{- $urls = append $urls (printf "redis://:$(REDIS_PASSWORD)@%s" .) }}
+  {{- end }}
+  value: {{ join "," $urls | quote }}
+{{- else }}
   value: {{ printf "redis://:$(REDIS_PASSWORD)@%s:%s" (include "foodchain.redis.host" (dict "root" $root "namespace" "$(POD_NAMESPACE)")) (include "foodchain.redis.port" $root) | quote }}
+{{- end }}
 {{- end }}
 {{- range $name, $value := $own }}
 {{- if and $value (not (hasKey $extra $name)) }}
@@ -440,7 +508,8 @@ spec:
 {{- end }}
 {{- if $keda }}
 {{- $k := $v.autoscaling.keda }}
-{{- $prefix := dig "streamPrefix" "" $g }}
+{{- $prefix := include "foodchain.redis.keyPrefix" $root }}
+{{- $cluster := include "foodchain.redis.clusterNodes" $root }}
 ---
 apiVersion: keda.sh/v1alpha1
 kind: TriggerAuthentication
@@ -468,10 +537,19 @@ spec:
   pollingInterval: {{ $k.pollingInterval }}
   cooldownPeriod: {{ $k.cooldownPeriod }}
   triggers:
+    {{- /* One per stream: redis-streams on a single Redis, redis-cluster-streams
+    on a Redis Cluster (global.redis.clusterNodes); the stream keys carry the
+    deployment's key prefix (a hash tag on a cluster). */}}
     {{- range $k.streams }}
+    {{- if $cluster }}
+    - type: redis-cluster-streams
+      metadata:
+        addresses: {{ $cluster | quote }}
+    {{- else }}
     - type: redis-streams
       metadata:
         address: {{ printf "%s:%s" (include "foodchain.redis.host" (dict "root" $root "namespace" $root.Release.Namespace)) (include "foodchain.redis.port" $root) | quote }}
+    {{- end }}
         stream: {{ printf "%s%s" $prefix . | quote }}
         consumerGroup: {{ $k.consumerGroup | default $name | quote }}
         {{- if eq $k.metric "lagCount" }}
