@@ -29,6 +29,6 @@ say "the local Redis Cluster (REDIS_MODE=cluster): forms, fails over, rejoins"
 tests/infra/redis-cluster.sh
 say "chaos (short run)"
 tests/chaos/short.sh
-say "chaos (short run) on a Redis Cluster, its primary killed under load"
-tests/chaos/short.sh --redis-cluster
+say "chaos on a Redis Cluster: its primary killed five times under load"
+tests/chaos/redis-cluster.sh
 say "all green"
