@@ -14,6 +14,7 @@
 #   scripts/bench.sh --ladder 1,32 --step-secs 5 --fanout-sockets 2000
 #   scripts/bench.sh --bin-dir <dir>                  other builds of the services (before/after)
 #   scripts/bench.sh --pace 10,55 --no-sustained      the pace (each hop's median too) at fixed rates
+#   scripts/bench.sh --redis-cluster                  the streams on a local 3+3 Redis Cluster (1 node vs cluster)
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"

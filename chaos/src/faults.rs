@@ -61,19 +61,17 @@ impl Fault {
         Fault::Poison,
     ];
 
-    /// The standard faults on a Redis Cluster: a primary killed instead of
-    /// a graceful Redis restart.
-    pub const STANDARD_ON_CLUSTER: [Fault; 9] = [
-        Fault::KillOrderAfterAccept,
-        Fault::KillRelayHolder,
-        Fault::KillDeliveryMidBatch,
-        Fault::KillNotifyWithTrackers,
-        Fault::KillSimulatorWithTimers,
-        Fault::PauseConsumer,
-        Fault::KillRedisPrimary,
-        Fault::RestartMongo,
-        Fault::Poison,
-    ];
+    /// The standard faults, on one Redis or on a Redis Cluster (where the
+    /// streams' primary is killed instead of Redis restarted gracefully).
+    pub fn standard(redis_cluster: bool) -> Vec<Fault> {
+        Self::STANDARD
+            .into_iter()
+            .map(|f| match f {
+                Fault::RestartRedis if redis_cluster => Fault::KillRedisPrimary,
+                f => f,
+            })
+            .collect()
+    }
 }
 
 /// One injected fault and how the system took it.

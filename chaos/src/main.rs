@@ -91,6 +91,10 @@ struct BenchArgs {
     /// Redis appendfsync policy.
     #[arg(long, default_value = "always", value_parser = ["always", "everysec", "no"])]
     fsync: String,
+    /// The streams on a local Redis Cluster (3 primaries, 3 replicas, no
+    /// persistence) instead of one Redis: the 1-node-vs-cluster comparison.
+    #[arg(long)]
+    redis_cluster: bool,
     /// Directory for logs and bench.json (default target/bench/<time>).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -350,10 +354,8 @@ async fn run(a: RunArgs) -> anyhow::Result<bool> {
         .context("no order-svc")?;
     let initial_stock = menu(&cluster.http, &order_url).await?;
 
-    let kinds = if a.kinds.is_empty() && a.redis_cluster {
-        Fault::STANDARD_ON_CLUSTER.to_vec()
-    } else if a.kinds.is_empty() {
-        Fault::STANDARD.to_vec()
+    let kinds = if a.kinds.is_empty() {
+        Fault::standard(a.redis_cluster)
     } else {
         a.kinds.clone()
     };
@@ -635,6 +637,7 @@ async fn bench_cmd(a: BenchArgs) -> anyhow::Result<()> {
         concurrency: a.concurrency,
         replicas: a.replicas,
         fsync: fsync_policy(&a.fsync),
+        redis_cluster: a.redis_cluster,
         bin_dir: default_bin_dir(a.bin_dir)?,
         out: out.clone(),
         ladder: if a.quick {

@@ -253,34 +253,23 @@ impl RedisCluster {
 impl RedisServer {
     /// `INFO <section>` of this node, if it answers.
     pub async fn info(&self, section: &str) -> Option<String> {
-        let client = redis::Client::open(self.url()).ok()?;
-        let mut conn = client.get_multiplexed_async_connection().await.ok()?;
-        redis::cmd("INFO")
-            .arg(section)
-            .query_async(&mut conn)
-            .await
-            .ok()
+        self.text(redis::cmd("INFO").arg(section)).await
     }
 
     /// `CLUSTER NODES` of this node, if it answers.
     pub async fn cluster_nodes(&self) -> Option<String> {
-        let client = redis::Client::open(self.url()).ok()?;
-        let mut conn = client.get_multiplexed_async_connection().await.ok()?;
-        redis::cmd("CLUSTER")
-            .arg("NODES")
-            .query_async(&mut conn)
-            .await
-            .ok()
+        self.text(redis::cmd("CLUSTER").arg("NODES")).await
     }
 
     /// `CLUSTER INFO` of this node, if it answers.
     pub async fn cluster_info(&self) -> Option<String> {
+        self.text(redis::cmd("CLUSTER").arg("INFO")).await
+    }
+
+    /// A command's text reply, on a connection of its own.
+    async fn text(&self, cmd: &redis::Cmd) -> Option<String> {
         let client = redis::Client::open(self.url()).ok()?;
         let mut conn = client.get_multiplexed_async_connection().await.ok()?;
-        redis::cmd("CLUSTER")
-            .arg("INFO")
-            .query_async(&mut conn)
-            .await
-            .ok()
+        cmd.query_async(&mut conn).await.ok()
     }
 }

@@ -125,8 +125,9 @@ pub async fn measure(
     let rss_connected_mib = rss();
 
     // One update per order, spread over about a second.
-    let client = redis::Client::open(redis_url)?;
-    let mut conn = client.get_multiplexed_async_connection().await?;
+    let mut conn = contract::redis::commands(&contract::redis::client(redis_url)?)?;
+    let orders_stream =
+        contract::streams::Namespace::for_redis("", redis_url).stream(Stream::Orders);
     let gap = Duration::from_secs(1) / u32::try_from(orders.len().max(1)).unwrap_or(u32::MAX);
     for (id, _) in orders {
         let event = OrderStatusUpdated {
@@ -142,7 +143,7 @@ pub async fn measure(
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(id.clone(), Instant::now());
         let mut cmd = redis::cmd("XADD");
-        cmd.arg(Stream::Orders.name()).arg("*");
+        cmd.arg(&orders_stream).arg("*");
         for (k, v) in envelope.to_fields() {
             cmd.arg(k).arg(v);
         }

@@ -327,8 +327,8 @@ async fn redis_floor(
     concurrency: usize,
     duration: Duration,
 ) -> anyhow::Result<(f64, f64)> {
-    let client = redis::Client::open(url)?;
-    let conn = client.get_multiplexed_async_connection().await?;
+    // One key: on a cluster, the primary that serves its slot.
+    let conn = contract::redis::commands(&contract::redis::client(url)?)?;
     let stream = "bench-floor-stream";
     let _: () = redis::cmd("DEL")
         .arg(stream)

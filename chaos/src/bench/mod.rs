@@ -72,6 +72,8 @@ pub struct BenchConfig {
     pub replicas: usize,
     /// Redis `appendfsync`.
     pub fsync: &'static str,
+    /// The streams on a local Redis Cluster (3 primaries, 3 replicas).
+    pub redis_cluster: bool,
     /// Where the service binaries are.
     pub bin_dir: PathBuf,
     /// Logs and `bench.json`.
@@ -172,7 +174,8 @@ pub struct BenchReport {
     pub concurrency: usize,
     /// Replicas per service.
     pub replicas: usize,
-    /// Redis `appendfsync`.
+    /// Redis `appendfsync` (one Redis), or `cluster` (a 3+3 Redis Cluster
+    /// without persistence).
     pub fsync: String,
     /// Orders per second accepted (201).
     pub create_per_sec: f64,
@@ -251,7 +254,7 @@ impl std::fmt::Display for BenchReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "=== bench: {} orders, {} clients, {} replica(s) per service, appendfsync {} ===",
+            "=== bench: {} orders, {} clients, {} replica(s) per service, Redis {} ===",
             self.orders, self.concurrency, self.replicas, self.fsync
         )?;
         writeln!(
@@ -524,7 +527,7 @@ pub async fn run(cfg: BenchConfig) -> anyhow::Result<BenchReport> {
         Options {
             fsync: cfg.fsync,
             replicas: cfg.replicas,
-            redis_cluster: false,
+            redis_cluster: cfg.redis_cluster,
             env: env
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -720,7 +723,11 @@ async fn measure(cluster: &Cluster, cfg: &BenchConfig) -> anyhow::Result<BenchRe
         orders: cfg.orders,
         concurrency: cfg.concurrency,
         replicas: cfg.replicas,
-        fsync: cfg.fsync.to_owned(),
+        fsync: if cfg.redis_cluster {
+            "cluster".to_owned()
+        } else {
+            format!("appendfsync {}", cfg.fsync)
+        },
         create_per_sec: accepted.len() as f64 / create_secs,
         create_latency,
         create_errors,
@@ -737,22 +744,21 @@ async fn measure(cluster: &Cluster, cfg: &BenchConfig) -> anyhow::Result<BenchRe
 /// (Redis 7's `entries-added` and `entries-read` counters: trimming does not
 /// change them).
 async fn stream_entries(redis_url: &str) -> anyhow::Result<(u64, u64)> {
-    let mut conn = redis::Client::open(redis_url)?
-        .get_multiplexed_async_connection()
-        .await?;
+    let mut conn = contract::redis::commands(&contract::redis::client(redis_url)?)?;
+    let ns = contract::streams::Namespace::for_redis("", redis_url);
     let (mut added, mut read) = (0, 0);
     for stream in contract::streams::Stream::ALL {
-        let name = stream.name();
+        let name = ns.stream(stream);
         let info: redis::Value = redis::cmd("XINFO")
             .arg("STREAM")
-            .arg(name)
+            .arg(&name)
             .query_async(&mut conn)
             .await
             .unwrap_or(redis::Value::Nil);
         added += field_u64(info, "entries-added");
         let groups: Vec<redis::Value> = redis::cmd("XINFO")
             .arg("GROUPS")
-            .arg(name)
+            .arg(&name)
             .query_async(&mut conn)
             .await
             .unwrap_or_default();

@@ -89,8 +89,19 @@ pub fn per_order(
     out
 }
 
-/// A snapshot of Redis's `INFO commandstats`: `redis <command> → calls`.
+/// A snapshot of Redis's `INFO commandstats`: `redis <command> → calls`,
+/// summed over the nodes of a cluster (a list of node URLs).
 pub async fn redis_snapshot(url: &str) -> BTreeMap<String, u64> {
+    let mut counts = BTreeMap::new();
+    for node in url.split(',') {
+        for (name, calls) in node_snapshot(node).await {
+            *counts.entry(name).or_insert(0) += calls;
+        }
+    }
+    counts
+}
+
+async fn node_snapshot(url: &str) -> BTreeMap<String, u64> {
     let mut counts = BTreeMap::new();
     let Ok(client) = redis::Client::open(url) else {
         return counts;
