@@ -163,12 +163,17 @@ pub struct RedisCluster {
 }
 
 impl RedisCluster {
-    /// Starts the nodes, creates the cluster, and waits until every node
-    /// reports `cluster_state:ok`.
+    /// Starts the nodes (no persistence), creates the cluster, and waits
+    /// until every node reports `cluster_state:ok`.
     pub async fn start(primaries: usize, replicas: usize) -> Self {
+        Self::start_with(primaries, replicas, RedisOptions::default()).await
+    }
+
+    /// The same, every node started with `opts` (its `cluster` forced on).
+    pub async fn start_with(primaries: usize, replicas: usize, opts: RedisOptions) -> Self {
         let opts = RedisOptions {
             cluster: true,
-            ..RedisOptions::default()
+            ..opts
         };
         let mut nodes = Vec::new();
         for _ in 0..primaries * (1 + replicas) {
