@@ -13,8 +13,8 @@ say "clippy"
 cargo clippy --workspace --all-targets --locked --quiet -- -D warnings
 say "tests"
 cargo test --workspace --locked
-say "the suites on a shared Redis, again on a Redis Cluster (FOODCHAIN_TEST_REDIS=cluster)"
-FOODCHAIN_TEST_REDIS=cluster cargo test --locked \
+say "the suites on a shared Redis, again on a Redis Cluster with 3 stream partitions (FOODCHAIN_TEST_REDIS=cluster FOODCHAIN_TEST_PARTITIONS=3)"
+FOODCHAIN_TEST_REDIS=cluster FOODCHAIN_TEST_PARTITIONS=3 cargo test --locked \
   -p common -p dlq -p simulator -p chaos -p order-svc -p foodchain-tests \
   --test it --test timers --test checker
 say "release binaries carry no test-only code (failpoints)"
@@ -29,6 +29,6 @@ say "the local Redis Cluster (REDIS_MODE=cluster): forms, fails over, rejoins"
 tests/infra/redis-cluster.sh
 say "chaos (short run)"
 tests/chaos/short.sh
-say "chaos on a Redis Cluster: its primary killed five times under load"
+say "chaos on a Redis Cluster, 4 partitions: a primary killed five times under load"
 tests/chaos/redis-cluster.sh
 say "all green"

@@ -385,18 +385,20 @@ pub async fn check(t: &Target, record: &Record, settle: Duration) -> anyhow::Res
     loop {
         pending = Vec::new();
         for (stream, group) in groups() {
-            let v: redis::Value = redis::cmd("XPENDING")
-                .arg(t.ns.stream(stream))
-                .arg(group)
-                .query_async(&mut t.conn.clone())
-                .await
-                .unwrap_or(redis::Value::Nil);
-            let n = stream_entry::array(v)
-                .ok()
-                .and_then(|a| a.first().and_then(|c| stream_entry::int(c).ok()))
-                .unwrap_or(0);
-            if n > 0 {
-                pending.push(format!("{n} pending in {stream}/{group}"));
+            for key in t.ns.stream_keys(stream) {
+                let v: redis::Value = redis::cmd("XPENDING")
+                    .arg(&key)
+                    .arg(group)
+                    .query_async(&mut t.conn.clone())
+                    .await
+                    .unwrap_or(redis::Value::Nil);
+                let n = stream_entry::array(v)
+                    .ok()
+                    .and_then(|a| a.first().and_then(|c| stream_entry::int(c).ok()))
+                    .unwrap_or(0);
+                if n > 0 {
+                    pending.push(format!("{n} pending in {key}/{group}"));
+                }
             }
         }
         backlog = Vec::new();
@@ -426,15 +428,19 @@ pub async fn check(t: &Target, record: &Record, settle: Duration) -> anyhow::Res
     ));
 
     // 8. The dead letters hold exactly the injected poison (once per consuming group).
-    let v: redis::Value = redis::cmd("XRANGE")
-        .arg(t.ns.stream(Stream::DeadLetters))
-        .arg("-")
-        .arg("+")
-        .query_async(&mut t.conn.clone())
-        .await?;
+    let mut letters = Vec::new();
+    for key in t.ns.stream_keys(Stream::DeadLetters) {
+        let v: redis::Value = redis::cmd("XRANGE")
+            .arg(key)
+            .arg("-")
+            .arg("+")
+            .query_async(&mut t.conn.clone())
+            .await?;
+        letters.extend(stream_entry::entries(v)?);
+    }
     let mut found: BTreeSet<(String, String, String)> = BTreeSet::new();
     let mut problems = Vec::new();
-    for e in stream_entry::entries(v)? {
+    for e in letters {
         match DeadLetter::from_entry(&e) {
             Ok(d) => {
                 let key = (

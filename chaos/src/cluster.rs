@@ -61,8 +61,10 @@ pub struct Options {
     /// Environment for every service, over the cluster's own (later wins).
     pub env: Vec<(String, String)>,
     /// Run the streams on a local Redis Cluster (3 primaries, 3 replicas,
-    /// no persistence: a killed node resyncs from its new primary).
+    /// each node with the same AOF as the single Redis).
     pub redis_cluster: bool,
+    /// Partitions of every stream (`STREAM_PARTITIONS`).
+    pub partitions: u16,
 }
 
 /// Where the streams live in a chaos run.
@@ -122,6 +124,7 @@ impl Default for Options {
             replicas: 2,
             env: Vec::new(),
             redis_cluster: false,
+            partitions: 1,
         }
     }
 }
@@ -153,6 +156,8 @@ pub struct Cluster {
     pub http: reqwest::Client,
     /// Replicas per service.
     pub replicas: usize,
+    /// Partitions of every stream.
+    pub partitions: u16,
     env: Vec<(String, String)>,
 }
 
@@ -164,6 +169,7 @@ impl Cluster {
             replicas,
             env,
             redis_cluster,
+            partitions,
         } = opts;
         for svc in Svc::ALL {
             let bin = bin_dir.join(svc.name());
@@ -177,7 +183,17 @@ impl Cluster {
         }
         std::fs::create_dir_all(&dir)?;
         let redis = if redis_cluster {
-            Bus::Cluster(RedisCluster::start(3, 1).await)
+            Bus::Cluster(
+                RedisCluster::start_with(
+                    3,
+                    1,
+                    RedisOptions {
+                        appendfsync: Some(fsync),
+                        ..RedisOptions::default()
+                    },
+                )
+                .await,
+            )
         } else {
             Bus::Single(
                 RedisServer::start_with(RedisOptions {
@@ -202,6 +218,7 @@ impl Cluster {
                 .timeout(Duration::from_secs(15))
                 .build()?,
             replicas,
+            partitions,
             env,
         };
         cluster.seed().await?;
@@ -218,9 +235,10 @@ impl Cluster {
         Ok(cluster)
     }
 
-    /// The services' key namespace (one hash tag on a cluster).
+    /// The services' key namespace (on a cluster one hash tag, or one per
+    /// partition).
     pub fn namespace(&self) -> contract::streams::Namespace {
-        contract::streams::Namespace::for_redis(&self.prefix, &self.redis.url())
+        contract::streams::Namespace::for_redis(&self.prefix, &self.redis.url(), self.partitions)
     }
 
     /// Environment of every service process.
@@ -230,6 +248,8 @@ impl Cluster {
             ("MONGO_URL", self.mongo.url()),
             ("MONGO_DB", self.db.clone()),
             ("STREAM_PREFIX", self.prefix.clone()),
+            ("STREAM_PARTITIONS", self.partitions.to_string()),
+            ("PARTITION_LEASE_MS", "2000".into()),
             ("LOG_FORMAT", "json".into()),
             ("RUST_LOG", "info".into()),
             ("CONSUMER_BLOCK_MS", "200".into()),

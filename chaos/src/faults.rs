@@ -154,12 +154,15 @@ pub async fn inject(
             kill_and_restart(cluster, Svc::NotifySvc, replica, rng).await?
         }
         Fault::KillSimulatorWithTimers => {
-            let key = cluster.namespace().key("simulator:timers");
-            let pending: usize = redis::cmd("ZCARD")
-                .arg(&key)
-                .query_async(conn)
-                .await
-                .unwrap_or(0);
+            let ns = cluster.namespace();
+            let mut pending = 0;
+            for p in ns.partition_range() {
+                pending += redis::cmd("ZCARD")
+                    .arg(ns.key_at("simulator:timers", p))
+                    .query_async::<usize>(conn)
+                    .await
+                    .unwrap_or(0);
+            }
             note = format!("{pending} timer(s) pending");
             let replica = rng.random_range(0..cluster.replicas);
             kill_and_restart(cluster, Svc::Simulator, replica, rng).await?
@@ -191,7 +194,8 @@ pub async fn inject(
             "redis (kill -9)".into()
         }
         Fault::KillRedisPrimary => {
-            let (target, promoted) = kill_primary(cluster, conn).await?;
+            let partition = rng.random_range(0..cluster.partitions);
+            let (target, promoted) = kill_primary(cluster, conn, partition).await?;
             note = format!("replica promoted in {promoted:.1}s; the node rejoined as a replica");
             target
         }
@@ -210,12 +214,15 @@ pub async fn inject(
         }
         Fault::Poison => {
             let ns = cluster.namespace();
-            for stream in Stream::ALL
+            for (i, stream) in Stream::ALL
                 .into_iter()
                 .filter(|s| *s != Stream::DeadLetters)
+                .enumerate()
             {
+                // Spread over the partitions (poison has no ordering key).
+                let p = u16::try_from(i).unwrap_or(0) % ns.partitions();
                 let id: String = redis::cmd("XADD")
-                    .arg(ns.stream(stream))
+                    .arg(ns.stream_at(stream, p))
                     .arg("*")
                     .arg("poison")
                     .arg(format!("injected at {at_secs:.1}s"))
@@ -255,16 +262,18 @@ async fn aof_size_a_second_ago(cluster: &Cluster) -> anyhow::Result<(std::path::
     Ok((file, size))
 }
 
-/// Kills (-9) the primary that holds the deployment's hash slot, waits
+/// Kills (-9) the primary that holds the hash slot of partition
+/// `partition`'s streams (all of them, with one partition), waits
 /// until a replica took its slots over, restarts the node and waits until
 /// it follows as a replica. Returns the target and the seconds until the
 /// promotion.
 async fn kill_primary(
     cluster: &Cluster,
     conn: &mut contract::redis::Conn,
+    partition: u16,
 ) -> anyhow::Result<(String, f64)> {
     let bus = cluster.redis.cluster()?;
-    let key = cluster.namespace().stream(Stream::Orders);
+    let key = cluster.namespace().stream_at(Stream::Orders, partition);
     let slot: i64 = redis::cmd("CLUSTER")
         .arg("KEYSLOT")
         .arg(&key)
@@ -276,7 +285,7 @@ async fn kill_primary(
             victim = Some(i);
         }
     }
-    let victim = victim.context("no primary owns the streams' slot")?;
+    let victim = victim.context("no primary owns the partition's slot")?;
     let node = &bus.nodes()[victim];
     node.kill().await;
     let killed = Instant::now();
@@ -313,7 +322,10 @@ async fn kill_primary(
     }
     bus.wait_ok().await;
     Ok((
-        format!("redis node :{} (slot {slot})", node.port()),
+        format!(
+            "redis node :{} (slot {slot}, partition {partition})",
+            node.port()
+        ),
         promoted,
     ))
 }

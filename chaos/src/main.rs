@@ -91,10 +91,14 @@ struct BenchArgs {
     /// Redis appendfsync policy.
     #[arg(long, default_value = "always", value_parser = ["always", "everysec", "no"])]
     fsync: String,
-    /// The streams on a local Redis Cluster (3 primaries, 3 replicas, no
-    /// persistence) instead of one Redis: the 1-node-vs-cluster comparison.
+    /// The streams on a local Redis Cluster (3 primaries, 3 replicas, each
+    /// with the same AOF) instead of one Redis: the 1-node-vs-cluster
+    /// comparison.
     #[arg(long)]
     redis_cluster: bool,
+    /// Partitions of every stream (`STREAM_PARTITIONS` of the services).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    partitions: u16,
     /// Directory for logs and bench.json (default target/bench/<time>).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -167,6 +171,9 @@ struct RunArgs {
     /// restarting Redis (kill-redis-primary).
     #[arg(long)]
     redis_cluster: bool,
+    /// Partitions of every stream (`STREAM_PARTITIONS` of the services).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    partitions: u16,
     /// RNG seed (random if unset; printed, to replay a run).
     #[arg(long)]
     seed: Option<u64>,
@@ -223,6 +230,9 @@ struct CheckArgs {
     /// Stream prefix.
     #[arg(long, env = "STREAM_PREFIX", default_value = "")]
     prefix: String,
+    /// Partitions of every stream (as the services' STREAM_PARTITIONS).
+    #[arg(long, env = "STREAM_PARTITIONS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    partitions: u16,
     /// A record written by `chaos load` (enables the conservation checks).
     #[arg(long)]
     record: Option<PathBuf>,
@@ -307,10 +317,10 @@ async fn run(a: RunArgs) -> anyhow::Result<bool> {
     });
     let fsync = fsync_policy(&a.fsync);
     let redis = if a.redis_cluster {
-        "a Redis Cluster of 3 primaries and 3 replicas (no persistence)".to_owned()
+        format!("a Redis Cluster of 3 primaries and 3 replicas, appendfsync {fsync}")
     } else {
         format!("Redis appendfsync {fsync}")
-    };
+    } + &format!(", {} stream partition(s)", a.partitions);
     println!(
         "chaos run: seed {seed}, {} orders at {}/s ({:.0}% cancelled, {:.0}% rejected by the kitchen), {redis}, logs in {}",
         a.orders,
@@ -330,6 +340,7 @@ async fn run(a: RunArgs) -> anyhow::Result<bool> {
                     ("SIMULATOR_SEED".into(), seed.to_string()),
                 ],
                 redis_cluster: a.redis_cluster,
+                partitions: a.partitions,
                 ..Options::default()
             },
         )
@@ -551,7 +562,7 @@ async fn check_only(a: CheckArgs) -> anyhow::Result<bool> {
     let target = Target {
         conn,
         db: mongo.database(&a.db),
-        ns: Namespace::for_redis(&a.prefix, &a.redis_url),
+        ns: Namespace::for_redis(&a.prefix, &a.redis_url, a.partitions),
     };
     let record = match &a.record {
         Some(path) => {
@@ -609,6 +620,7 @@ async fn up(a: UpArgs) -> anyhow::Result<()> {
             replicas: 1,
             env: a.env,
             redis_cluster: false,
+            partitions: 1,
         },
     )
     .await?;
@@ -638,6 +650,7 @@ async fn bench_cmd(a: BenchArgs) -> anyhow::Result<()> {
         replicas: a.replicas,
         fsync: fsync_policy(&a.fsync),
         redis_cluster: a.redis_cluster,
+        partitions: a.partitions,
         bin_dir: default_bin_dir(a.bin_dir)?,
         out: out.clone(),
         ladder: if a.quick {

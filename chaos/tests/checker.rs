@@ -41,13 +41,20 @@ async fn world() -> World {
         .await
         .unwrap();
     let db = mongo.database(&testkit::unique_db("checker"));
-    let ns = Namespace::for_redis(&format!("{}:", testkit::unique("checker")), &redis_url);
+    let ns = Namespace::for_redis(
+        &format!("{}:", testkit::unique("checker")),
+        &redis_url,
+        testkit::partitions(),
+    );
     let conn = contract::redis::commands(&contract::redis::client(&redis_url).unwrap()).unwrap();
     // Every consuming group exists and has nothing pending.
-    for (stream, group) in groups() {
+    for (key, group) in groups()
+        .into_iter()
+        .flat_map(|(stream, group)| ns.stream_keys(stream).into_iter().map(move |k| (k, group)))
+    {
         let _: () = redis::cmd("XGROUP")
             .arg("CREATE")
-            .arg(ns.stream(stream))
+            .arg(key)
             .arg(group)
             .arg("$")
             .arg("MKSTREAM")
@@ -273,7 +280,9 @@ async fn a_tracker_that_missed_a_status_fails() {
 #[tokio::test]
 async fn a_pending_entry_and_an_unpublished_event_fail() {
     let w = world().await;
-    let stream = w.target.ns.stream(Stream::Orders);
+    // The last partition (the only one, with one).
+    let ns = &w.target.ns;
+    let stream = ns.stream_at(Stream::Orders, ns.partitions() - 1);
     let mut conn = w.target.conn.clone();
     let _: String = redis::cmd("XADD")
         .arg(&stream)
@@ -323,7 +332,11 @@ async fn poison_that_was_not_dead_lettered_fails() {
 async fn a_dead_letter_nobody_injected_fails() {
     let w = world().await;
     let _: String = redis::cmd("XADD")
-        .arg(w.target.ns.stream(Stream::DeadLetters))
+        .arg(
+            w.target
+                .ns
+                .stream_at(Stream::DeadLetters, w.target.ns.partitions() - 1),
+        )
         .arg("*")
         .arg("junk")
         .arg("1")

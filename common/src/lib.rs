@@ -12,6 +12,8 @@
 //! | [`settings`] | one [`settings::CommonSettings`] from env vars, documented defaults, fail-fast validation |
 //! | [`http`] | `/healthz` and `/readyz` every service mounts |
 //! | [`outbox`] | the transactional outbox and its single active relay (lease in Redis) |
+//! | [`lease`] | a lease in Redis: one holder at a time, taken over when it stops renewing |
+//! | [`partition`] | which replica reads which partition of the streams (leases per partition) |
 //! | [`transition`] | guarded status transitions of a versioned document, idempotent, with their outbox event, group-committed |
 //! | [`batch`] | group commit: one writer task doing every queued job in one round of writes |
 //! | [`failpoint`] | test-only crash points (cargo feature `failpoints`) |
@@ -59,9 +61,11 @@ pub mod consumer;
 pub mod dead_letter;
 pub mod failpoint;
 pub mod http;
+pub mod lease;
 pub mod metrics;
 pub mod mongo;
 pub mod outbox;
+pub mod partition;
 pub mod publisher;
 pub mod service;
 pub mod settings;

@@ -106,10 +106,17 @@ fn describe() {
         "outbox_relay_active",
         "1 while this process holds its service's outbox lease."
     );
-    describe_gauge!("dead_letters", "Entries in the dead-letter stream.");
+    describe_gauge!(
+        "partitions_held",
+        "Stream partitions whose lease this process holds, by consumer group (with STREAM_PARTITIONS above 1)."
+    );
+    describe_gauge!(
+        "dead_letters",
+        "Entries in the dead-letter stream (all its partitions)."
+    );
     describe_gauge!(
         "stream_entries",
-        "Entries in the stream after its last trim: what some consumer group has not read and acknowledged yet (alarm above STREAM_ALARM_ENTRIES)."
+        "Entries in the stream (all its partitions) after its last trim: what some consumer group has not read and acknowledged yet (alarm above STREAM_ALARM_ENTRIES in a partition)."
     );
     describe_counter!(
         "stream_trimmed_total",

@@ -93,9 +93,10 @@ impl Publisher {
         &self.ns
     }
 
-    /// Appends one event to `stream`; returns the new entry id.
+    /// Appends one event to its partition of `stream`; returns the new
+    /// entry id.
     pub async fn publish(&self, stream: Stream, event: &Envelope) -> redis::RedisResult<String> {
-        let key = self.ns.stream(stream);
+        let key = self.ns.stream_for(stream, &event.key);
         let id = self
             .xadd(&key, &event.to_fields())
             .query_async(&mut self.conn.clone())
@@ -104,61 +105,90 @@ impl Publisher {
         Ok(id)
     }
 
-    /// Appends several events in one round trip, in the given order; returns
-    /// their ids. Not atomic: on error a prefix may have been written. With
-    /// a [`Replication`], the same round trip waits for the replicas, and
-    /// too few is an error ([`is_not_replicated`]) although the events were
-    /// written.
+    /// Appends several events, each to its partition, in the given order
+    /// within each partition; returns their ids. One round trip on one
+    /// Redis; on a cluster one pipeline per partition (a pipeline must stay
+    /// in one slot), sent together. Not atomic: on error some may have been
+    /// written. With a [`Replication`], each pipeline waits for the
+    /// replicas of the node that took it, and too few is an error
+    /// ([`is_not_replicated`]) although the events were written.
     pub async fn publish_all(
         &self,
         events: &[(Stream, &Envelope)],
     ) -> redis::RedisResult<Vec<String>> {
-        let mut pipe = redis::pipe();
-        for (stream, event) in events {
-            pipe.add_command(self.xadd(&self.ns.stream(*stream), &event.to_fields()));
-        }
-        let Replication {
-            min_replicas,
-            timeout,
-        } = self.replication;
-        let ids: Vec<String> = if min_replicas == 0 || events.is_empty() {
-            pipe.query_async(&mut self.conn.clone()).await?
-        } else {
-            pipe.cmd("WAIT")
-                .arg(min_replicas)
-                .arg(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
-            let mut replies: Vec<redis::Value> = pipe.query_async(&mut self.conn.clone()).await?;
-            let acked = replies
-                .pop()
-                .and_then(|v| contract::redis::int(&v).ok())
-                .unwrap_or(0);
-            if acked < i64::from(min_replicas) {
-                metrics::counter!("publish_unreplicated_total").increment(1);
-                return Err(redis::RedisError::from((
-                    redis::ErrorKind::Client,
-                    NOT_REPLICATED,
-                    format!(
-                        "WAIT: {acked} of {min_replicas} replicas acknowledged within {timeout:?}"
-                    ),
-                )));
+        let keyed: Vec<(String, &Envelope)> = events
+            .iter()
+            .map(|(stream, e)| (self.ns.stream_for(*stream, &e.key), *e))
+            .collect();
+        let ids = if matches!(self.conn, Conn::Cluster(_)) && self.ns.partitions() > 1 {
+            // Indexes of the events of each partition, in order.
+            let mut parts: Vec<(u16, Vec<usize>)> = Vec::new();
+            for (i, (_, e)) in keyed.iter().enumerate() {
+                let p = self.ns.partition_of(&e.key);
+                match parts.iter_mut().find(|(q, _)| *q == p) {
+                    Some((_, idx)) => idx.push(i),
+                    None => parts.push((p, vec![i])),
+                }
             }
-            replies
-                .iter()
-                .map(|v| {
-                    contract::redis::text(v).map_err(|e| {
-                        redis::RedisError::from((
-                            redis::ErrorKind::Parse,
-                            "XADD reply",
-                            e.to_string(),
-                        ))
-                    })
-                })
-                .collect::<redis::RedisResult<_>>()?
+            let sent = futures::future::join_all(parts.iter().map(|(_, idx)| {
+                let part: Vec<(String, &Envelope)> =
+                    idx.iter().map(|i| keyed[*i].clone()).collect();
+                async move { self.pipeline(&part).await }
+            }))
+            .await;
+            let mut ids = vec![String::new(); keyed.len()];
+            for ((_, idx), result) in parts.iter().zip(sent) {
+                for (i, id) in idx.iter().zip(result?) {
+                    ids[*i] = id;
+                }
+            }
+            ids
+        } else {
+            self.pipeline(&keyed).await?
         };
         for (stream, _) in events {
             metrics::counter!("events_published_total", "stream" => stream.name()).increment(1);
         }
         Ok(ids)
+    }
+
+    /// One pipeline of `XADD`s (and the `WAIT`, if any).
+    async fn pipeline(&self, events: &[(String, &Envelope)]) -> redis::RedisResult<Vec<String>> {
+        let mut pipe = redis::pipe();
+        for (key, event) in events {
+            pipe.add_command(self.xadd(key, &event.to_fields()));
+        }
+        let Replication {
+            min_replicas,
+            timeout,
+        } = self.replication;
+        if min_replicas == 0 || events.is_empty() {
+            return pipe.query_async(&mut self.conn.clone()).await;
+        }
+        pipe.cmd("WAIT")
+            .arg(min_replicas)
+            .arg(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
+        let mut replies: Vec<redis::Value> = pipe.query_async(&mut self.conn.clone()).await?;
+        let acked = replies
+            .pop()
+            .and_then(|v| contract::redis::int(&v).ok())
+            .unwrap_or(0);
+        if acked < i64::from(min_replicas) {
+            metrics::counter!("publish_unreplicated_total").increment(1);
+            return Err(redis::RedisError::from((
+                redis::ErrorKind::Client,
+                NOT_REPLICATED,
+                format!("WAIT: {acked} of {min_replicas} replicas acknowledged within {timeout:?}"),
+            )));
+        }
+        replies
+            .iter()
+            .map(|v| {
+                contract::redis::text(v).map_err(|e| {
+                    redis::RedisError::from((redis::ErrorKind::Parse, "XADD reply", e.to_string()))
+                })
+            })
+            .collect()
     }
 
     /// Appends raw fields to any key of this namespace (replays, tests).

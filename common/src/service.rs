@@ -37,14 +37,15 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tower_http::trace::TraceLayer;
-use tracing::{info, info_span, warn};
+use tracing::{error, info, info_span, warn};
 
 use crate::{
     backoff::Backoff,
-    consumer::{Consumer, ConsumerConfig, Handler},
+    consumer::{Consumer, ConsumerConfig, Handler, LoopStatus},
     http::{Health, health_routes},
     mongo::BoxFuture,
     outbox::Outbox,
+    partition::{Assignment, Worker},
     publisher::Publisher,
     settings::CommonSettings,
     trim::Trimmer,
@@ -69,6 +70,14 @@ pub enum StartError {
     Http(#[from] std::io::Error),
 }
 
+/// The partition workers of one consumer group, and the readiness
+/// aggregates of its streams.
+struct GroupWork {
+    group: String,
+    workers: Vec<Worker>,
+    statuses: Vec<LoopStatus>,
+}
+
 /// A task started by [`Runtime::serve`]; it gets the shutdown token.
 type Task = Box<dyn FnOnce(CancellationToken) -> BoxFuture<'static, ()> + Send + Sync>;
 /// One start-up step: run again until it returns `Ok`.
@@ -90,8 +99,9 @@ pub struct Runtime {
     pub publisher: Publisher,
     /// Start-up work, in order; the consumers wait for all of it.
     startup: Vec<(&'static str, Step)>,
-    /// Consumer loops, started once start-up is done.
-    consumers: Vec<Task>,
+    /// The partition workers of each consumer group (its consumer loops,
+    /// and any other per-partition work), started once start-up is done.
+    groups: Vec<GroupWork>,
     /// The streams those loops read (and this service trims).
     consumed: Vec<Stream>,
     /// Other background tasks, started at once.
@@ -131,22 +141,27 @@ impl Runtime {
             health,
             publisher,
             startup: Vec::new(),
-            consumers: Vec::new(),
+            groups: Vec::new(),
             consumed: Vec::new(),
             tasks: Vec::new(),
             samplers: Vec::new(),
             shutdown,
         };
-        let dead_letters = settings.namespace().stream(Stream::DeadLetters);
-        rt.sampler((conn, dead_letters), |(mut conn, key)| async move {
-            if let Ok(n) = redis::cmd("XLEN")
-                .arg(&key)
-                .query_async::<u64>(&mut conn)
-                .await
-            {
-                #[allow(clippy::cast_precision_loss)]
-                metrics::gauge!("dead_letters").set(n as f64);
+        let dead_letters = settings.namespace().stream_keys(Stream::DeadLetters);
+        rt.sampler((conn, dead_letters), |(mut conn, keys)| async move {
+            let mut total = 0_u64;
+            for key in &keys {
+                match redis::cmd("XLEN")
+                    .arg(key)
+                    .query_async::<u64>(&mut conn)
+                    .await
+                {
+                    Ok(n) => total += n,
+                    Err(_) => return,
+                }
             }
+            #[allow(clippy::cast_precision_loss)]
+            metrics::gauge!("dead_letters").set(total as f64);
         });
         Ok(rt)
     }
@@ -188,27 +203,83 @@ impl Runtime {
     }
 
     /// A consumer of `group` on the stream of `E` (its events decoded into
-    /// `E` for `handler`), watched by readiness and started (after start-up)
-    /// by [`Runtime::serve`].
-    pub fn consume<E: StreamEvent, H: Handler<E>>(
+    /// `E` for `handler`), one per partition this replica reads (see
+    /// [`crate::partition`]), watched by readiness and started (after
+    /// start-up) by [`Runtime::serve`].
+    pub fn consume<E: StreamEvent, H: Handler<E> + Clone>(
         &mut self,
         group: &str,
         handler: H,
     ) -> Result<(), StartError> {
         let stream = E::STREAM;
-        let consumer = Consumer::new(
+        // A bad configuration fails here, not in every partition's worker.
+        drop(Consumer::<E, H>::new(
             &self.redis,
-            ConsumerConfig::new(&self.settings, stream, group),
-            handler,
-        )?;
-        self.health.watch(consumer.status());
+            ConsumerConfig::new(&self.settings, stream, group, 0),
+            handler.clone(),
+        )?);
+        let status = LoopStatus::aggregate(stream.name(), group);
+        self.health.watch(status.clone());
         self.sample_group(stream, group);
         if !self.consumed.contains(&stream) {
             self.consumed.push(stream);
         }
-        self.consumers
-            .push(Box::new(move |token| Box::pin(consumer.run(token))));
+        let (client, settings, name) =
+            (self.redis.clone(), self.settings.clone(), group.to_owned());
+        self.group(group).statuses.push(status.clone());
+        self.per_partition(group, move |p, token| {
+            let consumer = Consumer::new(
+                &client,
+                ConsumerConfig::new(&settings, stream, &name, p),
+                handler.clone(),
+            );
+            // Held by the stream's readiness from now (not from the task's
+            // first poll), so readiness never sees the partition without it.
+            let running = consumer.map(|c| {
+                let part = c.status();
+                status.add(part.clone());
+                (c, part)
+            });
+            let status = status.clone();
+            async move {
+                match running {
+                    Ok((consumer, part)) => {
+                        consumer.run(token).await;
+                        status.remove(&part);
+                    }
+                    Err(e) => error!(error = %e, "could not start a consumer"),
+                }
+            }
+        });
         Ok(())
+    }
+
+    /// Work `group` runs for every partition this replica reads (started
+    /// with the partition, its token cancelled when the partition goes to
+    /// another replica or at shutdown): the simulator's timers, say.
+    pub fn per_partition<F, Fut>(&mut self, group: &str, work: F)
+    where
+        F: Fn(u16, CancellationToken) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        self.group(group)
+            .workers
+            .push(Arc::new(move |p, token| Box::pin(work(p, token))));
+    }
+
+    fn group(&mut self, group: &str) -> &mut GroupWork {
+        let i = match self.groups.iter().position(|g| g.group == group) {
+            Some(i) => i,
+            None => {
+                self.groups.push(GroupWork {
+                    group: group.to_owned(),
+                    workers: Vec::new(),
+                    statuses: Vec::new(),
+                });
+                self.groups.len() - 1
+            }
+        };
+        &mut self.groups[i]
     }
 
     /// Refreshes gauges on every scrape of `/metrics` (bounded to 2 s).
@@ -222,39 +293,47 @@ impl Runtime {
             .push(Arc::new(move || Box::pin(sample(state.clone()))));
     }
 
-    /// `consumer_group_lag` and `consumer_group_pending` of one group.
+    /// `consumer_group_lag` and `consumer_group_pending` of one group,
+    /// summed over the stream's partitions.
     fn sample_group(&mut self, stream: Stream, group: &str) {
         let state = (
             self.conn.clone(),
-            self.namespace().stream(stream),
+            self.namespace().stream_keys(stream),
             group.to_owned(),
         );
-        self.sampler(state, move |(mut conn, key, group)| async move {
-            let Ok(reply) = redis::cmd("XINFO")
-                .arg("GROUPS")
-                .arg(&key)
-                .query_async::<redis::Value>(&mut conn)
-                .await
-            else {
-                return;
-            };
-            for info in contract::redis::array(reply).unwrap_or_default() {
-                let fields = contract::redis::fields_of(info);
-                if fields.get("name").map(String::as_str) != Some(group.as_str()) {
+        self.sampler(state, move |(mut conn, keys, group)| async move {
+            let mut sums = [
+                ("lag", "consumer_group_lag", None),
+                ("pending", "consumer_group_pending", None),
+            ];
+            for key in &keys {
+                let Ok(reply) = redis::cmd("XINFO")
+                    .arg("GROUPS")
+                    .arg(key)
+                    .query_async::<redis::Value>(&mut conn)
+                    .await
+                else {
                     continue;
-                }
-                let labels = [
-                    ("stream", stream.name().to_owned()),
-                    ("group", group.clone()),
-                ];
-                for (field, gauge) in [
-                    ("lag", "consumer_group_lag"),
-                    ("pending", "consumer_group_pending"),
-                ] {
+                };
+                let groups = contract::redis::array(reply).unwrap_or_default();
+                let Some(fields) = groups
+                    .into_iter()
+                    .map(contract::redis::fields_of)
+                    .find(|f| f.get("name") == Some(&group))
+                else {
+                    continue;
+                };
+                for (field, _, sum) in &mut sums {
                     // `lag` is unknown (nil) right after some trims; skip it then.
-                    if let Some(v) = fields.get(field).and_then(|v| v.parse::<f64>().ok()) {
-                        metrics::gauge!(gauge, &labels).set(v);
+                    if let Some(v) = fields.get(*field).and_then(|v| v.parse::<f64>().ok()) {
+                        *sum = Some(sum.unwrap_or(0.0) + v);
                     }
+                }
+            }
+            let labels = [("stream", stream.name().to_owned()), ("group", group)];
+            for (_, gauge, sum) in sums {
+                if let Some(v) = sum {
+                    metrics::gauge!(gauge, &labels).set(v);
                 }
             }
         });
@@ -309,10 +388,10 @@ impl Runtime {
     }
 
     /// Runs the start-up steps (each until it succeeds), marks the service
-    /// initialised, then starts the consumers.
+    /// initialised, then starts each group's partitions.
     async fn start_up(
         mut steps: Vec<(&'static str, Step)>,
-        consumers: Vec<Task>,
+        groups: Vec<Assignment>,
         health: Arc<Health>,
         shutdown: CancellationToken,
     ) {
@@ -331,8 +410,8 @@ impl Runtime {
         }
         health.set_initialised();
         let mut loops = JoinSet::new();
-        for consumer in consumers {
-            loops.spawn(consumer(shutdown.clone()));
+        for group in groups {
+            loops.spawn(group.run(shutdown.clone()));
         }
         while loops.join_next().await.is_some() {}
     }
@@ -356,11 +435,25 @@ impl Runtime {
                 |t| async move { t.round().await },
             );
         }
+        let groups = self
+            .groups
+            .drain(..)
+            .map(|g| {
+                Assignment::new(
+                    self.conn.clone(),
+                    &self.settings.namespace(),
+                    &g.group,
+                    &self.settings.consumer_name,
+                    self.settings.partition_lease,
+                    g.workers,
+                    g.statuses,
+                )
+            })
+            .collect();
         let Self {
             settings,
             health,
             startup,
-            consumers,
             tasks: background,
             samplers,
             shutdown,
@@ -400,7 +493,7 @@ impl Runtime {
         // Every task of the service. Dropping this set (or the future of a
         // service's `run`) aborts them all, as a killed process would.
         let mut tasks = JoinSet::new();
-        tasks.spawn(Self::start_up(startup, consumers, health, shutdown.clone()));
+        tasks.spawn(Self::start_up(startup, groups, health, shutdown.clone()));
         for task in background {
             tasks.spawn(task(shutdown.clone()));
         }

@@ -9,12 +9,14 @@
 //! |---|---|---|
 //! | `SERVICE_NAME` | the binary's name | `source` of published events, `service` label in logs |
 //! | `APP_ENV` | `local` | `env` label in logs |
-//! | `REDIS_URL` | `redis://127.0.0.1:16379` | Redis holding the streams (the default is where `make run` / `scripts/infra.sh up` start it); a comma-separated list of node URLs is a Redis Cluster (`redis://h1:p1,redis://h2:p2,...`; the key prefix then becomes one hash tag, see `contract::redis`) |
+//! | `REDIS_URL` | `redis://127.0.0.1:16379` | Redis holding the streams (the default is where `make run` / `scripts/infra.sh up` start it); a comma-separated list of node URLs is a Redis Cluster (`redis://h1:p1,redis://h2:p2,...`; with one partition the key prefix then becomes one hash tag, with several each partition has its own, see `contract::streams`) |
 //! | `MONGO_URL` | `mongodb://127.0.0.1:37017/?directConnection=true` | MongoDB replica set (transactions need one; the default is `make run`'s) |
 //! | `MONGO_DB` | `foodchain` | database name |
 //! | `REDIS_MIN_REPLICAS_ACKED` | `1` on a cluster, `0` on one Redis | the outbox relay's publish waits (`WAIT`) until this many replicas have its events, and keeps them for another try if fewer did (docs/delivery-guarantees.md) |
 //! | `REDIS_WAIT_TIMEOUT_MS` | `1000` | longest such wait |
 //! | `STREAM_PREFIX` | empty | prefix of every Redis key (isolates deployments and tests sharing a Redis) |
+//! | `STREAM_PARTITIONS` | `1` | each stream is this many Redis keys, an event going to the partition of its order id (1–1024; fixed for the life of the data: every service, `dlq` and `chaos` must use the same; docs/scaling.md) |
+//! | `PARTITION_LEASE_MS` | `5000` | with several partitions, each replica of a service reads the partitions whose lease it holds (about `P / replicas` each); a dead replica's partitions move to the survivors within this |
 //! | `STREAM_TRIM_INTERVAL_MS` | `5000` | how often each service trims the streams it consumes below what every consumer group of them has acknowledged (never an unread entry; see `common::trim`) |
 //! | `STREAM_ALARM_ENTRIES` | `100000` | a stream holding more entries than this after its trim logs a warning naming the group holding it back (gauge `stream_entries`) |
 //! | `STREAM_MAXLEN` | retired | refused at start-up: it dropped entries no group had read (docs/scaling.md) |
@@ -468,6 +470,10 @@ pub struct CommonSettings {
     pub mongo_db: String,
     /// Prefix of every Redis key this deployment uses.
     pub stream_prefix: String,
+    /// Partitions of every stream (`STREAM_PARTITIONS`).
+    pub stream_partitions: u16,
+    /// TTL of a replica's lease on a partition (`PARTITION_LEASE_MS`).
+    pub partition_lease: Duration,
     /// Replicas that must acknowledge a publish (`REDIS_MIN_REPLICAS_ACKED`,
     /// `REDIS_WAIT_TIMEOUT_MS`).
     pub replication: crate::publisher::Replication,
@@ -525,7 +531,22 @@ impl CommonSettings {
                 contract::redis::COMMAND_TIMEOUT
             ),
         );
+        let stream_partitions: u16 = env.parse("STREAM_PARTITIONS", 1);
+        env.check(
+            (1..=contract::streams::MAX_PARTITIONS).contains(&stream_partitions),
+            format!(
+                "STREAM_PARTITIONS={stream_partitions}: must be between 1 and {}",
+                contract::streams::MAX_PARTITIONS
+            ),
+        );
+        let partition_lease = env.millis("PARTITION_LEASE_MS", 5000);
+        env.check(
+            partition_lease >= Duration::from_millis(300),
+            "PARTITION_LEASE_MS must be at least 300 (it is renewed at a third of it)",
+        );
         Self {
+            stream_partitions,
+            partition_lease,
             consumer_name: env
                 .raw("CONSUMER_NAME")
                 .unwrap_or_else(default_consumer_name),
@@ -548,7 +569,11 @@ impl CommonSettings {
 
     /// Key namespace of this deployment (see [`contract::streams`]).
     pub fn namespace(&self) -> contract::streams::Namespace {
-        contract::streams::Namespace::for_redis(&self.stream_prefix, self.redis_url.expose())
+        contract::streams::Namespace::for_redis(
+            &self.stream_prefix,
+            self.redis_url.expose(),
+            self.stream_partitions,
+        )
     }
 }
 
@@ -703,6 +728,23 @@ mod tests {
             "redis://:***@r1:7000,redis://:***@r2:7001"
         );
         assert_eq!(s.namespace().prefix(), "{foodchain}");
+        // With partitions, each partition's keys carry its own tag instead.
+        let mut env = Env::from_map([
+            ("REDIS_URL", "redis://r1:7000,redis://r2:7001"),
+            ("STREAM_PARTITIONS", "8"),
+        ]);
+        let s = CommonSettings::from_env(&mut env, "x");
+        env.finish().unwrap();
+        assert_eq!(s.namespace().prefix(), "");
+        assert_eq!(s.namespace().partitions(), 8);
+        let mut env = Env::from_map([("STREAM_PARTITIONS", "0")]);
+        let _ = CommonSettings::from_env(&mut env, "x");
+        assert!(
+            env.finish()
+                .unwrap_err()
+                .to_string()
+                .contains("STREAM_PARTITIONS")
+        );
         let mut env = Env::from_map([("REDIS_URL", "redis://r1:7000,http://r2:7001")]);
         let _ = CommonSettings::from_env(&mut env, "x");
         assert!(env.finish().unwrap_err().to_string().contains("http"));

@@ -103,12 +103,12 @@ pub struct Trimmer {
 }
 
 impl Trimmer {
-    /// Trims `streams` of `ns` (never the dead letters).
+    /// Trims every partition of `streams` of `ns` (never the dead letters).
     pub fn new(conn: Conn, ns: &Namespace, streams: &[Stream], settings: TrimSettings) -> Self {
         let streams = streams
             .iter()
             .filter(|s| **s != Stream::DeadLetters)
-            .map(|s| (ns.stream(*s), s.name()))
+            .flat_map(|s| ns.stream_keys(*s).into_iter().map(|k| (k, s.name())))
             .collect();
         Self {
             conn,
@@ -122,18 +122,22 @@ impl Trimmer {
         self.settings.interval
     }
 
-    /// Trims every stream once, sets the gauges, warns about long streams.
+    /// Trims every stream (every partition) once, sets the gauges (summed
+    /// over a stream's partitions), warns about long partitions.
     pub async fn round(&self) {
+        let mut lengths: Vec<(&'static str, u64)> = Vec::new();
         for (key, label) in &self.streams {
             match self.trim(key).await {
                 Ok(t) => {
                     metrics::counter!("stream_trimmed_total", "stream" => *label)
                         .increment(t.removed);
-                    #[allow(clippy::cast_precision_loss)]
-                    metrics::gauge!("stream_entries", "stream" => *label).set(t.length as f64);
+                    match lengths.iter_mut().find(|(l, _)| l == label) {
+                        Some((_, n)) => *n += t.length,
+                        None => lengths.push((label, t.length)),
+                    }
                     if t.length > self.settings.alarm_entries {
                         warn!(
-                            stream = label,
+                            stream = %key,
                             group = t.held_by.as_deref().unwrap_or("(none: no group reads it)"),
                             entries = t.length,
                             alarm = self.settings.alarm_entries,
@@ -141,15 +145,19 @@ impl Trimmer {
                         );
                     } else {
                         debug!(
-                            stream = label,
+                            stream = %key,
                             removed = t.removed,
                             length = t.length,
                             "stream trimmed"
                         );
                     }
                 }
-                Err(e) => warn!(stream = label, error = %e, "could not trim the stream"),
+                Err(e) => warn!(stream = %key, error = %e, "could not trim the stream"),
             }
+        }
+        for (label, length) in lengths {
+            #[allow(clippy::cast_precision_loss)]
+            metrics::gauge!("stream_entries", "stream" => label).set(length as f64);
         }
     }
 

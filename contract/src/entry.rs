@@ -36,3 +36,11 @@ impl StreamEntry {
 pub fn id_millis(id: &str) -> Option<u64> {
     id.split_once('-').map_or(id, |(ms, _)| ms).parse().ok()
 }
+
+/// The `(milliseconds, sequence)` of an entry id `ms-seq` (sequence 0 when
+/// absent): the order Redis gives entries of one stream, and across
+/// partitions the order of their time.
+pub fn id_parts(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-').unwrap_or((id, "0"));
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}

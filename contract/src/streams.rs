@@ -142,36 +142,75 @@ pub mod groups {
     pub const SIMULATOR: &str = "simulator";
 }
 
-/// The key prefix of one deployment (or one test).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// The most partitions a stream may be split into (`STREAM_PARTITIONS`).
+pub const MAX_PARTITIONS: u16 = 1024;
+
+/// The key prefix of one deployment (or one test), and how many partitions
+/// each of its streams is split into.
+///
+/// # Partitions
+///
+/// With `P` partitions (`STREAM_PARTITIONS`, default 1) a logical stream is
+/// `P` Redis keys, `<prefix><stream>:{p<i>}` for `i` in `0..P`; with `P = 1`
+/// it is the one key `<prefix><stream>` (as before partitions existed). An
+/// event goes to the partition of its ordering key (the order id,
+/// [`Namespace::partition_of`]: FNV-1a 64 of its bytes, mod `P`), so one
+/// order's events stay in one partition, in order. Every other key that a
+/// script touches together with a partition's stream (its dead letters, its
+/// last-errors hash, the simulator's timers) carries the same hash tag
+/// `{p<i>}` ([`Namespace::key_at`]), so that on a Redis Cluster every script
+/// and pipeline stays in one slot. docs/scaling.md has the whole design.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Namespace {
     prefix: String,
+    partitions: u16,
+}
+
+impl Default for Namespace {
+    fn default() -> Self {
+        Self::new("")
+    }
 }
 
 impl Namespace {
-    /// A namespace whose keys all start with `prefix` (may be empty).
+    /// A namespace whose keys all start with `prefix` (may be empty), with
+    /// one partition per stream.
     pub fn new(prefix: &str) -> Self {
         Self {
             prefix: prefix.to_owned(),
+            partitions: 1,
         }
     }
 
-    /// The namespace of a deployment whose Redis is at `redis_url`: `prefix`
-    /// as given on one Redis; on a cluster (a list of node URLs), `prefix`
-    /// as a hash tag, `{prefix}` (or `{foodchain}` when empty), so that every
-    /// key of the deployment hashes to one slot and every script and
-    /// pipeline stays single-slot. A prefix that already holds a hash tag
-    /// (`{...}` with something inside) is kept as given.
-    pub fn for_redis(prefix: &str, redis_url: &str) -> Self {
-        if !redis_url.contains(',') || has_hash_tag(prefix) {
-            return Self::new(prefix);
-        }
-        let inner = if prefix.is_empty() {
-            "foodchain"
+    /// The same namespace with each stream split into `partitions`
+    /// (clamped to `1..=MAX_PARTITIONS`).
+    #[must_use]
+    pub fn with_partitions(mut self, partitions: u16) -> Self {
+        self.partitions = partitions.clamp(1, MAX_PARTITIONS);
+        self
+    }
+
+    /// The namespace of a deployment whose Redis is at `redis_url`, its
+    /// streams split into `partitions`. On one Redis, and on a cluster with
+    /// several partitions (whose keys carry their partition's hash tag),
+    /// `prefix` as given. On a cluster (a list of node URLs) with one
+    /// partition, `prefix` as a hash tag, `{prefix}` (or `{foodchain}` when
+    /// empty), so that every key of the deployment hashes to one slot and
+    /// every script and pipeline stays single-slot. A prefix that already
+    /// holds a hash tag (`{...}` with something inside) is kept as given
+    /// (with several partitions it then puts every key in one slot too).
+    pub fn for_redis(prefix: &str, redis_url: &str, partitions: u16) -> Self {
+        let ns = if !redis_url.contains(',') || partitions > 1 || has_hash_tag(prefix) {
+            Self::new(prefix)
         } else {
-            prefix
+            let inner = if prefix.is_empty() {
+                "foodchain"
+            } else {
+                prefix
+            };
+            Self::new(&format!("{{{inner}}}"))
         };
-        Self::new(&format!("{{{inner}}}"))
+        ns.with_partitions(partitions)
     }
 
     /// The prefix itself.
@@ -179,19 +218,103 @@ impl Namespace {
         &self.prefix
     }
 
-    /// The Redis key of a stream.
-    pub fn stream(&self, stream: Stream) -> String {
-        format!("{}{}", self.prefix, stream.name())
+    /// How many partitions each stream has.
+    pub fn partitions(&self) -> u16 {
+        self.partitions
     }
 
-    /// Any other Redis key of this deployment (timers, leases, ...).
+    /// Every partition index, `0..P`.
+    pub fn partition_range(&self) -> std::ops::Range<u16> {
+        0..self.partitions
+    }
+
+    /// The partition of an ordering key (an order id): FNV-1a 64 of its
+    /// bytes, mod `P`. Fixed, so that every service (and any other
+    /// language) computes the same one.
+    pub fn partition_of(&self, key: &str) -> u16 {
+        if self.partitions == 1 {
+            return 0;
+        }
+        let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        u16::try_from(hash % u64::from(self.partitions)).unwrap_or(0)
+    }
+
+    /// The Redis key of partition `p` of a stream.
+    pub fn stream_at(&self, stream: Stream, p: u16) -> String {
+        self.key_at(stream.name(), p)
+    }
+
+    /// The Redis key of the partition of `stream` that events with ordering
+    /// key `key` go to.
+    pub fn stream_for(&self, stream: Stream, key: &str) -> String {
+        self.stream_at(stream, self.partition_of(key))
+    }
+
+    /// The Redis keys of every partition of a stream, in partition order.
+    pub fn stream_keys(&self, stream: Stream) -> Vec<String> {
+        self.partition_range()
+            .map(|p| self.stream_at(stream, p))
+            .collect()
+    }
+
+    /// Any other Redis key of this deployment that is not tied to a
+    /// partition (leases, member lists, ...).
     pub fn key(&self, name: &str) -> String {
         format!("{}{}", self.prefix, name)
     }
 
-    /// The stream named by a prefixed key, if it is one of ours.
+    /// A key of partition `p` (`<prefix><name>:{p<p>}`; `<prefix><name>`
+    /// with one partition): it hashes to the slot of the partition's
+    /// streams, so a script may touch it together with them.
+    pub fn key_at(&self, name: &str, p: u16) -> String {
+        if self.partitions == 1 {
+            self.key(name)
+        } else {
+            format!("{}{}:{{p{p}}}", self.prefix, name)
+        }
+    }
+
+    /// The stream and partition of a prefixed key, if it is one of ours.
+    pub fn partition_of_key(&self, key: &str) -> Option<(Stream, u16)> {
+        let rest = key.strip_prefix(&self.prefix)?;
+        if self.partitions == 1 {
+            return Stream::from_name(rest).map(|s| (s, 0));
+        }
+        let (name, tag) = rest.rsplit_once(":{p")?;
+        let p: u16 = tag.strip_suffix('}')?.parse().ok()?;
+        (p < self.partitions).then_some(())?;
+        Stream::from_name(name).map(|s| (s, p))
+    }
+
+    /// How an entry of partition `p` (a dead letter, say) is named to
+    /// people, in the `dlq` CLI and the operator console: its entry id with
+    /// one partition, `p<p>/<id>` with several (ids are per key, so two
+    /// partitions may hold the same id).
+    pub fn entry_ref(&self, p: u16, id: &str) -> String {
+        if self.partitions == 1 {
+            id.to_owned()
+        } else {
+            format!("p{p}/{id}")
+        }
+    }
+
+    /// The partition and entry id an [`Namespace::entry_ref`] names (a bare
+    /// id names partition 0 with one partition, and nothing with several).
+    pub fn parse_entry_ref(&self, reference: &str) -> Option<(u16, String)> {
+        match reference.split_once('/') {
+            None => (self.partitions == 1).then(|| (0, reference.to_owned())),
+            Some((p, id)) => {
+                let p: u16 = p.strip_prefix('p')?.parse().ok()?;
+                (p < self.partitions).then(|| (p, id.to_owned()))
+            }
+        }
+    }
+
+    /// The stream named by a prefixed key (any partition), if it is one of ours.
     pub fn stream_of_key(&self, key: &str) -> Option<Stream> {
-        key.strip_prefix(&self.prefix).and_then(Stream::from_name)
+        self.partition_of_key(key).map(|(s, _)| s)
     }
 }
 
@@ -211,15 +334,15 @@ mod tests {
     fn a_cluster_namespace_is_one_hash_tag() {
         let one = "redis://127.0.0.1:6379";
         let cluster = "redis://127.0.0.1:7000,redis://127.0.0.1:7001";
-        assert_eq!(Namespace::for_redis("t1:", one).prefix(), "t1:");
-        assert_eq!(Namespace::for_redis("", one).prefix(), "");
-        assert_eq!(Namespace::for_redis("t1:", cluster).prefix(), "{t1:}");
-        assert_eq!(Namespace::for_redis("", cluster).prefix(), "{foodchain}");
-        assert_eq!(Namespace::for_redis("{a}b:", cluster).prefix(), "{a}b:");
+        assert_eq!(Namespace::for_redis("t1:", one, 1).prefix(), "t1:");
+        assert_eq!(Namespace::for_redis("", one, 1).prefix(), "");
+        assert_eq!(Namespace::for_redis("t1:", cluster, 1).prefix(), "{t1:}");
+        assert_eq!(Namespace::for_redis("", cluster, 1).prefix(), "{foodchain}");
+        assert_eq!(Namespace::for_redis("{a}b:", cluster, 1).prefix(), "{a}b:");
         // `{}` is no tag: Redis hashes the whole key then.
-        assert_eq!(Namespace::for_redis("{}x", cluster).prefix(), "{{}x}");
-        let ns = Namespace::for_redis("t1:", cluster);
-        assert_eq!(ns.stream(Stream::Orders), "{t1:}orders-stream");
+        assert_eq!(Namespace::for_redis("{}x", cluster, 1).prefix(), "{{}x}");
+        let ns = Namespace::for_redis("t1:", cluster, 1);
+        assert_eq!(ns.stream_at(Stream::Orders, 0), "{t1:}orders-stream");
         assert_eq!(
             ns.stream_of_key("{t1:}dead-letters"),
             Some(Stream::DeadLetters)
@@ -252,8 +375,61 @@ mod tests {
         }
         let ns = Namespace::new("t1:");
         for s in Stream::ALL {
-            assert_eq!(ns.stream_of_key(&ns.stream(s)), Some(s));
+            assert_eq!(ns.stream_of_key(&ns.stream_at(s, 0)), Some(s));
         }
         assert_eq!(ns.stream_of_key("other:orders-stream"), None);
+    }
+
+    #[test]
+    fn partitions_are_keys_with_their_own_hash_tag() {
+        let cluster = "redis://127.0.0.1:7000,redis://127.0.0.1:7001";
+        let ns = Namespace::for_redis("t1:", cluster, 4);
+        assert_eq!(ns.prefix(), "t1:", "partition tags, not one prefix tag");
+        assert_eq!(ns.partitions(), 4);
+        assert_eq!(ns.stream_at(Stream::Orders, 3), "t1:orders-stream:{p3}");
+        assert_eq!(ns.key_at("simulator:timers", 0), "t1:simulator:timers:{p0}");
+        assert_eq!(
+            ns.stream_keys(Stream::DeadLetters),
+            [0, 1, 2, 3].map(|p| format!("t1:dead-letters:{{p{p}}}"))
+        );
+        for s in Stream::ALL {
+            for p in ns.partition_range() {
+                assert_eq!(ns.partition_of_key(&ns.stream_at(s, p)), Some((s, p)));
+            }
+        }
+        assert_eq!(ns.partition_of_key("t1:orders-stream:{p4}"), None);
+        assert_eq!(ns.entry_ref(2, "17-0"), "p2/17-0");
+        assert_eq!(ns.parse_entry_ref("p2/17-0"), Some((2, "17-0".to_owned())));
+        assert_eq!(ns.parse_entry_ref("p9/17-0"), None);
+        assert_eq!(ns.parse_entry_ref("17-0"), None);
+        assert_eq!(ns.partition_of_key("t1:orders-stream"), None);
+        // One partition: the keys of before partitions existed.
+        let one = Namespace::new("t1:");
+        assert_eq!(one.stream_for(Stream::Orders, "abc"), "t1:orders-stream");
+        assert_eq!(one.key_at("simulator:timers", 0), "t1:simulator:timers");
+        assert_eq!(
+            one.partition_of_key("t1:orders-stream"),
+            Some((Stream::Orders, 0))
+        );
+        assert_eq!(one.entry_ref(0, "17-0"), "17-0");
+        assert_eq!(one.parse_entry_ref("17-0"), Some((0, "17-0".to_owned())));
+    }
+
+    #[test]
+    fn an_order_has_one_partition_and_orders_spread_over_all() {
+        let ns = Namespace::new("").with_partitions(8);
+        // FNV-1a 64, fixed: other languages compute the same.
+        assert_eq!(
+            ns.partition_of(""),
+            u16::try_from(0xcbf2_9ce4_8422_2325_u64 % 8).unwrap_or(9)
+        );
+        let id = "65f0c0ffee00000000000001";
+        assert_eq!(ns.partition_of(id), ns.partition_of(id));
+        let mut seen = [0_u32; 8];
+        for i in 0..8000 {
+            seen[usize::from(ns.partition_of(&format!("65f0c0ffee{i:014}")))] += 1;
+        }
+        assert!(seen.iter().all(|n| (700..1300).contains(n)), "{seen:?}");
+        assert_eq!(Namespace::new("").with_partitions(0).partitions(), 1);
     }
 }

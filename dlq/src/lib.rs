@@ -1,13 +1,17 @@
 //! The dead-letter toolkit behind the `dlq` command.
 //!
 //! Dead letters are entries of the `dead-letters` stream written by the
-//! consumer loop (format: [`contract::dead_letter`]). This crate lists and
-//! filters them, computes statistics, replays them and purges them.
+//! consumer loop (format: [`contract::dead_letter`]); with several
+//! partitions (`STREAM_PARTITIONS`), of each partition's `dead-letters:{p<i>}`,
+//! whose letters are then named `p<i>/<entry id>`. This crate lists and
+//! filters them (across partitions, newest first), computes statistics,
+//! replays them and purges them.
 //!
 //! **Replaying** an entry is one Lua script: if the dead letter still exists,
 //! XADD its original fields to its original stream (a new entry id, the same
 //! `event_id`, plus a `replay_count` field), count the replay in the hash
-//! `<prefix>dead-letters:replays`, and XDEL the dead letter. Publishing and
+//! `<prefix>dead-letters:replays` (per partition, in its slot), and XDEL the
+//! dead letter. Publishing and
 //! removing happen together or not at all, and replaying an entry a second
 //! time finds nothing to do. Every consumer group of the origin stream sees
 //! the replayed message (a stream has no per-group delivery), which is safe:
@@ -67,7 +71,19 @@ impl Letter {
         }
     }
 
-    /// Its id in the dead-letter stream.
+    /// The same letter, its id named as `ns` names entries of partition
+    /// `p` ([`Namespace::entry_ref`]).
+    fn named(mut self, ns: &Namespace, p: u16) -> Self {
+        let id = match &mut self {
+            Self::Dead(d) => &mut d.id,
+            Self::Malformed { entry, .. } => &mut entry.id,
+        };
+        *id = ns.entry_ref(p, id);
+        self
+    }
+
+    /// Its id: the entry id in the dead-letter stream, `p<i>/<id>` with
+    /// several partitions.
     pub fn id(&self) -> &str {
         match self {
             Self::Dead(d) => &d.id,
@@ -77,7 +93,8 @@ impl Letter {
 
     /// When it was dead-lettered (from its id).
     pub fn dead_lettered_ms(&self) -> u64 {
-        contract::entry::id_millis(self.id()).unwrap_or(0)
+        let id = self.id();
+        contract::entry::id_millis(id.rsplit_once('/').map_or(id, |(_, id)| id)).unwrap_or(0)
     }
 }
 
@@ -248,8 +265,10 @@ pub fn redact(url: &str) -> String {
 }
 
 impl Dlq {
-    /// Connects (and checks the connection with PING).
-    pub async fn connect(url: &str, prefix: &str) -> Result<Self, DlqError> {
+    /// Connects (and checks the connection with PING) to the deployment
+    /// whose keys start with `prefix` and whose streams have `partitions`
+    /// (its services' `STREAM_PREFIX` and `STREAM_PARTITIONS`).
+    pub async fn connect(url: &str, prefix: &str, partitions: u16) -> Result<Self, DlqError> {
         let redacted = redact(url);
         let err = |source| DlqError::Redis {
             url: redacted.clone(),
@@ -260,7 +279,7 @@ impl Dlq {
         redis_conn::ping(&mut conn).await.map_err(err)?;
         Ok(Self {
             conn,
-            ns: Namespace::for_redis(prefix, url),
+            ns: Namespace::for_redis(prefix, url, partitions),
             url: redacted,
         })
     }
@@ -277,16 +296,41 @@ impl Dlq {
         &self.ns
     }
 
-    fn key(&self) -> String {
-        self.ns.stream(Stream::DeadLetters)
+    /// The dead letters of partition `p`.
+    fn key(&self, p: u16) -> String {
+        self.ns.stream_at(Stream::DeadLetters, p)
     }
 
-    fn replays_key(&self) -> String {
-        self.ns.key("dead-letters:replays")
+    /// Replay counts of the events of partition `p` (in its slot, so the
+    /// replay script may touch it).
+    fn replays_key(&self, p: u16) -> String {
+        self.ns.key_at("dead-letters:replays", p)
     }
 
-    /// Up to `limit` matching dead letters, newest first.
+    /// Up to `limit` matching dead letters, newest first, from every
+    /// partition (each named by [`Namespace::entry_ref`]).
     pub async fn list(&self, filter: &Filter, limit: usize) -> Result<Vec<Letter>, DlqError> {
+        let mut out: Vec<(u64, u64, Letter)> = Vec::new();
+        for p in self.ns.partition_range() {
+            for l in self.list_partition(p, filter, limit).await? {
+                let (ms, seq) = contract::entry::id_parts(l.id()).unwrap_or((0, 0));
+                out.push((ms, seq, l.named(&self.ns, p)));
+            }
+        }
+        // Newest first across partitions (ids are per partition: by time).
+        out.sort_by_key(|l| std::cmp::Reverse((l.0, l.1)));
+        out.truncate(limit);
+        Ok(out.into_iter().map(|(_, _, l)| l).collect())
+    }
+
+    /// Up to `limit` matching dead letters of partition `p`, newest first,
+    /// with their entry ids.
+    async fn list_partition(
+        &self,
+        p: u16,
+        filter: &Filter,
+        limit: usize,
+    ) -> Result<Vec<Letter>, DlqError> {
         let mut out = Vec::new();
         let mut end = filter
             .until_ms
@@ -296,7 +340,7 @@ impl Dlq {
             .map_or_else(|| "-".to_owned(), |ms| format!("{ms}-0"));
         while out.len() < limit {
             let v: Value = redis::cmd("XREVRANGE")
-                .arg(self.key())
+                .arg(self.key(p))
                 .arg(&end)
                 .arg(&start)
                 .arg("COUNT")
@@ -326,26 +370,33 @@ impl Dlq {
         self.list(filter, usize::MAX).await
     }
 
-    /// One entry by id.
-    pub async fn get(&self, id: &str) -> Result<Option<Letter>, DlqError> {
+    /// One entry by its id (as [`Letter::id`] names it: `p<i>/<id>` with
+    /// several partitions); `None` when there is no such entry.
+    pub async fn get(&self, reference: &str) -> Result<Option<Letter>, DlqError> {
+        let Some((p, id)) = self.ns.parse_entry_ref(reference) else {
+            return Ok(None);
+        };
         let v: Value = redis::cmd("XRANGE")
-            .arg(self.key())
-            .arg(id)
-            .arg(id)
+            .arg(self.key(p))
+            .arg(&id)
+            .arg(&id)
             .query_async(&mut self.conn.clone())
             .await
             .map_err(|e| self.redis_err(e))?;
         Ok(stream_entry::entries(v)?
             .into_iter()
             .next()
-            .map(Letter::parse))
+            .map(|e| Letter::parse(e).named(&self.ns, p)))
     }
 
     /// Replay count and last replay time (ms) of an event.
     pub async fn replays(&self, d: &DeadLetter) -> Result<Option<(u64, u64)>, DlqError> {
         let key = replay_key(d);
+        let Some((p, _)) = self.ns.parse_entry_ref(&d.id) else {
+            return Ok(None);
+        };
         let v: Vec<Option<u64>> = redis::cmd("HMGET")
-            .arg(self.replays_key())
+            .arg(self.replays_key(p))
             .arg(format!("{key}:count"))
             .arg(format!("{key}:last_ms"))
             .query_async(&mut self.conn.clone())
@@ -375,11 +426,14 @@ impl Dlq {
                 stream,
             });
         }
+        let Some((p, id)) = self.ns.parse_entry_ref(&d.id) else {
+            return Ok(Replay::Gone { id: d.id.clone() });
+        };
         let now = chrono::Utc::now().timestamp_millis();
-        let mut inv = REPLAY.key(self.key());
+        let mut inv = REPLAY.key(self.key(p));
         inv.key(&d.origin_stream)
-            .key(self.replays_key())
-            .arg(&d.id)
+            .key(self.replays_key(p))
+            .arg(&id)
             .arg(replay_key(d))
             .arg(now);
         for (k, v) in d.original.iter().filter(|(k, _)| k != REPLAY_COUNT_FIELD) {
@@ -401,17 +455,26 @@ impl Dlq {
         }
     }
 
-    /// Deletes entries; returns how many existed.
+    /// Deletes entries (named as [`Letter::id`] names them); returns how
+    /// many existed.
     pub async fn purge(&self, ids: &[String]) -> Result<usize, DlqError> {
         let mut deleted = 0;
-        for chunk in ids.chunks(500) {
-            let n: usize = redis::cmd("XDEL")
-                .arg(self.key())
-                .arg(chunk)
-                .query_async(&mut self.conn.clone())
-                .await
-                .map_err(|e| self.redis_err(e))?;
-            deleted += n;
+        for p in self.ns.partition_range() {
+            let here: Vec<String> = ids
+                .iter()
+                .filter_map(|r| self.ns.parse_entry_ref(r))
+                .filter(|(q, _)| *q == p)
+                .map(|(_, id)| id)
+                .collect();
+            for chunk in here.chunks(500) {
+                let n: usize = redis::cmd("XDEL")
+                    .arg(self.key(p))
+                    .arg(chunk)
+                    .query_async(&mut self.conn.clone())
+                    .await
+                    .map_err(|e| self.redis_err(e))?;
+                deleted += n;
+            }
         }
         Ok(deleted)
     }

@@ -29,6 +29,11 @@ struct Cli {
     /// Key prefix of the deployment (as the services' STREAM_PREFIX).
     #[arg(long, env = "STREAM_PREFIX", default_value = "", global = true)]
     prefix: String,
+    /// Partitions of every stream (as the services' STREAM_PARTITIONS); with
+    /// more than one, dead letters are named `p<i>/<entry id>`.
+    #[arg(long, env = "STREAM_PARTITIONS", default_value_t = 1, global = true,
+          value_parser = clap::value_parser!(u16).range(1..=i64::from(contract::streams::MAX_PARTITIONS)))]
+    partitions: u16,
     #[command(subcommand)]
     command: Command,
 }
@@ -159,7 +164,7 @@ async fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> Result<(), Fail> {
-    let dlq = Dlq::connect(&cli.redis_url, &cli.prefix).await?;
+    let dlq = Dlq::connect(&cli.redis_url, &cli.prefix, cli.partitions).await?;
     let mut out = std::io::stdout().lock();
     match cli.command {
         Command::List {

@@ -188,10 +188,26 @@ impl Hub {
     }
 }
 
-/// Tails the order and delivery streams into `hub` until `shutdown`.
-/// `conn` must allow blocking reads of [`TAIL_BLOCK`].
-pub async fn tail(hub: Arc<Hub>, conn: Conn, ns: Namespace, shutdown: CancellationToken) {
-    let keys = STREAMS.map(|s| ns.stream(s));
+/// The keys one tail reads: the order and delivery streams of
+/// `partitions`. On one Redis one tail reads every partition; on a cluster
+/// a read must stay in one slot, so each partition has its own tail (the
+/// two streams of a partition share its slot).
+pub fn tail_keys(ns: &Namespace, partitions: &[u16]) -> Vec<(Stream, String)> {
+    partitions
+        .iter()
+        .flat_map(|p| STREAMS.map(|s| (s, ns.stream_at(s, *p))))
+        .collect()
+}
+
+/// Tails `keys` (see [`tail_keys`]) into `hub` until `shutdown`. `conn` must
+/// allow blocking reads of [`TAIL_BLOCK`].
+pub async fn tail(
+    hub: Arc<Hub>,
+    conn: Conn,
+    keys: Vec<(Stream, String)>,
+    shutdown: CancellationToken,
+) {
+    let (streams, keys): (Vec<Stream>, Vec<String>) = keys.into_iter().unzip();
     // Start after what each stream holds now, then always continue from the
     // last id seen, so a Redis hiccup loses nothing. (Never pass `$` twice:
     // it means "the end, at the time of *this* call", and would skip whatever
@@ -235,9 +251,10 @@ pub async fn tail(hub: Arc<Hub>, conn: Conn, ns: Namespace, shutdown: Cancellati
             if let Some(newest) = batch.last() {
                 last[i].clone_from(&newest.id);
             }
-            entries.extend(batch.into_iter().map(|e| (STREAMS[i], e)));
+            entries.extend(batch.into_iter().map(|e| (streams[i], e)));
         }
-        // Both streams in one causal order: by entry id (time, then sequence).
+        // The streams in one causal order: by entry id (time, then
+        // sequence); one order's events are all in one partition.
         entries.sort_by_key(|(_, e)| id_key(&e.id));
         for (stream, raw) in entries {
             let Ok(envelope) = Envelope::from_entry(&raw) else {
@@ -267,10 +284,10 @@ async fn current_ends(
     conn: &Conn,
     keys: &[String],
     shutdown: &CancellationToken,
-) -> Option<[String; 2]> {
+) -> Option<Vec<String>> {
     let mut backoff = Backoff::default();
     loop {
-        let mut ends = [String::new(), String::new()];
+        let mut ends = vec![String::new(); keys.len()];
         let mut failed = None;
         for (end, key) in ends.iter_mut().zip(keys) {
             let newest = redis::cmd("XREVRANGE")

@@ -60,9 +60,19 @@ pub async fn run(
         metrics::gauge!("websocket_sessions").set(h.subscribers() as f64);
         std::future::ready(())
     });
-    let tail_conn = redis_conn::blocking(&rt.redis, hub::TAIL_BLOCK)?;
-    let (h, ns) = (hub.clone(), rt.namespace());
-    rt.spawn(move |token| hub::tail(h, tail_conn, ns, token));
+    // Every partition is tailed by every replica (a tracker may be on any).
+    let ns = rt.namespace();
+    let partitions: Vec<u16> = ns.partition_range().collect();
+    let tails: Vec<&[u16]> = if rt.redis.is_cluster() {
+        partitions.chunks(1).collect()
+    } else {
+        vec![&partitions]
+    };
+    for parts in tails {
+        let tail_conn = redis_conn::blocking(&rt.redis, hub::TAIL_BLOCK)?;
+        let (h, keys) = (hub.clone(), hub::tail_keys(&ns, parts));
+        rt.spawn(move |token| hub::tail(h, tail_conn, keys, token));
+    }
 
     let state = api::AppState::new(&settings, store, hub, shutdown);
     let sessions = state.sessions.clone();

@@ -536,33 +536,50 @@ async fn admin_overview(State(st): State<AdminState>) -> Result<Json<Overview>, 
     let mut conn = st.redis.clone();
     let mut streams = Vec::new();
     for stream in Stream::ALL {
-        let key = st.ns.stream(stream);
-        let length: i64 = redis::cmd("XLEN")
-            .arg(&key)
-            .query_async(&mut conn)
-            .await
-            .map_err(unavailable)?;
-        let groups = match redis::cmd("XINFO")
-            .arg("GROUPS")
-            .arg(&key)
-            .query_async::<redis::Value>(&mut conn)
-            .await
-        {
-            Ok(reply) => wire::array(reply)
+        // A stream is the sum of its partitions; a group's counts too.
+        let mut length = 0;
+        let mut groups: Vec<GroupView> = Vec::new();
+        for key in st.ns.stream_keys(stream) {
+            length += redis::cmd("XLEN")
+                .arg(&key)
+                .query_async::<i64>(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            let reply = match redis::cmd("XINFO")
+                .arg("GROUPS")
+                .arg(&key)
+                .query_async::<redis::Value>(&mut conn)
+                .await
+            {
+                Ok(reply) => reply,
+                // No such stream yet: no groups.
+                Err(e) if e.code() == Some("ERR") => continue,
+                Err(e) => return Err(unavailable(e)),
+            };
+            for f in wire::array(reply)
                 .unwrap_or_default()
                 .into_iter()
                 .map(wire::fields_of)
-                .map(|f| GroupView {
-                    name: f.get("name").cloned().unwrap_or_default(),
-                    lag: f.get("lag").and_then(|v| v.parse().ok()),
-                    pending: f.get("pending").and_then(|v| v.parse().ok()).unwrap_or(0),
-                    consumers: f.get("consumers").and_then(|v| v.parse().ok()).unwrap_or(0),
-                })
-                .collect(),
-            // No such stream yet: no groups.
-            Err(e) if e.code() == Some("ERR") => Vec::new(),
-            Err(e) => return Err(unavailable(e)),
-        };
+            {
+                let name = f.get("name").cloned().unwrap_or_default();
+                let lag: Option<i64> = f.get("lag").and_then(|v| v.parse().ok());
+                let pending: i64 = f.get("pending").and_then(|v| v.parse().ok()).unwrap_or(0);
+                let consumers: i64 = f.get("consumers").and_then(|v| v.parse().ok()).unwrap_or(0);
+                match groups.iter_mut().find(|g| g.name == name) {
+                    Some(g) => {
+                        g.lag = g.lag.zip(lag).map(|(a, b)| a + b);
+                        g.pending += pending;
+                        g.consumers = g.consumers.max(consumers);
+                    }
+                    None => groups.push(GroupView {
+                        name,
+                        lag,
+                        pending,
+                        consumers,
+                    }),
+                }
+            }
+        }
         streams.push(StreamView {
             name: stream.name().to_owned(),
             length,
@@ -573,20 +590,31 @@ async fn admin_overview(State(st): State<AdminState>) -> Result<Json<Overview>, 
         .iter()
         .find(|s| s.name == Stream::DeadLetters.name())
         .map_or(0, |s| s.length);
-    let reply: redis::Value = redis::cmd("XREVRANGE")
-        .arg(st.ns.stream(Stream::DeadLetters))
-        .arg("+")
-        .arg("-")
-        .arg("COUNT")
-        .arg(DEAD_LETTERS_EXAMINED)
-        .query_async(&mut conn)
-        .await
-        .map_err(unavailable)?;
-    let letters: Vec<DeadLetter> = wire::entries(reply)
-        .unwrap_or_default()
-        .iter()
-        .filter_map(|e| DeadLetter::from_entry(e).ok())
-        .collect();
+    // The newest of every partition, newest first; ids named per partition.
+    let mut letters: Vec<DeadLetter> = Vec::new();
+    for p in st.ns.partition_range() {
+        let reply: redis::Value = redis::cmd("XREVRANGE")
+            .arg(st.ns.stream_at(Stream::DeadLetters, p))
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(DEAD_LETTERS_EXAMINED)
+            .query_async(&mut conn)
+            .await
+            .map_err(unavailable)?;
+        letters.extend(
+            wire::entries(reply)
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|e| DeadLetter::from_entry(e).ok())
+                .map(|mut d| {
+                    d.id = st.ns.entry_ref(p, &d.id);
+                    d
+                }),
+        );
+    }
+    letters.sort_by_key(|d| std::cmp::Reverse(d.dead_lettered_ms));
+    letters.truncate(DEAD_LETTERS_EXAMINED);
     let mut counts: std::collections::BTreeMap<(String, String, String), usize> =
         std::collections::BTreeMap::new();
     let origin = |d: &DeadLetter| {

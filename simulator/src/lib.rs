@@ -142,7 +142,10 @@ pub async fn run(
             metrics::gauge!("simulator_timers_pending").set(n as f64);
         }
     });
-    rt.spawn(|token| timers.run(token));
+    // Each partition's timers fire where its consumers run.
+    rt.per_partition(groups::SIMULATOR, move |p, token| {
+        timers.clone().run(p, token)
+    });
     rt.serve(listener, common::http::openapi_route(openapi()))
         .await
 }

@@ -1,8 +1,12 @@
 //! Durable timers: the simulated kitchen and courier.
 //!
-//! A pending step is a member of one Redis sorted set
-//! (`<prefix>simulator:timers`) scored by its due time in milliseconds, so
-//! timers survive a restart of the simulator and any replica can fire them.
+//! A pending step is a member of a Redis sorted set scored by its due time
+//! in milliseconds, one set per partition (`<prefix>simulator:timers`, or
+//! `<prefix>simulator:timers:{p<i>}` with several partitions: the slot of
+//! the order's streams, so a script may touch both), so timers survive a
+//! restart of the simulator and any replica can fire them. A replica fires
+//! the sets of the partitions it reads (`common::partition`): with one
+//! partition every replica fires the one set.
 //!
 //! * **Starting** a simulation (one script): set a marker
 //!   `<prefix>simulator:started:<kind>:<id>` with `NX` (kept 7 days) and only if
@@ -182,21 +186,19 @@ const REJECTIONS: [&str; 3] = [
 pub struct Timers {
     conn: Conn,
     ns: Namespace,
-    key: String,
     delays: Delays,
     source: String,
     poll: Duration,
-    index: String,
     kitchen: Kitchen,
-    /// Wakes this process's timer loop when a chain starts here, so a step
-    /// due now does not wait for the next poll.
-    started: Arc<Notify>,
+    /// Wakes this process's timer loop of a partition when a chain starts
+    /// there, so a step due now does not wait for the next poll.
+    started: Arc<[Notify]>,
 }
 
 impl std::fmt::Debug for Timers {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Timers")
-            .field("key", &self.key)
+            .field("ns", &self.ns)
             .field("delays", &self.delays)
             .finish_non_exhaustive()
     }
@@ -211,17 +213,15 @@ fn millis(d: Duration) -> i64 {
 }
 
 impl Timers {
-    /// Timers of namespace `ns`, publishing as `source`.
+    /// Timers of namespace `ns` (a set per partition), publishing as `source`.
     pub fn new(conn: Conn, ns: Namespace, delays: Delays, source: &str) -> Self {
         Self {
-            key: ns.key("simulator:timers"),
-            index: ns.key("simulator:timer-of"),
+            started: ns.partition_range().map(|_| Notify::new()).collect(),
             conn,
             ns,
             delays,
             source: source.to_owned(),
             poll: Duration::from_millis(100),
-            started: Arc::new(Notify::new()),
             kitchen: Kitchen {
                 reject_rate: 0.0,
                 seed: 0,
@@ -235,9 +235,22 @@ impl Timers {
         self
     }
 
-    fn started_key(&self, kind: Kind, id: &str) -> String {
-        self.ns
-            .key(&format!("simulator:started:{}:{id}", kind.name()))
+    /// The timer set of partition `p`.
+    pub fn set_key(&self, p: u16) -> String {
+        self.ns.key_at("simulator:timers", p)
+    }
+
+    /// The index of partition `p`'s pending members, by chain.
+    fn index_key(&self, p: u16) -> String {
+        self.ns.key_at("simulator:timer-of", p)
+    }
+
+    fn started_key(&self, p: u16, kind: Kind, id: &str) -> String {
+        format!(
+            "{}:{}:{id}",
+            self.ns.key_at("simulator:started", p),
+            kind.name()
+        )
     }
 
     /// Field of a chain in the timer index.
@@ -250,10 +263,11 @@ impl Timers {
     /// Returns whether a timer was pending.
     pub async fn drop_order(&self, order_id: OrderId) -> redis::RedisResult<bool> {
         let id = order_id.to_string();
+        let p = self.ns.partition_of(&id);
         let removed: i64 = DROP
-            .key(self.started_key(Kind::Order, &id))
-            .key(&self.key)
-            .key(&self.index)
+            .key(self.started_key(p, Kind::Order, &id))
+            .key(self.set_key(p))
+            .key(self.index_key(p))
             .arg(STARTED_TTL_SECS)
             .arg(Self::index_field(Kind::Order, &id))
             .invoke_async(&mut self.conn.clone())
@@ -295,16 +309,18 @@ impl Timers {
         let member = serde_json::to_string(&first)
             .map_err(|e| redis::RedisError::from(std::io::Error::other(e)))?;
         let delay = self.delay(kind, 0);
-        let mut start = START.key(self.started_key(kind, id));
+        // The partition of the order, as its events' streams.
+        let p = self.ns.partition_of(&order_id.to_string());
+        let mut start = START.key(self.started_key(p, kind, id));
         start
-            .key(&self.key)
-            .key(&self.index)
+            .key(self.set_key(p))
+            .key(self.index_key(p))
             .arg(STARTED_TTL_SECS)
             .arg(now_ms() + millis(delay))
             .arg(&member)
             .arg(Self::index_field(kind, id));
         let fire_now = if delay.is_zero() {
-            self.step(&member)
+            self.step(p, &member)
         } else {
             None
         };
@@ -332,29 +348,37 @@ impl Timers {
                 started
             }
         };
-        if started {
-            self.started.notify_one();
+        if started && let Some(wake) = self.started.get(usize::from(p)) {
+            wake.notify_one();
         }
         Ok(started)
     }
 
-    /// How many steps are waiting.
+    /// How many steps are waiting, in every partition.
     pub async fn pending(&self) -> redis::RedisResult<usize> {
-        redis::cmd("ZCARD")
-            .arg(&self.key)
-            .query_async(&mut self.conn.clone())
-            .await
+        let mut total = 0;
+        for p in self.ns.partition_range() {
+            total += redis::cmd("ZCARD")
+                .arg(self.set_key(p))
+                .query_async::<usize>(&mut self.conn.clone())
+                .await?;
+        }
+        Ok(total)
     }
 
-    /// Fires due timers until `shutdown`.
-    pub async fn run(self, shutdown: CancellationToken) {
-        info!(key = %self.key, "timer loop started");
+    /// Fires the due timers of partition `p` until `shutdown`.
+    pub async fn run(self, p: u16, shutdown: CancellationToken) {
+        info!(key = %self.set_key(p), "timer loop started");
         let poll = self.poll_interval();
+        let Some(started) = self.started.get(usize::from(p)) else {
+            error!(partition = p, "no such partition");
+            return;
+        };
         while !shutdown.is_cancelled() {
-            if let Err(e) = self.fire_due().await {
+            if let Err(e) = self.fire_due(p).await {
                 warn!(error = %e, "firing timers failed; retrying");
             }
-            let wait = match self.next_due().await {
+            let wait = match self.next_due(p).await {
                 Ok(Some(due)) => {
                     Duration::from_millis(u64::try_from(due - now_ms()).unwrap_or(0)).min(poll)
                 }
@@ -363,7 +387,7 @@ impl Timers {
             if !wait.is_zero() {
                 tokio::select! {
                     () = shutdown.cancelled() => break,
-                    () = self.started.notified() => {}
+                    () = started.notified() => {}
                     () = tokio::time::sleep(wait) => {}
                 }
             }
@@ -381,9 +405,9 @@ impl Timers {
         self
     }
 
-    async fn next_due(&self) -> redis::RedisResult<Option<i64>> {
+    async fn next_due(&self, p: u16) -> redis::RedisResult<Option<i64>> {
         let first: Vec<(String, f64)> = redis::cmd("ZRANGE")
-            .arg(&self.key)
+            .arg(self.set_key(p))
             .arg(0)
             .arg(0)
             .arg("WITHSCORES")
@@ -393,16 +417,18 @@ impl Timers {
         Ok(first.first().map(|(_, score)| *score as i64))
     }
 
-    /// Fires every due timer; returns how many this call fired.
+    /// Fires every due timer of partition `p`; returns how many this call
+    /// fired.
     ///
     /// The due steps go out in one pipeline, one `FIRE` script each: every
     /// step stays its own atomic unit, but a round is one round trip, and
     /// Redis writes (and with `appendfsync always` fsyncs) the whole round
     /// once instead of once per step. A step that fails (say `OOM` at the
     /// memory ceiling) stays due; the others of the round still fire.
-    pub async fn fire_due(&self) -> redis::RedisResult<usize> {
+    pub async fn fire_due(&self, p: u16) -> redis::RedisResult<usize> {
+        let key = self.set_key(p);
         let due: Vec<String> = redis::cmd("ZRANGEBYSCORE")
-            .arg(&self.key)
+            .arg(&key)
             .arg("-inf")
             .arg(now_ms())
             .arg("LIMIT")
@@ -417,7 +443,7 @@ impl Timers {
         let mut invocations = Vec::with_capacity(due.len());
         let mut unusable = Vec::new();
         for member in &due {
-            match self.step(member) {
+            match self.step(p, member) {
                 Some((step, inv)) => {
                     steps.push(step);
                     invocations.push(inv);
@@ -431,7 +457,7 @@ impl Timers {
             pipe.invoke_script(inv);
         }
         if !unusable.is_empty() {
-            pipe.cmd("ZREM").arg(&self.key).arg(&unusable);
+            pipe.cmd("ZREM").arg(&key).arg(&unusable);
         }
         let replies: Vec<redis::RedisResult<redis::Value>> =
             pipe.query_async(&mut self.conn.clone()).await?;
@@ -453,10 +479,15 @@ impl Timers {
         }
     }
 
-    /// The `FIRE` invocation of a due member, with what to log once it
+    /// The `FIRE` invocation of a due member of partition `p`, with what to
+    /// log once it
     /// fired; `None` for a member that can never fire (unreadable, or past
     /// the last step), which is then removed.
-    fn step(&self, member: &str) -> Option<((Timer, String), redis::ScriptInvocation<'static>)> {
+    fn step(
+        &self,
+        p: u16,
+        member: &str,
+    ) -> Option<((Timer, String), redis::ScriptInvocation<'static>)> {
         let timer: Timer = match serde_json::from_str(member) {
             Ok(t) => t,
             Err(e) => {
@@ -479,9 +510,9 @@ impl Timers {
             .and_then(|t| serde_json::to_string(t).ok())
             .unwrap_or_default();
         let next_due = now_ms() + millis(self.delay(timer.kind, timer.step + 1));
-        let mut inv = FIRE.key(&self.key);
-        inv.key(self.ns.stream(stream))
-            .key(&self.index)
+        let mut inv = FIRE.key(self.set_key(p));
+        inv.key(self.ns.stream_at(stream, p))
+            .key(self.index_key(p))
             .arg(member)
             .arg(&next_member)
             .arg(next_due)

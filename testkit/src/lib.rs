@@ -156,6 +156,19 @@ pub async fn redis_url() -> String {
     }
 }
 
+/// `FOODCHAIN_TEST_PARTITIONS`: partitions of every stream in the tests
+/// that honour it (the end-to-end suite; default 1).
+pub const TEST_PARTITIONS_VAR: &str = "FOODCHAIN_TEST_PARTITIONS";
+
+/// The partitions the tests run their systems with (see
+/// [`TEST_PARTITIONS_VAR`]).
+pub fn partitions() -> u16 {
+    std::env::var(TEST_PARTITIONS_VAR)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+}
+
 /// The per-process MongoDB.
 pub async fn shared_mongo() -> &'static MongoServer {
     static S: OnceCell<MongoServer> = OnceCell::const_new();

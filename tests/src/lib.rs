@@ -96,6 +96,9 @@ async fn base_vars(prefix: &str, db: &str) -> HashMap<String, String> {
         ("MONGO_URL", mongo.url()),
         ("MONGO_DB", db.to_owned()),
         ("STREAM_PREFIX", prefix.to_owned()),
+        // `FOODCHAIN_TEST_PARTITIONS` runs the suite on partitioned streams.
+        ("STREAM_PARTITIONS", testkit::partitions().to_string()),
+        ("PARTITION_LEASE_MS", "1000".into()),
         ("LOG_FORMAT", "pretty".into()),
         ("CONSUMER_BLOCK_MS", "100".into()),
         ("RECLAIM_MIN_IDLE_MS", "1500".into()),
@@ -342,7 +345,11 @@ impl System {
 
     /// The deployment namespace (for failpoints).
     pub fn namespace(&self) -> contract::streams::Namespace {
-        contract::streams::Namespace::for_redis(&self.prefix, &self.vars["REDIS_URL"])
+        contract::streams::Namespace::for_redis(
+            &self.prefix,
+            &self.vars["REDIS_URL"],
+            self.vars["STREAM_PARTITIONS"].parse().unwrap(),
+        )
     }
 
     /// Stops replica 0 of a service gracefully and waits until it has drained.
@@ -474,16 +481,22 @@ impl System {
         body
     }
 
-    /// Every entry of a stream of this system.
+    /// Every entry of a stream of this system (of all its partitions, in
+    /// the order of their ids).
     pub async fn stream(&self, stream: contract::streams::Stream) -> Vec<contract::StreamEntry> {
-        let v: redis::Value = redis::cmd("XRANGE")
-            .arg(self.namespace().stream(stream))
-            .arg("-")
-            .arg("+")
-            .query_async(&mut self.redis.clone())
-            .await
-            .unwrap();
-        contract::redis::entries(v).unwrap()
+        let mut all = Vec::new();
+        for key in self.namespace().stream_keys(stream) {
+            let v: redis::Value = redis::cmd("XRANGE")
+                .arg(key)
+                .arg("-")
+                .arg("+")
+                .query_async(&mut self.redis.clone())
+                .await
+                .unwrap();
+            all.extend(contract::redis::entries(v).unwrap());
+        }
+        all.sort_by_key(|e| contract::entry::id_parts(&e.id));
+        all
     }
 
     /// The envelopes of a stream that concern `order_id`.
@@ -547,10 +560,12 @@ impl System {
         .await
     }
 
-    /// Appends an event to a stream of this system, as a producer would.
+    /// Appends an event to (its partition of) a stream of this system, as
+    /// a producer would.
     pub async fn xadd(&self, stream: contract::streams::Stream, event: &contract::Envelope) {
         let mut cmd = redis::cmd("XADD");
-        cmd.arg(self.namespace().stream(stream)).arg("*");
+        cmd.arg(self.namespace().stream_for(stream, &event.key))
+            .arg("*");
         for (k, v) in event.to_fields() {
             cmd.arg(k).arg(v);
         }
@@ -581,15 +596,20 @@ impl System {
         (status, body)
     }
 
-    /// Entries of `stream` delivered to `group` and not yet acknowledged.
+    /// Entries of `stream` delivered to `group` and not yet acknowledged
+    /// (in all its partitions).
     pub async fn pending(&self, stream: contract::streams::Stream, group: &str) -> i64 {
-        let v: redis::Value = redis::cmd("XPENDING")
-            .arg(self.namespace().stream(stream))
-            .arg(group)
-            .query_async(&mut self.redis.clone())
-            .await
-            .unwrap();
-        contract::redis::int(&contract::redis::array(v).unwrap()[0]).unwrap()
+        let mut total = 0;
+        for key in self.namespace().stream_keys(stream) {
+            let v: redis::Value = redis::cmd("XPENDING")
+                .arg(key)
+                .arg(group)
+                .query_async(&mut self.redis.clone())
+                .await
+                .unwrap();
+            total += contract::redis::int(&contract::redis::array(v).unwrap()[0]).unwrap();
+        }
+        total
     }
 
     /// The stock of a menu item, read in MongoDB.

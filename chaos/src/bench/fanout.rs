@@ -87,6 +87,7 @@ pub async fn measure(
     ws_base: &str,
     notify_pid: u32,
     redis_url: &str,
+    ns: &contract::streams::Namespace,
     orders: &Orders,
     sockets: usize,
 ) -> anyhow::Result<Fanout> {
@@ -126,8 +127,6 @@ pub async fn measure(
 
     // One update per order, spread over about a second.
     let mut conn = contract::redis::commands(&contract::redis::client(redis_url)?)?;
-    let orders_stream =
-        contract::streams::Namespace::for_redis("", redis_url).stream(Stream::Orders);
     let gap = Duration::from_secs(1) / u32::try_from(orders.len().max(1)).unwrap_or(u32::MAX);
     for (id, _) in orders {
         let event = OrderStatusUpdated {
@@ -143,7 +142,7 @@ pub async fn measure(
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .insert(id.clone(), Instant::now());
         let mut cmd = redis::cmd("XADD");
-        cmd.arg(&orders_stream).arg("*");
+        cmd.arg(ns.stream_for(Stream::Orders, id)).arg("*");
         for (k, v) in envelope.to_fields() {
             cmd.arg(k).arg(v);
         }

@@ -74,6 +74,8 @@ pub struct BenchConfig {
     pub fsync: &'static str,
     /// The streams on a local Redis Cluster (3 primaries, 3 replicas).
     pub redis_cluster: bool,
+    /// Partitions of every stream.
+    pub partitions: u16,
     /// Where the service binaries are.
     pub bin_dir: PathBuf,
     /// Logs and `bench.json`.
@@ -174,8 +176,8 @@ pub struct BenchReport {
     pub concurrency: usize,
     /// Replicas per service.
     pub replicas: usize,
-    /// Redis `appendfsync` (one Redis), or `cluster` (a 3+3 Redis Cluster
-    /// without persistence).
+    /// Redis `appendfsync`, `cluster` on a 3+3 Redis Cluster, and the
+    /// stream partitions.
     pub fsync: String,
     /// Orders per second accepted (201).
     pub create_per_sec: f64,
@@ -528,6 +530,7 @@ pub async fn run(cfg: BenchConfig) -> anyhow::Result<BenchReport> {
             fsync: cfg.fsync,
             replicas: cfg.replicas,
             redis_cluster: cfg.redis_cluster,
+            partitions: cfg.partitions,
             env: env
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
@@ -569,7 +572,7 @@ async fn measure(cluster: &Cluster, cfg: &BenchConfig) -> anyhow::Result<BenchRe
     wait_delivered(&orders, Duration::from_secs(120)).await?;
     drop(warm);
 
-    let entries_before = stream_entries(&cluster.redis.url()).await?;
+    let entries_before = stream_entries(&cluster.redis.url(), &cluster.namespace()).await?;
     let mut top_before = top::snapshot(&mongo, &cluster.db).await;
     top_before.extend(top::redis_snapshot(&cluster.redis.url()).await);
     let cpu_before = cpu_of(cluster);
@@ -617,7 +620,7 @@ async fn measure(cluster: &Cluster, cfg: &BenchConfig) -> anyhow::Result<BenchRe
             top::per_order(&redis_before, &redis_after, accepted.len()),
         )
     };
-    let entries_after = stream_entries(&cluster.redis.url()).await?;
+    let entries_after = stream_entries(&cluster.redis.url(), &cluster.namespace()).await?;
     let per_order = |a: u64, b: u64| (a.saturating_sub(b)) as f64 / accepted.len().max(1) as f64;
     let xadds_per_order = per_order(entries_after.0, entries_before.0);
     let reads_per_order = per_order(entries_after.1, entries_before.1);
@@ -724,9 +727,12 @@ async fn measure(cluster: &Cluster, cfg: &BenchConfig) -> anyhow::Result<BenchRe
         concurrency: cfg.concurrency,
         replicas: cfg.replicas,
         fsync: if cfg.redis_cluster {
-            "cluster".to_owned()
+            format!(
+                "cluster 3+3, {} partitions, appendfsync {}",
+                cfg.partitions, cfg.fsync
+            )
         } else {
-            format!("appendfsync {}", cfg.fsync)
+            format!("appendfsync {}, {} partitions", cfg.fsync, cfg.partitions)
         },
         create_per_sec: accepted.len() as f64 / create_secs,
         create_latency,
@@ -743,12 +749,16 @@ async fn measure(cluster: &Cluster, cfg: &BenchConfig) -> anyhow::Result<BenchRe
 /// Entries ever added to every stream, and entries read by its groups
 /// (Redis 7's `entries-added` and `entries-read` counters: trimming does not
 /// change them).
-async fn stream_entries(redis_url: &str) -> anyhow::Result<(u64, u64)> {
+async fn stream_entries(
+    redis_url: &str,
+    ns: &contract::streams::Namespace,
+) -> anyhow::Result<(u64, u64)> {
     let mut conn = contract::redis::commands(&contract::redis::client(redis_url)?)?;
-    let ns = contract::streams::Namespace::for_redis("", redis_url);
     let (mut added, mut read) = (0, 0);
-    for stream in contract::streams::Stream::ALL {
-        let name = ns.stream(stream);
+    for name in contract::streams::Stream::ALL
+        .into_iter()
+        .flat_map(|s| ns.stream_keys(s))
+    {
         let info: redis::Value = redis::cmd("XINFO")
             .arg("STREAM")
             .arg(&name)
@@ -819,6 +829,7 @@ async fn fan_out(
         &ws_base,
         pid,
         &cluster.redis.url(),
+        &cluster.namespace(),
         &orders,
         cfg.fanout_sockets,
     )

@@ -218,22 +218,26 @@ pub struct ConsumerConfig {
 }
 
 impl ConsumerConfig {
-    /// The consumer of `group` on `stream` for a service with these settings.
-    pub fn new(common: &CommonSettings, stream: Stream, group: &str) -> Self {
+    /// The consumer of `group` on partition `p` of `stream` for a service
+    /// with these settings (its dead letters go to the same partition of
+    /// the dead-letter stream).
+    pub fn new(common: &CommonSettings, stream: Stream, group: &str, p: u16) -> Self {
         let ns = common.namespace();
         Self {
-            stream: ns.stream(stream),
+            stream: ns.stream_at(stream, p),
             label: stream.name().to_owned(),
             group: group.to_owned(),
             consumer: common.consumer_name.clone(),
-            dead_letters: ns.stream(Stream::DeadLetters),
+            dead_letters: ns.stream_at(Stream::DeadLetters, p),
             settings: common.consumer.clone(),
             namespace: ns,
         }
     }
 }
 
-/// Whether a consumer loop is up, for readiness probes.
+/// Whether a consumer loop is up, for readiness probes: one loop, or all
+/// the partitions of one stream that a replica reads (an aggregate, ready
+/// while it runs and every loop it holds is ready).
 #[derive(Debug, Clone)]
 pub struct LoopStatus(Arc<LoopStatusInner>);
 
@@ -242,15 +246,26 @@ struct LoopStatusInner {
     name: String,
     running: AtomicBool,
     reading: AtomicBool,
+    /// The loops an aggregate holds right now.
+    parts: Mutex<Vec<LoopStatus>>,
 }
 
 impl LoopStatus {
-    fn new(name: String) -> Self {
+    pub(crate) fn new(name: String) -> Self {
         Self(Arc::new(LoopStatusInner {
             name,
             running: AtomicBool::new(false),
             reading: AtomicBool::new(false),
+            parts: Mutex::new(Vec::new()),
         }))
+    }
+
+    /// An aggregate of the loops of `stream` (short name) in `group`: ready
+    /// while running, with every loop it holds ready (none held is ready).
+    pub(crate) fn aggregate(stream: &str, group: &str) -> Self {
+        let status = Self::new(format!("{stream}/{group}"));
+        status.0.reading.store(true, Ordering::Relaxed);
+        status
     }
 
     /// `<stream>/<group>`.
@@ -258,9 +273,26 @@ impl LoopStatus {
         &self.0.name
     }
 
-    /// The loop has its group and its last read succeeded.
+    /// The loop has its group and its last read succeeded (an aggregate:
+    /// it runs, and so does every loop it holds).
     pub fn is_ready(&self) -> bool {
-        self.0.running.load(Ordering::Relaxed) && self.0.reading.load(Ordering::Relaxed)
+        self.0.running.load(Ordering::Relaxed)
+            && self.0.reading.load(Ordering::Relaxed)
+            && lock(&self.0.parts).iter().all(LoopStatus::is_ready)
+    }
+
+    pub(crate) fn set_running(&self, running: bool) {
+        self.0.running.store(running, Ordering::Relaxed);
+    }
+
+    /// Holds `part` until [`LoopStatus::remove`].
+    pub(crate) fn add(&self, part: LoopStatus) {
+        lock(&self.0.parts).push(part);
+    }
+
+    /// Lets go of `part`.
+    pub(crate) fn remove(&self, part: &LoopStatus) {
+        lock(&self.0.parts).retain(|p| !Arc::ptr_eq(&p.0, &part.0));
     }
 }
 
@@ -374,7 +406,7 @@ impl<E: StreamEvent, H: Handler<E>> Consumer<E, H> {
             if !inner.ensure_group_until_ok(&shutdown).await {
                 return;
             }
-            inner.status.0.running.store(true, Ordering::Relaxed);
+            inner.status.set_running(true);
             info!("consumer started");
             // Aborted if this future is dropped: the reclaimer never outlives its reader.
             let reclaimer = AbortOnDropHandle::new(tokio::spawn({
@@ -388,7 +420,7 @@ impl<E: StreamEvent, H: Handler<E>> Consumer<E, H> {
             }
             inner.acking.close();
             inner.acking.wait().await;
-            inner.status.0.running.store(false, Ordering::Relaxed);
+            inner.status.set_running(false);
             info!("consumer stopped");
         }
         .instrument(span)

@@ -13,7 +13,6 @@ use std::{
 use bson::{Document, doc, oid::ObjectId};
 use contract::redis::Conn;
 use futures::{StreamExt, TryStreamExt};
-use redis::Script;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -21,7 +20,10 @@ use tracing::{debug, info, warn};
 use super::{Outbox, OutboxSettings, Written};
 use contract::{Envelope, StreamEntry, streams::Stream};
 
-use crate::{backoff::Backoff, failpoint, publisher::Publisher, settings::RETENTION_SWEEP_EVERY};
+use crate::{
+    backoff::Backoff, failpoint, lease::Lease, publisher::Publisher,
+    settings::RETENTION_SWEEP_EVERY,
+};
 
 /// Publishes an outbox while holding its lease; see the module docs.
 #[derive(Debug)]
@@ -30,8 +32,7 @@ pub struct Relay {
     client: contract::redis::Client,
     conn: Conn,
     publisher: Publisher,
-    lease_key: String,
-    holder: String,
+    lease: Lease,
     settings: OutboxSettings,
 }
 
@@ -45,38 +46,19 @@ impl Relay {
         settings: OutboxSettings,
     ) -> Self {
         Self {
-            lease_key: outbox.ns.key(&format!("outbox-lease:{}", outbox.service)),
+            lease: Lease::new(
+                outbox.ns.key(&format!("outbox-lease:{}", outbox.service)),
+                holder,
+                settings.lease_ttl,
+            ),
             outbox,
             client,
             conn,
             publisher,
-            holder: holder.to_owned(),
             settings,
         }
     }
 }
-
-static RENEW: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
-    Script::new(
-        r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-",
-    )
-});
-
-static RELEASE: std::sync::LazyLock<Script> = std::sync::LazyLock::new(|| {
-    Script::new(
-        r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('DEL', KEYS[1])
-end
-return 0
-",
-    )
-});
 
 #[derive(Debug, thiserror::Error)]
 enum RelayError {
@@ -121,7 +103,7 @@ impl Relay {
             Duration::from_millis(200).min(self.settings.lease_ttl / 3),
             self.settings.lease_ttl / 3,
         );
-        info!(lease = %self.lease_key, holder = %self.holder, "outbox relay started");
+        info!(lease = %self.lease.key(), holder = %self.lease.holder(), "outbox relay started");
         while !shutdown.is_cancelled() {
             // A holder renews at a third of the TTL, not on every round: the
             // check before each publish (see `relay_once`) keeps it safe.
@@ -214,11 +196,7 @@ impl Relay {
         self.flush(&mut sent).await;
         self.outbox.held.store(false, Ordering::Relaxed);
         if held {
-            let _: Result<i64, _> = RELEASE
-                .key(&self.lease_key)
-                .arg(&self.holder)
-                .invoke_async(&mut self.conn.clone())
-                .await;
+            let _ = self.lease.release(&mut self.conn.clone()).await;
         }
         drop(listener);
         info!("outbox relay stopped");
@@ -226,32 +204,13 @@ impl Relay {
 
     /// Keeps (or takes) the lease; `true` while this relay holds it.
     async fn hold_lease(&self, held: bool) -> Result<bool, RelayError> {
-        let ttl = u64::try_from(self.settings.lease_ttl.as_millis()).unwrap_or(u64::MAX);
-        let mut conn = self.conn.clone();
-        if held {
-            let renewed: i64 = RENEW
-                .key(&self.lease_key)
-                .arg(&self.holder)
-                .arg(ttl)
-                .invoke_async(&mut conn)
-                .await?;
-            if renewed == 1 {
-                return Ok(true);
-            }
+        let now = self.lease.hold(&mut self.conn.clone(), held).await?;
+        if held && !now {
             warn!("outbox lease lost");
+        } else if !held && now {
+            info!(holder = %self.lease.holder(), "outbox lease acquired; this replica relays");
         }
-        let taken: Option<String> = redis::cmd("SET")
-            .arg(&self.lease_key)
-            .arg(&self.holder)
-            .arg("NX")
-            .arg("PX")
-            .arg(ttl)
-            .query_async(&mut conn)
-            .await?;
-        if taken.is_some() {
-            info!(holder = %self.holder, "outbox lease acquired; this replica relays");
-        }
-        Ok(taken.is_some())
+        Ok(now)
     }
 
     /// One round: read, publish, and leave the entries to [`Relay::flush`].
@@ -322,12 +281,7 @@ impl Relay {
         let ordered = order_by_key(events);
         failpoint::hit(self.publisher.namespace(), "outbox.before_publish").await;
         // Another relay may have taken over while this one slept.
-        let mut conn = self.conn.clone();
-        let holder: Option<String> = redis::cmd("GET")
-            .arg(&self.lease_key)
-            .query_async(&mut conn)
-            .await?;
-        if holder.as_deref() != Some(self.holder.as_str()) {
+        if !self.lease.is_held(&mut self.conn.clone()).await? {
             sent.seqs.clear();
             return Ok(());
         }

@@ -94,7 +94,7 @@ async fn a_failed_message_is_retried_until_it_succeeds() {
     );
     assert!(ctx.dead_letters().await.is_empty());
     let errors: HashMap<String, String> = redis::cmd("HGETALL")
-        .arg(format!("{}:last-errors:{G}", ctx.ns.stream(S)))
+        .arg(format!("{}:last-errors:{G}", ctx.ns.stream_at(S, 0)))
         .query_async(&mut ctx.conn.clone())
         .await
         .unwrap();
@@ -171,7 +171,7 @@ async fn a_poison_message_is_dead_lettered_after_exactly_max_attempts_with_its_c
         .map(|c| c.attempt)
         .collect();
     assert_eq!(poison_calls, [1, 2, 3], "exactly MAX_ATTEMPTS handler runs");
-    assert_eq!(d.origin_stream, ctx.ns.stream(S));
+    assert_eq!(d.origin_stream, ctx.ns.stream_at(S, 0));
     assert_eq!(d.group, G);
     assert_eq!(d.consumer, "c1");
     assert_eq!(d.reason, "max_attempts");
@@ -212,7 +212,7 @@ async fn a_malformed_message_goes_straight_to_the_dead_letters() {
     let id = ctx
         .publisher
         .publish_fields(
-            &ctx.ns.stream(S),
+            &ctx.ns.stream_at(S, 0),
             &[("garbage", &b"\xff\x00not an envelope"[..])],
         )
         .await
@@ -290,7 +290,7 @@ async fn attempts_survive_crashes_because_they_are_counted_by_redis() {
     // A message that took down three consumers in a row: delivered three
     // times (the delivery count says so), never acknowledged.
     ctx.publish(S, "crashy", ORDER_CREATED_V1).await;
-    let key = ctx.ns.stream(S);
+    let key = ctx.ns.stream_at(S, 0);
     let mut conn = ctx.conn.clone();
     redis::cmd("XGROUP")
         .arg("CREATE")
@@ -419,7 +419,7 @@ impl Handler<OrdersEvent> for OrdersRecorder {
 async fn events_are_decoded_once_and_undecodable_ones_dead_lettered_with_the_reason() {
     let ctx = Ctx::new().await;
     let recorder = OrdersRecorder::default();
-    let mut cfg = ConsumerConfig::new(&ctx.settings, S, G);
+    let mut cfg = ConsumerConfig::new(&ctx.settings, S, G, 0);
     cfg.consumer = "typed".into();
     let consumer: Consumer<OrdersEvent, _> =
         Consumer::new(&ctx.client, cfg, recorder.clone()).unwrap();

@@ -87,7 +87,7 @@ impl Ctx {
         name: &str,
         handler: H,
     ) -> Consumer<AnyEvent, H> {
-        let mut cfg = ConsumerConfig::new(&self.settings, stream, group);
+        let mut cfg = ConsumerConfig::new(&self.settings, stream, group, 0);
         cfg.consumer = name.to_owned();
         Consumer::new(&self.client, cfg, handler).unwrap()
     }
@@ -122,7 +122,7 @@ impl Ctx {
 
     pub(crate) async fn pending(&self, stream: Stream, group: &str) -> i64 {
         let v: redis::Value = redis::cmd("XPENDING")
-            .arg(self.ns.stream(stream))
+            .arg(self.ns.stream_at(stream, 0))
             .arg(group)
             .query_async(&mut self.conn.clone())
             .await
@@ -132,7 +132,7 @@ impl Ctx {
 
     pub(crate) async fn range(&self, stream: Stream) -> Vec<StreamEntry> {
         let v: redis::Value = redis::cmd("XRANGE")
-            .arg(self.ns.stream(stream))
+            .arg(self.ns.stream_at(stream, 0))
             .arg("-")
             .arg("+")
             .query_async(&mut self.conn.clone())

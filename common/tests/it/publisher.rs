@@ -19,7 +19,7 @@ async fn publish_appends_the_envelope_fields_and_never_trims() {
 
     ctx.publish_many(Stream::Orders, 1000).await;
     let len: usize = redis::cmd("XLEN")
-        .arg(ctx.ns.stream(Stream::Orders))
+        .arg(ctx.ns.stream_at(Stream::Orders, 0))
         .query_async(&mut ctx.conn.clone())
         .await
         .unwrap();

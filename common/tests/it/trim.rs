@@ -61,7 +61,7 @@ async fn len(conn: &mut Conn, key: &str) -> u64 {
 #[tokio::test]
 async fn only_what_every_group_acknowledged_is_trimmed() {
     let ctx = Ctx::new().await;
-    let key = ctx.ns.stream(Stream::Orders);
+    let key = ctx.ns.stream_at(Stream::Orders, 0);
     let mut conn = ctx.conn.clone();
     let trimmer = Trimmer::new(
         conn.clone(),
@@ -124,7 +124,7 @@ async fn only_what_every_group_acknowledged_is_trimmed() {
 async fn at_the_memory_ceiling_publishing_fails_loudly_and_drops_nothing() {
     let redis = testkit::RedisServer::start().await;
     let ctx = Ctx::on(&redis, &[]).await;
-    let key = ctx.ns.stream(Stream::Orders);
+    let key = ctx.ns.stream_at(Stream::Orders, 0);
     let mut conn = ctx.conn.clone();
     ctx.publish_many(Stream::Orders, 100).await;
     redis.memory_ceiling(Some(64 * 1024)).await;

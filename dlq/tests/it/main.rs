@@ -71,6 +71,7 @@ impl World {
         let mut env = Env::from_map([
             ("REDIS_URL", testkit::redis_url().await),
             ("STREAM_PREFIX", prefix),
+            ("STREAM_PARTITIONS", testkit::partitions().to_string()),
             ("CONSUMER_BLOCK_MS", "100".into()),
             ("RECLAIM_MIN_IDLE_MS", "400".into()),
             ("RECLAIM_INTERVAL_MS", "50".into()),
@@ -90,9 +91,11 @@ impl World {
             (Stream::Orders, groups::DELIVERY_SVC, &handlers[0]),
             (Stream::Deliveries, groups::NOTIFY_SVC, &handlers[1]),
         ] {
-            let cfg = ConsumerConfig::new(&settings, stream, group);
-            let consumer = Consumer::new(&client, cfg, h.clone()).unwrap();
-            tasks.push(tokio::spawn(consumer.run(token.clone())));
+            for p in settings.namespace().partition_range() {
+                let cfg = ConsumerConfig::new(&settings, stream, group, p);
+                let consumer = Consumer::new(&client, cfg, h.clone()).unwrap();
+                tasks.push(tokio::spawn(consumer.run(token.clone())));
+            }
         }
         Self {
             settings,
@@ -115,6 +118,8 @@ impl World {
                 self.settings.redis_url.expose(),
                 "--prefix",
                 &self.settings.stream_prefix,
+                "--partitions",
+                &self.settings.stream_partitions.to_string(),
             ])
             .args(args)
             .stdin(Stdio::null())
@@ -140,13 +145,15 @@ impl World {
     }
 
     async fn wait_dead_letters(&self, n: usize) {
-        let key = self.settings.namespace().stream(Stream::DeadLetters);
         for _ in 0..500 {
-            let len: usize = redis::cmd("XLEN")
-                .arg(&key)
-                .query_async(&mut self.conn.clone())
-                .await
-                .unwrap();
+            let mut len = 0;
+            for key in self.settings.namespace().stream_keys(Stream::DeadLetters) {
+                len += redis::cmd("XLEN")
+                    .arg(&key)
+                    .query_async::<usize>(&mut self.conn.clone())
+                    .await
+                    .unwrap();
+            }
             if len >= n {
                 return;
             }
@@ -155,15 +162,26 @@ impl World {
         panic!("fewer than {n} dead letters");
     }
 
+    /// Every entry of a stream (all partitions, by id).
     async fn range(&self, stream: Stream) -> Vec<contract::StreamEntry> {
-        let v: redis::Value = redis::cmd("XRANGE")
-            .arg(self.settings.namespace().stream(stream))
-            .arg("-")
-            .arg("+")
-            .query_async(&mut self.conn.clone())
-            .await
-            .unwrap();
-        stream_entry::entries(v).unwrap()
+        let mut all = Vec::new();
+        for key in self.settings.namespace().stream_keys(stream) {
+            let v: redis::Value = redis::cmd("XRANGE")
+                .arg(key)
+                .arg("-")
+                .arg("+")
+                .query_async(&mut self.conn.clone())
+                .await
+                .unwrap();
+            all.extend(stream_entry::entries(v).unwrap());
+        }
+        all.sort_by_key(|e| contract::entry::id_parts(&e.id));
+        all
+    }
+
+    /// The last partition (the only one, with one partition).
+    fn last_partition(&self) -> u16 {
+        self.settings.stream_partitions - 1
     }
 
     /// Dead letters of a poison order event (a), a malformed message (b) and
@@ -176,7 +194,9 @@ impl World {
         w.wait_dead_letters(1).await;
         w.publisher
             .publish_fields(
-                &w.settings.namespace().stream(Stream::Orders),
+                &w.settings
+                    .namespace()
+                    .stream_at(Stream::Orders, w.last_partition()),
                 &[("garbage", "x")],
             )
             .await
@@ -207,7 +227,14 @@ async fn list_filter_show_and_json() {
 
     let all = w.list(&[]);
     assert_eq!(all.len(), 3);
-    let ids: Vec<&str> = all.iter().map(|d| d["id"].as_str().unwrap()).collect();
+    // Newest first, by the time in the id (`p<i>/` names the partition).
+    let ids: Vec<(u64, u64)> = all
+        .iter()
+        .map(|d| {
+            let id = d["id"].as_str().unwrap();
+            contract::entry::id_parts(id.rsplit('/').next().unwrap()).unwrap()
+        })
+        .collect();
     assert!(ids[0] > ids[1] && ids[1] > ids[2], "newest first: {ids:?}");
     assert_eq!(all[0]["event_id"], c.event_id.to_string());
     assert_eq!(all[2]["event_id"], a.event_id.to_string());
@@ -287,7 +314,8 @@ async fn errors_are_clear_and_exit_codes_distinct() {
     assert!(!err.contains("hunter2"), "passwords are never printed");
 
     // An entry of the dead-letter stream that is not a dead letter.
-    let key = w.settings.namespace().stream(Stream::DeadLetters);
+    let ns = w.settings.namespace();
+    let key = ns.stream_at(Stream::DeadLetters, w.last_partition());
     let id: String = redis::cmd("XADD")
         .arg(&key)
         .arg("*")
@@ -296,6 +324,8 @@ async fn errors_are_clear_and_exit_codes_distinct() {
         .query_async(&mut w.conn.clone())
         .await
         .unwrap();
+    // As the CLI names it (`p<i>/<id>` with several partitions).
+    let id = ns.entry_ref(w.last_partition(), &id);
     let table = stdout(&w.dlq(&["list"]));
     assert!(table.contains("MALFORMED"), "{table}");
     let shown = w.dlq(&["show", &id]);

@@ -114,7 +114,8 @@ async fn probe(sys: &System, seen: Seen, stop: CancellationToken) {
     let client = contract::redis::client(&url).unwrap();
     let mut conn = contract::redis::blocking(&client, Duration::from_secs(2)).unwrap();
     let streams = [Stream::Orders, Stream::Deliveries];
-    let keys = streams.map(|s| sys.namespace().stream(s));
+    // A page bench runs with one partition (FOODCHAIN_TEST_PARTITIONS unset).
+    let keys = streams.map(|s| sys.namespace().stream_at(s, 0));
     let mut last = [String::new(), String::new()];
     for (i, key) in keys.iter().enumerate() {
         let v: redis::Value = redis::cmd("XREVRANGE")

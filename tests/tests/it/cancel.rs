@@ -348,7 +348,8 @@ async fn a_cancel_stops_the_kitchen() {
     let item = sys.add_item("Slow Soup", 700, 5).await;
     let order = sys.place_order(&[(&item, 1)]).await;
     let id = order["id"].as_str().unwrap();
-    let timers = sys.key("simulator:timers");
+    let ns = sys.namespace();
+    let timers = ns.key_at("simulator:timers", ns.partition_of(id));
     let zcard = |key: String| {
         let mut redis = sys.redis.clone();
         async move {

@@ -88,7 +88,10 @@ async fn a_simulator_restart_mid_flow_loses_no_step() {
     // Its next steps wait in Redis, not in the dead process.
     let mut redis = sys.redis.clone();
     let pending: usize = redis::cmd("ZCARD")
-        .arg(sys.key("simulator:timers"))
+        .arg(
+            sys.namespace()
+                .key_at("simulator:timers", sys.namespace().partition_of(id)),
+        )
         .query_async(&mut redis)
         .await
         .unwrap();
@@ -147,7 +150,8 @@ async fn a_new_consumer_group_decodes_orders_stream_with_the_contract_alone() {
     let id = order["id"].as_str().unwrap().to_owned();
     sys.wait_order_status(&id, "delivered", FLOW_TIMEOUT).await;
 
-    let key = sys.namespace().stream(Stream::Orders);
+    // The order's partition of the stream (all of it with one partition).
+    let key = sys.namespace().stream_for(Stream::Orders, &id);
     let mut conn = sys.redis.clone();
     let group = testkit::unique("throwaway");
     redis::cmd("XGROUP")

@@ -8,6 +8,7 @@ mod effectively_once;
 mod flow;
 mod ops;
 mod order_api;
+mod partitions;
 mod privacy;
 mod replication;
 mod tracker;

@@ -12,12 +12,17 @@ use futures::{StreamExt, stream};
 const ORDERS: usize = 400;
 const T: Duration = Duration::from_secs(120);
 
+/// Entries of a stream, over all its partitions.
 async fn xlen(sys: &System, stream: Stream) -> u64 {
-    redis::cmd("XLEN")
-        .arg(sys.namespace().stream(stream))
-        .query_async(&mut sys.redis.clone())
-        .await
-        .unwrap()
+    let mut total = 0;
+    for key in sys.namespace().stream_keys(stream) {
+        total += redis::cmd("XLEN")
+            .arg(key)
+            .query_async::<u64>(&mut sys.redis.clone())
+            .await
+            .unwrap();
+    }
+    total
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
