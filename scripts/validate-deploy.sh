@@ -11,14 +11,18 @@
 #             into the git-ignored charts/); helm lint --strict --with-subcharts
 #             and helm template of helm/foodchain with its default values,
 #             helm/ci/values-full.yaml and helm/ci/values-cluster.yaml (an
-#             external Redis Cluster), every render validated with
-#             kubernetes-validate --strict against Kubernetes 1.30 schemas; the
-#             Redis wiring of each render asserted (REDIS_URL one URL or a
-#             node list, REDIS_MIN_REPLICAS_ACKED, KEDA redis-streams or
-#             redis-cluster-streams triggers on the right keys) and the
+#             external Redis Cluster with 4 stream partitions), every render
+#             validated with kubernetes-validate --strict against Kubernetes
+#             1.30 schemas; the Redis wiring of each render (and of variants:
+#             the cluster with one partition, empty or hash-tagged prefixes,
+#             a single Redis with partitions) asserted (REDIS_URL one URL or
+#             a node list, REDIS_MIN_REPLICAS_ACKED, STREAM_PARTITIONS, KEDA
+#             redis-streams or redis-cluster-streams triggers on the right
+#             keys: one per stream, or one per stream and partition) and the
 #             combinations the chart must refuse (clusterNodes with the
-#             bundled Redis, a one-node cluster) rendered and seen to fail;
-#             each subchart rendered on its own
+#             bundled Redis, a one-node cluster, a streamPartitions out of
+#             1..1024, STREAM_PARTITIONS in an env) rendered and seen to
+#             fail; each subchart rendered on its own
 #   jobs      kubernetes-validate --strict on k8s-jobs/*.yaml, and a drift
 #             check: the files regenerated from the chart must equal them
 #   secrets   no committed credentials in helm/, k8s-jobs/, compose.yaml, deploy/
@@ -174,22 +178,33 @@ sys.exit(1 if errors else 0)
 '
 
 # ----------------------------------------------------------- Redis wiring
-# REDIS_PY <render> <mode> <key prefix> <min replicas acked> <triggers>:
-# every container that gets REDIS_URL gets, in mode "single", one
-# redis://:$(REDIS_PASSWORD)@host:port URL, in mode "cluster" a
+# REDIS_PY <render> <mode> <key prefix> <min replicas acked> <triggers>
+# <partitions>: every container that gets REDIS_URL gets, in mode "single",
+# one redis://:$(REDIS_PASSWORD)@host:port URL, in mode "cluster" a
 # comma-separated list of two or more of them; REDIS_MIN_REPLICAS_ACKED is
-# the given value ("" = not set); every KEDA trigger is redis-streams
-# (single) or redis-cluster-streams whose addresses are REDIS_URL's nodes
-# (cluster), on the stream key <key prefix><stream name>; and there are at
-# least <triggers> triggers.
+# the given value ("" = not set); STREAM_PARTITIONS is <partitions>; every
+# KEDA trigger is redis-streams (single) or redis-cluster-streams whose
+# addresses are REDIS_URL's nodes (cluster), on the stream key
+# <key prefix><stream name> with one partition, else
+# <key prefix><stream name>:{p<i>} (whose hash tag, when the prefix holds
+# none, is {p<i>}), each ScaledObject watching every partition of each of
+# its streams, all with one consumer group; and there are at least
+# <triggers> triggers.
 REDIS_PY='
 import re, sys, yaml
-src, mode, prefix, acked, min_triggers = sys.argv[1:6]
+src, mode, prefix, acked, min_triggers, partitions = sys.argv[1:7]
+P = int(partitions)
 URL = re.compile(r"^redis://:\$\(REDIS_PASSWORD\)@([^,@/\s]+:[0-9]+)$")
 STREAMS = {"orders-stream", "deliveries-stream", "order-status-stream", "delivery-status-stream",
            "simulate-order-stream", "simulate-delivery-stream", "dead-letters"}
 docs = [d for d in yaml.safe_load_all(open(src)) if d]
 errors, nodes_seen, n_env, n_triggers = [], set(), 0, 0
+def hash_tag(key):
+    # What Redis Cluster hashes: the inside of the first {...} with
+    # something in it, else the whole key.
+    i = key.find("{")
+    j = key.find("}", i + 1) if i >= 0 else -1
+    return key[i + 1:j] if i >= 0 and j > i + 1 else None
 def pod_specs(d):
     spec = d.get("spec") or {}
     if d.get("kind") == "CronJob":
@@ -216,7 +231,10 @@ for d in docs:
             nodes_seen.add(",".join(hosts))
             if env.get("REDIS_MIN_REPLICAS_ACKED", "") != acked:
                 errors.append("%s: REDIS_MIN_REPLICAS_ACKED is %r, expected %r" % (where, env.get("REDIS_MIN_REPLICAS_ACKED"), acked or None))
+            if env.get("STREAM_PARTITIONS") != partitions:
+                errors.append("%s: STREAM_PARTITIONS is %r, expected %r" % (where, env.get("STREAM_PARTITIONS"), partitions))
     if d.get("kind") == "ScaledObject":
+        watched, groups = {}, set()
         for t in (d.get("spec") or {}).get("triggers") or []:
             n_triggers += 1
             m = t.get("metadata") or {}
@@ -225,9 +243,27 @@ for d in docs:
                 errors.append("%s: trigger type %r, expected %s" % (name, t.get("type"), want))
             if mode == "cluster" and {m.get("addresses")} != nodes_seen:
                 errors.append("%s: trigger addresses %r differ from the REDIS_URL nodes %s" % (name, m.get("addresses"), sorted(nodes_seen)))
+            groups.add(m.get("consumerGroup"))
             stream = m.get("stream") or ""
-            if not (stream.startswith(prefix) and stream[len(prefix):] in STREAMS):
-                errors.append("%s: trigger stream %r is not %s<stream>" % (name, stream, prefix))
+            rest = stream[len(prefix):] if stream.startswith(prefix) else None
+            if P == 1:
+                if rest not in STREAMS:
+                    errors.append("%s: trigger stream %r is not %s<stream>" % (name, stream, prefix))
+                else:
+                    watched.setdefault(rest, set()).add(0)
+                continue
+            part = re.fullmatch(r"(.+):\{p(0|[1-9][0-9]*)\}", rest or "")
+            if not (part and part.group(1) in STREAMS and int(part.group(2)) < P):
+                errors.append("%s: trigger stream %r is not %s<stream>:{p<i>} with i < %d" % (name, stream, prefix, P))
+                continue
+            if hash_tag(prefix) is None and hash_tag(stream) != "p" + part.group(2):
+                errors.append("%s: trigger stream %r: hash tag %r, expected the partition tag {p%s}" % (name, stream, hash_tag(stream), part.group(2)))
+            watched.setdefault(part.group(1), set()).add(int(part.group(2)))
+        for s, ps in sorted(watched.items()):
+            if ps != set(range(P)):
+                errors.append("%s: stream %s watched on partitions %s, expected 0..%d" % (name, s, sorted(ps), P - 1))
+        if len(groups) > 1:
+            errors.append("%s: triggers with different consumer groups %s" % (name, sorted(map(str, groups))))
 if n_env == 0:
     errors.append("no container gets REDIS_URL")
 if len(nodes_seen) > 1:
@@ -237,12 +273,13 @@ if n_triggers < int(min_triggers):
 for e in errors:
     print("ERROR " + e)
 if not errors:
-    print("%s Redis: REDIS_URL in %d container(s), REDIS_MIN_REPLICAS_ACKED %s, %d KEDA trigger(s) on %s<stream>"
-          % (mode, n_env, repr(acked) if acked else "unset", n_triggers, prefix))
+    print("%s Redis: REDIS_URL in %d container(s), REDIS_MIN_REPLICAS_ACKED %s, STREAM_PARTITIONS %s, %d KEDA trigger(s) on %s<stream>%s"
+          % (mode, n_env, repr(acked) if acked else "unset", partitions, n_triggers, prefix,
+             "" if P == 1 else ":{p0..p%d}" % (P - 1)))
 sys.exit(1 if errors else 0)
 '
 
-# check_redis <label> <file> <mode> <key prefix> <min replicas acked> <triggers>
+# check_redis <label> <file> <mode> <key prefix> <min replicas acked> <triggers> <partitions>
 check_redis() {
   local label=$1 out; shift
   out=$("$PY" -c "$REDIS_PY" "$@" 2>&1) || { printf '%s\n' "$out" >&2; die "$label: Redis wiring (above)"; }
@@ -400,21 +437,53 @@ for set in default full cluster; do
   say "helm template ($set values): $(grep -c '^kind:' "$WORK/render-$set.yaml") objects"
   validate_manifests "render-$set" "$WORK/render-$set.yaml"
 done
-# The Redis wiring. Key prefixes: global.streamPrefix of each values file;
-# on the cluster, as the hash tag the services use ({foodchain} when empty).
-check_redis render-default "$WORK/render-default.yaml" single "" "" 0
-check_redis render-full "$WORK/render-full.yaml" single "staging:" "" 1
-check_redis render-cluster "$WORK/render-cluster.yaml" cluster "{cluster:}" 1 1
-"$HELM" template foodchain "$CHART" --namespace foodchain --kube-version "$KUBE_VERSION" \
-  -f "$CLUSTER_VALUES" --set global.streamPrefix= >"$WORK/render-cluster-noprefix.yaml" ||
-  die "helm template failed (cluster values, empty streamPrefix)"
-check_redis render-cluster-noprefix "$WORK/render-cluster-noprefix.yaml" cluster "{foodchain}" 1 1
+# render_variant <label> <helm template args...>: renders into $WORK/<label>.yaml.
+render_variant() {
+  local label=$1; shift
+  "$HELM" template foodchain "$CHART" --namespace foodchain --kube-version "$KUBE_VERSION" \
+    "$@" >"$WORK/$label.yaml" || die "helm template failed ($label: $*)"
+}
+# The Redis wiring. Key prefixes: global.streamPrefix of each values file; on
+# the cluster with one partition, as the hash tag the services use
+# ({foodchain} when empty); with several partitions (values-cluster.yaml has
+# 4), as given, every stream key then ending in its partition's tag :{p<i>}.
+# Triggers: delivery-svc and notify-svc each watch two streams.
+check_redis render-default "$WORK/render-default.yaml" single "" "" 0 1
+check_redis render-full "$WORK/render-full.yaml" single "staging:" "" 4 1
+check_redis render-cluster "$WORK/render-cluster.yaml" cluster "cluster:" 1 16 4
+render_variant render-cluster-noprefix -f "$CLUSTER_VALUES" --set global.streamPrefix=
+check_redis render-cluster-noprefix "$WORK/render-cluster-noprefix.yaml" cluster "" 1 16 4
+render_variant render-cluster-1p -f "$CLUSTER_VALUES" --set global.streamPartitions=1
+check_redis render-cluster-1p "$WORK/render-cluster-1p.yaml" cluster "{cluster:}" 1 4 1
+render_variant render-cluster-1p-noprefix -f "$CLUSTER_VALUES" --set global.streamPartitions=1 --set global.streamPrefix=
+check_redis render-cluster-1p-noprefix "$WORK/render-cluster-1p-noprefix.yaml" cluster "{foodchain}" 1 4 1
+# A prefix that holds a hash tag is kept as given, with one partition or more
+# (a values file: --set reads braces as a list).
+printf 'global:\n  streamPrefix: "{tenant}:"\n' >"$WORK/values-tagged-prefix.yaml"
+render_variant render-cluster-1p-tagged -f "$CLUSTER_VALUES" -f "$WORK/values-tagged-prefix.yaml" --set global.streamPartitions=1
+check_redis render-cluster-1p-tagged "$WORK/render-cluster-1p-tagged.yaml" cluster "{tenant}:" 1 4 1
+render_variant render-cluster-tagged -f "$CLUSTER_VALUES" -f "$WORK/values-tagged-prefix.yaml"
+check_redis render-cluster-tagged "$WORK/render-cluster-tagged.yaml" cluster "{tenant}:" 1 16 4
+# Partitions on a single Redis: redis-streams triggers per partition.
+render_variant render-full-3p -f "$FULL_VALUES" --set global.streamPartitions=3
+validate_manifests render-full-3p "$WORK/render-full-3p.yaml"
+check_redis render-full-3p "$WORK/render-full-3p.yaml" single "staging:" "" 12 3
 must_fail "clusterNodes with redis.enabled" "global.redis.clusterNodes is set" \
   -f "$CLUSTER_VALUES" --set redis.enabled=true
 must_fail "a one-node clusterNodes" "list at least two nodes" \
   -f "$CLUSTER_VALUES" --set "global.redis.clusterNodes={redis-0.example:6379}"
 must_fail "a minReplicasAcked that is no integer" "minReplicasAcked must be an integer" \
   --set global.redis.minReplicasAcked=-1
+for bad in 0 1025 -1 2.5 four; do
+  must_fail "streamPartitions $bad" "global.streamPartitions must be an integer from 1 to 1024" \
+    --set "global.streamPartitions=$bad"
+done
+must_fail "streamPartitions 0 on the cluster" "global.streamPartitions must be an integer from 1 to 1024" \
+  -f "$CLUSTER_VALUES" --set global.streamPartitions=0
+must_fail "STREAM_PARTITIONS in a service's env" "do not set STREAM_PARTITIONS in env" \
+  --set delivery-svc.env.STREAM_PARTITIONS=4
+must_fail "STREAM_PARTITIONS in global.env" "do not set STREAM_PARTITIONS in env" \
+  --set global.env.STREAM_PARTITIONS=4
 # Each subchart on its own, as `helm lint --with-subcharts` sees it.
 for sub in "${SUBCHARTS[@]}"; do
   "$HELM" template r "$sub" --kube-version "$KUBE_VERSION" >"$WORK/sub.yaml" ||
@@ -443,7 +512,8 @@ cat >&2 <<EOF
   helm/foodchain (default)     lint --strict, template, schemas  OK
   helm/foodchain (values-full) lint --strict, template, schemas  OK
   helm/foodchain (cluster)     lint --strict, template, schemas  OK
-  Redis wiring, refused values REDIS_URL, WAIT, KEDA; fail cases OK
+  Redis wiring, refused values REDIS_URL, WAIT, partitions, KEDA;
+                               fail cases                        OK
   k8s-jobs/                    schemas, in sync with the chart   OK
   secrets                      none committed                    OK
 EOF

@@ -166,16 +166,54 @@ URLs for a cluster. Fails on anything that is not such a list.
 {{- end -}}
 
 {{/*
+STREAM_PARTITIONS (global.streamPartitions, an integer 1..1024, default 1):
+how many Redis keys each stream is split into, as a string. Fails on
+anything else.
+*/}}
+{{- define "foodchain.streamPartitions" -}}
+{{- $g := fromYaml (include "foodchain.global" .) -}}
+{{- $n := dig "streamPartitions" 1 $g -}}
+{{- if or (kindIs "invalid" $n) (not (regexMatch "^[0-9]+$" (toString $n))) (lt (int64 (toString $n)) 1) (gt (int64 (toString $n)) 1024) -}}
+{{- fail (printf "global.streamPartitions must be an integer from 1 to 1024 (got %v)" $n) -}}
+{{- end -}}
+{{- int64 (toString $n) | toString -}}
+{{- end -}}
+
+{{/*
+Redis keys of a stream, one per partition (see foodchain.streamPartitions),
+comma-separated: <keyPrefix><stream> with one partition, else
+<keyPrefix><stream>:{p<i>} for i in 0..P-1 (each partition's keys carry its
+own hash tag, {p<i>}). Args: root, stream (the stream's name).
+*/}}
+{{- define "foodchain.redis.streamKeys" -}}
+{{- $prefix := include "foodchain.redis.keyPrefix" .root -}}
+{{- $n := include "foodchain.streamPartitions" .root | int -}}
+{{- if eq $n 1 -}}
+{{- printf "%s%s" $prefix .stream -}}
+{{- else -}}
+{{- $keys := list -}}
+{{- range $i := until $n -}}
+{{- $keys = append $keys (printf "%s%s:{p%d}" $prefix $.stream $i) -}}
+{{- end -}}
+{{- join "," $keys -}}
+{{- end -}}
+{{- end -}}
+
+{{/*
 Prefix of every Redis key of this deployment, as the services compute it
-(contract::streams::Namespace::for_redis): global.streamPrefix on a single
-Redis; on a cluster (global.redis.clusterNodes) one hash tag, {<prefix>}, or
-{foodchain} when the prefix is empty, so that all keys share one slot. A
-prefix that already holds a hash tag is kept as given.
+(contract::streams::Namespace::for_redis): global.streamPrefix as given on a
+single Redis, and on a cluster with several partitions (each partition key
+then carries its own hash tag {p<i>}, so the streams spread over the
+cluster's primaries); on a cluster (global.redis.clusterNodes) with one
+partition, one hash tag, {<prefix>}, or {foodchain} when the prefix is empty,
+so that all keys share one slot. A prefix that already holds a hash tag is
+kept as given.
 */}}
 {{- define "foodchain.redis.keyPrefix" -}}
 {{- $g := fromYaml (include "foodchain.global" .) -}}
 {{- $prefix := dig "streamPrefix" "" $g | toString -}}
-{{- if and (include "foodchain.redis.clusterNodes" .) (not (regexMatch "^[^{]*\\{[^}]+\\}" $prefix)) -}}
+{{- $partitions := include "foodchain.streamPartitions" . | int -}}
+{{- if and (include "foodchain.redis.clusterNodes" .) (eq $partitions 1) (not (regexMatch "^[^{]*\\{[^}]+\\}" $prefix)) -}}
 {{- printf "{%s}" ($prefix | default "foodchain") -}}
 {{- else -}}
 {{- $prefix -}}
@@ -278,6 +316,7 @@ there replaces the chart's own variable of that name).
 {{- $own := dict
   "MONGO_DB" $db
   "STREAM_PREFIX" (dig "streamPrefix" "" $g)
+  "STREAM_PARTITIONS" (include "foodchain.streamPartitions" $root)
   "APP_ENV" (dig "appEnv" "production" $g)
   "LOG_FORMAT" (dig "logFormat" "json" $g)
   "RUST_LOG" (dig "rustLog" "info" $g)
@@ -348,6 +387,13 @@ the pod and its container, e.g. a Secret mounted as files; optional).
 {{- if $v.autoscaling }}{{ if $v.autoscaling.keda }}{{ $keda = $v.autoscaling.keda.enabled }}{{ end }}{{ end -}}
 {{- $env := merge (dict) (.env | default dict) ($v.env | default dict) (dig "env" dict $g) -}}
 {{- $_ := set $env "PORT" ($v.port | toString) -}}
+{{- /* STREAM_PARTITIONS must be one value for every service and the KEDA
+triggers: only global.streamPartitions sets it. */ -}}
+{{- range $e := prepend ($v.extraEnv | default list) (dict "name" "") -}}
+{{- if or (hasKey $env "STREAM_PARTITIONS") (eq (toString (get (kindIs "map" $e | ternary $e dict) "name")) "STREAM_PARTITIONS") -}}
+{{- fail (printf "%s: do not set STREAM_PARTITIONS in env, extraEnv or global.env; set global.streamPartitions (the same for every service and the KEDA triggers)" $name) -}}
+{{- end -}}
+{{- end -}}
 apiVersion: apps/v1
 kind: Deployment
 metadata:
@@ -508,7 +554,6 @@ spec:
 {{- end }}
 {{- if $keda }}
 {{- $k := $v.autoscaling.keda }}
-{{- $prefix := include "foodchain.redis.keyPrefix" $root }}
 {{- $cluster := include "foodchain.redis.clusterNodes" $root }}
 ---
 apiVersion: keda.sh/v1alpha1
@@ -537,10 +582,13 @@ spec:
   pollingInterval: {{ $k.pollingInterval }}
   cooldownPeriod: {{ $k.cooldownPeriod }}
   triggers:
-    {{- /* One per stream: redis-streams on a single Redis, redis-cluster-streams
-    on a Redis Cluster (global.redis.clusterNodes); the stream keys carry the
-    deployment's key prefix (a hash tag on a cluster). */}}
-    {{- range $k.streams }}
+    {{- /* One per stream and partition (global.streamPartitions):
+    redis-streams on a single Redis, redis-cluster-streams on a Redis Cluster
+    (global.redis.clusterNodes); the stream keys carry the deployment's key
+    prefix (a hash tag on a cluster with one partition) and, with several
+    partitions, the partition's tag, <prefix><stream>:{p<i>}. */}}
+    {{- range $stream := $k.streams }}
+    {{- range splitList "," (include "foodchain.redis.streamKeys" (dict "root" $root "stream" $stream)) }}
     {{- if $cluster }}
     - type: redis-cluster-streams
       metadata:
@@ -550,7 +598,7 @@ spec:
       metadata:
         address: {{ printf "%s:%s" (include "foodchain.redis.host" (dict "root" $root "namespace" $root.Release.Namespace)) (include "foodchain.redis.port" $root) | quote }}
     {{- end }}
-        stream: {{ printf "%s%s" $prefix . | quote }}
+        stream: {{ . | quote }}
         consumerGroup: {{ $k.consumerGroup | default $name | quote }}
         {{- if eq $k.metric "lagCount" }}
         lagCount: {{ $k.target | quote }}
@@ -561,6 +609,7 @@ spec:
         {{- end }}
       authenticationRef:
         name: {{ $fullname }}-redis
+    {{- end }}
     {{- end }}
 {{- end }}
 {{- end -}}
