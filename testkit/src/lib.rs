@@ -36,9 +36,9 @@ use std::{
 
 use common::publisher::Publisher;
 use contract::{
-    Envelope,
+    Envelope, StreamEntry,
     events::{DecodeError, StreamEvent},
-    streams::Stream,
+    streams::{Namespace, Stream},
 };
 use tokio::sync::OnceCell;
 
@@ -154,6 +154,28 @@ pub async fn redis_url() -> String {
     } else {
         shared_redis().await.url()
     }
+}
+
+/// Every entry of every partition of `stream` in `ns`, in the order of
+/// their ids (each order's events are in one partition, in order).
+pub async fn stream_entries(
+    conn: &contract::redis::Conn,
+    ns: &Namespace,
+    stream: Stream,
+) -> Vec<StreamEntry> {
+    let mut all = Vec::new();
+    for key in ns.stream_keys(stream) {
+        let v: ::redis::Value = ::redis::cmd("XRANGE")
+            .arg(key)
+            .arg("-")
+            .arg("+")
+            .query_async(&mut conn.clone())
+            .await
+            .expect("XRANGE");
+        all.extend(contract::redis::entries(v).expect("stream entries"));
+    }
+    all.sort_by_key(|e| contract::entry::id_parts(&e.id));
+    all
 }
 
 /// `FOODCHAIN_TEST_PARTITIONS`: partitions of every stream in the tests

@@ -484,19 +484,7 @@ impl System {
     /// Every entry of a stream of this system (of all its partitions, in
     /// the order of their ids).
     pub async fn stream(&self, stream: contract::streams::Stream) -> Vec<contract::StreamEntry> {
-        let mut all = Vec::new();
-        for key in self.namespace().stream_keys(stream) {
-            let v: redis::Value = redis::cmd("XRANGE")
-                .arg(key)
-                .arg("-")
-                .arg("+")
-                .query_async(&mut self.redis.clone())
-                .await
-                .unwrap();
-            all.extend(contract::redis::entries(v).unwrap());
-        }
-        all.sort_by_key(|e| contract::entry::id_parts(&e.id));
-        all
+        testkit::stream_entries(&self.redis, &self.namespace(), stream).await
     }
 
     /// The envelopes of a stream that concern `order_id`.

@@ -164,19 +164,7 @@ impl World {
 
     /// Every entry of a stream (all partitions, by id).
     async fn range(&self, stream: Stream) -> Vec<contract::StreamEntry> {
-        let mut all = Vec::new();
-        for key in self.settings.namespace().stream_keys(stream) {
-            let v: redis::Value = redis::cmd("XRANGE")
-                .arg(key)
-                .arg("-")
-                .arg("+")
-                .query_async(&mut self.conn.clone())
-                .await
-                .unwrap();
-            all.extend(stream_entry::entries(v).unwrap());
-        }
-        all.sort_by_key(|e| contract::entry::id_parts(&e.id));
-        all
+        testkit::stream_entries(&self.conn, &self.settings.namespace(), stream).await
     }
 
     /// The last partition (the only one, with one partition).

@@ -44,9 +44,9 @@ async fn wait_held(sys: &System, group: &str, want: &[(&str, u16)]) {
     .await;
 }
 
-/// Places `n` orders at once and waits until every one is delivered.
-async fn deliver(sys: &System, item: &str, n: usize) {
-    let ids: Vec<String> = stream::iter(0..n)
+/// Places `n` orders at once; returns their ids.
+async fn place(sys: &System, item: &str, n: usize) -> Vec<String> {
+    stream::iter(0..n)
         .map(|_| async {
             sys.place_order(&[(item, 1)]).await["id"]
                 .as_str()
@@ -55,10 +55,19 @@ async fn deliver(sys: &System, item: &str, n: usize) {
         })
         .buffer_unordered(8)
         .collect()
-        .await;
-    for id in &ids {
+        .await
+}
+
+/// Waits until every order of `ids` is delivered.
+async fn delivered(sys: &System, ids: &[String]) {
+    for id in ids {
         sys.wait_order_status(id, "delivered", T).await;
     }
+}
+
+/// Places `n` orders at once and waits until every one is delivered.
+async fn deliver(sys: &System, item: &str, n: usize) {
+    delivered(sys, &place(sys, item, n).await).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -86,23 +95,12 @@ async fn replicas_share_the_partitions_and_take_over_those_of_one_that_dies() {
 
     // Orders in flight, then replica 0 of each dies as kill -9 would: what
     // it held is neither acknowledged nor released.
-    let in_flight: Vec<String> = stream::iter(0..20)
-        .map(|_| async {
-            sys.place_order(&[(&item, 1)]).await["id"]
-                .as_str()
-                .unwrap()
-                .to_owned()
-        })
-        .buffer_unordered(8)
-        .collect()
-        .await;
+    let in_flight = place(&sys, &item, 20).await;
     sys.kill_replica(Service::Delivery, 0).await;
     sys.kill_replica(Service::Simulator, 0).await;
     wait_held(&sys, groups::DELIVERY_SVC, &[("delivery-1", PARTITIONS)]).await;
     wait_held(&sys, groups::SIMULATOR, &[("simulator-1", PARTITIONS)]).await;
-    for id in &in_flight {
-        sys.wait_order_status(id, "delivered", T).await;
-    }
+    delivered(&sys, &in_flight).await;
     deliver(&sys, &item, 20).await;
     assert_eq!(
         sys.count("deliveries", bson::doc! {}).await,
