@@ -19,7 +19,7 @@ use common::{
 use contract::{
     Envelope,
     events::{DeliveryCreated, Event, OrderCreated},
-    redis::{self as redis_conn, self as stream_entry},
+    redis as redis_conn,
     streams::{Stream, groups},
 };
 use testkit::AnyEvent;
