@@ -76,7 +76,7 @@ pub fn document(version: &str) -> Value {
                 "address": name,
                 "title": name,
                 "description": format!(
-                    "{} Redis stream `<STREAM_PREFIX>{name}`; each entry is one envelope (flat text fields) whose `payload` field holds the JSON payload.",
+                    "{} Redis stream `<STREAM_PREFIX>{name}` (with `STREAM_PARTITIONS` = P > 1, the P streams `<STREAM_PREFIX>{name}:{{p<i>}}`, an event in the partition of its order id: FNV-1a 64 of the key mod P); each entry is one envelope (flat text fields) whose `payload` field holds the JSON payload.",
                     stream.description()
                 ),
                 "messages": channel_messages,
