@@ -100,6 +100,45 @@ impl Running {
     }
 }
 
+/// Partitions whose workers are stopping, before their lease is released.
+#[derive(Default)]
+struct Releasing {
+    tasks: JoinSet<u16>,
+    partitions: std::collections::BTreeSet<u16>,
+}
+
+impl Releasing {
+    fn add(&mut self, p: u16, running: Running) {
+        self.partitions.insert(p);
+        self.tasks.spawn(async move {
+            running.stop().await;
+            p
+        });
+    }
+
+    fn has(&self, p: u16) -> bool {
+        self.partitions.contains(&p)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.tasks.is_empty()
+    }
+
+    /// The next partition whose workers have stopped.
+    async fn next(&mut self) -> Option<u16> {
+        loop {
+            match self.tasks.join_next().await? {
+                Ok(p) => {
+                    self.partitions.remove(&p);
+                    return Some(p);
+                }
+                // Aborted (only when the whole assignment is dropped).
+                Err(_) => continue,
+            }
+        }
+    }
+}
+
 impl Assignment {
     /// The assignment of `group`'s partitions among the replicas (each
     /// named by its consumer name `me`), running `workers` for each
@@ -165,8 +204,9 @@ impl Assignment {
 
     async fn run_leased(&self, shutdown: &CancellationToken) {
         let mut held: BTreeMap<u16, Running> = BTreeMap::new();
-        // Partitions given up, draining before their lease is released.
-        let mut releasing: JoinSet<u16> = JoinSet::new();
+        // Partitions given up (or lost), draining before their lease is
+        // released; not taken again until then.
+        let mut releasing = Releasing::default();
         let round_every = self.ttl / 3;
         info!(group = %self.group, partitions = self.partitions, "partition assignment started");
         while !shutdown.is_cancelled() {
@@ -176,14 +216,14 @@ impl Assignment {
             tokio::select! {
                 () = shutdown.cancelled() => {}
                 () = tokio::time::sleep(round_every) => {}
-                Some(Ok(p)) = releasing.join_next(), if !releasing.is_empty() => {
+                Some(p) = releasing.next(), if !releasing.is_empty() => {
                     self.released(p).await;
                 }
             }
         }
         // Drain everything, then hand the partitions back at once.
         futures::future::join_all(held.into_values().map(Running::stop)).await;
-        while releasing.join_next().await.is_some() {}
+        while releasing.next().await.is_some() {}
         let mut conn = self.conn.clone();
         for lease in &self.leases {
             let _ = lease.release(&mut conn).await;
@@ -209,7 +249,7 @@ impl Assignment {
     async fn round(
         &self,
         held: &mut BTreeMap<u16, Running>,
-        releasing: &mut JoinSet<u16>,
+        releasing: &mut Releasing,
         shutdown: &CancellationToken,
     ) -> bool {
         let mut conn = self.conn.clone();
@@ -237,7 +277,9 @@ impl Assignment {
         for p in lost {
             if let Some(running) = held.remove(&p) {
                 warn!(group = %self.group, partition = p, "partition lease lost; stopping its workers");
-                tokio::spawn(running.stop());
+                // "Released" once stopped: a no-op, the script checks the
+                // holder, and the partition is not taken again before.
+                releasing.add(p, running);
             }
         }
         let members = match members {
@@ -254,10 +296,7 @@ impl Assignment {
                 break;
             };
             info!(group = %self.group, partition = p, members, share, "giving up a partition to another replica");
-            releasing.spawn(async move {
-                running.stop().await;
-                p
-            });
+            releasing.add(p, running);
         }
         // Below the share: take free partitions, from an offset of our own.
         if held.len() < share {
@@ -267,7 +306,7 @@ impl Assignment {
                     break;
                 }
                 let p = (offset + i) % self.partitions;
-                if held.contains_key(&p) {
+                if held.contains_key(&p) || releasing.has(p) {
                     continue;
                 }
                 match self.leases[usize::from(p)].acquire(&mut conn).await {
