@@ -193,6 +193,9 @@ pub struct Timers {
     /// Wakes this process's timer loop of a partition when a chain starts
     /// there, so a step due now does not wait for the next poll.
     started: Arc<[Notify]>,
+    /// Whether the scripts ran here without `NOSCRIPT` last time (see
+    /// [`Timers::scripts`]).
+    loaded: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for Timers {
@@ -217,6 +220,7 @@ impl Timers {
     pub fn new(conn: Conn, ns: Namespace, delays: Delays, source: &str) -> Self {
         Self {
             started: ns.partition_range().map(|_| Notify::new()).collect(),
+            loaded: Arc::default(),
             conn,
             ns,
             delays,
@@ -327,14 +331,11 @@ impl Timers {
         let started = match fire_now {
             None => start.invoke_async::<i64>(&mut self.conn.clone()).await? == 1,
             Some((step, fire)) => {
-                let mut pipe = redis::pipe();
-                pipe.ignore_errors()
-                    .load_script(&START)
-                    .load_script(&FIRE)
-                    .invoke_script(&start)
-                    .invoke_script(&fire);
-                let mut replies: Vec<redis::RedisResult<redis::Value>> =
-                    pipe.query_async(&mut self.conn.clone()).await?;
+                let mut replies = self
+                    .scripts(|pipe| {
+                        pipe.invoke_script(&start).invoke_script(&fire);
+                    })
+                    .await?;
                 let fired = replies.pop().unwrap_or(Ok(redis::Value::Nil));
                 let started = replies.pop().unwrap_or(Ok(redis::Value::Nil));
                 let started = redis::from_redis_value::<i64>(started?)? == 1;
@@ -451,19 +452,19 @@ impl Timers {
                 None => unusable.push(member),
             }
         }
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors().load_script(&FIRE);
-        for inv in &invocations {
-            pipe.invoke_script(inv);
-        }
-        if !unusable.is_empty() {
-            pipe.cmd("ZREM").arg(&key).arg(&unusable);
-        }
-        let replies: Vec<redis::RedisResult<redis::Value>> =
-            pipe.query_async(&mut self.conn.clone()).await?;
+        let replies = self
+            .scripts(|pipe| {
+                for inv in &invocations {
+                    pipe.invoke_script(inv);
+                }
+                if !unusable.is_empty() {
+                    pipe.cmd("ZREM").arg(&key).arg(&unusable);
+                }
+            })
+            .await?;
         let mut fired = 0;
         let mut failed = None;
-        for ((timer, event_type), reply) in steps.iter().zip(replies.into_iter().skip(1)) {
+        for ((timer, event_type), reply) in steps.iter().zip(replies) {
             match reply.and_then(|v| Ok(redis::from_redis_value::<i64>(v)?)) {
                 Ok(1) => {
                     fired += 1;
@@ -476,6 +477,46 @@ impl Timers {
         match failed {
             Some(e) => Err(e),
             None => Ok(fired),
+        }
+    }
+
+    /// Runs a pipeline of invocations of this module's scripts (`fill`
+    /// adds them; `ignore_errors`: one reply each, errors included), so
+    /// that a round or a start is one round trip. The scripts are loaded in
+    /// the same pipeline only until this process has seen them run; a
+    /// `NOSCRIPT` reply (Redis restarted empty, a failover to a node that
+    /// never saw them, another cluster node) loads them and runs the whole
+    /// pipeline once more, which every script here allows: `START` finds
+    /// its marker, `FIRE` finds its step gone. Loading them every time cost
+    /// four `SCRIPT LOAD`s per order (docs/performance.md).
+    async fn scripts(
+        &self,
+        fill: impl Fn(&mut redis::Pipeline),
+    ) -> redis::RedisResult<Vec<redis::RedisResult<redis::Value>>> {
+        let mut load = !self.loaded.load(std::sync::atomic::Ordering::Relaxed);
+        loop {
+            let mut pipe = redis::pipe();
+            pipe.ignore_errors();
+            if load {
+                pipe.load_script(&START).load_script(&FIRE);
+            }
+            fill(&mut pipe);
+            let mut replies: Vec<redis::RedisResult<redis::Value>> =
+                pipe.query_async(&mut self.conn.clone()).await?;
+            if load {
+                replies.drain(..2);
+            }
+            let missing = replies.iter().any(|r| {
+                r.as_ref().is_err_and(|e| {
+                    e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript)
+                })
+            });
+            self.loaded
+                .store(!missing, std::sync::atomic::Ordering::Relaxed);
+            if !missing || load {
+                return Ok(replies);
+            }
+            load = true;
         }
     }
 

@@ -171,3 +171,26 @@ async fn at_the_memory_ceiling_a_round_fails_and_its_steps_fire_once_there_is_ro
     }
     assert_chains(&ids, &published(&mut conn, &ns).await);
 }
+
+#[tokio::test]
+async fn scripts_flushed_from_redis_are_loaded_again_and_every_step_fires_once() {
+    let (t, mut conn, ns) = timers(&testkit::redis_url().await).await;
+    let mut ids = start(&t, 5).await;
+    // Redis forgets every script (as after a restart without them, or a
+    // failover to a node that never ran them) while this process thinks
+    // they are loaded.
+    let flush = |mut conn: Conn| async move {
+        let _: () = redis::cmd("SCRIPT")
+            .arg("FLUSH")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+    };
+    flush(conn.clone()).await;
+    ids.extend(start(&t, 5).await);
+    flush(conn.clone()).await;
+    while t.pending().await.unwrap() > 0 {
+        fire_all(&t, &ns).await.unwrap();
+    }
+    assert_chains(&ids, &published(&mut conn, &ns).await);
+}
