@@ -230,9 +230,10 @@ struct CheckArgs {
     /// Stream prefix.
     #[arg(long, env = "STREAM_PREFIX", default_value = "")]
     prefix: String,
-    /// Partitions of every stream (as the services' STREAM_PARTITIONS).
-    #[arg(long, env = "STREAM_PARTITIONS", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=1024))]
-    partitions: u16,
+    /// Partitions of every stream (as the services' STREAM_PARTITIONS;
+    /// default: the count the services recorded in Redis, else 1).
+    #[arg(long, env = "STREAM_PARTITIONS", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    partitions: Option<u16>,
     /// A record written by `chaos load` (enables the conservation checks).
     #[arg(long)]
     record: Option<PathBuf>,
@@ -557,12 +558,18 @@ async fn load_only(a: LoadArgs) -> anyhow::Result<()> {
 
 async fn check_only(a: CheckArgs) -> anyhow::Result<bool> {
     let client = contract::redis::client(&a.redis_url)?;
-    let conn = contract::redis::commands(&client)?;
+    let mut conn = contract::redis::commands(&client)?;
+    let partitions = match a.partitions {
+        Some(p) => p,
+        None => contract::redis::recorded_partitions(&mut conn, &a.prefix)
+            .await?
+            .unwrap_or(1),
+    };
     let mongo = common::mongo::connect(&a.mongo_url, "chaos-check").await?;
     let target = Target {
         conn,
         db: mongo.database(&a.db),
-        ns: Namespace::for_redis(&a.prefix, &a.redis_url, a.partitions),
+        ns: Namespace::for_redis(&a.prefix, &a.redis_url, partitions),
     };
     let record = match &a.record {
         Some(path) => {

@@ -41,6 +41,34 @@ use tracing::{Instrument, info, info_span, warn};
 
 use crate::{consumer::LoopStatus, lease::Lease, mongo::BoxFuture};
 
+/// Records `partitions` as this deployment's partition count (the key of
+/// [`contract::streams::partitions_key`], set if absent) and checks that it
+/// is the count already recorded. Services split differently would publish
+/// to keys the others do not read, so a service configured with another
+/// count must not start: the error says what to do.
+pub async fn check_recorded(conn: &mut Conn, prefix: &str, partitions: u16) -> Result<(), String> {
+    let key = contract::streams::partitions_key(prefix);
+    let (recorded,): (Option<u16>,) = redis::pipe()
+        .cmd("SET")
+        .arg(&key)
+        .arg(partitions)
+        .arg("NX")
+        .ignore()
+        .cmd("GET")
+        .arg(&key)
+        .query_async(conn)
+        .await
+        .map_err(|e| format!("could not read {key}: {e}"))?;
+    match recorded {
+        Some(n) if n != partitions => Err(format!(
+            "STREAM_PARTITIONS={partitions}, but this deployment's streams are split into {n} \
+             (Redis key {key}): every service, dlq and chaos check must use the same count; \
+             changing it means draining first (docs/scaling.md §2)"
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// What a worker of one partition is: started with the partition and a
 /// token that stops it (a child of the shutdown token).
 pub(crate) type Worker =

@@ -13,8 +13,11 @@
 //!   either is still down;
 //! * runs the start-up work in the background, each step retried with
 //!   [`Backoff`] until it succeeds, and only then marks the service
-//!   initialised and starts the consumer loops (a service without start-up
-//!   work is initialised at once);
+//!   initialised and starts the outbox relay and the consumer loops. The
+//!   first step is always the check of the partition count
+//!   ([`crate::partition::check_recorded`]): a service configured with
+//!   another `STREAM_PARTITIONS` than its deployment's stays there, not
+//!   ready, publishing and consuming nothing;
 //! * serves HTTP with `/healthz`, `/readyz` and `/metrics` merged in and a
 //!   request span per request, until the shutdown token is cancelled;
 //! * then drains: in-flight requests, consumer batches and background tasks
@@ -106,6 +109,9 @@ pub struct Runtime {
     consumed: Vec<Stream>,
     /// Other background tasks, started at once.
     tasks: Vec<Task>,
+    /// Background tasks that publish (the outbox relay), started once
+    /// start-up is done: not before the partition count is checked.
+    publishers: Vec<Task>,
     /// Gauges refreshed on every scrape of `/metrics`.
     samplers: Vec<Sampler>,
     shutdown: CancellationToken,
@@ -144,6 +150,7 @@ impl Runtime {
             groups: Vec::new(),
             consumed: Vec::new(),
             tasks: Vec::new(),
+            publishers: Vec::new(),
             samplers: Vec::new(),
             shutdown,
         };
@@ -360,7 +367,8 @@ impl Runtime {
             &self.settings.consumer_name,
             self.settings.outbox,
         );
-        self.spawn(|token| relay.run(token));
+        self.publishers
+            .push(Box::new(|token| Box::pin(relay.run(token))));
         let state = (outbox.clone(), self.settings.service_name.clone());
         self.sampler(state, |(outbox, service)| async move {
             if let Ok(n) = outbox.backlog().await {
@@ -388,9 +396,10 @@ impl Runtime {
     }
 
     /// Runs the start-up steps (each until it succeeds), marks the service
-    /// initialised, then starts each group's partitions.
+    /// initialised, then starts the publishers and each group's partitions.
     async fn start_up(
         mut steps: Vec<(&'static str, Step)>,
+        publishers: Vec<Task>,
         groups: Vec<Assignment>,
         health: Arc<Health>,
         shutdown: CancellationToken,
@@ -410,6 +419,9 @@ impl Runtime {
         }
         health.set_initialised();
         let mut loops = JoinSet::new();
+        for task in publishers {
+            loops.spawn(task(shutdown.clone()));
+        }
         for group in groups {
             loops.spawn(group.run(shutdown.clone()));
         }
@@ -450,10 +462,30 @@ impl Runtime {
                 )
             })
             .collect();
+        // First of all: the partition count is the deployment's (nothing
+        // publishes or consumes before this passes).
+        let (conn, prefix, partitions) = (
+            self.conn.clone(),
+            self.settings.stream_prefix.clone(),
+            self.settings.stream_partitions,
+        );
+        self.startup.insert(
+            0,
+            (
+                "checking the stream partitions",
+                Box::new(move || {
+                    let (mut conn, prefix) = (conn.clone(), prefix.clone());
+                    Box::pin(async move {
+                        crate::partition::check_recorded(&mut conn, &prefix, partitions).await
+                    })
+                }),
+            ),
+        );
         let Self {
             settings,
             health,
             startup,
+            publishers,
             tasks: background,
             samplers,
             shutdown,
@@ -493,7 +525,13 @@ impl Runtime {
         // Every task of the service. Dropping this set (or the future of a
         // service's `run`) aborts them all, as a killed process would.
         let mut tasks = JoinSet::new();
-        tasks.spawn(Self::start_up(startup, groups, health, shutdown.clone()));
+        tasks.spawn(Self::start_up(
+            startup,
+            publishers,
+            groups,
+            health,
+            shutdown.clone(),
+        ));
         for task in background {
             tasks.spawn(task(shutdown.clone()));
         }

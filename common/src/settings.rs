@@ -15,7 +15,7 @@
 //! | `REDIS_MIN_REPLICAS_ACKED` | `1` on a cluster, `0` on one Redis | the outbox relay's publish waits (`WAIT`) until this many replicas have its events, and keeps them for another try if fewer did (docs/delivery-guarantees.md) |
 //! | `REDIS_WAIT_TIMEOUT_MS` | `1000` | longest such wait |
 //! | `STREAM_PREFIX` | empty | prefix of every Redis key (isolates deployments and tests sharing a Redis) |
-//! | `STREAM_PARTITIONS` | `1` | each stream is this many Redis keys, an event going to the partition of its order id (1–1024; fixed for the life of the data: every service, `dlq` and `chaos` must use the same; docs/scaling.md) |
+//! | `STREAM_PARTITIONS` | `1` | each stream is this many Redis keys, an event going to the partition of its order id (1–1024; fixed for the life of the data: every service, `dlq` and `chaos` must use the same, and a service with another count than the one recorded in Redis does not start; docs/scaling.md) |
 //! | `PARTITION_LEASE_MS` | `5000` | with several partitions, each replica of a service reads the partitions whose lease it holds (about `P / replicas` each); a dead replica's partitions move to the survivors within this |
 //! | `STREAM_TRIM_INTERVAL_MS` | `5000` | how often each service trims the streams it consumes below what every consumer group of them has acknowledged (never an unread entry; see `common::trim`) |
 //! | `STREAM_ALARM_ENTRIES` | `100000` | a stream holding more entries than this after its trim logs a warning naming the group holding it back (gauge `stream_entries`) |

@@ -223,6 +223,16 @@ pub async fn ping(conn: &mut Conn) -> RedisResult<()> {
         .map(drop)
 }
 
+/// The partition count the services of the deployment with key prefix
+/// `prefix` recorded ([`crate::streams::partitions_key`]), if any: the
+/// CLIs' default when not told.
+pub async fn recorded_partitions(conn: &mut Conn, prefix: &str) -> RedisResult<Option<u16>> {
+    ::redis::cmd("GET")
+        .arg(crate::streams::partitions_key(prefix))
+        .query_async(conn)
+        .await
+}
+
 /// Where `make run` (`scripts/infra.sh up`) starts Redis: every binary of the
 /// workspace (services, `dlq`, `chaos check`) finds it with no configuration.
 pub const DEFAULT_URL: &str = "redis://127.0.0.1:16379";

@@ -145,6 +145,15 @@ pub mod groups {
 /// The most partitions a stream may be split into (`STREAM_PARTITIONS`).
 pub const MAX_PARTITIONS: u16 = 1024;
 
+/// The Redis key where a deployment records how many partitions its streams
+/// have (`<prefix>stream-partitions`, from the prefix as configured, so that
+/// it is found without knowing the count): the first service to start sets
+/// it, a service configured with another count refuses to start, and the
+/// CLIs read it when not told.
+pub fn partitions_key(prefix: &str) -> String {
+    format!("{prefix}stream-partitions")
+}
+
 /// The key prefix of one deployment (or one test), and how many partitions
 /// each of its streams is split into.
 ///

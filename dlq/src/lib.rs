@@ -267,8 +267,13 @@ pub fn redact(url: &str) -> String {
 impl Dlq {
     /// Connects (and checks the connection with PING) to the deployment
     /// whose keys start with `prefix` and whose streams have `partitions`
-    /// (its services' `STREAM_PREFIX` and `STREAM_PARTITIONS`).
-    pub async fn connect(url: &str, prefix: &str, partitions: u16) -> Result<Self, DlqError> {
+    /// (its services' `STREAM_PREFIX` and `STREAM_PARTITIONS`; `None`: the
+    /// count its services recorded in Redis, else 1).
+    pub async fn connect(
+        url: &str,
+        prefix: &str,
+        partitions: Option<u16>,
+    ) -> Result<Self, DlqError> {
         let redacted = redact(url);
         let err = |source| DlqError::Redis {
             url: redacted.clone(),
@@ -277,6 +282,13 @@ impl Dlq {
         let client = redis_conn::client(url).map_err(err)?;
         let mut conn = redis_conn::commands(&client).map_err(err)?;
         redis_conn::ping(&mut conn).await.map_err(err)?;
+        let partitions = match partitions {
+            Some(p) => p,
+            None => redis_conn::recorded_partitions(&mut conn, prefix)
+                .await
+                .map_err(err)?
+                .unwrap_or(1),
+        };
         Ok(Self {
             conn,
             ns: Namespace::for_redis(prefix, url, partitions),

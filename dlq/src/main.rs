@@ -29,11 +29,12 @@ struct Cli {
     /// Key prefix of the deployment (as the services' STREAM_PREFIX).
     #[arg(long, env = "STREAM_PREFIX", default_value = "", global = true)]
     prefix: String,
-    /// Partitions of every stream (as the services' STREAM_PARTITIONS); with
+    /// Partitions of every stream (as the services' STREAM_PARTITIONS;
+    /// default: the count the services recorded in Redis, else 1); with
     /// more than one, dead letters are named `p<i>/<entry id>`.
-    #[arg(long, env = "STREAM_PARTITIONS", default_value_t = 1, global = true,
+    #[arg(long, env = "STREAM_PARTITIONS", global = true,
           value_parser = clap::value_parser!(u16).range(1..=i64::from(contract::streams::MAX_PARTITIONS)))]
-    partitions: u16,
+    partitions: Option<u16>,
     #[command(subcommand)]
     command: Command,
 }

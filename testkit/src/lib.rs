@@ -165,17 +165,22 @@ pub async fn stream_entries(
 ) -> Vec<StreamEntry> {
     let mut all = Vec::new();
     for key in ns.stream_keys(stream) {
-        let v: ::redis::Value = ::redis::cmd("XRANGE")
-            .arg(key)
-            .arg("-")
-            .arg("+")
-            .query_async(&mut conn.clone())
-            .await
-            .expect("XRANGE");
-        all.extend(contract::redis::entries(v).expect("stream entries"));
+        all.extend(stream_entries_at(conn, &key).await);
     }
     all.sort_by_key(|e| contract::entry::id_parts(&e.id));
     all
+}
+
+/// Every entry of the stream at `key`, in order.
+pub async fn stream_entries_at(conn: &contract::redis::Conn, key: &str) -> Vec<StreamEntry> {
+    let v: ::redis::Value = ::redis::cmd("XRANGE")
+        .arg(key)
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn.clone())
+        .await
+        .expect("XRANGE");
+    contract::redis::entries(v).expect("stream entries")
 }
 
 /// `FOODCHAIN_TEST_PARTITIONS`: partitions of every stream in the tests

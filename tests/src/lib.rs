@@ -264,17 +264,35 @@ impl System {
         replica
     }
 
-    /// Starts replica `replica` of a service (on a fresh port).
+    /// Starts replica `replica` of a service (on a fresh port) and waits
+    /// until it is ready.
     pub async fn start_replica(&mut self, service: Service, replica: usize) {
+        self.launch_replica(service, replica, &[]);
+        self.wait_ready(service, replica).await;
+        if replica == 0
+            && let Some(door) = self.doors.get(&service)
+        {
+            door.point_to(Some(self.running[&(service, replica)].addr));
+        }
+    }
+
+    /// Starts replica `replica` of a service with `extra` environment over
+    /// the system's, without waiting for it to be ready.
+    pub fn launch_replica(&mut self, service: Service, replica: usize, extra: &[(&str, &str)]) {
         assert!(
             !self.running.contains_key(&(service, replica)),
             "{service:?}/{replica} already runs"
         );
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let listener = TcpListener::from_std(listener).unwrap();
         let addr = listener.local_addr().unwrap();
         let token = CancellationToken::new();
         let mut vars = self.vars.clone();
         vars.insert("CONSUMER_NAME".into(), self.consumer_name(service, replica));
+        for (k, v) in extra {
+            vars.insert((*k).to_owned(), (*v).to_owned());
+        }
         let env = Env::from_map(vars);
         let t = token.clone();
         let task = match service {
@@ -297,12 +315,6 @@ impl System {
         };
         self.running
             .insert((service, replica), Running { addr, token, task });
-        self.wait_ready(service, replica).await;
-        if replica == 0
-            && let Some(door) = self.doors.get(&service)
-        {
-            door.point_to(Some(addr));
-        }
     }
 
     /// The consumer name (and outbox relay holder name) of a replica.

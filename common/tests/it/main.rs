@@ -7,6 +7,7 @@
 mod consumer;
 mod helpers;
 mod mongo;
+mod partition;
 mod publisher;
 mod telemetry;
 mod transition;

@@ -67,11 +67,16 @@ struct World {
 
 impl World {
     async fn new() -> Self {
+        Self::partitioned(testkit::partitions()).await
+    }
+
+    /// With the streams in `partitions` partitions.
+    async fn partitioned(partitions: u16) -> Self {
         let prefix = format!("{}:", testkit::unique("dlq"));
         let mut env = Env::from_map([
             ("REDIS_URL", testkit::redis_url().await),
             ("STREAM_PREFIX", prefix),
-            ("STREAM_PARTITIONS", testkit::partitions().to_string()),
+            ("STREAM_PARTITIONS", partitions.to_string()),
             ("CONSUMER_BLOCK_MS", "100".into()),
             ("RECLAIM_MIN_IDLE_MS", "400".into()),
             ("RECLAIM_INTERVAL_MS", "50".into()),
@@ -175,7 +180,10 @@ impl World {
     /// Dead letters of a poison order event (a), a malformed message (b) and
     /// a poison delivery event (c), in that order.
     async fn with_three_dead_letters() -> (Self, [Envelope; 2]) {
-        let w = Self::new().await;
+        Self::three_dead_letters(Self::new().await).await
+    }
+
+    async fn three_dead_letters(w: Self) -> (Self, [Envelope; 2]) {
         w.handlers[0].failing.lock().unwrap().insert("a".into());
         w.handlers[1].failing.lock().unwrap().insert("c".into());
         let a = w.publish(Stream::Orders, "a", ORDER_CREATED_V1).await;
@@ -473,5 +481,27 @@ async fn purge_asks_first_and_stats_count() {
     ]));
     assert!(purged.contains("purged 1"), "{purged}");
     assert_eq!(w.list(&[]).len(), 1);
+    w.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_partition_count_it_reads_the_one_the_services_recorded() {
+    let (w, _) = World::three_dead_letters(World::partitioned(3).await).await;
+    let (url, prefix) = (w.settings.redis_url.expose(), &w.settings.stream_prefix);
+    let list = || {
+        let out = Command::new(env!("CARGO_BIN_EXE_dlq"))
+            .args(["--redis-url", url, "--prefix", prefix, "list", "--json"])
+            .env_remove("STREAM_PARTITIONS")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        stdout(&out).lines().count()
+    };
+    // Nothing recorded: one partition, where none of the three letters is.
+    assert_eq!(list(), 0);
+    common::partition::check_recorded(&mut w.conn.clone(), prefix, 3)
+        .await
+        .unwrap();
+    assert_eq!(list(), 3, "every partition's dead letters");
     w.stop().await;
 }

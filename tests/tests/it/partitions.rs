@@ -123,3 +123,31 @@ async fn replicas_share_the_partitions_and_take_over_those_of_one_that_dies() {
     assert_eq!(sys.count("deliveries", bson::doc! {}).await, 70);
     sys.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_with_another_partition_count_takes_no_part() {
+    let parts = PARTITIONS.to_string();
+    let mut sys = System::start_with(&[("STREAM_PARTITIONS", &parts)]).await;
+    let item = sys.add_item("Mismatch mash", 500, 1_000_000).await;
+    // Misconfigured: it would publish to keys nobody reads and read keys
+    // nobody writes. It serves HTTP but never gets past its start-up.
+    sys.launch_replica(Service::Delivery, 1, &[("STREAM_PARTITIONS", "2")]);
+    let url = format!("{}/readyz", sys.replica_url(Service::Delivery, 1));
+    let readiness = eventually("the misconfigured replica answers", T, || async {
+        let r = sys.http.get(&url).send().await.ok()?;
+        Some((
+            r.status().as_u16(),
+            r.json::<serde_json::Value>().await.ok()?,
+        ))
+    })
+    .await;
+    // Several start-up attempts later, it is still refused.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let again = sys.http.get(&url).send().await.unwrap();
+    assert_eq!((readiness.0, again.status().as_u16()), (503, 503));
+    let body: serde_json::Value = again.json().await.unwrap();
+    assert_eq!(body["checks"]["startup"], "initialising", "{body}");
+    deliver(&sys, &item, 5).await;
+    wait_held(&sys, groups::DELIVERY_SVC, &[("delivery-0", PARTITIONS)]).await;
+    sys.shutdown().await;
+}
