@@ -22,10 +22,12 @@
 //! [`Conn`] is either, so the code above this module does not know which.
 //!
 //! In a cluster, a Lua script or a pipeline must touch keys of one hash slot.
-//! Until streams are partitioned (docs/scaling.md §2), every key of a
-//! deployment carries one hash tag: [`Namespace::for_redis`] wraps the prefix
-//! in `{...}`, so a deployment's keys live on one primary (correct, and one
-//! primary's worth of speed).
+//! With one partition every key of a deployment carries one hash tag
+//! ([`Namespace::for_redis`] wraps the prefix in `{...}`), so its keys live
+//! on one primary (correct, and one primary's worth of speed); with several
+//! (`STREAM_PARTITIONS`), every key a script or pipeline touches with a
+//! partition's stream carries that partition's tag, and the partitions
+//! spread over the primaries (docs/scaling.md §2).
 //!
 //! Pub/sub (the outbox relay's wake-up ring) needs a connection to one node:
 //! in a cluster a `PUBLISH` on any node reaches the subscribers of every
