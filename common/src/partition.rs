@@ -357,8 +357,7 @@ impl Assignment {
 
     /// Where this replica starts looking for free partitions.
     fn offset(&self) -> u16 {
-        contract::streams::Namespace::new("")
-            .with_partitions(self.partitions)
-            .partition_of(&self.me)
+        u16::try_from(contract::streams::key_hash(&self.me) % u64::from(self.partitions))
+            .unwrap_or(0)
     }
 }

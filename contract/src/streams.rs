@@ -154,6 +154,14 @@ pub fn partitions_key(prefix: &str) -> String {
     format!("{prefix}stream-partitions")
 }
 
+/// FNV-1a 64 of `key`'s bytes: the hash that places an ordering key in its
+/// partition ([`Namespace::partition_of`]).
+pub fn key_hash(key: &str) -> u64 {
+    key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
 /// The key prefix of one deployment (or one test), and how many partitions
 /// each of its streams is split into.
 ///
@@ -244,10 +252,7 @@ impl Namespace {
         if self.partitions == 1 {
             return 0;
         }
-        let hash = key.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-        });
-        u16::try_from(hash % u64::from(self.partitions)).unwrap_or(0)
+        u16::try_from(key_hash(key) % u64::from(self.partitions)).unwrap_or(0)
     }
 
     /// The Redis key of partition `p` of a stream.
