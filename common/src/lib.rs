@@ -73,3 +73,4 @@ pub mod shutdown;
 pub mod telemetry;
 pub mod transition;
 pub mod trim;
+pub mod writes;

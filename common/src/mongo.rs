@@ -133,7 +133,7 @@ where
             Err(e) => {
                 // Aborting an already-aborted transaction fails harmlessly.
                 let _ = session.abort_transaction().await;
-                if is_labelled(&e, TRANSIENT_TRANSACTION_ERROR) && may_retry(attempt) {
+                if is_transient(&e) && may_retry(attempt) {
                     metrics::counter!("transaction_retries_total").increment(1);
                     debug!(
                         attempt,
@@ -177,15 +177,16 @@ async fn commit(session: &mut ClientSession, policy: RetryPolicy) -> Result<(), 
     }
 }
 
-fn is_labelled<E: MaybeMongoError>(e: &E, label: &str) -> bool {
-    e.as_mongo().is_some_and(|m| m.contains_label(label))
+/// A write conflict, labelled or a statement's (see [`crate::writes`]).
+fn is_transient<E: MaybeMongoError>(e: &E) -> bool {
+    e.as_mongo().is_some_and(crate::writes::is_write_conflict)
 }
 
 /// Whether `e` means "the database is unreachable or contended right now"
 /// (answer 503 and let the client retry) rather than a bug.
 pub fn is_unavailable(e: &Error) -> bool {
     use mongodb::error::ErrorKind;
-    e.contains_label(TRANSIENT_TRANSACTION_ERROR)
+    crate::writes::is_write_conflict(e)
         || e.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT)
         || matches!(
             *e.kind,
@@ -203,11 +204,7 @@ pub fn check_write_reply(reply: &mongodb::bson::Document, expected: usize) -> Re
     if let Some((_, first)) = write_errors(reply).into_iter().next() {
         return Err(first);
     }
-    let n = reply
-        .get_i32("n")
-        .map(i64::from)
-        .or_else(|_| reply.get_i64("n"))
-        .unwrap_or_default();
+    let n = count(reply, "n");
     if usize::try_from(n).unwrap_or_default() < expected {
         return Err(Error::custom(format!(
             "a write command wrote {n} of {expected} documents"
@@ -217,8 +214,8 @@ pub fn check_write_reply(reply: &mongodb::bson::Document, expected: usize) -> Re
 }
 
 /// The per-statement errors of a raw write command's reply, as `(statement
-/// index, error)`, each a command error carrying the statement's code (so
-/// [`is_duplicate_key`] and the error labels apply). For unordered writes,
+/// index, error)`, each a [`crate::writes::StatementError`] carrying the
+/// statement's code (so [`is_duplicate_key`] and the conflict check apply). For unordered writes,
 /// where every other statement was applied.
 pub fn write_errors(reply: &mongodb::bson::Document) -> Vec<(usize, Error)> {
     let Ok(errors) = reply.get_array("writeErrors") else {
@@ -233,10 +230,10 @@ pub fn write_errors(reply: &mongodb::bson::Document) -> Vec<(usize, Error)> {
                 .ok()
                 .and_then(|i| usize::try_from(i).ok())
                 .unwrap_or_default();
-            let code = e.get_i32("code").unwrap_or_default();
-            let message = e.get_str("errmsg").unwrap_or("write error");
-            let raw = mongodb::bson::doc! { "ok": 0, "code": code, "errmsg": message };
-            (index, Error::custom(format!("E{code} {message} ({raw})")))
+            (
+                index,
+                Error::custom(crate::writes::StatementError::from_reply(e)),
+            )
         })
         .collect()
 }
@@ -252,6 +249,18 @@ pub fn is_duplicate_key(e: &Error) -> bool {
             .write_errors
             .as_ref()
             .is_some_and(|errs| errs.iter().any(|w| w.code == 11000)),
-        _ => e.to_string().contains("E11000"),
+        _ => {
+            crate::writes::statement_error(e).is_some_and(|s| s.code == 11000)
+                || e.to_string().contains("E11000")
+        }
     }
+}
+
+/// A count in a raw reply (`int32` or `int64`; 0 when absent).
+pub(crate) fn count(reply: &mongodb::bson::Document, field: &str) -> i64 {
+    reply
+        .get_i32(field)
+        .map(i64::from)
+        .or_else(|_| reply.get_i64(field))
+        .unwrap_or_default()
 }

@@ -57,8 +57,9 @@ use tracing::info;
 use crate::{
     batch::{Batch, Batcher},
     consumer::{HandlerError, Outcome},
-    mongo::{BoxFuture, RetryPolicy, check_write_reply, run_transaction},
+    mongo::{BoxFuture, RetryPolicy, run_transaction},
     outbox::{Outbox, Written},
+    writes::Writes,
 };
 
 /// A document with a status lifecycle and a version counter (fields `status`
@@ -313,15 +314,17 @@ impl<T: Versioned> Moves<T> {
         jobs: &[Move<T::Status>],
     ) -> mongodb::error::Result<(Vec<StatusChange<T::Status>>, Option<Written>)> {
         let mut events = Vec::new();
+        let mut writes = Writes::new();
         let changes = match jobs {
             [job] => vec![self.apply_one(s, job, &mut events).await?],
-            _ => self.apply_many(s, jobs, &mut events).await?,
+            _ => self.apply_many(s, jobs, &mut writes, &mut events).await?,
         };
         let entries: Vec<_> = events
             .iter()
             .map(|(event, seq)| (self.0.stream, event, *seq))
             .collect();
-        let written = self.0.outbox.add_all(&mut *s, &entries).await?;
+        // The moves' updates and their events in one round trip.
+        let written = self.0.outbox.write_with(&mut *s, writes, &entries).await?;
         Ok((changes, written))
     }
 
@@ -368,14 +371,15 @@ impl<T: Versioned> Moves<T> {
     /// each move is decided in memory, in arrival order, on the document as
     /// the moves before it left it (so two moves of one document in one
     /// batch apply in order, and a duplicate is stale); the moves that apply
-    /// are written with one `update` command, each statement guarded by the
-    /// version it was decided on. Inside the snapshot transaction nobody
+    /// are added to `writes`, each statement guarded by the version it was
+    /// decided on, and go out with the events (one round trip). Inside the snapshot transaction nobody
     /// else can change a document between the read and the write: that
     /// would be a write conflict, and the whole batch runs again.
     async fn apply_many(
         &self,
         s: &mut ClientSession,
         jobs: &[Move<T::Status>],
+        writes: &mut Writes,
         events: &mut Vec<(Envelope, u32)>,
     ) -> mongodb::error::Result<Vec<StatusChange<T::Status>>> {
         let spec = &self.0;
@@ -393,7 +397,6 @@ impl<T: Versioned> Moves<T> {
             docs.insert(d.id(), d);
         }
         let mut changes = Vec::with_capacity(jobs.len());
-        let mut statements = Vec::new();
         for job in jobs {
             let Some(doc) = docs.get_mut(&job.id) else {
                 changes.push(StatusChange::Missing);
@@ -404,30 +407,15 @@ impl<T: Versioned> Moves<T> {
                 continue;
             }
             let fields = job.fields()?;
-            statements.push(doc! {
-                "q": { "_id": job.id, "version": i64::from(doc.version()) },
-                "u": { "$set": &fields, "$inc": { "version": 1 } },
-            });
+            writes.update(
+                &spec.collection,
+                doc! { "_id": job.id, "version": i64::from(doc.version()) },
+                doc! { "$set": &fields, "$inc": { "version": 1 } },
+            );
             let (change, after) = self.moved(s, doc, job, fields, events).await?;
             *doc = after;
             changes.push(change);
         }
-        if statements.is_empty() {
-            return Ok(changes);
-        }
-        let expected = statements.len();
-        let reply = spec
-            .collection
-            .client()
-            .database(&spec.collection.namespace().db)
-            .run_command(doc! {
-                "update": spec.collection.name(),
-                "updates": statements,
-                "ordered": true,
-            })
-            .session(&mut *s)
-            .await?;
-        check_write_reply(&reply, expected)?;
         Ok(changes)
     }
 

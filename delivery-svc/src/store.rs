@@ -14,6 +14,7 @@ use common::{
     mongo::{RetryPolicy, is_duplicate_key, run_transaction},
     outbox::{Outbox, Written},
     transition::{Cause, Guarded, Spec, Versioned},
+    writes::Writes,
 };
 use contract::{
     Envelope, OrderId,
@@ -179,10 +180,10 @@ impl Creations {
         jobs: &[NewDelivery],
     ) -> mongodb::error::Result<(Vec<Creation>, Option<Written>)> {
         let mut taken = HashSet::new();
-        // A batch of one (no load) skips the query: the unique index answers.
-        if jobs.len() > 1 {
-            self.existing(s, jobs, &mut taken).await?;
-        }
+        // Even a batch of one asks first: the writes then go out as one
+        // command, which may not open a transaction (common::writes), so a
+        // lone creation is still three round trips (read, write, commit).
+        self.existing(s, jobs, &mut taken).await?;
         let now = Utc::now();
         let mut created = Vec::new();
         let outcomes: Vec<Creation> = jobs
@@ -209,10 +210,11 @@ impl Creations {
             return Ok((outcomes, None));
         }
         // The unique index on order_id makes a second delivery impossible.
-        self.deliveries
-            .insert_many(&created)
-            .session(&mut *s)
-            .await?;
+        let mut writes = Writes::new();
+        for d in &created {
+            let d = bson::to_document(d).map_err(mongodb::error::Error::custom)?;
+            writes.insert(&self.deliveries, d);
+        }
         let events: Vec<_> = created
             .iter()
             .flat_map(|d| {
@@ -222,7 +224,7 @@ impl Creations {
             })
             .collect();
         let entries: Vec<_> = events.iter().map(|(st, ev, v)| (*st, ev, *v)).collect();
-        let written = self.outbox.add_all(&mut *s, &entries).await?;
+        let written = self.outbox.write_with(&mut *s, writes, &entries).await?;
         Ok((outcomes, written))
     }
 }

@@ -252,17 +252,10 @@ impl Keys {
         }
     }
 
-    /// Inserts records made by [`Keys::document`] inside the caller's
-    /// transaction (one round trip); a duplicate key fails the insert.
-    pub async fn insert_all(
-        &self,
-        s: &mut ClientSession,
-        records: Vec<Document>,
-    ) -> mongodb::error::Result<()> {
-        if records.is_empty() {
-            return Ok(());
-        }
-        self.coll.insert_many(records).session(s).await.map(drop)
+    /// Adds the insert of `record` (a [`Keys::document`]) to a
+    /// transaction's writes.
+    pub fn stage(&self, writes: &mut common::writes::Writes, record: Document) {
+        writes.insert(&self.coll, record);
     }
 
     /// Which of the key ids `ids` are stored.

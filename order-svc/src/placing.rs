@@ -36,12 +36,13 @@
 
 use std::{collections::HashMap, time::Duration};
 
-use bson::{Document, doc, oid::ObjectId};
+use bson::{doc, oid::ObjectId};
 use chrono::Utc;
 use common::{
     batch::{Batch, Batcher},
-    mongo::{MaybeMongoError, RetryPolicy, check_write_reply, is_duplicate_key, run_transaction},
+    mongo::{MaybeMongoError, RetryPolicy, is_duplicate_key, run_transaction},
     outbox::{Outbox, Written},
+    writes::Writes,
 };
 use contract::{MenuItemId, auth::TrackingToken, events::OrderLine, status::OrderStatus};
 use futures::TryStreamExt;
@@ -326,32 +327,32 @@ async fn place_in(
     if placed.is_empty() {
         return Ok((decided, None));
     }
-    // 1. Stock: one guarded decrement per dish for the whole batch.
-    let decrements: Vec<Document> = stock
-        .values()
-        .filter(|(item, left)| *left != item.stock)
-        .map(|(item, left)| {
-            let units = item.stock - left;
-            doc! {
-                "q": { "_id": item.id, "stock": { "$gte": units } },
-                "u": { "$inc": { "stock": -units } },
-            }
-        })
-        .collect();
-    let expected = decrements.len();
-    let reply =
-        c.db.run_command(doc! { "update": c.menu.name(), "updates": decrements, "ordered": true })
-            .session(&mut *s)
-            .await?;
-    // The reads above are this transaction's snapshot: a concurrent change
-    // of a dish is a write conflict, so every guard holds.
-    check_write_reply(&reply, expected)?;
+    // Every write of the batch, in one round trip (see common::writes).
+    let mut writes = Writes::new();
+    // 1. Stock: one guarded decrement per dish for the whole batch. The
+    //    reads above are this transaction's snapshot: a concurrent change
+    //    of a dish is a write conflict, so every guard holds.
+    for (item, left) in stock.values().filter(|(item, left)| *left != item.stock) {
+        let units = item.stock - left;
+        writes.update(
+            &c.menu,
+            doc! { "_id": item.id, "stock": { "$gte": units } },
+            doc! { "$inc": { "stock": -units } },
+        );
+    }
     // 2. The orders.
-    c.orders
-        .insert_many(placed.iter().map(|(_, p)| &p.order))
-        .session(&mut *s)
-        .await?;
-    // 3. Their events.
+    for (_, p) in &placed {
+        let order = bson::to_document(&p.order).map_err(mongodb::error::Error::custom)?;
+        writes.insert(&c.orders, order);
+    }
+    // 3. Their idempotency records.
+    for (r, p) in &placed {
+        if let Some(key) = r.key.as_ref() {
+            c.keys
+                .stage(&mut writes, Keys::document(key, &p.reply, Some(&r.token)));
+        }
+    }
+    // 4. Their events, last.
     let events: Vec<_> = placed
         .iter()
         .flat_map(|(_, p)| events::order_created(&p.order).map(|e| (e, p.order.version)))
@@ -360,13 +361,7 @@ async fn place_in(
         .iter()
         .map(|((stream, event), seq)| (*stream, event, *seq))
         .collect();
-    let written = c.outbox.add_all(&mut *s, &refs).await?;
-    // 4. Their idempotency records.
-    let records: Vec<Document> = placed
-        .iter()
-        .filter_map(|(r, p)| Some(Keys::document(r.key.as_ref()?, &p.reply, Some(&r.token))))
-        .collect();
-    c.keys.insert_all(&mut *s, records).await?;
+    let written = c.outbox.write_with(&mut *s, writes, &refs).await?;
     Ok((decided, written))
 }
 

@@ -6,6 +6,10 @@
 //!   seven, the order, one outbox entry, the idempotency record), from
 //!   `concurrency` tasks for a fixed time, each retrying its write conflicts
 //!   until it commits. Its rate is what one-order-per-transaction can reach.
+//!   Measured twice where the server has `bulkWrite`: with one command per
+//!   write, and as the services write since (common::writes): a read of the
+//!   two dishes, then every write in one `bulkWrite`. Ours is divided by the
+//!   faster of the two.
 //! * **MongoDB, one status move**, two ways, each task moving its own
 //!   document (so nothing conflicts): as the services write a lone move
 //!   today (a transaction: guarded `findAndModify`, an outbox entry, the
@@ -33,6 +37,8 @@ use futures::{FutureExt, future::join_all};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde::Serialize;
 
+use common::writes::{Mode, Writes};
+
 use super::Percentiles;
 
 /// Rates measured on the bare servers.
@@ -46,6 +52,9 @@ pub struct Floor {
     pub mongo_txn_latency: Percentiles,
     /// Transaction runs that hit a write conflict and ran again.
     pub mongo_conflicts: u64,
+    /// The same transaction as a read of the dishes and one `bulkWrite`,
+    /// per second (none: the server has no `bulkWrite`).
+    pub mongo_bulk_txn_per_sec: Option<f64>,
     /// Status moves per second, each a transaction with its outbox entry.
     pub move_txn_per_sec: f64,
     /// Status moves per second, each one single-document `findAndModify`
@@ -57,15 +66,27 @@ pub struct Floor {
     pub read_ack_per_sec: f64,
 }
 
+impl Floor {
+    /// The faster of the two order transactions.
+    pub fn order_txn_per_sec(&self) -> f64 {
+        self.mongo_txn_per_sec
+            .max(self.mongo_bulk_txn_per_sec.unwrap_or_default())
+    }
+}
+
 impl std::fmt::Display for Floor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(
             f,
-            "floor, c={}: MongoDB order transaction {:.0}/s ({}; {} conflicts retried); status move as a transaction {:.0}/s, as one document write {:.0}/s ({:.1}×); Redis XADD {:.0}/s, XREADGROUP+XACK {:.0}/s",
+            "floor, c={}: MongoDB order transaction {:.0}/s ({}; {} conflicts retried), {}; status move as a transaction {:.0}/s, as one document write {:.0}/s ({:.1}×); Redis XADD {:.0}/s, XREADGROUP+XACK {:.0}/s",
             self.concurrency,
             self.mongo_txn_per_sec,
             self.mongo_txn_latency,
             self.mongo_conflicts,
+            self.mongo_bulk_txn_per_sec.map_or_else(
+                || "no bulkWrite on this server".to_owned(),
+                |r| format!("as a read and one bulkWrite {r:.0}/s")
+            ),
             self.move_txn_per_sec,
             self.move_single_per_sec,
             self.move_single_per_sec / self.move_txn_per_sec.max(f64::MIN_POSITIVE),
@@ -119,7 +140,16 @@ pub async fn measure(
     duration: Duration,
 ) -> anyhow::Result<Floor> {
     let (mongo_txn_per_sec, latencies, mongo_conflicts) =
-        mongo_floor(mongo_url, concurrency, duration).await?;
+        mongo_floor(mongo_url, concurrency, duration, Mode::PerCollection).await?;
+    let bulk = {
+        let client = common::mongo::connect(mongo_url, "bench-floor").await?;
+        common::writes::Support::default().mode(&client).await == Mode::Bulk
+    };
+    let mongo_bulk_txn_per_sec = if bulk {
+        Some(mongo_floor(mongo_url, concurrency, duration, Mode::Bulk).await?.0)
+    } else {
+        None
+    };
     let (move_txn_per_sec, move_single_per_sec) =
         move_floor(mongo_url, concurrency, duration).await?;
     let (xadd_per_sec, read_ack_per_sec) = redis_floor(redis_url, concurrency, duration).await?;
@@ -128,6 +158,7 @@ pub async fn measure(
         mongo_txn_per_sec,
         mongo_txn_latency: Percentiles::of(latencies),
         mongo_conflicts,
+        mongo_bulk_txn_per_sec,
         move_txn_per_sec,
         move_single_per_sec,
         xadd_per_sec,
@@ -139,6 +170,7 @@ async fn mongo_floor(
     url: &str,
     concurrency: usize,
     duration: Duration,
+    mode: Mode,
 ) -> anyhow::Result<(f64, Vec<f64>, u64)> {
     let client = common::mongo::connect(url, "bench-floor").await?;
     let db = client.database("bench_floor");
@@ -181,6 +213,44 @@ async fn mongo_floor(
                 runs.fetch_add(1, Ordering::Relaxed);
                 async move {
                     let menu = db.collection::<Document>("menu");
+                    let order_id = ObjectId::new();
+                    let items: Vec<Document> = lines
+                        .iter()
+                        .map(|(id, q)| doc! { "item_id": id, "name": "dish", "quantity": q, "price_cents": 1250_i64 })
+                        .collect();
+                    let order = doc! {
+                        "_id": order_id, "status": "created", "version": 1_i64,
+                        "customer": { "name": "Bench Mark", "address": "1 Fast Lane", "phone": "+1 555 0199" },
+                        "items": items, "total_cents": 5000_i64,
+                        "created_at": bson::DateTime::now(), "token_hash": "0123456789abcdef0123456789abcdef",
+                    };
+                    let entry = doc! {
+                        "stream": "orders-stream", "key": order_id.to_hex(), "seq": 1_i64,
+                        "published": false, "written_at": bson::DateTime::now(),
+                        "fields": { "event_type": "order.created.v1", "payload": "x".repeat(400) },
+                    };
+                    let record = doc! { "_id": key.as_str(), "order_id": order_id, "fingerprint": "f".repeat(64) };
+                    if mode == Mode::Bulk {
+                        // As a placement writes: read the dishes, then
+                        // every write in one command.
+                        let ids: Vec<ObjectId> = lines.iter().map(|(id, _)| *id).collect();
+                        let mut found = menu.find(doc! { "_id": { "$in": ids } }).session(&mut *s).await?;
+                        while let Some(d) = found.next(&mut *s).await {
+                            d?;
+                        }
+                        let mut writes = Writes::new();
+                        for (id, q) in lines {
+                            writes.update(
+                                &menu,
+                                doc! { "_id": id, "stock": { "$gte": q } },
+                                doc! { "$inc": { "stock": -q } },
+                            );
+                        }
+                        writes.insert(&db.collection::<Document>("orders"), order);
+                        writes.insert(&db.collection::<Document>("outbox"), entry);
+                        writes.insert(&db.collection::<Document>("keys"), record);
+                        return writes.run(db.client(), s, Mode::Bulk).await;
+                    }
                     for (id, q) in lines {
                         let r = menu
                             .update_one(
@@ -193,30 +263,16 @@ async fn mongo_floor(
                             return Err(mongodb::error::Error::custom("out of stock"));
                         }
                     }
-                    let order_id = ObjectId::new();
-                    let items: Vec<Document> = lines
-                        .iter()
-                        .map(|(id, q)| doc! { "item_id": id, "name": "dish", "quantity": q, "price_cents": 1250_i64 })
-                        .collect();
                     db.collection::<Document>("orders")
-                        .insert_one(doc! {
-                            "_id": order_id, "status": "created", "version": 1_i64,
-                            "customer": { "name": "Bench Mark", "address": "1 Fast Lane", "phone": "+1 555 0199" },
-                            "items": items, "total_cents": 5000_i64,
-                            "created_at": bson::DateTime::now(), "token_hash": "0123456789abcdef0123456789abcdef",
-                        })
+                        .insert_one(order)
                         .session(&mut *s)
                         .await?;
                     db.collection::<Document>("outbox")
-                        .insert_one(doc! {
-                            "stream": "orders-stream", "key": order_id.to_hex(), "seq": 1_i64,
-                            "published": false, "written_at": bson::DateTime::now(),
-                            "fields": { "event_type": "order.created.v1", "payload": "x".repeat(400) },
-                        })
+                        .insert_one(entry)
                         .session(&mut *s)
                         .await?;
                     db.collection::<Document>("keys")
-                        .insert_one(doc! { "_id": key.as_str(), "order_id": order_id, "fingerprint": "f".repeat(64) })
+                        .insert_one(record)
                         .session(&mut *s)
                         .await?;
                     Ok::<(), mongodb::error::Error>(())

@@ -320,8 +320,8 @@ impl std::fmt::Display for BenchReport {
                     Some(fl) => writeln!(
                         f,
                         "{step}  (floor {:.0} txn/s: ours ÷ floor {:.2})",
-                        fl.mongo_txn_per_sec,
-                        step.per_sec / fl.mongo_txn_per_sec
+                        fl.order_txn_per_sec(),
+                        step.per_sec / fl.order_txn_per_sec()
                     )?,
                     None => writeln!(f, "{step}")?,
                 }

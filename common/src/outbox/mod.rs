@@ -90,7 +90,7 @@ use contract::{
     streams::{Namespace, Stream},
 };
 
-use crate::publisher::Publisher;
+use crate::{publisher::Publisher, writes::Writes};
 
 /// Outbox tuning.
 #[derive(Debug, Clone, Copy)]
@@ -154,6 +154,8 @@ pub struct Outbox {
     rung: Arc<AtomicBool>,
     ns: Namespace,
     service: String,
+    /// Whether the server takes a transaction's writes as one `bulkWrite`.
+    support: crate::writes::Support,
 }
 
 /// An entry a transaction wrote ([`Outbox::add_all`]): its id and events,
@@ -184,6 +186,7 @@ impl Outbox {
             rung: Arc::new(AtomicBool::new(false)),
             ns,
             service: service.to_owned(),
+            support: crate::writes::Support::default(),
         }
     }
 
@@ -220,8 +223,30 @@ impl Outbox {
         s: &mut ClientSession,
         events: &[(Stream, &Envelope, u32)],
     ) -> mongodb::error::Result<Option<Written>> {
+        self.write_with(s, Writes::new(), events).await
+    }
+
+    /// Writes `writes` and, after them, the entry of `events` (as
+    /// [`Outbox::add_all`] does), all in one round trip where the server
+    /// allows it (see [`crate::writes`]): a state change and its events in
+    /// one command.
+    pub async fn write_with(
+        &self,
+        s: &mut ClientSession,
+        mut writes: Writes,
+        events: &[(Stream, &Envelope, u32)],
+    ) -> mongodb::error::Result<Option<Written>> {
+        let written = self.stage(&mut writes, events);
+        let client = self.db.client();
+        let mode = self.support.mode(client).await;
+        writes.run(client, s, mode).await?;
+        Ok(written)
+    }
+
+    /// Adds the entry of `events` to `writes` (nothing for no events).
+    fn stage(&self, writes: &mut Writes, events: &[(Stream, &Envelope, u32)]) -> Option<Written> {
         if events.is_empty() {
-            return Ok(None);
+            return None;
         }
         let events: Vec<Document> = events
             .iter()
@@ -242,21 +267,15 @@ impl Outbox {
         // An upsert, so that `$currentDate` stamps the entry with the
         // database's clock: one clock for every replica that writes.
         let id = ObjectId::new();
-        let update = doc! {
-            "q": { "_id": id },
-            "u": {
+        writes.upsert(
+            &self.coll,
+            doc! { "_id": id },
+            doc! {
                 "$currentDate": { "written_at": true },
                 "$setOnInsert": { "events": &events, "published": false },
             },
-            "upsert": true,
-        };
-        let reply = self
-            .db
-            .run_command(doc! { "update": self.coll.name(), "updates": [update], "ordered": true })
-            .session(&mut *s)
-            .await?;
-        crate::mongo::check_write_reply(&reply, 1)?;
-        Ok(Some(Written { id, events }))
+        );
+        Some(Written { id, events })
     }
 
     /// Hands what a transaction wrote to the relay once it committed (call

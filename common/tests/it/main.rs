@@ -12,3 +12,4 @@ mod publisher;
 mod telemetry;
 mod transition;
 mod trim;
+mod writes;
