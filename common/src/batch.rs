@@ -14,6 +14,15 @@
 //! Used for order placement (order-svc), guarded status moves (order-svc and
 //! delivery-svc, [`crate::transition`]) and timeline appends (notify-svc).
 //!
+//! A writer may run up to `depth` batches at once ([`Batcher::pipelined`]):
+//! while one batch's transaction commits, the jobs queued meanwhile start
+//! the next, instead of waiting for the commit and then for their own
+//! transaction. Only for writes whose concurrent batches do not meet on
+//! the same documents in the common case (status moves of different
+//! orders): when they do, the database's write conflict runs one of them
+//! again, which is correct and only slower. Placements keep one batch at a
+//! time, because every batch decrements the same dishes.
+//!
 //! The writer starts with the first job, on that job's runtime (so a handle
 //! can be built outside a runtime, and tests with several runtimes each get
 //! theirs), and ends when every handle is dropped, after answering what was
@@ -26,7 +35,7 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use futures::FutureExt;
+use futures::{FutureExt, StreamExt, stream::FuturesUnordered};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error};
 
@@ -61,6 +70,7 @@ pub struct Batcher<B: Batch> {
     tx: mpsc::Sender<Queued<B>>,
     idle: Arc<Mutex<Idle<B>>>,
     max: usize,
+    depth: usize,
     name: &'static str,
 }
 
@@ -70,6 +80,7 @@ impl<B: Batch> Clone for Batcher<B> {
             tx: self.tx.clone(),
             idle: self.idle.clone(),
             max: self.max,
+            depth: self.depth,
             name: self.name,
         }
     }
@@ -80,6 +91,7 @@ impl<B: Batch> std::fmt::Debug for Batcher<B> {
         f.debug_struct("Batcher")
             .field("name", &self.name)
             .field("max", &self.max)
+            .field("depth", &self.depth)
             .finish_non_exhaustive()
     }
 }
@@ -88,11 +100,18 @@ impl<B: Batch> Batcher<B> {
     /// A writer doing batches of at most `max` jobs with `batch`; `name`
     /// labels its `write_batch_size` histogram (`writer="<name>"`).
     pub fn new(name: &'static str, max: usize, batch: B) -> Self {
+        Self::pipelined(name, max, 1, batch)
+    }
+
+    /// A writer running up to `depth` batches at once (see the module
+    /// docs), each of at most `max` jobs.
+    pub fn pipelined(name: &'static str, max: usize, depth: usize, batch: B) -> Self {
         let (tx, rx) = mpsc::channel(QUEUE);
         Self {
             tx,
             idle: Arc::new(Mutex::new(Some((rx, batch)))),
             max: max.max(1),
+            depth: depth.max(1),
             name,
         }
     }
@@ -105,7 +124,7 @@ impl<B: Batch> Batcher<B> {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();
         if let Some((rx, batch)) = start {
-            tokio::spawn(write(rx, batch, self.max, self.name));
+            tokio::spawn(write(rx, batch, self.max, self.depth, self.name));
         }
         let (done, answer) = oneshot::channel();
         self.tx
@@ -116,31 +135,53 @@ impl<B: Batch> Batcher<B> {
     }
 }
 
-/// The writer: batches of what is queued, one after another.
+/// The writer: batches of what is queued, up to `depth` at a time.
 async fn write<B: Batch>(
     mut rx: mpsc::Receiver<Queued<B>>,
     batch: B,
     max: usize,
+    depth: usize,
     name: &'static str,
 ) {
-    let mut queued = Vec::with_capacity(max);
-    while rx.recv_many(&mut queued, max).await > 0 {
-        metrics::histogram!("write_batch_size", "writer" => name).record(queued.len() as f64);
-        let (jobs, senders): (Vec<B::Job>, Vec<_>) =
-            std::mem::take(&mut queued).into_iter().unzip();
-        let results = match AssertUnwindSafe(batch.run(&jobs)).catch_unwind().await {
-            Ok(results) if results.len() == jobs.len() => results,
-            Ok(_) | Err(_) => {
-                error!(writer = name, "a write batch panicked or lost answers");
-                jobs.iter().map(|j| batch.failed(j)).collect()
+    let batch = &batch;
+    let mut running = FuturesUnordered::new();
+    let mut open = true;
+    loop {
+        let mut queued = Vec::with_capacity(max);
+        tokio::select! {
+            // Answer finished batches first, so their callers go on.
+            biased;
+            Some(()) = running.next(), if !running.is_empty() => {}
+            // `recv_many` is cancel-safe: nothing queued is lost when a
+            // finished batch wins the race.
+            n = rx.recv_many(&mut queued, max), if open && running.len() < depth => {
+                if n == 0 {
+                    open = false; // every handle dropped: finish what runs
+                } else {
+                    running.push(run_batch(batch, queued, name));
+                }
             }
-        };
-        for (done, result) in senders.into_iter().zip(results) {
-            // The caller may have given up (timeout, client gone).
-            let _ = done.send(result);
+            else => break,
         }
     }
     debug!(writer = name, "writer stopped");
+}
+
+/// Runs one batch and answers each of its callers.
+async fn run_batch<B: Batch>(batch: &B, queued: Vec<Queued<B>>, name: &'static str) {
+    metrics::histogram!("write_batch_size", "writer" => name).record(queued.len() as f64);
+    let (jobs, senders): (Vec<B::Job>, Vec<_>) = queued.into_iter().unzip();
+    let results = match AssertUnwindSafe(batch.run(&jobs)).catch_unwind().await {
+        Ok(results) if results.len() == jobs.len() => results,
+        Ok(_) | Err(_) => {
+            error!(writer = name, "a write batch panicked or lost answers");
+            jobs.iter().map(|j| batch.failed(j)).collect()
+        }
+    };
+    for (done, result) in senders.into_iter().zip(results) {
+        // The caller may have given up (timeout, client gone).
+        let _ = done.send(result);
+    }
 }
 
 #[cfg(test)]
@@ -186,6 +227,48 @@ mod tests {
         assert_eq!(sizes.iter().sum::<usize>(), 20);
         assert!(sizes.iter().all(|&n| n <= 8), "{sizes:?}");
         assert!(sizes.len() < 20, "no batching happened: {sizes:?}");
+    }
+
+    /// Counts how many of its batches run at once.
+    #[derive(Default)]
+    struct Overlap {
+        now: AtomicUsize,
+        most: AtomicUsize,
+    }
+
+    impl Batch for Arc<Overlap> {
+        type Job = u32;
+        type Output = u32;
+        async fn run(&self, jobs: &[u32]) -> Vec<u32> {
+            let n = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most.fetch_max(n, Ordering::SeqCst);
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            self.now.fetch_sub(1, Ordering::SeqCst);
+            jobs.to_vec()
+        }
+        fn failed(&self, _: &u32) -> u32 {
+            0
+        }
+    }
+
+    /// 40 jobs from 40 callers, 4 per batch: what ran at once at most.
+    async fn most_at_once(depth: usize) -> usize {
+        let overlap = Arc::new(Overlap::default());
+        let b = Batcher::pipelined("test", 4, depth, overlap.clone());
+        let answers = futures::future::join_all((0..40).map(|i| {
+            let b = b.clone();
+            async move { b.submit(i).await.unwrap() }
+        }))
+        .await;
+        assert_eq!(answers, (0..40).collect::<Vec<u32>>());
+        overlap.most.load(Ordering::SeqCst)
+    }
+
+    #[tokio::test]
+    async fn a_pipelined_writer_runs_up_to_depth_batches_at_once() {
+        assert_eq!(most_at_once(1).await, 1);
+        assert_eq!(most_at_once(2).await, 2);
+        assert_eq!(most_at_once(3).await, 3);
     }
 
     #[tokio::test]

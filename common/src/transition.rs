@@ -187,11 +187,18 @@ impl<T: Versioned> std::fmt::Debug for Spec<T> {
 /// Most moves in one transaction.
 pub const MAX_BATCH: usize = 64;
 
+/// Batches of moves in flight at once (see [`crate::batch`]): moves of
+/// different documents do not conflict, so one batch can start while the
+/// one before it commits. Under a backlog this drained it sooner
+/// (docs/performance.md, 16); at a steady pace it made no difference.
+const DEPTH: usize = 2;
+
 /// The guarded moves of one collection, group-committed: the moves asked
 /// for concurrently (by a consumer's lanes, and by requests such as a
 /// cancel) are applied by one writer in one transaction, each with its own
-/// guard and outcome, their events written to the outbox with one command,
-/// and one commit (see [`crate::batch`]). Under no load a batch is one
+/// guard and outcome, the updates and their events written with one command
+/// ([`crate::writes`]), and one commit (see [`crate::batch`]); up to
+/// [`DEPTH`] such transactions run at once. Under no load a batch is one
 /// move. A batch that fails for a reason other than a conflict (which
 /// re-runs the whole transaction) is split, each move run alone, so that one
 /// move's error is only its own.
@@ -217,7 +224,7 @@ impl<T: Versioned> Guarded<T> {
     /// The moves of `spec.collection`; `name` labels the writer's metrics.
     pub fn new(name: &'static str, spec: Spec<T>) -> Self {
         Self {
-            writer: Batcher::new(name, MAX_BATCH, Moves(spec)),
+            writer: Batcher::pipelined(name, MAX_BATCH, DEPTH, Moves(spec)),
         }
     }
 

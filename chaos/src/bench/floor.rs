@@ -146,7 +146,11 @@ pub async fn measure(
         common::writes::Support::default().mode(&client).await == Mode::Bulk
     };
     let mongo_bulk_txn_per_sec = if bulk {
-        Some(mongo_floor(mongo_url, concurrency, duration, Mode::Bulk).await?.0)
+        Some(
+            mongo_floor(mongo_url, concurrency, duration, Mode::Bulk)
+                .await?
+                .0,
+        )
     } else {
         None
     };

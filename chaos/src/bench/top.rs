@@ -3,6 +3,8 @@
 //! commands (`findAndModify`, `commitTransaction`, ...) each collection
 //! received during the CPU phase. Counts are per command, not per document,
 //! so a batch of 64 inserts counts once: this is the round-trip count.
+//! `bulkWrite`s (one command writing to several collections, see
+//! common::writes) come from `serverStatus` instead, as `(several) bulkWrite`.
 //! The same for Redis, from `INFO commandstats` (calls per command).
 //! [`Tally`] is the short form, for each step of the ladder: all the
 //! database's commands and its committed transactions (`serverStatus`;
@@ -51,6 +53,22 @@ pub async fn snapshot(client: &mongodb::Client, db: &str) -> BTreeMap<String, u6
         // findAndModify, aggregate, count, ... land in `commands`.
         counts.insert(format!("{coll} commands"), total.saturating_sub(named));
     }
+    // A `bulkWrite` runs on `admin` and writes to several collections, so
+    // `top` leaves it out: it is counted from the server's command metrics
+    // (server-wide, so whatever else runs meanwhile counts too; nothing
+    // else writes with it during a run).
+    let status = client
+        .database("admin")
+        .run_command(doc! { "serverStatus": 1 })
+        .await
+        .unwrap_or_default();
+    let bulk = status
+        .get_document("metrics")
+        .and_then(|m| m.get_document("commands"))
+        .and_then(|c| c.get_document("bulkWrite"))
+        .ok()
+        .map_or(0, |b| count_of(b.get("total")));
+    counts.insert("(several) bulkWrite".to_owned(), bulk);
     counts
 }
 
