@@ -198,7 +198,7 @@ const DEPTH: usize = 2;
 /// cancel) are applied by one writer in one transaction, each with its own
 /// guard and outcome, the updates and their events written with one command
 /// ([`crate::writes`]), and one commit (see [`crate::batch`]); up to
-/// [`DEPTH`] such transactions run at once. Under no load a batch is one
+/// two such transactions run at once. Under no load a batch is one
 /// move. A batch that fails for a reason other than a conflict (which
 /// re-runs the whole transaction) is split, each move run alone, so that one
 /// move's error is only its own.
