@@ -190,7 +190,7 @@ pub const MAX_BATCH: usize = 64;
 /// Batches of moves in flight at once (see [`crate::batch`]): moves of
 /// different documents do not conflict, so one batch can start while the
 /// one before it commits. Under a backlog this drained it sooner
-/// (docs/performance.md, 16); at a steady pace it made no difference.
+/// (docs/performance.md, 17); at a steady pace it made no difference.
 const DEPTH: usize = 2;
 
 /// The guarded moves of one collection, group-committed: the moves asked
