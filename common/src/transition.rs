@@ -20,17 +20,18 @@
 //!    left it;
 //! 3. for each move that applies, an [`Effect`] may run on the document
 //!    after it (putting a cancelled order's stock back);
-//! 4. one `update` command writes the moves that apply (the status, the
-//!    extra fields, `version + 1`), each statement guarded by the version
-//!    it was decided on; one outbox command writes their events, with the
-//!    new versions as sequence numbers; one commit.
+//! 4. one command writes the moves that apply (the status, the extra
+//!    fields, `version + 1`), each statement guarded by the version it was
+//!    decided on, and the outbox entry of their events, with the new
+//!    versions as sequence numbers (a `bulkWrite`, see [`crate::writes`]);
+//!    one commit.
 //!
 //! This makes every move idempotent by itself: a redelivered, reclaimed or
 //! republished event finds the document already moved and changes nothing,
 //! whenever it comes back (no inbox of processed event ids to write and
 //! expire). Inside the snapshot transaction the decision cannot be raced: a
 //! concurrent change of a document between the read and the write is a
-//! write conflict, and the whole batch runs again. A batch costs four
+//! write conflict, and the whole batch runs again. A batch costs three
 //! commands however many moves it holds (docs/performance.md). A batch of
 //! one (no load) takes a shorter way with the same guard: one
 //! `findAndModify` that matches only from the allowed statuses (the

@@ -100,9 +100,8 @@ const MAX_BATCH: usize = 64;
 
 /// The writer of creations (group commit, see `common::batch`): one
 /// transaction for every creation queued. It reads which of the batch's
-/// orders already have their delivery (one query; a batch of one skips it
-/// and lets the unique index answer), inserts the others (one command) and
-/// their events (one outbox command), and commits. An order twice in a
+/// orders already have their delivery (one query), inserts the others and
+/// their events (one command, `common::writes`), and commits. An order twice in a
 /// batch gets one delivery; a delivery inserted meanwhile by another
 /// replica makes the insert meet the unique index, and the batch runs
 /// again, finding it.

@@ -13,10 +13,11 @@
 //!    dishes and short stock are refused exactly as a lone transaction would
 //!    refuse them, and an accepted order takes its units, so no order is
 //!    overtaken and none oversells;
-//! 3. write: one guarded `$inc` per dish for the whole batch's units (one
-//!    `update` command), the orders (one `insert`), their events into the
-//!    outbox (one `update` command of upserts), their idempotency records (one
-//!    `insert`); then commit.
+//! 3. write, all in one command where the server has `bulkWrite`
+//!    (`common::writes`; otherwise one command per collection): one guarded
+//!    `$inc` per dish for the whole batch's units, the orders, their
+//!    idempotency records, and one outbox entry holding their events; then
+//!    commit. Three round trips for the batch: read, write, commit.
 //!
 //! Orders of one replica therefore never conflict with each other: a batch
 //! conflicts only with another replica's batch (or a cancel putting stock
