@@ -198,16 +198,6 @@ impl Writes {
         });
     }
 
-    /// Whether there is nothing to write.
-    pub fn is_empty(&self) -> bool {
-        self.statements.is_empty()
-    }
-
-    /// How many statements there are.
-    pub fn len(&self) -> usize {
-        self.statements.len()
-    }
-
     /// Writes everything in the session's transaction, in order; an error
     /// if any statement fails or does not take effect. In [`Mode::Bulk`],
     /// not as the transaction's first command (see the module docs).
