@@ -134,15 +134,25 @@ return 0
 });
 
 /// KEYS: timer set, stream, timer index. ARGV: member, next member (empty:
-/// the chain ends), next due, index field, then the event's fields. The
-/// stream is not trimmed here (see `common::trim`). At Redis's memory
-/// ceiling the XADD fails: the script errors before removing anything, so
-/// the step stays due and fires once there is room.
+/// the chain ends), next due, index field, then each event to publish, in
+/// order, as its field count followed by its fields (the due step's, and
+/// those of the steps after it that are due at once). The stream is not
+/// trimmed here (see `common::trim`). At Redis's memory ceiling the first
+/// XADD fails: the script errors before it has written anything, so the
+/// step stays due and fires once there is room. Redis refuses a script for
+/// memory only before its first write, so the later XADDs of the same
+/// script cannot fail that way (and a script's writes are one unit in the
+/// AOF and on replicas).
 static FIRE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 if redis.call('ZSCORE', KEYS[1], ARGV[1]) == false then return 0 end
-redis.call('XADD', KEYS[2], '*', unpack(ARGV, 5))
+local i = 5
+while i <= #ARGV do
+  local n = tonumber(ARGV[i])
+  redis.call('XADD', KEYS[2], '*', unpack(ARGV, i + 1, i + n))
+  i = i + n + 1
+end
 redis.call('ZREM', KEYS[1], ARGV[1])
 if ARGV[2] ~= '' then
   redis.call('ZADD', KEYS[1], ARGV[3], ARGV[2])
@@ -169,9 +179,15 @@ return redis.call('ZREM', KEYS[2], member)
     )
 });
 
-/// The log line of a step that fired.
-fn log_fired(timer: &Timer, event_type: &str) {
-    info!(kind = timer.kind.name(), id = %timer.id, order_id = %timer.order_id, step = timer.step, event_type = %event_type, "simulated step");
+/// What one `FIRE` publishes: the due step's timer, and the type of each
+/// event, from that step on.
+type Fired = (Timer, Vec<String>);
+
+/// The log lines of the steps a `FIRE` published.
+fn log_fired((timer, types): &Fired) {
+    for (step, event_type) in (timer.step..).zip(types) {
+        info!(kind = timer.kind.name(), id = %timer.id, order_id = %timer.order_id, step, event_type = %event_type, "simulated step");
+    }
 }
 
 /// Why the simulated kitchen refuses an order (one, chosen by the draw).
@@ -340,7 +356,7 @@ impl Timers {
                 let started = replies.pop().unwrap_or(Ok(redis::Value::Nil));
                 let started = redis::from_redis_value::<i64>(started?)? == 1;
                 match fired.and_then(|v| Ok(redis::from_redis_value::<i64>(v)?)) {
-                    Ok(1) => log_fired(&step.0, &step.1),
+                    Ok(1) => log_fired(&step),
                     Ok(_) => {}
                     Err(e) => {
                         warn!(error = %e, "the first step could not fire with its start; the timer loop will fire it")
@@ -464,11 +480,11 @@ impl Timers {
             .await?;
         let mut fired = 0;
         let mut failed = None;
-        for ((timer, event_type), reply) in steps.iter().zip(replies) {
+        for (step, reply) in steps.iter().zip(replies) {
             match reply.and_then(|v| Ok(redis::from_redis_value::<i64>(v)?)) {
                 Ok(1) => {
-                    fired += 1;
-                    log_fired(timer, event_type);
+                    fired += step.1.len();
+                    log_fired(step);
                 }
                 Ok(_) => {}
                 Err(e) => failed = failed.or(Some(e)),
@@ -521,14 +537,16 @@ impl Timers {
     }
 
     /// The `FIRE` invocation of a due member of partition `p`, with what to
-    /// log once it
-    /// fired; `None` for a member that can never fire (unreadable, or past
-    /// the last step), which is then removed.
-    fn step(
-        &self,
-        p: u16,
-        member: &str,
-    ) -> Option<((Timer, String), redis::ScriptInvocation<'static>)> {
+    /// log once it fired; `None` for a member that can never fire
+    /// (unreadable, or past the last step), which is then removed.
+    ///
+    /// The steps after the due one whose delay is zero go out in the same
+    /// script, in order: with zero delays a chain is published whole by one
+    /// script (one round trip, one AOF write), instead of one trip through
+    /// the loop per step, and its events reach the consumers together, as
+    /// one run of their key. The timer left pending is the first step that
+    /// waits, if any.
+    fn step(&self, p: u16, member: &str) -> Option<(Fired, redis::ScriptInvocation<'static>)> {
         let timer: Timer = match serde_json::from_str(member) {
             Ok(t) => t,
             Err(e) => {
@@ -536,21 +554,31 @@ impl Timers {
                 return None;
             }
         };
-        let Some((stream, event)) = self.event_for(&timer) else {
+        let Some((stream, first)) = self.event_for(&timer) else {
             error!(member, "dropping a timer past the last step");
             return None;
         };
-        let rejected = event.event_type == OrderStatusChanged::TYPE
-            && event.payload["status"] == OrderStatus::Rejected.as_str();
-        let next = (!rejected && timer.step + 1 < timer.kind.steps()).then(|| Timer {
-            step: timer.step + 1,
-            ..timer.clone()
-        });
+        let mut events = vec![first];
+        let mut at = timer.clone();
+        let (next, next_due) = loop {
+            let last = events.last().map(|e| &e.payload["status"]);
+            let rejected = last == Some(&OrderStatus::Rejected.as_str().into());
+            if rejected || at.step + 1 >= at.kind.steps() {
+                break (None, 0);
+            }
+            at.step += 1;
+            let delay = self.delay(at.kind, at.step);
+            let due_now = delay.is_zero().then(|| self.event_for(&at)).flatten();
+            match due_now {
+                Some((_, event)) => events.push(event),
+                // Waits, or cannot be built (then the loop drops it).
+                None => break (Some(at), now_ms() + millis(delay)),
+            }
+        };
         let next_member = next
             .as_ref()
             .and_then(|t| serde_json::to_string(t).ok())
             .unwrap_or_default();
-        let next_due = now_ms() + millis(self.delay(timer.kind, timer.step + 1));
         let mut inv = FIRE.key(self.set_key(p));
         inv.key(self.ns.stream_at(stream, p))
             .key(self.index_key(p))
@@ -558,10 +586,16 @@ impl Timers {
             .arg(&next_member)
             .arg(next_due)
             .arg(Self::index_field(timer.kind, &timer.id));
-        for (k, v) in event.to_fields() {
-            inv.arg(k).arg(v);
+        let mut types = Vec::with_capacity(events.len());
+        for event in events {
+            let fields = event.to_fields();
+            inv.arg(fields.len() * 2);
+            for (k, v) in fields {
+                inv.arg(k).arg(v);
+            }
+            types.push(event.event_type);
         }
-        Some(((timer, event.event_type), inv))
+        Some(((timer, types), inv))
     }
 
     fn event_for(&self, t: &Timer) -> Option<(Stream, Envelope)> {

@@ -1,7 +1,7 @@
 //! The durable timers on a real Redis: a round fires every due step once,
-//! in one pipeline, and each chain advances in order; at Redis's memory
-//! ceiling a round fails loudly, its steps stay due, and once there is room
-//! every step fires exactly once.
+//! in one pipeline, and each chain advances in order; steps due at once go
+//! out together; at Redis's memory ceiling a round fails loudly, its steps
+//! stay due, and once there is room every step fires exactly once.
 
 // Test code fails by panicking.
 #![allow(clippy::unwrap_used)]
@@ -19,14 +19,32 @@ use simulator::{
     timers::{Kind, Timers},
 };
 
+/// No delay at all: a chain is published whole by its start.
 const ZERO: Delays = Delays {
-    scale: 0.0,
+    scale: 1.0,
     jitter: 0.0,
     order: [Duration::ZERO; 3],
     delivery: [Duration::ZERO; 2],
 };
 
+/// The first step at once, each later one a millisecond after the one
+/// before: one step per round.
+const STEPPED: Delays = Delays {
+    scale: 1.0,
+    jitter: 0.0,
+    order: [
+        Duration::ZERO,
+        Duration::from_millis(1),
+        Duration::from_millis(1),
+    ],
+    delivery: [Duration::ZERO, Duration::from_millis(1)],
+};
+
 async fn timers(url: &str) -> (Timers, Conn, Namespace) {
+    timers_with(url, STEPPED).await
+}
+
+async fn timers_with(url: &str, delays: Delays) -> (Timers, Conn, Namespace) {
     let conn = contract::redis::commands(&contract::redis::client(url).unwrap()).unwrap();
     let ns = Namespace::for_redis(
         &format!("{}:", testkit::unique("sim")),
@@ -34,7 +52,7 @@ async fn timers(url: &str) -> (Timers, Conn, Namespace) {
         testkit::partitions(),
     );
     (
-        Timers::new(conn.clone(), ns.clone(), ZERO, "test"),
+        Timers::new(conn.clone(), ns.clone(), delays, "test"),
         conn,
         ns,
     )
@@ -54,9 +72,10 @@ async fn start(t: &Timers, n: usize) -> Vec<OrderId> {
     ids
 }
 
-/// One round in every partition: how many steps fired, and in how many
-/// partitions any did.
+/// One round in every partition (after the millisecond a step waits):
+/// how many steps fired, and in how many partitions any did.
 async fn fire_all(t: &Timers, ns: &Namespace) -> redis::RedisResult<(usize, usize)> {
+    tokio::time::sleep(Duration::from_millis(2)).await;
     let (mut fired, mut rounds) = (0, 0);
     for p in ns.partition_range() {
         let n = t.fire_due(p).await?;
@@ -118,7 +137,7 @@ async fn a_round_fires_every_due_step_once_and_each_chain_advances_in_order() {
     let (t, mut conn, ns) = timers(&testkit::redis_url().await).await;
     // More due steps than one round takes (200).
     let ids = start(&t, 300).await;
-    // With no delay, each chain's first step fired with its start.
+    // The first step has no delay: it fired with its start.
     let first = published(&mut conn, &ns).await;
     assert_eq!(first.len(), 300, "one first step per start");
     assert!(first.iter().all(|(_, s)| s == "confirmed"), "{first:?}");
@@ -193,4 +212,52 @@ async fn scripts_flushed_from_redis_are_loaded_again_and_every_step_fires_once()
         fire_all(&t, &ns).await.unwrap();
     }
     assert_chains(&ids, &published(&mut conn, &ns).await);
+}
+
+#[tokio::test]
+async fn steps_due_at_once_go_out_together_in_order_and_the_first_that_waits_stays_pending() {
+    let url = testkit::redis_url().await;
+    // No delay anywhere: the start publishes the whole chain.
+    let (t, mut conn, ns) = timers_with(&url, ZERO).await;
+    let ids = start(&t, 20).await;
+    assert_eq!(t.pending().await.unwrap(), 0, "nothing left to fire");
+    assert_chains(&ids, &published(&mut conn, &ns).await);
+    assert_eq!(fire_all(&t, &ns).await.unwrap().0, 0);
+    assert_eq!(published(&mut conn, &ns).await.len(), 60);
+
+    // Confirm and prepare at once, dispatch after a while: the start
+    // publishes two steps and leaves the third pending.
+    let later = Delays {
+        order: [Duration::ZERO, Duration::ZERO, Duration::from_millis(300)],
+        ..ZERO
+    };
+    let (t, mut conn, ns) = timers_with(&url, later).await;
+    let ids = start(&t, 10).await;
+    let so_far = published(&mut conn, &ns).await;
+    assert_eq!(so_far.len(), 20, "{so_far:?}");
+    for id in &ids {
+        let statuses: Vec<&str> = so_far
+            .iter()
+            .filter(|(o, _)| *o == id.to_string())
+            .map(|(_, s)| s.as_str())
+            .collect();
+        assert_eq!(statuses, ["confirmed", "preparing"], "{id}");
+    }
+    assert_eq!(t.pending().await.unwrap(), 10);
+    assert_eq!(fire_all(&t, &ns).await.unwrap().0, 0, "not due yet");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(fire_all(&t, &ns).await.unwrap().0, 10);
+    assert_chains(&ids, &published(&mut conn, &ns).await);
+
+    // A rejection ends the chain there, even with the later steps due.
+    let (t, mut conn, ns) = timers_with(&url, ZERO).await;
+    let t = t.with_kitchen(simulator::settings::Kitchen {
+        reject_rate: 1.0,
+        seed: 7,
+    });
+    start(&t, 5).await;
+    let got = published(&mut conn, &ns).await;
+    assert_eq!(got.len(), 5, "{got:?}");
+    assert!(got.iter().all(|(_, s)| s == "rejected"), "{got:?}");
+    assert_eq!(t.pending().await.unwrap(), 0);
 }
