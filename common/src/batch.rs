@@ -60,7 +60,8 @@ pub trait Batch: Send + Sync + 'static {
 #[error("the {0} writer stopped")]
 pub struct Stopped(pub &'static str);
 
-type Queued<B> = (<B as Batch>::Job, oneshot::Sender<<B as Batch>::Output>);
+/// One submission: a job, or a run of jobs that go into the same batch.
+type Queued<B> = Vec<(<B as Batch>::Job, oneshot::Sender<<B as Batch>::Output>)>;
 
 /// The writer's end of the queue, before the writer starts.
 type Idle<B> = Option<(mpsc::Receiver<Queued<B>>, B)>;
@@ -118,6 +119,18 @@ impl<B: Batch> Batcher<B> {
 
     /// Queues `job` and waits for its answer.
     pub async fn submit(&self, job: B::Job) -> Result<B::Output, Stopped> {
+        let mut answers = self.submit_all(vec![job]).await?;
+        answers.pop().ok_or(Stopped(self.name))
+    }
+
+    /// Queues `jobs` as one unit, in order, and waits for their answers:
+    /// they go into the same batch (which may then hold a little more than
+    /// `max` jobs), so a [`Batch`] that decides its jobs in order decides
+    /// each on what the ones before it did.
+    pub async fn submit_all(&self, jobs: Vec<B::Job>) -> Result<Vec<B::Output>, Stopped> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
         let start = self
             .idle
             .lock()
@@ -126,12 +139,19 @@ impl<B: Batch> Batcher<B> {
         if let Some((rx, batch)) = start {
             tokio::spawn(write(rx, batch, self.max, self.depth, self.name));
         }
-        let (done, answer) = oneshot::channel();
-        self.tx
-            .send((job, done))
-            .await
-            .map_err(|_| Stopped(self.name))?;
-        answer.await.map_err(|_| Stopped(self.name))
+        let (queued, answers): (Vec<_>, Vec<_>) = jobs
+            .into_iter()
+            .map(|job| {
+                let (done, answer) = oneshot::channel();
+                ((job, done), answer)
+            })
+            .unzip();
+        self.tx.send(queued).await.map_err(|_| Stopped(self.name))?;
+        let mut out = Vec::with_capacity(answers.len());
+        for answer in answers {
+            out.push(answer.await.map_err(|_| Stopped(self.name))?);
+        }
+        Ok(out)
     }
 }
 
@@ -169,8 +189,8 @@ async fn write<B: Batch>(
 
 /// Runs one batch and answers each of its callers.
 async fn run_batch<B: Batch>(batch: &B, queued: Vec<Queued<B>>, name: &'static str) {
-    metrics::histogram!("write_batch_size", "writer" => name).record(queued.len() as f64);
-    let (jobs, senders): (Vec<B::Job>, Vec<_>) = queued.into_iter().unzip();
+    let (jobs, senders): (Vec<B::Job>, Vec<_>) = queued.into_iter().flatten().unzip();
+    metrics::histogram!("write_batch_size", "writer" => name).record(jobs.len() as f64);
     let results = match AssertUnwindSafe(batch.run(&jobs)).catch_unwind().await {
         Ok(results) if results.len() == jobs.len() => results,
         Ok(_) | Err(_) => {

@@ -238,16 +238,38 @@ impl<T: Versioned> Guarded<T> {
         cause: Cause<'_>,
         set: Document,
     ) -> mongodb::error::Result<StatusChange<T::Status>> {
-        let job = Move {
-            id,
-            to,
-            correlation_id: cause.correlation_id().to_owned(),
-            set,
-        };
-        self.writer
-            .submit(job)
+        self.apply_run(vec![(id, to, cause, set)])
             .await
-            .map_err(mongodb::error::Error::custom)?
+            .pop()
+            .unwrap_or_else(|| Err(mongodb::error::Error::custom("the move got no answer")))
+    }
+
+    /// Applies `moves` (document, status, cause, extra fields) in order, as
+    /// one unit of the writer's queue: they share a transaction, and each is
+    /// decided on the documents as the ones before it left them, so a run of
+    /// one document's events (a consumer's lane, see
+    /// [`crate::consumer::Handler::handle_run`]) costs one transaction
+    /// instead of one each. One result per move, in order.
+    pub async fn apply_run(
+        &self,
+        moves: Vec<(ObjectId, T::Status, Cause<'_>, Document)>,
+    ) -> Vec<mongodb::error::Result<StatusChange<T::Status>>> {
+        let n = moves.len();
+        let jobs = moves
+            .into_iter()
+            .map(|(id, to, cause, set)| Move {
+                id,
+                to,
+                correlation_id: cause.correlation_id().to_owned(),
+                set,
+            })
+            .collect();
+        match self.writer.submit_all(jobs).await {
+            Ok(changes) => changes,
+            Err(stopped) => (0..n)
+                .map(|_| Err(mongodb::error::Error::custom(stopped)))
+                .collect(),
+        }
     }
 }
 

@@ -70,4 +70,33 @@ impl Handler<DeliveryStatusEvent> for CourierHandler {
             .map_err(HandlerError::from_mongo)?
             .outcome("delivery", &p.delivery_id.to_string(), p.status)
     }
+
+    /// A run of one order's courier steps read together: their moves in one
+    /// transaction, each decided on the delivery as the ones before it left
+    /// it, so the run ends as one by one would.
+    async fn handle_run(
+        &self,
+        msgs: &[Message<DeliveryStatusEvent>],
+    ) -> Vec<Result<Outcome, HandlerError>> {
+        let moves = msgs
+            .iter()
+            .map(|m| {
+                let DeliveryStatusEvent::Changed(p) = &m.event;
+                let id = ObjectId::from_bytes(p.delivery_id.bytes());
+                (id, p.status, &m.envelope)
+            })
+            .collect();
+        let changes = self.store.apply_statuses(moves).await;
+        msgs.iter()
+            .zip(changes)
+            .map(|(m, change)| {
+                let DeliveryStatusEvent::Changed(p) = &m.event;
+                change.map_err(HandlerError::from_mongo)?.outcome(
+                    "delivery",
+                    &p.delivery_id.to_string(),
+                    p.status,
+                )
+            })
+            .collect()
+    }
 }

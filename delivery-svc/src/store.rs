@@ -320,4 +320,19 @@ impl Store {
             .apply(id, to, Cause::Event(cause), bson::Document::new())
             .await
     }
+
+    /// [`Store::apply_status`] for a run of moves `(delivery, status,
+    /// cause)`, each decided on what the ones before it did, in one
+    /// transaction (see `common::transition::Guarded::apply_run`). One result
+    /// per move, in order.
+    pub async fn apply_statuses(
+        &self,
+        moves: Vec<(ObjectId, DeliveryStatus, &Envelope)>,
+    ) -> Vec<mongodb::error::Result<StatusChange>> {
+        let moves = moves
+            .into_iter()
+            .map(|(id, to, cause)| (id, to, Cause::Event(cause), bson::Document::new()))
+            .collect();
+        self.moves.apply_run(moves).await
+    }
 }

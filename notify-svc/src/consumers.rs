@@ -32,16 +32,47 @@ impl TimelineHandler {
             Outcome::Skipped
         })
     }
+
+    /// A run of one order's events read together: their appends in one
+    /// write command (the entries are ordered by stage, not by arrival).
+    async fn append_run(&self, facts: Vec<Fact>) -> Vec<Result<Outcome, HandlerError>> {
+        self.store
+            .append_all(&facts)
+            .await
+            .into_iter()
+            .map(|appended| match appended {
+                Ok(true) => Ok(Outcome::Done),
+                Ok(false) => Ok(Outcome::Skipped),
+                Err(e) => Err(HandlerError::from_mongo(e)),
+            })
+            .collect()
+    }
 }
 
 impl Handler<OrdersEvent> for TimelineHandler {
     async fn handle(&self, msg: &Message<OrdersEvent>) -> Result<Outcome, HandlerError> {
         self.append(order_fact(&msg.envelope, &msg.event)).await
     }
+
+    async fn handle_run(
+        &self,
+        msgs: &[Message<OrdersEvent>],
+    ) -> Vec<Result<Outcome, HandlerError>> {
+        let facts = msgs.iter().map(|m| order_fact(&m.envelope, &m.event));
+        self.append_run(facts.collect()).await
+    }
 }
 
 impl Handler<DeliveriesEvent> for TimelineHandler {
     async fn handle(&self, msg: &Message<DeliveriesEvent>) -> Result<Outcome, HandlerError> {
         self.append(delivery_fact(&msg.envelope, &msg.event)).await
+    }
+
+    async fn handle_run(
+        &self,
+        msgs: &[Message<DeliveriesEvent>],
+    ) -> Vec<Result<Outcome, HandlerError>> {
+        let facts = msgs.iter().map(|m| delivery_fact(&m.envelope, &m.event));
+        self.append_run(facts.collect()).await
     }
 }

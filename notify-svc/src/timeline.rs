@@ -253,6 +253,37 @@ impl TimelineStore {
             .map_err(mongodb::error::Error::custom)?
     }
 
+    /// [`TimelineStore::append`] for several facts (a consumer's run of one
+    /// order's events), in one write command: one result per fact, in order.
+    pub async fn append_all(&self, facts: &[Fact]) -> Vec<mongodb::error::Result<bool>> {
+        let mut ops = Vec::with_capacity(facts.len());
+        let mut out: Vec<Option<mongodb::error::Result<bool>>> = Vec::with_capacity(facts.len());
+        for fact in facts {
+            match Appends::op(fact) {
+                Ok(op) => {
+                    ops.push(op);
+                    out.push(None);
+                }
+                Err(e) => out.push(Some(Err(e))),
+            }
+        }
+        let n = ops.len();
+        let mut written = match self.writer.submit_all(ops).await {
+            Ok(results) => results,
+            Err(stopped) => (0..n)
+                .map(|_| Err(mongodb::error::Error::custom(stopped)))
+                .collect(),
+        }
+        .into_iter();
+        out.into_iter()
+            .map(|slot| {
+                slot.or_else(|| written.next()).unwrap_or_else(|| {
+                    Err(mongodb::error::Error::custom("the append got no answer"))
+                })
+            })
+            .collect()
+    }
+
     /// The stored timeline of an order (empty if none).
     pub async fn load(&self, order_id: OrderId) -> mongodb::error::Result<Stored> {
         Ok(self

@@ -55,16 +55,52 @@ impl StatusHandler {
             .outcome("order", &order_id.to_string(), to)
     }
 }
+/// Why a kitchen's `cancelled` is refused.
+fn kitchen_cancel() -> HandlerError {
+    HandlerError::reject("the kitchen cannot cancel an order (only its customer can); it rejects")
+}
+
 impl Handler<OrderStatusEvent> for StatusHandler {
     async fn handle(&self, msg: &Message<OrderStatusEvent>) -> Result<Outcome, HandlerError> {
         let OrderStatusEvent::Changed(p) = &msg.event;
         if p.status == OrderStatus::Cancelled {
-            return Err(HandlerError::reject(
-                "the kitchen cannot cancel an order (only its customer can); it rejects",
-            ));
+            return Err(kitchen_cancel());
         }
         self.advance(msg, p.order_id, p.status, p.reason.as_deref())
             .await
+    }
+
+    /// A run of one order's status events (the kitchen's steps read
+    /// together): their moves in one transaction, each decided on the order
+    /// as the ones before it left it, so the run ends as one by one would.
+    async fn handle_run(
+        &self,
+        msgs: &[Message<OrderStatusEvent>],
+    ) -> Vec<Result<Outcome, HandlerError>> {
+        let moves = msgs
+            .iter()
+            .filter_map(|m| {
+                let OrderStatusEvent::Changed(p) = &m.event;
+                (p.status != OrderStatus::Cancelled).then(|| {
+                    let id = oid(p.order_id.bytes());
+                    (id, p.status, Cause::Event(&m.envelope), p.reason.as_deref())
+                })
+            })
+            .collect();
+        let mut changes = self.store.apply_statuses(moves).await.into_iter();
+        msgs.iter()
+            .map(|m| {
+                let OrderStatusEvent::Changed(p) = &m.event;
+                if p.status == OrderStatus::Cancelled {
+                    return Err(kitchen_cancel());
+                }
+                changes
+                    .next()
+                    .ok_or_else(|| HandlerError::retry("the move got no answer"))?
+                    .map_err(HandlerError::from_mongo)?
+                    .outcome("order", &p.order_id.to_string(), p.status)
+            })
+            .collect()
     }
 }
 

@@ -330,11 +330,22 @@ impl Store {
         cause: Cause<'_>,
         reason: Option<&str>,
     ) -> mongodb::error::Result<StatusChange> {
-        let mut set = bson::Document::new();
-        if let Some(r) = reason {
-            set.insert("end_reason", r);
-        }
-        self.moves.apply(id, to, cause, set).await
+        self.moves.apply(id, to, cause, end_reason(reason)).await
+    }
+
+    /// [`Store::apply_status`] for a run of moves `(order, status, cause,
+    /// reason)`, each decided on what the ones before it did, in one
+    /// transaction (see [`common::transition::Guarded::apply_run`]). One
+    /// result per move, in order.
+    pub async fn apply_statuses(
+        &self,
+        moves: Vec<(ObjectId, OrderStatus, Cause<'_>, Option<&str>)>,
+    ) -> Vec<mongodb::error::Result<StatusChange>> {
+        let moves = moves
+            .into_iter()
+            .map(|(id, to, cause, reason)| (id, to, cause, end_reason(reason)))
+            .collect();
+        self.moves.apply_run(moves).await
     }
 
     /// Adds a menu item; `Ok(None)` if its slug is taken.
@@ -446,4 +457,13 @@ impl Store {
         }
         Ok(inserted)
     }
+}
+
+/// The extra field of an exit with a reason.
+fn end_reason(reason: Option<&str>) -> bson::Document {
+    let mut set = bson::Document::new();
+    if let Some(r) = reason {
+        set.insert("end_reason", r);
+    }
+    set
 }

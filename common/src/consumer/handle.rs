@@ -70,19 +70,123 @@ impl crate::batch::Batch for Acks {
 /// How long the last-error hash lives after its last write.
 const ERRORS_TTL_SECS: u64 = 7 * 24 * 3600;
 
+/// A message ready for its handler: marked in flight, its envelope parsed
+/// and its event decoded, with the span of its log lines.
+struct Ready<'a, E> {
+    _in_flight: InFlight<'a>,
+    entry: StreamEntry,
+    span: tracing::Span,
+    msg: Message<E>,
+}
+
+/// Why a handler call ended without its result.
+enum Cut {
+    TimedOut(Duration),
+    Panicked(String),
+}
+
+impl Cut {
+    /// The error each message of the call gets: a timeout is looked at
+    /// again later without using up an attempt (on a starved machine, or
+    /// behind a slow database, every handler times out, and counting those
+    /// would dead-letter good events; a handler that always hangs still
+    /// ends in the dead letters, once the message is older than
+    /// CONSUMER_MAX_DEFER_MS: deferred_too_long); a panic uses one up.
+    fn error(&self) -> HandlerError {
+        match self {
+            Cut::TimedOut(t) => {
+                HandlerError::Defer(format!("handler timed out after {t:?}").into())
+            }
+            Cut::Panicked(text) => HandlerError::retry(format!("handler panicked: {text}")),
+        }
+    }
+}
+
 impl<E: StreamEvent, H: Handler<E>> Inner<E, H> {
     pub(super) async fn process_one(&self, entry: StreamEntry, delivery_count: u32) {
-        let Some(_in_flight) = InFlight::enter(&self.in_flight, &entry.id) else {
-            // Taken over from ourselves while a handler here still runs it.
+        if let Some(ready) = self.prepare(entry, delivery_count).await {
+            self.handle_one(ready).await;
+        }
+    }
+
+    async fn handle_one(&self, ready: Ready<'_, E>) {
+        let started = Instant::now();
+        let span = ready.span.clone();
+        let result = self
+            .guard(self.handler.handle(&ready.msg))
+            .instrument(span.clone())
+            .await
+            .unwrap_or_else(|cut| Err(cut.error()));
+        self.finish(ready, result, started.elapsed())
+            .instrument(span)
+            .await;
+    }
+
+    /// A lane of several messages of one key: every message that is ready
+    /// goes to the handler's [`Handler::handle_run`] at once, then each is
+    /// acknowledged, retried, deferred or dead-lettered by its own result.
+    pub(super) async fn process_run(&self, lane: Vec<(StreamEntry, u32)>) {
+        let mut ready = Vec::with_capacity(lane.len());
+        for (entry, count) in lane {
+            if let Some(r) = self.prepare(entry, count).await {
+                ready.push(r);
+            }
+        }
+        if ready.len() < 2 {
+            for r in ready {
+                self.handle_one(r).await;
+            }
             return;
+        }
+        let (rest, msgs): (Vec<_>, Vec<_>) = ready
+            .into_iter()
+            .map(|r| ((r._in_flight, r.entry, r.span), r.msg))
+            .unzip();
+        let span = info_span!(
+            "events",
+            stream = %self.cfg.label,
+            group = %self.cfg.group,
+            key = %msgs[0].envelope.key,
+            count = msgs.len(),
+        );
+        let started = Instant::now();
+        let results = match self
+            .guard(self.handler.handle_run(&msgs))
+            .instrument(span)
+            .await
+        {
+            Ok(results) if results.len() == msgs.len() => results,
+            Ok(_) => msgs
+                .iter()
+                .map(|_| Err(HandlerError::retry("the handler lost answers of a run")))
+                .collect(),
+            Err(cut) => msgs.iter().map(|_| Err(cut.error())).collect(),
         };
+        let elapsed = started.elapsed();
+        for (((in_flight, entry, span), msg), result) in rest.into_iter().zip(msgs).zip(results) {
+            let r = Ready {
+                _in_flight: in_flight,
+                entry,
+                span: span.clone(),
+                msg,
+            };
+            self.finish(r, result, elapsed).instrument(span).await;
+        }
+    }
+
+    /// Marks the entry in flight, parses and decodes it; `None` if it is
+    /// already in flight here, or went to the dead letters (malformed, not
+    /// an event of this stream, or out of attempts).
+    async fn prepare(&self, entry: StreamEntry, attempt: u32) -> Option<Ready<'_, E>> {
+        // `None`: taken over from ourselves while a handler here still runs it.
+        let in_flight = InFlight::enter(&self.in_flight, &entry.id)?;
         let envelope = match Envelope::from_entry(&entry) {
             Ok(e) => e,
             Err(e) => {
                 let error = format!("not a valid envelope: {e}");
-                return self
-                    .dead_letter(&entry, Reason::Malformed, &error, delivery_count)
+                self.dead_letter(&entry, Reason::Malformed, &error, attempt)
                     .await;
+                return None;
             }
         };
         let span = info_span!(
@@ -94,39 +198,12 @@ impl<E: StreamEvent, H: Handler<E>> Inner<E, H> {
             correlation_id = %envelope.correlation_id,
             key = %envelope.key,
             entry_id = %entry.id,
-            attempt = delivery_count,
+            attempt,
         );
-        self.handle_envelope(entry, envelope, delivery_count)
-            .instrument(span)
-            .await;
-    }
-
-    async fn handle_envelope(&self, entry: StreamEntry, envelope: Envelope, attempt: u32) {
-        // One code path for everything that is not an event of this stream:
-        // retrying cannot fix it, so it goes to the dead letters at once.
-        let event = match E::decode(&envelope) {
-            Ok(event) => event,
-            Err(e) => {
-                let reason = match e {
-                    DecodeError::UnknownType { .. } => Reason::UnknownEvent,
-                    DecodeError::Payload { .. } => Reason::InvalidPayload,
-                };
-                return self
-                    .dead_letter(&entry, reason, &e.to_string(), attempt)
-                    .await;
-            }
-        };
-        let max = self.settings().max_attempts;
-        if attempt > max {
-            // Delivered more often than handled: earlier attempts died with
-            // their process (or timed out) before they could record a result.
-            let error = self.last_error(&entry.id).await.unwrap_or_else(|| {
-                "the consumer stopped during the attempt (crash, kill or timeout)".to_owned()
-            });
-            return self
-                .dead_letter(&entry, Reason::MaxAttempts, &error, attempt - 1)
-                .await;
-        }
+        let event = self
+            .decode(&entry, &envelope, attempt)
+            .instrument(span.clone())
+            .await?;
         let msg = Message {
             stream: self.cfg.stream.clone(),
             id: entry.id.clone(),
@@ -134,25 +211,70 @@ impl<E: StreamEvent, H: Handler<E>> Inner<E, H> {
             event,
             attempt,
         };
-        let timeout = self.settings().handler_timeout;
-        let started = Instant::now();
-        let guarded = AssertUnwindSafe(self.handler.handle(&msg)).catch_unwind();
-        // A timeout is looked at again later without using up an attempt:
-        // on a starved machine (or behind a slow database) every handler
-        // times out, and counting those would dead-letter good events. A
-        // handler that always hangs still ends in the dead letters, once the
-        // message is older than CONSUMER_MAX_DEFER_MS (deferred_too_long).
-        let result = match tokio::time::timeout(timeout, guarded).await {
-            Err(_) => Err(HandlerError::Defer(
-                format!("handler timed out after {timeout:?}").into(),
-            )),
-            Ok(Err(panic)) => Err(HandlerError::retry(format!(
-                "handler panicked: {}",
-                panic_text(&*panic)
-            ))),
-            Ok(Ok(result)) => result,
+        Some(Ready {
+            _in_flight: in_flight,
+            entry,
+            span,
+            msg,
+        })
+    }
+
+    /// The event, unless the entry goes to the dead letters: one code path
+    /// for everything that is not an event of this stream (retrying cannot
+    /// fix it), and for an entry delivered more often than handled (earlier
+    /// attempts died with their process, or timed out, before they could
+    /// record a result).
+    async fn decode(&self, entry: &StreamEntry, envelope: &Envelope, attempt: u32) -> Option<E> {
+        let event = match E::decode(envelope) {
+            Ok(event) => event,
+            Err(e) => {
+                let reason = match e {
+                    DecodeError::UnknownType { .. } => Reason::UnknownEvent,
+                    DecodeError::Payload { .. } => Reason::InvalidPayload,
+                };
+                self.dead_letter(entry, reason, &e.to_string(), attempt)
+                    .await;
+                return None;
+            }
         };
-        self.metrics.duration.record(started.elapsed());
+        if attempt > self.settings().max_attempts {
+            let error = self.last_error(&entry.id).await.unwrap_or_else(|| {
+                "the consumer stopped during the attempt (crash, kill or timeout)".to_owned()
+            });
+            self.dead_letter(entry, Reason::MaxAttempts, &error, attempt - 1)
+                .await;
+            return None;
+        }
+        Some(event)
+    }
+
+    /// Runs a handler call with the handler timeout and a panic guard.
+    async fn guard<T>(&self, call: impl Future<Output = T>) -> Result<T, Cut> {
+        let timeout = self.settings().handler_timeout;
+        match tokio::time::timeout(timeout, AssertUnwindSafe(call).catch_unwind()).await {
+            Err(_) => Err(Cut::TimedOut(timeout)),
+            Ok(Err(panic)) => Err(Cut::Panicked(panic_text(&*panic))),
+            Ok(Ok(value)) => Ok(value),
+        }
+    }
+
+    /// Acknowledges, retries, defers or dead-letters a handled message by
+    /// its result.
+    async fn finish(
+        &self,
+        ready: Ready<'_, E>,
+        result: Result<Outcome, HandlerError>,
+        elapsed: Duration,
+    ) {
+        let Ready {
+            _in_flight,
+            entry,
+            msg,
+            ..
+        } = ready;
+        let attempt = msg.attempt;
+        let max = self.settings().max_attempts;
+        self.metrics.duration.record(elapsed);
         match result {
             Ok(outcome) => {
                 match outcome {

@@ -196,6 +196,28 @@ pub trait Handler<E: StreamEvent>: Send + Sync + 'static {
         &self,
         msg: &Message<E>,
     ) -> impl Future<Output = Result<Outcome, HandlerError>> + Send;
+
+    /// Handles a run of messages of one ordering key that were read
+    /// together, in stream order: one result per message, in order. The
+    /// consumer acknowledges, retries or defers each by its own result.
+    ///
+    /// The default handles them one by one, each after the one before it
+    /// has finished. A handler may do better (one transaction for the run)
+    /// if it decides each message on the state the messages before it left,
+    /// exactly as one by one would, as [`crate::transition::Guarded::apply_run`]
+    /// does.
+    fn handle_run(
+        &self,
+        msgs: &[Message<E>],
+    ) -> impl Future<Output = Vec<Result<Outcome, HandlerError>>> + Send {
+        async move {
+            let mut out = Vec::with_capacity(msgs.len());
+            for msg in msgs {
+                out.push(self.handle(msg).await);
+            }
+            out
+        }
+    }
 }
 
 /// Where one consumer reads and how it behaves.

@@ -1,5 +1,6 @@
 //! Reading: the consumer group, XREADGROUP, and a batch split into lanes by
-//! ordering key.
+//! ordering key; a lane of several messages is one run for the handler
+//! ([`super::Handler::handle_run`]).
 
 use std::{collections::HashMap, sync::atomic::Ordering};
 
@@ -107,9 +108,13 @@ impl<E: StreamEvent, H: Handler<E>> Inner<E, H> {
             lanes[lane].push((entry, count));
         }
         futures::stream::iter(lanes)
-            .for_each_concurrent(self.settings().concurrency, |lane| async move {
-                for (entry, count) in lane {
+            .for_each_concurrent(self.settings().concurrency, |mut lane| async move {
+                if lane.len() == 1
+                    && let Some((entry, count)) = lane.pop()
+                {
                     self.process_one(entry, count).await;
+                } else {
+                    self.process_run(lane).await;
                 }
             })
             .await;

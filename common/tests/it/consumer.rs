@@ -603,3 +603,78 @@ async fn a_handler_that_always_hangs_is_dead_lettered_once_too_old() {
     assert!(d.error.contains("timed out"), "{}", d.error);
     assert_eq!(ctx.pending(S, G).await, 0);
 }
+
+/// Hands runs to `handle_run` and records each call's entry ids; fails the
+/// second message of a run on its first attempt.
+#[derive(Clone, Default)]
+struct RunRecorder(std::sync::Arc<std::sync::Mutex<Vec<Vec<String>>>>);
+
+impl Handler<testkit::AnyEvent> for RunRecorder {
+    async fn handle(&self, msg: &Message<testkit::AnyEvent>) -> Result<Outcome, HandlerError> {
+        self.0.lock().unwrap().push(vec![msg.id.clone()]);
+        Ok(Outcome::Done)
+    }
+
+    async fn handle_run(
+        &self,
+        msgs: &[Message<testkit::AnyEvent>],
+    ) -> Vec<Result<Outcome, HandlerError>> {
+        self.0
+            .lock()
+            .unwrap()
+            .push(msgs.iter().map(|m| m.id.clone()).collect());
+        (0..msgs.len())
+            .map(|i| match i {
+                1 => Err(HandlerError::retry("the second of a run fails once")),
+                _ => Ok(Outcome::Done),
+            })
+            .collect()
+    }
+}
+
+#[tokio::test]
+async fn messages_of_one_key_read_together_are_one_run_each_settled_by_its_own_result() {
+    let ctx = Ctx::new().await;
+    // Three of key "a" and one of "b", all there before the consumer reads.
+    for _ in 0..3 {
+        ctx.publish(S, "a", ORDER_CREATED_V1).await;
+    }
+    ctx.publish(S, "b", ORDER_CREATED_V1).await;
+    let recorder = RunRecorder::default();
+    let token = CancellationToken::new();
+    let task = tokio::spawn(
+        ctx.consumer(S, G, "runs", recorder.clone())
+            .run(token.clone()),
+    );
+    eventually("all acknowledged", WAIT, || async {
+        (recorder.0.lock().unwrap().len() >= 3 && ctx.pending(S, G).await == 0).then_some(())
+    })
+    .await;
+    token.cancel();
+    task.await.unwrap();
+
+    let calls = recorder.0.lock().unwrap().clone();
+    let run: Vec<&Vec<String>> = calls.iter().filter(|c| c.len() > 1).collect();
+    assert_eq!(run.len(), 1, "{calls:?}");
+    assert_eq!(
+        run[0].len(),
+        3,
+        "key a's three messages in one run: {calls:?}"
+    );
+    // The one that failed came back alone and was acknowledged then; the
+    // other two were acknowledged after the run, and not handled again.
+    let again: Vec<&Vec<String>> = calls
+        .iter()
+        .filter(|c| c.len() == 1 && c[0] == run[0][1])
+        .collect();
+    assert_eq!(again.len(), 1, "{calls:?}");
+    for id in [&run[0][0], &run[0][2]] {
+        assert_eq!(
+            calls.iter().flatten().filter(|x| *x == id).count(),
+            1,
+            "{calls:?}"
+        );
+    }
+    assert_eq!(calls.len(), 3, "the run, b alone, the retry: {calls:?}");
+    assert!(ctx.dead_letters().await.is_empty());
+}

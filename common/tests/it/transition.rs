@@ -310,3 +310,58 @@ async fn concurrent_moves_share_transactions_with_their_own_outcomes() {
     }
     assert_eq!(versions as usize, moved);
 }
+
+#[tokio::test]
+async fn a_run_is_one_transaction_each_move_decided_on_what_the_ones_before_it_did() {
+    let (client, db, parcels, outbox) = world("transition_run").await;
+    let (a, b) = (ObjectId::new(), ObjectId::new());
+    parcels.insert_many([waiting(a), waiting(b)]).await.unwrap();
+    let g = guarded(&client, &parcels, &outbox);
+    let event = cause();
+    let ask = |id, to| (id, to, Cause::Event(&event), Document::new());
+    let changes: Vec<_> = g
+        .apply_run(vec![
+            ask(a, DeliveryStatus::OnTheWay),
+            ask(a, DeliveryStatus::Delivered),
+            ask(a, DeliveryStatus::Delivered),
+            ask(b, DeliveryStatus::Delivered),
+            ask(ObjectId::new(), DeliveryStatus::OnTheWay),
+        ])
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        changes,
+        [
+            StatusChange::Moved {
+                previous: DeliveryStatus::WaitingForPickup
+            },
+            // Decided on the parcel as the move before it left it.
+            StatusChange::Moved {
+                previous: DeliveryStatus::OnTheWay
+            },
+            StatusChange::Stale(DeliveryStatus::Delivered),
+            StatusChange::Early(DeliveryStatus::WaitingForPickup),
+            StatusChange::Missing,
+        ]
+    );
+    let get = |id| {
+        let parcels = parcels.clone();
+        async move { parcels.find_one(doc! { "_id": id }).await.unwrap().unwrap() }
+    };
+    let (pa, pb) = (get(a).await, get(b).await);
+    assert_eq!((pa.status, pa.version), (DeliveryStatus::Delivered, 3));
+    assert_eq!(
+        (pb.status, pb.version),
+        (DeliveryStatus::WaitingForPickup, 1)
+    );
+    // Both events in one outbox entry: one transaction for the run.
+    assert_eq!(outbox.len().await.unwrap(), 2);
+    let entries = db
+        .collection::<Document>("outbox_test")
+        .count_documents(doc! {})
+        .await
+        .unwrap();
+    assert_eq!(entries, 1);
+}
