@@ -1,5 +1,9 @@
-//! delivery-svc settings: the common ones plus `PORT` / `HTTP_ADDR`
-//! (default `8002` / `0.0.0.0:$PORT`).
+//! delivery-svc settings: the common ones plus these.
+//!
+//! | variable | default | meaning |
+//! |---|---|---|
+//! | `PORT` / `HTTP_ADDR` | `8002` / `0.0.0.0:$PORT` | where the HTTP API listens |
+//! | `CPU_NICE` | `10` | the asynchronous work behind an order yields the CPU to order-svc and notify-svc on a shared host (`common::priority`) |
 
 use std::net::SocketAddr;
 
@@ -12,6 +16,8 @@ pub struct Settings {
     pub common: CommonSettings,
     /// Listen address.
     pub http_addr: SocketAddr,
+    /// Nice value of the process (`CPU_NICE`, see `common::priority`).
+    pub nice: i32,
 }
 
 impl Settings {
@@ -21,6 +27,7 @@ impl Settings {
         let s = Self {
             common,
             http_addr: http_addr(&mut env, 8002),
+            nice: common::priority::from_env(&mut env, 10),
         };
         env.finish()?;
         Ok(s)

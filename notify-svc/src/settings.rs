@@ -3,6 +3,7 @@
 //! | variable | default | meaning |
 //! |---|---|---|
 //! | `PORT` / `HTTP_ADDR` | `8003` | WebSocket, timeline API and the tracker page |
+//! | `CPU_NICE` | `0` | normal priority: customers wait on it (`common::priority`) |
 //! | `WS_PING_INTERVAL_MS` | `20000` | how often each socket is pinged |
 //! | `WS_PONG_TIMEOUT_MS` | `10000` | a peer that has not answered a ping by then is dropped |
 //! | `RECENT_EVENTS_TTL_SECS` | `120` | how long this replica remembers the events it saw live (closes the gap between a snapshot and the live feed) |
@@ -25,6 +26,8 @@ pub struct Settings {
     pub common: CommonSettings,
     /// Listen address.
     pub http_addr: SocketAddr,
+    /// Nice value of the process (`CPU_NICE`, see `common::priority`).
+    pub nice: i32,
     /// Ping period of each socket.
     pub ping_interval: Duration,
     /// Longest wait for a pong.
@@ -60,6 +63,7 @@ impl Settings {
         let s = Self {
             common,
             http_addr: http_addr(&mut env, 8003),
+            nice: common::priority::from_env(&mut env, 0),
             ping_interval: env.millis("WS_PING_INTERVAL_MS", 20_000),
             pong_timeout: env.millis("WS_PONG_TIMEOUT_MS", 10_000),
             recent_ttl: Duration::from_secs(env.parse("RECENT_EVENTS_TTL_SECS", 120)),

@@ -30,6 +30,9 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let settings = Settings::from_env(Env::from_process())?;
     let telemetry = common::telemetry::init(&(&settings.common).into())?;
+    if let Err(e) = common::priority::apply(settings.nice) {
+        tracing::warn!(error = %e, nice = settings.nice, "could not lower the CPU priority");
+    }
     let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => {
             let listener = tokio::net::TcpListener::bind(settings.http_addr)

@@ -3,6 +3,7 @@
 //! | variable | default | meaning |
 //! |---|---|---|
 //! | `PORT` / `HTTP_ADDR` | `8001` / `0.0.0.0:$PORT` | where the REST API listens |
+//! | `CPU_NICE` | `0` | normal priority: customers wait on it (`common::priority`) |
 //! | `MAX_ITEM_QUANTITY` | `20` | most of one item per order line |
 //! | `MAX_ORDER_LINES` | `50` | most lines per order |
 //! | `IDEMPOTENCY_TTL_SECS` | `86400` | how long an `Idempotency-Key` and its response are kept |
@@ -27,6 +28,8 @@ pub struct Settings {
     pub common: CommonSettings,
     /// Listen address.
     pub http_addr: SocketAddr,
+    /// Nice value of the process (`CPU_NICE`, see `common::priority`).
+    pub nice: i32,
     /// Validation limits.
     pub limits: Limits,
     /// CORS and client addresses.
@@ -102,6 +105,7 @@ impl Settings {
         env.check(limits.max_lines >= 1, "MAX_ORDER_LINES must be at least 1");
         let s = Self {
             http_addr: http_addr(&mut env, 8001),
+            nice: common::priority::from_env(&mut env, 0),
             edge: EdgeSettings::from_env(&mut env),
             order_rate,
             tracker_base_url: env

@@ -9,6 +9,9 @@ async fn main() -> anyhow::Result<()> {
     Env::list_if_asked(Settings::from_env);
     let settings = Settings::from_env(Env::from_process())?;
     let telemetry = common::telemetry::init(&(&settings.common).into())?;
+    if let Err(e) = common::priority::apply(settings.nice) {
+        tracing::warn!(error = %e, nice = settings.nice, "could not lower the CPU priority");
+    }
     let listener = tokio::net::TcpListener::bind(settings.http_addr)
         .await
         .with_context(|| format!("cannot listen on {}", settings.http_addr))?;
