@@ -167,3 +167,65 @@ fn bad_page_settings_stop_start_up() {
     assert_eq!(ok.order_api_url, "https://api.example.com/x");
     assert_eq!(ok.currency, "EUR");
 }
+
+#[tokio::test]
+async fn a_run_of_one_orders_events_is_appended_whole_by_one_command_each_once() {
+    use contract::{
+        Envelope,
+        events::{Event, OrderCreated, OrderStatusUpdated, OrdersEvent},
+        status::OrderStatus,
+    };
+    use notify_svc::timeline::order_fact;
+    let client = common::mongo::connect(&testkit::shared_mongo().await.url(), "notify-svc-tests")
+        .await
+        .unwrap();
+    let store = TimelineStore::new(&client, &testkit::unique_db("notify_run"));
+    // A new order's whole kitchen in one run: the first statement creates
+    // its timeline, each later one appends to it.
+    let created = OrderCreated::example();
+    let id = created.order_id;
+    let mut events = vec![(
+        Envelope::of(&created, "c", "test"),
+        OrdersEvent::Created(created),
+    )];
+    for (version, (previous, status)) in [
+        (OrderStatus::Created, OrderStatus::Confirmed),
+        (OrderStatus::Confirmed, OrderStatus::Preparing),
+        (OrderStatus::Preparing, OrderStatus::OutForDelivery),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let p = OrderStatusUpdated {
+            order_id: id,
+            status,
+            previous,
+            version: u32::try_from(version).unwrap() + 2,
+            customer: None,
+        };
+        events.push((Envelope::of(&p, "c", "test"), OrdersEvent::StatusUpdated(p)));
+    }
+    let facts: Vec<_> = events
+        .iter()
+        .map(|(e, event)| order_fact(e, event))
+        .collect();
+    let appended: Vec<bool> = store
+        .append_all(&facts)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(appended, [true; 4]);
+    assert_eq!(store.load(id).await.unwrap().entries.len(), 4);
+    // The same run again (a redelivery) appends nothing.
+    let again: Vec<bool> = store
+        .append_all(&facts[1..])
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(again, [false; 3]);
+    let stored = store.load(id).await.unwrap();
+    assert_eq!(stored.entries.len(), 4);
+    assert!(stored.token_hash.is_some());
+}
