@@ -112,8 +112,9 @@ impl<E: StreamEvent, H: Handler<E>> Inner<E, H> {
     async fn handle_one(&self, ready: Ready<'_, E>) {
         let started = Instant::now();
         let span = ready.span.clone();
-        let result = self
-            .guard(self.handler.handle(&ready.msg))
+        // Called inside the async block, so that even the part of the
+        // handler that runs when it is called is in the message's span.
+        let result = async { self.guard(self.handler.handle(&ready.msg)).await }
             .instrument(span.clone())
             .await
             .unwrap_or_else(|cut| Err(cut.error()));
@@ -150,8 +151,7 @@ impl<E: StreamEvent, H: Handler<E>> Inner<E, H> {
             count = msgs.len(),
         );
         let started = Instant::now();
-        let results = match self
-            .guard(self.handler.handle_run(&msgs))
+        let results = match async { self.guard(self.handler.handle_run(&msgs)).await }
             .instrument(span)
             .await
         {
