@@ -10,7 +10,7 @@
 //! cores are contended, and nothing changes when they are not: an idle core
 //! runs niced work as fast as any. Waiting work also batches better: the
 //! moves queued while a niced consumer waits share its next transaction.
-//! Measured in docs/performance.md (20): creation at c=1 with the pipeline
+//! Measured in docs/performance.md (21): creation at c=1 with the pipeline
 //! running rose by about a fifth.
 //!
 //! Only lowering is possible (0 to 19): raising priority needs privileges.
