@@ -221,13 +221,25 @@ pub async fn inject(
             {
                 // Spread over the partitions (poison has no ordering key).
                 let p = u16::try_from(i).unwrap_or(0) % ns.partitions();
-                let id: String = redis::cmd("XADD")
-                    .arg(ns.stream_at(stream, p))
+                let mut xadd = redis::cmd("XADD");
+                xadd.arg(ns.stream_at(stream, p))
                     .arg("*")
                     .arg("poison")
-                    .arg(format!("injected at {at_secs:.1}s"))
-                    .query_async(conn)
-                    .await?;
+                    .arg(format!("injected at {at_secs:.1}s"));
+                // After a Redis restart the driver's connection fails its
+                // first command and reconnects: try again before giving up.
+                let mut attempt = 0;
+                let id: String = loop {
+                    attempt += 1;
+                    match xadd.query_async(conn).await {
+                        Ok(id) => break id,
+                        Err(e) if attempt < 5 => {
+                            tracing::debug!(error = %e, "poison XADD failed; retrying");
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                };
                 poison.push((stream, id));
             }
             note = "one malformed message per event stream".into();
