@@ -81,6 +81,11 @@ fn describe() {
         Unit::Seconds,
         "Handler latency per stream and group."
     );
+    describe_histogram!(
+        "stream_wait_seconds",
+        Unit::Seconds,
+        "Time a new event waited in its stream before the group read it (from the entry id's time; first reads only)."
+    );
     describe_gauge!(
         "consumer_group_lag",
         "Entries not yet delivered to the group (XINFO GROUPS lag)."

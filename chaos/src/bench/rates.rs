@@ -247,6 +247,9 @@ pub struct RateRun {
     pub hop_p50_ms: Option<f64>,
     /// Median of each hop of the tracking flow, in its order, when measured.
     pub each_hop_p50_ms: Vec<f64>,
+    /// What the database spent per accepted order, from the window's start
+    /// until its orders were delivered (when timelines are measured).
+    pub database: Option<top::Spent>,
 }
 
 impl std::fmt::Display for RateRun {
@@ -275,6 +278,16 @@ impl std::fmt::Display for RateRun {
                 .collect();
             write!(f, " (each: {} ms)", each.join(" / "))?;
         }
+        if let Some(d) = &self.database {
+            write!(
+                f,
+                "\n    MongoDB per order: {:.1} commands, {:.2} commits, {:.2} aborts:",
+                d.commands, d.commits, d.aborts
+            )?;
+            for c in d.by_kind.iter().filter(|c| c.per_order >= 0.05) {
+                write!(f, " {} {:.2};", c.what, c.per_order)?;
+            }
+        }
         Ok(())
     }
 }
@@ -290,6 +303,11 @@ pub async fn open_loop(
     timelines: Option<&str>,
 ) -> anyhow::Result<RateRun> {
     let phase = format!("r{rate:.1}-{}", rand::rng().random::<u32>());
+    let (client, db) = (orders.client(), orders.namespace().db);
+    let tally = match timelines {
+        Some(_) => Some(top::Tally::now(client, &db).await),
+        None => None,
+    };
     let total = (rate * duration.as_secs_f64()).round().max(1.0) as usize;
     let started = tokio::time::Instant::now();
     let tasks: Vec<_> = (0..total)
@@ -319,6 +337,11 @@ pub async fn open_loop(
         wait_delivered(orders, Duration::from_secs(600)).await?;
     }
     let errors = posted.iter().filter(|p| p.status != 201).count();
+    let accepted = posted.iter().filter(|p| p.status == 201).count();
+    let database = match (tally, drained) {
+        (Some(before), true) => Some(before.until(&top::Tally::now(client, &db).await, accepted)),
+        _ => None,
+    };
     let sustained = errors == 0 && drained && (undelivered_at_end as f64) <= rate.max(1.0);
     let (pipeline, hop_p50_ms, each_hop_p50_ms) = match timelines {
         Some(notify_url) => {
@@ -372,6 +395,7 @@ pub async fn open_loop(
         pipeline,
         hop_p50_ms,
         each_hop_p50_ms,
+        database,
     })
 }
 

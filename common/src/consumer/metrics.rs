@@ -13,6 +13,8 @@ pub(super) struct LoopMetrics {
     /// Indexed by `Reason as usize`.
     dead_lettered: Vec<Counter>,
     pub(super) duration: Histogram,
+    /// From `XADD` to this group's read (the entry id's time).
+    pub(super) stream_wait: Histogram,
 }
 
 impl LoopMetrics {
@@ -27,6 +29,7 @@ impl LoopMetrics {
             reclaimed: metrics::counter!("events_reclaimed_total", "stream" => s.clone(), "group" => g.clone()),
             dead_lettered: Reason::ALL.into_iter().map(dead).collect(),
             duration: metrics::histogram!("handler_duration_seconds", "stream" => s.clone(), "group" => g.clone()),
+            stream_wait: metrics::histogram!("stream_wait_seconds", "stream" => s.clone(), "group" => g.clone()),
         }
     }
 

@@ -51,6 +51,9 @@ impl<E: StreamEvent, H: Handler<E>> Inner<E, H> {
                     backoff.reset();
                     self.status.0.reading.store(true, Ordering::Relaxed);
                     if !entries.is_empty() {
+                        for e in &entries {
+                            self.metrics.stream_wait.record(super::entry_age(e));
+                        }
                         self.process_batch(entries.into_iter().map(|e| (e, 1)).collect())
                             .await;
                     }

@@ -113,6 +113,7 @@ async fn metrics_use_route_templates_and_pass_promtool() {
         "http_request_duration_seconds_bucket{",
         r#"events_handled_total{stream="order-status-stream",group="order-svc",outcome="done"}"#,
         "handler_duration_seconds_bucket{",
+        r#"stream_wait_seconds_bucket{stream="order-status-stream",group="order-svc",le="0.1"}"#,
         r#"consumer_group_lag{stream="order-status-stream",group="order-svc"}"#,
         r#"consumer_group_pending{stream="deliveries-stream",group="order-svc"}"#,
         r#"outbox_backlog{service="order-svc"}"#,
