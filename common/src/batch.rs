@@ -23,6 +23,13 @@
 //! again, which is correct and only slower. Placements keep one batch at a
 //! time, because every batch decrements the same dishes.
 //!
+//! A writer may also *linger* ([`Batcher::with_linger`]): having taken
+//! the first job, it waits up to the linger for more before it writes. Only
+//! for writes nobody waits on to go on (notify-svc's timeline appends, off
+//! the path of both the pipeline and the live pushes): each write command
+//! costs the database the same whether it carries one job or fifty, and at
+//! a moderate pace the jobs come one by one, just too far apart to meet.
+//!
 //! The writer starts with the first job, on that job's runtime (so a handle
 //! can be built outside a runtime, and tests with several runtimes each get
 //! theirs), and ends when every handle is dropped, after answering what was
@@ -33,6 +40,7 @@ use std::{
     future::Future,
     panic::AssertUnwindSafe,
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use futures::{FutureExt, StreamExt, stream::FuturesUnordered};
@@ -72,6 +80,7 @@ pub struct Batcher<B: Batch> {
     idle: Arc<Mutex<Idle<B>>>,
     max: usize,
     depth: usize,
+    linger: Duration,
     name: &'static str,
 }
 
@@ -82,6 +91,7 @@ impl<B: Batch> Clone for Batcher<B> {
             idle: self.idle.clone(),
             max: self.max,
             depth: self.depth,
+            linger: self.linger,
             name: self.name,
         }
     }
@@ -113,8 +123,17 @@ impl<B: Batch> Batcher<B> {
             idle: Arc::new(Mutex::new(Some((rx, batch)))),
             max: max.max(1),
             depth: depth.max(1),
+            linger: Duration::ZERO,
             name,
         }
+    }
+
+    /// The same writer, lingering up to `linger` after a batch's first job
+    /// for more (see the module docs); zero: none.
+    #[must_use]
+    pub fn with_linger(mut self, linger: Duration) -> Self {
+        self.linger = linger;
+        self
     }
 
     /// Queues `job` and waits for its answer.
@@ -137,7 +156,12 @@ impl<B: Batch> Batcher<B> {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take();
         if let Some((rx, batch)) = start {
-            tokio::spawn(write(rx, batch, self.max, self.depth, self.name));
+            let shape = Shape {
+                max: self.max,
+                depth: self.depth,
+                linger: self.linger,
+            };
+            tokio::spawn(write(rx, batch, shape, self.name));
         }
         let (queued, answers): (Vec<_>, Vec<_>) = jobs
             .into_iter()
@@ -155,14 +179,22 @@ impl<B: Batch> Batcher<B> {
     }
 }
 
+/// How a writer cuts its batches.
+#[derive(Clone, Copy)]
+struct Shape {
+    max: usize,
+    depth: usize,
+    linger: Duration,
+}
+
 /// The writer: batches of what is queued, up to `depth` at a time.
 async fn write<B: Batch>(
     mut rx: mpsc::Receiver<Queued<B>>,
     batch: B,
-    max: usize,
-    depth: usize,
+    shape: Shape,
     name: &'static str,
 ) {
+    let Shape { max, depth, linger } = shape;
     let batch = &batch;
     let mut running = FuturesUnordered::new();
     let mut open = true;
@@ -178,6 +210,20 @@ async fn write<B: Batch>(
                 if n == 0 {
                     open = false; // every handle dropped: finish what runs
                 } else {
+                    if !linger.is_zero() && n < max {
+                        let until = tokio::time::Instant::now() + linger;
+                        while queued.len() < max {
+                            let more = tokio::select! {
+                                biased;
+                                Some(()) = running.next(), if !running.is_empty() => continue,
+                                more = tokio::time::timeout_at(until, rx.recv_many(&mut queued, max)) => more,
+                            };
+                            // Out of time, or every handle dropped (seen by the next receive).
+                            if !matches!(more, Ok(n) if n > 0) {
+                                break;
+                            }
+                        }
+                    }
                     running.push(run_batch(batch, queued, name));
                 }
             }
@@ -289,6 +335,39 @@ mod tests {
         assert_eq!(most_at_once(1).await, 1);
         assert_eq!(most_at_once(2).await, 2);
         assert_eq!(most_at_once(3).await, 3);
+    }
+
+    /// Three jobs 7 ms apart, each waited for by its own task: the batch
+    /// sizes.
+    async fn three_jobs_7_ms_apart(linger: Duration) -> Vec<usize> {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let b =
+            Batcher::new("test", 8, Double(sizes.clone(), AtomicUsize::new(0))).with_linger(linger);
+        let mut tasks = Vec::new();
+        for i in 0..3 {
+            let b = b.clone();
+            tasks.push(tokio::spawn(async move { b.submit(i).await.unwrap() }));
+            tokio::time::sleep(Duration::from_millis(7)).await;
+        }
+        let answers: Vec<Option<u32>> = futures::future::join_all(tasks)
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(answers, [Some(0), Some(2), Some(4)]);
+        sizes.lock().unwrap().clone()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lingering_writer_waits_for_jobs_that_come_soon_after() {
+        // Without: the first goes alone, the two queued while it ran together.
+        assert_eq!(three_jobs_7_ms_apart(Duration::ZERO).await, [1, 2]);
+        assert_eq!(three_jobs_7_ms_apart(Duration::from_millis(25)).await, [3]);
+        // A linger shorter than the gaps changes nothing.
+        assert_eq!(
+            three_jobs_7_ms_apart(Duration::from_millis(5)).await,
+            [1, 2]
+        );
     }
 
     #[tokio::test]

@@ -47,7 +47,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), StartError> {
     let mut rt = Runtime::new(&settings.common, shutdown.clone())?;
-    let store = TimelineStore::new(&rt.mongo().await?, &settings.common.mongo_db);
+    let store = TimelineStore::new(&rt.mongo().await?, &settings.common.mongo_db)
+        .with_linger(settings.timeline_linger);
     let handler = TimelineHandler {
         store: store.clone(),
     };

@@ -6,6 +6,7 @@
 //! | `CPU_NICE` | `0` | normal priority: customers wait on it (`common::priority`) |
 //! | `WS_PING_INTERVAL_MS` | `20000` | how often each socket is pinged |
 //! | `WS_PONG_TIMEOUT_MS` | `10000` | a peer that has not answered a ping by then is dropped |
+//! | `TIMELINE_LINGER_MS` | `10` | how long the timeline writer waits after an append for more to write with it (one write command for all); the live pushes do not wait for it |
 //! | `RECENT_EVENTS_TTL_SECS` | `120` | how long this replica remembers the events it saw live (closes the gap between a snapshot and the live feed) |
 //! | `CORS_ALLOWED_ORIGINS` | empty | browser origins allowed to read timelines cross-origin (comma-separated); empty: same-origin only |
 //! | `TRUST_FORWARDED_FOR` | `false` | take the client address (session caps) from `X-Forwarded-For`; only behind a proxy that sets it |
@@ -34,6 +35,8 @@ pub struct Settings {
     pub pong_timeout: Duration,
     /// Memory of live events per order.
     pub recent_ttl: Duration,
+    /// Wait of the timeline writer for more appends.
+    pub timeline_linger: Duration,
     /// Order API base URL for the pages (empty: same origin), without a
     /// trailing `/`.
     pub order_api_url: String,
@@ -67,6 +70,7 @@ impl Settings {
             ping_interval: env.millis("WS_PING_INTERVAL_MS", 20_000),
             pong_timeout: env.millis("WS_PONG_TIMEOUT_MS", 10_000),
             recent_ttl: Duration::from_secs(env.parse("RECENT_EVENTS_TTL_SECS", 120)),
+            timeline_linger: env.millis("TIMELINE_LINGER_MS", 10),
             order_api_url: env
                 .raw("ORDER_API_URL")
                 .map(|u| u.trim().trim_end_matches('/').to_owned())

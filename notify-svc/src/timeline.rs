@@ -253,6 +253,18 @@ impl TimelineStore {
             .map_err(mongodb::error::Error::custom)?
     }
 
+    /// The same store, its writer lingering up to `linger` after an append
+    /// for more to write with it (`common::batch`): nobody waits on these
+    /// writes but the consumer's acknowledgement (the live pushes come from
+    /// the hub's own tail of the streams), and at a moderate pace one order's
+    /// events and the other orders' come a few milliseconds apart, each
+    /// otherwise a write command of its own.
+    #[must_use]
+    pub fn with_linger(mut self, linger: std::time::Duration) -> Self {
+        self.writer = self.writer.with_linger(linger);
+        self
+    }
+
     /// [`TimelineStore::append`] for several facts (a consumer's run of one
     /// order's events), in one write command: one result per fact, in order.
     pub async fn append_all(&self, facts: &[Fact]) -> Vec<mongodb::error::Result<bool>> {
