@@ -213,10 +213,11 @@ async fn write<B: Batch>(
                     if !linger.is_zero() && n < max {
                         let until = tokio::time::Instant::now() + linger;
                         while queued.len() < max {
+                            let room = max - queued.len();
                             let more = tokio::select! {
                                 biased;
                                 Some(()) = running.next(), if !running.is_empty() => continue,
-                                more = tokio::time::timeout_at(until, rx.recv_many(&mut queued, max)) => more,
+                                more = tokio::time::timeout_at(until, rx.recv_many(&mut queued, room)) => more,
                             };
                             // Out of time, or every handle dropped (seen by the next receive).
                             if !matches!(more, Ok(n) if n > 0) {
