@@ -24,11 +24,16 @@
 //! time, because every batch decrements the same dishes.
 //!
 //! A writer may also *linger* ([`Batcher::with_linger`]): having taken
-//! the first job, it waits up to the linger for more before it writes. Only
-//! for writes nobody waits on to go on (notify-svc's timeline appends, off
-//! the path of both the pipeline and the live pushes): each write command
-//! costs the database the same whether it carries one job or fifty, and at
-//! a moderate pace the jobs come one by one, just too far apart to meet.
+//! the first job, it waits up to the linger for more before it writes,
+//! until it holds `enough` submissions. Only for writes nobody waits on to
+//! go on (notify-svc's timeline appends, off the path of both the pipeline
+//! and the live pushes): each write command costs the database the same
+//! whether it carries one job or fifty, and at a moderate pace the jobs
+//! come one by one, just too far apart to meet. A burst (a consumer's whole
+//! read, when its stream has a backlog) is a batch by itself: waiting on
+//! top of it would only hold up the reader behind it, whose next read waits
+//! for this write, and a linger paid on every read caps how fast a backlog
+//! drains (docs/performance.md, 23).
 //!
 //! The writer starts with the first job, on that job's runtime (so a handle
 //! can be built outside a runtime, and tests with several runtimes each get
@@ -80,8 +85,16 @@ pub struct Batcher<B: Batch> {
     idle: Arc<Mutex<Idle<B>>>,
     max: usize,
     depth: usize,
-    linger: Duration,
+    linger: Linger,
     name: &'static str,
+}
+
+/// How long a writer waits for more after a batch's first job, and for
+/// how many submissions at most (see the module docs).
+#[derive(Debug, Clone, Copy)]
+struct Linger {
+    time: Duration,
+    enough: usize,
 }
 
 impl<B: Batch> Clone for Batcher<B> {
@@ -123,16 +136,23 @@ impl<B: Batch> Batcher<B> {
             idle: Arc::new(Mutex::new(Some((rx, batch)))),
             max: max.max(1),
             depth: depth.max(1),
-            linger: Duration::ZERO,
+            linger: Linger {
+                time: Duration::ZERO,
+                enough: 1,
+            },
             name,
         }
     }
 
     /// The same writer, lingering up to `linger` after a batch's first job
-    /// for more (see the module docs); zero: none.
+    /// for more while it holds fewer than `enough` submissions (see the
+    /// module docs); a zero `linger`: none.
     #[must_use]
-    pub fn with_linger(mut self, linger: Duration) -> Self {
-        self.linger = linger;
+    pub fn with_linger(mut self, linger: Duration, enough: usize) -> Self {
+        self.linger = Linger {
+            time: linger,
+            enough: enough.clamp(1, self.max),
+        };
         self
     }
 
@@ -184,7 +204,7 @@ impl<B: Batch> Batcher<B> {
 struct Shape {
     max: usize,
     depth: usize,
-    linger: Duration,
+    linger: Linger,
 }
 
 /// The writer: batches of what is queued, up to `depth` at a time.
@@ -210,21 +230,7 @@ async fn write<B: Batch>(
                 if n == 0 {
                     open = false; // every handle dropped: finish what runs
                 } else {
-                    if !linger.is_zero() && n < max {
-                        let until = tokio::time::Instant::now() + linger;
-                        while queued.len() < max {
-                            let room = max - queued.len();
-                            let more = tokio::select! {
-                                biased;
-                                Some(()) = running.next(), if !running.is_empty() => continue,
-                                more = tokio::time::timeout_at(until, rx.recv_many(&mut queued, room)) => more,
-                            };
-                            // Out of time, or every handle dropped (seen by the next receive).
-                            if !matches!(more, Ok(n) if n > 0) {
-                                break;
-                            }
-                        }
-                    }
+                    linger_for_more(&mut rx, &mut queued, linger, &mut running).await;
                     running.push(run_batch(batch, queued, name));
                 }
             }
@@ -232,6 +238,32 @@ async fn write<B: Batch>(
         }
     }
     debug!(writer = name, "writer stopped");
+}
+
+/// Waits up to the linger for more submissions, until `queued` holds
+/// `enough`, answering batches that finish meanwhile. Out of time, or every
+/// handle dropped (which the next receive sees): it returns.
+async fn linger_for_more<T, F: Future<Output = ()>>(
+    rx: &mut mpsc::Receiver<T>,
+    queued: &mut Vec<T>,
+    linger: Linger,
+    running: &mut FuturesUnordered<F>,
+) {
+    if linger.time.is_zero() {
+        return;
+    }
+    let until = tokio::time::Instant::now() + linger.time;
+    while queued.len() < linger.enough {
+        let room = linger.enough - queued.len();
+        let more = tokio::select! {
+            biased;
+            Some(()) = running.next(), if !running.is_empty() => continue,
+            more = tokio::time::timeout_at(until, rx.recv_many(queued, room)) => more,
+        };
+        if !matches!(more, Ok(n) if n > 0) {
+            return;
+        }
+    }
 }
 
 /// Runs one batch and answers each of its callers.
@@ -340,10 +372,10 @@ mod tests {
 
     /// Three jobs 7 ms apart, each waited for by its own task: the batch
     /// sizes.
-    async fn three_jobs_7_ms_apart(linger: Duration) -> Vec<usize> {
+    async fn three_jobs_7_ms_apart(linger: Duration, enough: usize) -> Vec<usize> {
         let sizes = Arc::new(Mutex::new(Vec::new()));
-        let b =
-            Batcher::new("test", 8, Double(sizes.clone(), AtomicUsize::new(0))).with_linger(linger);
+        let b = Batcher::new("test", 8, Double(sizes.clone(), AtomicUsize::new(0)))
+            .with_linger(linger, enough);
         let mut tasks = Vec::new();
         for i in 0..3 {
             let b = b.clone();
@@ -362,13 +394,41 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_lingering_writer_waits_for_jobs_that_come_soon_after() {
         // Without: the first goes alone, the two queued while it ran together.
-        assert_eq!(three_jobs_7_ms_apart(Duration::ZERO).await, [1, 2]);
-        assert_eq!(three_jobs_7_ms_apart(Duration::from_millis(25)).await, [3]);
+        assert_eq!(three_jobs_7_ms_apart(Duration::ZERO, 8).await, [1, 2]);
+        assert_eq!(
+            three_jobs_7_ms_apart(Duration::from_millis(25), 8).await,
+            [3]
+        );
         // A linger shorter than the gaps changes nothing.
         assert_eq!(
-            three_jobs_7_ms_apart(Duration::from_millis(5)).await,
+            three_jobs_7_ms_apart(Duration::from_millis(5), 8).await,
             [1, 2]
         );
+        // It stops waiting once it holds enough.
+        assert_eq!(
+            three_jobs_7_ms_apart(Duration::from_millis(25), 2).await,
+            [2, 1]
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_of_enough_jobs_is_written_without_lingering() {
+        let sizes = Arc::new(Mutex::new(Vec::new()));
+        let b = Batcher::new("test", 8, Double(sizes.clone(), AtomicUsize::new(0)))
+            .with_linger(Duration::from_secs(1), 3);
+        let started = tokio::time::Instant::now();
+        let answers = futures::future::join_all((0..3).map(|i| b.submit(i))).await;
+        assert_eq!(
+            answers.into_iter().map(Result::unwrap).collect::<Vec<_>>(),
+            [Some(0), Some(2), Some(4)]
+        );
+        assert_eq!(sizes.lock().unwrap().clone(), [3]);
+        // Written at once: no second of lingering.
+        assert!(started.elapsed() < Duration::from_millis(100));
+        // Fewer than enough wait for the linger.
+        let started = tokio::time::Instant::now();
+        b.submit(5).await.unwrap();
+        assert!(started.elapsed() >= Duration::from_secs(1));
     }
 
     #[tokio::test]

@@ -6,7 +6,7 @@
 //! | `CPU_NICE` | `0` | normal priority: customers wait on it (`common::priority`) |
 //! | `WS_PING_INTERVAL_MS` | `20000` | how often each socket is pinged |
 //! | `WS_PONG_TIMEOUT_MS` | `10000` | a peer that has not answered a ping by then is dropped |
-//! | `TIMELINE_LINGER_MS` | `10` | how long the timeline writer waits after an append for more to write with it (one write command for all); the live pushes do not wait for it |
+//! | `TIMELINE_LINGER_MS` | `10` | how long the timeline writer waits after an append for more to write with it (one write command for all), until it holds 16 runs; the live pushes do not wait for it |
 //! | `RECENT_EVENTS_TTL_SECS` | `120` | how long this replica remembers the events it saw live (closes the gap between a snapshot and the live feed) |
 //! | `CORS_ALLOWED_ORIGINS` | empty | browser origins allowed to read timelines cross-origin (comma-separated); empty: same-origin only |
 //! | `TRUST_FORWARDED_FOR` | `false` | take the client address (session caps) from `X-Forwarded-For`; only behind a proxy that sets it |

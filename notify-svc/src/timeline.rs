@@ -232,6 +232,12 @@ pub struct TimelineStore {
 /// Most appends in one write command.
 const MAX_BATCH: usize = 128;
 
+/// Runs (one order's events read together) after which the writer stops
+/// lingering: at 100 orders/s about 10 ms of appends, a quarter of what one
+/// read of a backlog brings (`CONSUMER_BATCH_SIZE`, 64 events, about 30
+/// orders' runs).
+pub const LINGER_ENOUGH: usize = 16;
+
 impl TimelineStore {
     /// `timelines` of `db`.
     pub fn new(client: &mongodb::Client, db: &str) -> Self {
@@ -254,14 +260,16 @@ impl TimelineStore {
     }
 
     /// The same store, its writer lingering up to `linger` after an append
-    /// for more to write with it (`common::batch`): nobody waits on these
-    /// writes but the consumer's acknowledgement (the live pushes come from
-    /// the hub's own tail of the streams), and at a moderate pace one order's
-    /// events and the other orders' come a few milliseconds apart, each
-    /// otherwise a write command of its own.
+    /// for more to write with it (`common::batch`), while it holds fewer
+    /// than [`LINGER_ENOUGH`] runs: nobody waits on these writes but the
+    /// consumer's acknowledgement (the live pushes come from the hub's own
+    /// tail of the streams), and at a moderate pace one order's events and
+    /// the other orders' come a few milliseconds apart, each otherwise a
+    /// write command of its own. A consumer's read of a backlog is enough
+    /// runs by itself, and goes at once.
     #[must_use]
     pub fn with_linger(mut self, linger: std::time::Duration) -> Self {
-        self.writer = self.writer.with_linger(linger);
+        self.writer = self.writer.with_linger(linger, LINGER_ENOUGH);
         self
     }
 
