@@ -659,6 +659,7 @@ async fn measure(cluster: &Cluster, cfg: &BenchConfig) -> anyhow::Result<BenchRe
         items: items.clone(),
         tag: "run".into(),
     };
+    let streams = Streams::new(&cluster.redis.url(), &cluster.namespace());
     let ladder = rates::ladder(&http, &load, &orders, &cfg.ladder, cfg.step).await?;
     let c1_alone = if cfg.ladder.contains(&1) {
         Some(alone(cluster, &http, &load, &orders, cfg).await?)
@@ -672,7 +673,16 @@ async fn measure(cluster: &Cluster, cfg: &BenchConfig) -> anyhow::Result<BenchRe
         &[]
     };
     for &rate in paced {
-        let run = rates::open_loop(&http, &load, &orders, rate, cfg.step, Some(notify_url)).await?;
+        let run = rates::open_loop(
+            &http,
+            &load,
+            &orders,
+            &streams,
+            rate,
+            cfg.step,
+            Some(notify_url),
+        )
+        .await?;
         println!("{run}");
         pace.push(run);
     }
@@ -680,7 +690,7 @@ async fn measure(cluster: &Cluster, cfg: &BenchConfig) -> anyhow::Result<BenchRe
     if cfg.sustained {
         let best = ladder.iter().map(|s| s.per_sec).fold(20.0, f64::max);
         let (rate, runs) =
-            rates::sustained_rate(&http, &load, &orders, best * 0.5, cfg.step, 3).await?;
+            rates::sustained_rate(&http, &load, &orders, &streams, best * 0.5, cfg.step, 3).await?;
         sustained_rate = Some(rate);
         sustained_search = runs;
         if rate > 0.0 {
@@ -688,6 +698,7 @@ async fn measure(cluster: &Cluster, cfg: &BenchConfig) -> anyhow::Result<BenchRe
                 &http,
                 &load,
                 &orders,
+                &streams,
                 rate * 0.8,
                 cfg.step,
                 Some(notify_url),
@@ -753,31 +764,75 @@ async fn stream_entries(
     redis_url: &str,
     ns: &contract::streams::Namespace,
 ) -> anyhow::Result<(u64, u64)> {
-    let mut conn = contract::redis::commands(&contract::redis::client(redis_url)?)?;
-    let (mut added, mut read) = (0, 0);
-    for name in contract::streams::Stream::ALL
-        .into_iter()
-        .flat_map(|s| ns.stream_keys(s))
-    {
-        let info: redis::Value = redis::cmd("XINFO")
-            .arg("STREAM")
-            .arg(&name)
-            .query_async(&mut conn)
-            .await
-            .unwrap_or(redis::Value::Nil);
-        added += field_u64(info, "entries-added");
-        let groups: Vec<redis::Value> = redis::cmd("XINFO")
-            .arg("GROUPS")
-            .arg(&name)
-            .query_async(&mut conn)
-            .await
-            .unwrap_or_default();
-        read += groups
-            .into_iter()
-            .map(|g| field_u64(g, "entries-read"))
-            .sum::<u64>();
+    let c = Streams::new(redis_url, ns).counts().await?;
+    Ok((c.added, c.read))
+}
+
+/// Every stream of a run, to count what was added to them and what their
+/// consumer groups have not read yet.
+#[derive(Debug, Clone)]
+pub struct Streams {
+    redis_url: String,
+    ns: contract::streams::Namespace,
+}
+
+/// What [`Streams::counts`] found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamCounts {
+    /// Entries ever added, over all streams.
+    pub added: u64,
+    /// Entries read, summed over every group of every stream.
+    pub read: u64,
+    /// Entries some group has not read yet, summed over every group (its
+    /// `lag`; where Redis cannot tell it, added minus read).
+    pub unread: u64,
+}
+
+impl Streams {
+    pub fn new(redis_url: &str, ns: &contract::streams::Namespace) -> Self {
+        Self {
+            redis_url: redis_url.to_owned(),
+            ns: ns.clone(),
+        }
     }
-    Ok((added, read))
+
+    /// The counts now (`XINFO STREAM` and `XINFO GROUPS` of every stream).
+    pub async fn counts(&self) -> anyhow::Result<StreamCounts> {
+        let mut conn = contract::redis::commands(&contract::redis::client(&self.redis_url)?)?;
+        let mut c = StreamCounts::default();
+        for name in contract::streams::Stream::ALL
+            .into_iter()
+            .flat_map(|s| self.ns.stream_keys(s))
+        {
+            let info: redis::Value = redis::cmd("XINFO")
+                .arg("STREAM")
+                .arg(&name)
+                .query_async(&mut conn)
+                .await
+                .unwrap_or(redis::Value::Nil);
+            let added = field_u64(info, "entries-added");
+            c.added += added;
+            let groups: Vec<redis::Value> = redis::cmd("XINFO")
+                .arg("GROUPS")
+                .arg(&name)
+                .query_async(&mut conn)
+                .await
+                .unwrap_or_default();
+            for g in groups {
+                let fields = contract::redis::fields_of(g);
+                let read: u64 = fields
+                    .get("entries-read")
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(0);
+                c.read += read;
+                c.unread += fields
+                    .get("lag")
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or_else(|| added.saturating_sub(read));
+            }
+        }
+        Ok(c)
+    }
 }
 
 /// A number field of an `XINFO` reply.

@@ -9,9 +9,11 @@
 //! * **Sustained rate**: the highest open-loop rate at which the backlog
 //!   does not grow. A rate is sustained when every POST got a 201, when at the
 //!   end of the window fewer than one second's worth of orders were still
-//!   undelivered, and when the rest were delivered within
-//!   [`DRAIN_GRACE`]. Searched by growing the rate ×1.5 until it fails, then
-//!   bisecting.
+//!   undelivered and fewer than one second's worth of stream entries were
+//!   still unread by some consumer group (notify-svc's timeline included,
+//!   which no order waits for), and when the rest were delivered and read
+//!   within [`DRAIN_GRACE`]. Searched by growing the rate ×1.5 until it
+//!   fails, then bisecting.
 
 use std::{
     sync::atomic::{AtomicUsize, Ordering},
@@ -22,7 +24,7 @@ use futures::{StreamExt, future::join_all, stream};
 use rand::{Rng, SeedableRng, rngs::StdRng};
 use serde::Serialize;
 
-use super::{Percentiles, pipeline_ms, post_order, top, wait_delivered};
+use super::{Percentiles, Streams, pipeline_ms, post_order, top, wait_delivered};
 
 /// How long the rest of an open-loop window may take to be delivered.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
@@ -236,6 +238,11 @@ pub struct RateRun {
     pub create_latency: Percentiles,
     /// Orders not yet delivered when the window ended.
     pub undelivered_at_end: u64,
+    /// Stream entries added during the window that some consumer group had
+    /// not read when it ended (summed over the groups).
+    pub unread_at_end: u64,
+    /// Stream entries added per second during the window.
+    pub entries_per_sec: f64,
     /// Seconds from the end of the window until all were delivered (or the
     /// grace ran out).
     pub drain_secs: f64,
@@ -256,12 +263,14 @@ impl std::fmt::Display for RateRun {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "  {:>6.1} orders/s offered: {} posted, {} non-201, POST p99 {:.1} ms, {} undelivered at the end, drained in {:.1} s: {}",
+            "  {:>6.1} orders/s offered: {} posted, {} non-201, POST p99 {:.1} ms, {} undelivered and {} stream entries unread ({:.0}/s added) at the end, drained in {:.1} s: {}",
             self.rate,
             self.posted,
             self.errors,
             self.create_latency.p99,
             self.undelivered_at_end,
+            self.unread_at_end,
+            self.entries_per_sec,
             self.drain_secs,
             if self.sustained {
                 "sustained"
@@ -298,6 +307,7 @@ pub async fn open_loop(
     http: &reqwest::Client,
     load: &Load,
     orders: &mongodb::Collection<bson::Document>,
+    streams: &Streams,
     rate: f64,
     duration: Duration,
     timelines: Option<&str>,
@@ -309,6 +319,7 @@ pub async fn open_loop(
         None => None,
     };
     let total = (rate * duration.as_secs_f64()).round().max(1.0) as usize;
+    let counts_before = streams.counts().await?;
     let started = tokio::time::Instant::now();
     let tasks: Vec<_> = (0..total)
         .map(|n| {
@@ -324,17 +335,29 @@ pub async fn open_loop(
     let undelivered_at_end = orders
         .count_documents(bson::doc! { "status": { "$ne": "delivered" } })
         .await?;
+    let counts_at_end = streams.counts().await?;
+    let unread_at_end = counts_at_end.unread.saturating_sub(counts_before.unread);
+    let entries_per_sec =
+        counts_at_end.added.saturating_sub(counts_before.added) as f64 / duration.as_secs_f64();
     let posted: Vec<Posted> = join_all(tasks)
         .await
         .into_iter()
         .filter_map(Result::ok)
         .collect();
     let window_end = Instant::now();
-    let drained = wait_delivered(orders, DRAIN_GRACE).await.is_ok();
+    let drained = wait_drained(orders, streams, counts_before.unread, DRAIN_GRACE)
+        .await
+        .is_ok();
     let drain_secs = window_end.elapsed().as_secs_f64();
     if !drained {
         // Leave a quiet system for whatever runs next.
-        wait_delivered(orders, Duration::from_secs(600)).await?;
+        wait_drained(
+            orders,
+            streams,
+            counts_before.unread,
+            Duration::from_secs(600),
+        )
+        .await?;
     }
     let errors = posted.iter().filter(|p| p.status != 201).count();
     let accepted = posted.iter().filter(|p| p.status == 201).count();
@@ -342,7 +365,10 @@ pub async fn open_loop(
         (Some(before), true) => Some(before.until(&top::Tally::now(client, &db).await, accepted)),
         _ => None,
     };
-    let sustained = errors == 0 && drained && (undelivered_at_end as f64) <= rate.max(1.0);
+    let sustained = errors == 0
+        && drained
+        && (undelivered_at_end as f64) <= rate.max(1.0)
+        && (unread_at_end as f64) <= entries_per_sec.max(1.0);
     let (pipeline, hop_p50_ms, each_hop_p50_ms) = match timelines {
         Some(notify_url) => {
             let measured: Vec<(f64, Vec<f64>)> =
@@ -390,6 +416,8 @@ pub async fn open_loop(
                 .collect(),
         ),
         undelivered_at_end,
+        unread_at_end,
+        entries_per_sec,
         drain_secs,
         sustained,
         pipeline,
@@ -399,12 +427,36 @@ pub async fn open_loop(
     })
 }
 
+/// Waits until every order is delivered and the consumer groups have read
+/// the streams back down to `unread` entries (what they had not read before
+/// the window: a group nobody runs any more keeps its lag).
+async fn wait_drained(
+    orders: &mongodb::Collection<bson::Document>,
+    streams: &Streams,
+    unread: u64,
+    timeout: Duration,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    wait_delivered(orders, timeout).await?;
+    loop {
+        let now = streams.counts().await?.unread;
+        if now <= unread {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            anyhow::bail!("{} stream entries unread after {timeout:?}", now - unread);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The highest sustained rate, starting from `start` orders/s: ×1.5 while
 /// sustained, then `bisections` halvings of the interval.
 pub async fn sustained_rate(
     http: &reqwest::Client,
     load: &Load,
     orders: &mongodb::Collection<bson::Document>,
+    streams: &Streams,
     start: f64,
     duration: Duration,
     bisections: usize,
@@ -413,7 +465,7 @@ pub async fn sustained_rate(
     let (mut good, mut bad) = (0.0_f64, None::<f64>);
     let mut rate = start.max(1.0);
     for _ in 0..12 {
-        let run = open_loop(http, load, orders, rate, duration, None).await?;
+        let run = open_loop(http, load, orders, streams, rate, duration, None).await?;
         println!("{run}");
         let ok = run.sustained;
         runs.push(run);
@@ -428,7 +480,7 @@ pub async fn sustained_rate(
     if let Some(mut hi) = bad {
         for _ in 0..bisections {
             let mid = (good + hi) / 2.0;
-            let run = open_loop(http, load, orders, mid, duration, None).await?;
+            let run = open_loop(http, load, orders, streams, mid, duration, None).await?;
             println!("{run}");
             if run.sustained {
                 good = mid;
