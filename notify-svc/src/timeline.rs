@@ -275,7 +275,24 @@ impl TimelineStore {
 
     /// [`TimelineStore::append`] for several facts (a consumer's run of one
     /// order's events), in one write command: one result per fact, in order.
+    /// A run of one order's new events is one statement (see
+    /// [`Appends::op_run`]); only when some of them are already there
+    /// (a redelivery) does each go as a statement of its own.
     pub async fn append_all(&self, facts: &[Fact]) -> Vec<mongodb::error::Result<bool>> {
+        if let Some(op) = Appends::op_run(facts) {
+            match self.writer.submit(op).await {
+                Ok(Ok(true)) => return facts.iter().map(|_| Ok(true)).collect(),
+                // One of them is there already: one by one, below.
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => return facts.iter().map(|_| Err(e.clone())).collect(),
+                Err(stopped) => {
+                    return facts
+                        .iter()
+                        .map(|_| Err(mongodb::error::Error::custom(stopped)))
+                        .collect();
+                }
+            }
+        }
         let mut ops = Vec::with_capacity(facts.len());
         let mut out: Vec<Option<mongodb::error::Result<bool>>> = Vec::with_capacity(facts.len());
         for fact in facts {
@@ -320,7 +337,8 @@ impl TimelineStore {
 
 /// The writer of appends: one `update` command (unordered) for every
 /// append queued, each an upsert of its order's document guarded by "this
-/// event id is not there yet". Each statement is atomic on its own
+/// event id is not there yet" (or, for a run of one order's events, "none
+/// of these event ids"). Each statement is atomic on its own
 /// document; a guard that fails makes its upsert collide with the existing
 /// `_id` (duplicate key): that event was already appended, and only that
 /// statement fails. Every other statement of the command wrote.
@@ -332,14 +350,38 @@ struct Appends {
 impl Appends {
     /// The update statement of one fact.
     fn op(fact: &Fact) -> mongodb::error::Result<bson::Document> {
-        let entry = bson::to_bson(&fact.entry).map_err(mongodb::error::Error::custom)?;
+        Self::statement(std::slice::from_ref(fact))
+    }
+
+    /// One statement for a run of several facts of one order, guarded by
+    /// "none of these event ids is there yet": `None` for a single fact,
+    /// facts of different orders, or a fact that does not serialise (each
+    /// then goes on its own and reports its own error).
+    fn op_run(facts: &[Fact]) -> Option<bson::Document> {
+        let (first, rest) = facts.split_first()?;
+        if rest.is_empty() || rest.iter().any(|f| f.order_id != first.order_id) {
+            return None;
+        }
+        Self::statement(facts).ok()
+    }
+
+    /// The upsert of `facts` (at least one, all of one order): their
+    /// entries pushed in order, the token hash set if one carries it.
+    fn statement(facts: &[Fact]) -> mongodb::error::Result<bson::Document> {
+        let order_id = facts.first().map(|f| f.order_id.to_string());
+        let entries = facts
+            .iter()
+            .map(|f| bson::to_bson(&f.entry))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(mongodb::error::Error::custom)?;
+        let ids: Vec<&str> = facts.iter().map(|f| f.entry.event_id.as_str()).collect();
         let mut set = doc! { "updated_at": bson::DateTime::now() };
-        if let Some(h) = fact.token_hash {
+        if let Some(h) = facts.iter().find_map(|f| f.token_hash) {
             set.insert("token_hash", h.to_string());
         }
         Ok(doc! {
-            "q": { "_id": fact.order_id.to_string(), "entries.event_id": { "$ne": &fact.entry.event_id } },
-            "u": { "$push": { "entries": entry }, "$set": set },
+            "q": { "_id": order_id, "entries.event_id": { "$nin": ids } },
+            "u": { "$push": { "entries": { "$each": entries } }, "$set": set },
             "upsert": true,
         })
     }

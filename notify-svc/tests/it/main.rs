@@ -228,4 +228,29 @@ async fn a_run_of_one_orders_events_is_appended_whole_by_one_command_each_once()
     let stored = store.load(id).await.unwrap();
     assert_eq!(stored.entries.len(), 4);
     assert!(stored.token_hash.is_some());
+    // A run of which one event is already there: that one is skipped, the
+    // other appended.
+    let p = OrderStatusUpdated {
+        order_id: id,
+        status: OrderStatus::Delivered,
+        previous: OrderStatus::OutForDelivery,
+        version: 5,
+        customer: None,
+    };
+    let delivered = order_fact(
+        &Envelope::of(&p, "c", "test"),
+        &OrdersEvent::StatusUpdated(p),
+    );
+    let mixed: Vec<bool> = store
+        .append_all(&[facts[3].clone(), delivered])
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(mixed, [false, true]);
+    let stored = store.load(id).await.unwrap();
+    assert_eq!(stored.entries.len(), 5);
+    let ids: Vec<&str> = stored.entries.iter().map(|e| e.event_id.as_str()).collect();
+    let unique: std::collections::HashSet<&str> = ids.iter().copied().collect();
+    assert_eq!(unique.len(), 5, "no entry twice: {ids:?}");
 }
