@@ -8,9 +8,12 @@
 //! empty inline function. Even when compiled in, a failpoint does nothing
 //! until a test arms it.
 //!
-//! A test arms one with [`arm`]: the task that reaches it stops there forever
-//! (it never acknowledges, never marks, never answers), [`wait_hit`] tells the
+//! A test arms one with [`arm`]: the task that reaches it stops there (it
+//! never acknowledges, never marks, never answers), [`wait_hit`] tells the
 //! test, which then kills the service (drops its tasks) as a `kill -9` would.
+//! [`arm_once`] stops only the first task that reaches it, and [`disarm`]
+//! lets the stopped tasks go on: a pause, as a `SIGSTOP` of that one task
+//! and a `SIGCONT` would be.
 //! Names are scoped by the deployment's stream prefix, so tests running side
 //! by side in one process do not trip each other's failpoints.
 //!
@@ -39,8 +42,12 @@ mod imp {
     #[derive(Default)]
     struct Point {
         armed: bool,
+        /// Only the first task to reach it stops.
+        once: bool,
         hits: usize,
         notify: Arc<Notify>,
+        /// Wakes the stopped tasks when it is disarmed.
+        released: Arc<Notify>,
     }
 
     static POINTS: LazyLock<Mutex<HashMap<String, Point>>> = LazyLock::new(Mutex::default);
@@ -52,25 +59,38 @@ mod imp {
     }
 
     pub(super) async fn hit(key: &str) {
-        let armed = match points().get_mut(key) {
-            Some(point) if point.armed => {
+        let released = match points().get_mut(key) {
+            Some(point) if point.armed && !(point.once && point.hits > 0) => {
                 point.hits += 1;
                 point.notify.notify_waiters();
-                true
+                Some(point.released.clone())
             }
-            _ => false,
+            _ => None,
         };
-        if armed {
-            tracing::warn!(failpoint = key, "{}", super::MARKER);
-            std::future::pending::<()>().await;
+        let Some(released) = released else {
+            return;
+        };
+        tracing::warn!(failpoint = key, "{}", super::MARKER);
+        loop {
+            let notified = released.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if !points().get(key).is_some_and(|p| p.armed) {
+                return;
+            }
+            notified.await;
         }
     }
 
-    pub(super) fn arm(key: String, armed: bool) {
+    pub(super) fn arm(key: String, armed: bool, once: bool) {
         let mut points = points();
         let point = points.entry(key).or_default();
         point.armed = armed;
+        point.once = once;
         point.hits = 0;
+        if !armed {
+            point.released.notify_waiters();
+        }
     }
 
     pub(super) async fn wait_hit(key: &str) {
@@ -105,16 +125,24 @@ pub async fn hit(ns: &Namespace, name: &str) {
 #[inline(always)]
 pub async fn hit(_ns: &Namespace, _name: &str) {}
 
-/// Arms failpoint `name` of namespace `ns`: the next task to reach it stops there.
+/// Arms failpoint `name` of namespace `ns`: every task that reaches it
+/// stops there until it is disarmed.
 #[cfg(feature = "failpoints")]
 pub fn arm(ns: &Namespace, name: &str) {
-    imp::arm(format!("{}{name}", ns.prefix()), true);
+    imp::arm(format!("{}{name}", ns.prefix()), true, false);
 }
 
-/// Disarms failpoint `name` of namespace `ns`.
+/// Arms failpoint `name` of namespace `ns` for the first task that reaches
+/// it only; the others pass.
+#[cfg(feature = "failpoints")]
+pub fn arm_once(ns: &Namespace, name: &str) {
+    imp::arm(format!("{}{name}", ns.prefix()), true, true);
+}
+
+/// Disarms failpoint `name` of namespace `ns`: the tasks stopped there go on.
 #[cfg(feature = "failpoints")]
 pub fn disarm(ns: &Namespace, name: &str) {
-    imp::arm(format!("{}{name}", ns.prefix()), false);
+    imp::arm(format!("{}{name}", ns.prefix()), false, false);
 }
 
 /// Waits until failpoint `name` of namespace `ns` was hit since it was armed.

@@ -55,7 +55,15 @@
 //! (their effects are idempotent), so that costs a duplicate message, never a
 //! duplicate effect. A relay that was paused past its lease (say SIGSTOP)
 //! checks the lease again before publishing, so two relays overlap at most for
-//! one batch, with the same harmless duplicates.
+//! one batch, with the same harmless duplicates. It asks Redis only when
+//! its last renewal is more than half the TTL old by its own monotonic
+//! clock (which a pause moves on too, counted from before the renewal was
+//! sent): a healthy relay renews at a third of the TTL, so it publishes
+//! without that extra round trip, which under `appendfsync always` waits
+//! for an fsync like any other (docs/performance.md, 24). A lease that
+//! Redis itself lost while its holder ran (a failover to a replica that
+//! had not received it) is noticed at the next renewal, within a third of
+//! the TTL; until then two relays publish, which costs duplicates only.
 //!
 //! The relay wakes up at once when this process commits an entry
 //! ([`Outbox::wake`]); a replica that does not hold the lease rings the

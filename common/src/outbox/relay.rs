@@ -109,6 +109,7 @@ impl Relay {
             // check before each publish (see `relay_once`) keeps it safe.
             if !held || renewed_at.elapsed() >= self.settings.lease_ttl / 3 {
                 let was_held = held;
+                let asked = tokio::time::Instant::now();
                 held = match self.hold_lease(held).await {
                     Ok(h) => h,
                     Err(e) => {
@@ -124,6 +125,9 @@ impl Relay {
                     sent = Sent::default();
                     read = true;
                 }
+                // Nobody else can take the lease before its TTL, counted
+                // by Redis from after `asked`; half of it leaves a margin.
+                sent.lease_sure_until = held.then(|| asked + self.settings.lease_ttl / 2);
             }
             metrics::gauge!("outbox_relay_active").set(if held { 1.0 } else { 0.0 });
             let handed = self.outbox.take_handed();
@@ -280,8 +284,13 @@ impl Relay {
         sent.note(&events);
         let ordered = order_by_key(events);
         failpoint::hit(self.publisher.namespace(), "outbox.before_publish").await;
-        // Another relay may have taken over while this one slept.
-        if !self.lease.is_held(&mut self.conn.clone()).await? {
+        // Another relay may have taken over while this one slept: unless
+        // the lease was renewed lately (by this process's monotonic clock,
+        // which a pause moves on too), ask Redis.
+        let sure = sent
+            .lease_sure_until
+            .is_some_and(|until| tokio::time::Instant::now() < until);
+        if !sure && !self.lease.is_held(&mut self.conn.clone()).await? {
             sent.seqs.clear();
             return Ok(());
         }
@@ -367,6 +376,9 @@ struct Sent {
     unflushed: Vec<ObjectId>,
     since: Option<tokio::time::Instant>,
     seqs: HashMap<(Stream, String), i64>,
+    /// Until when the lease is surely this relay's without asking Redis
+    /// (see [`Relay::publish`]).
+    lease_sure_until: Option<tokio::time::Instant>,
 }
 
 impl Sent {

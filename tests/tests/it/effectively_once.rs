@@ -321,6 +321,47 @@ async fn two_relays_publish_each_entry_once_and_the_survivor_takes_over() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_paused_past_its_lease_does_not_publish_when_it_wakes() {
+    let mut sys = System::start().await;
+    let second = sys.add_replica(Service::Order).await;
+    sys.stop_service(Service::Simulator).await;
+    let menu = sys.seed_menu().await;
+    let item = menu[3]["id"].as_str().unwrap();
+    let holder = sys
+        .lease_holder(Service::Order)
+        .await
+        .expect("one relay holds the lease");
+    let other = if holder == 0 { second } else { 0 };
+    // The holder's relay stops right before it publishes (before it checks
+    // its lease): a pause, as a long stall of that process would be.
+    let ns = sys.namespace();
+    failpoint::arm_once(&ns, "outbox.before_publish");
+    let (status, _, order) =
+        post_with_key(&sys, holder, "k-paused", &order_body(&[(item, 1)])).await;
+    assert_eq!(status, 201, "{order}");
+    let id = order["id"].as_str().unwrap().to_owned();
+    failpoint::wait_hit(&ns, "outbox.before_publish").await;
+    // Its lease runs out (1 s in tests); the other replica takes it over and
+    // publishes the order from the outbox.
+    eventually("the other relay published the order", T, || async {
+        let events = sys.events_of(Stream::Orders, &id).await;
+        (count_type(&events, ORDER_CREATED_V1) == 1).then_some(())
+    })
+    .await;
+    assert_eq!(sys.lease_holder(Service::Order).await, Some(other));
+    // The paused relay goes on: it must see that the lease is gone.
+    failpoint::disarm(&ns, "outbox.before_publish");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let events = sys.events_of(Stream::Orders, &id).await;
+    assert_eq!(
+        count_type(&events, ORDER_CREATED_V1),
+        1,
+        "the woken relay published nothing"
+    );
+    sys.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idempotency_keys_replay_refuse_reuse_and_serialise_twins() {
     let mut sys = System::start().await;
     let second = sys.add_replica(Service::Order).await;
