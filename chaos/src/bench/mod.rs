@@ -659,7 +659,7 @@ async fn measure(cluster: &Cluster, cfg: &BenchConfig) -> anyhow::Result<BenchRe
         items: items.clone(),
         tag: "run".into(),
     };
-    let streams = Streams::new(&cluster.redis.url(), &cluster.namespace());
+    let streams = Streams::new(&cluster.redis.url(), &cluster.namespace())?;
     let ladder = rates::ladder(&http, &load, &orders, &cfg.ladder, cfg.step).await?;
     let c1_alone = if cfg.ladder.contains(&1) {
         Some(alone(cluster, &http, &load, &orders, cfg).await?)
@@ -782,16 +782,24 @@ async fn stream_entries(
     redis_url: &str,
     ns: &contract::streams::Namespace,
 ) -> anyhow::Result<(u64, u64)> {
-    let c = Streams::new(redis_url, ns).counts().await?;
+    let c = Streams::new(redis_url, ns)?.counts().await?;
     Ok((c.added, c.read))
 }
 
 /// Every stream of a run, to count what was added to them and what their
 /// consumer groups have not read yet.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Streams {
-    redis_url: String,
+    conn: contract::redis::Conn,
     ns: contract::streams::Namespace,
+}
+
+impl std::fmt::Debug for Streams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Streams")
+            .field("ns", &self.ns)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What [`Streams::counts`] found.
@@ -807,16 +815,16 @@ pub struct StreamCounts {
 }
 
 impl Streams {
-    pub fn new(redis_url: &str, ns: &contract::streams::Namespace) -> Self {
-        Self {
-            redis_url: redis_url.to_owned(),
+    pub fn new(redis_url: &str, ns: &contract::streams::Namespace) -> anyhow::Result<Self> {
+        Ok(Self {
+            conn: contract::redis::commands(&contract::redis::client(redis_url)?)?,
             ns: ns.clone(),
-        }
+        })
     }
 
     /// The counts now (`XINFO STREAM` and `XINFO GROUPS` of every stream).
     pub async fn counts(&self) -> anyhow::Result<StreamCounts> {
-        let mut conn = contract::redis::commands(&contract::redis::client(&self.redis_url)?)?;
+        let mut conn = self.conn.clone();
         let mut c = StreamCounts::default();
         for name in contract::streams::Stream::ALL
             .into_iter()
