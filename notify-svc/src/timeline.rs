@@ -355,11 +355,17 @@ impl Appends {
 
     /// One statement for a run of several facts of one order, guarded by
     /// "none of these event ids is there yet": `None` for a single fact,
-    /// facts of different orders, or a fact that does not serialise (each
-    /// then goes on its own and reports its own error).
+    /// facts of different orders, an event twice in the run (a republished
+    /// event read next to its first copy: one statement would push both),
+    /// or a fact that does not serialise (each then goes on its own and
+    /// reports its own error).
     fn op_run(facts: &[Fact]) -> Option<bson::Document> {
         let (first, rest) = facts.split_first()?;
         if rest.is_empty() || rest.iter().any(|f| f.order_id != first.order_id) {
+            return None;
+        }
+        let mut ids = std::collections::HashSet::with_capacity(facts.len());
+        if !facts.iter().all(|f| ids.insert(f.entry.event_id.as_str())) {
             return None;
         }
         Self::statement(facts).ok()

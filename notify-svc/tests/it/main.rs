@@ -250,7 +250,28 @@ async fn a_run_of_one_orders_events_is_appended_whole_by_one_command_each_once()
     assert_eq!(mixed, [false, true]);
     let stored = store.load(id).await.unwrap();
     assert_eq!(stored.entries.len(), 5);
+    // A run that holds one new event twice (republished, read next to its
+    // first copy): appended once.
+    let p = OrderStatusUpdated {
+        order_id: id,
+        status: OrderStatus::Cancelled,
+        previous: OrderStatus::Delivered,
+        version: 6,
+        customer: None,
+    };
+    let twice = order_fact(
+        &Envelope::of(&p, "c", "test"),
+        &OrdersEvent::StatusUpdated(p),
+    );
+    let appended: Vec<bool> = store
+        .append_all(&[twice.clone(), twice])
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(appended, [true, false]);
+    let stored = store.load(id).await.unwrap();
     let ids: Vec<&str> = stored.entries.iter().map(|e| e.event_id.as_str()).collect();
     let unique: std::collections::HashSet<&str> = ids.iter().copied().collect();
-    assert_eq!(unique.len(), 5, "no entry twice: {ids:?}");
+    assert_eq!((ids.len(), unique.len()), (6, 6), "no entry twice: {ids:?}");
 }
