@@ -7,7 +7,11 @@
 use std::time::Duration;
 
 use common::settings::Env;
-use notify_svc::{Settings, api, hub::Hub, timeline::TimelineStore};
+use notify_svc::{
+    Settings, api,
+    hub::Hub,
+    timeline::{Fact, TimelineStore},
+};
 use testkit::http::Client;
 use tokio_util::sync::CancellationToken;
 
@@ -168,6 +172,16 @@ fn bad_page_settings_stop_start_up() {
     assert_eq!(ok.currency, "EUR");
 }
 
+/// Appends `facts` as one run; whether each was new.
+async fn appended(store: &TimelineStore, facts: &[Fact]) -> Vec<bool> {
+    store
+        .append_all(facts)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect()
+}
+
 #[tokio::test]
 async fn a_run_of_one_orders_events_is_appended_whole_by_one_command_each_once() {
     use contract::{
@@ -209,67 +223,40 @@ async fn a_run_of_one_orders_events_is_appended_whole_by_one_command_each_once()
         .iter()
         .map(|(e, event)| order_fact(e, event))
         .collect();
-    let appended: Vec<bool> = store
-        .append_all(&facts)
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
-    assert_eq!(appended, [true; 4]);
+    let first = appended(&store, &facts).await;
+    assert_eq!(first, [true; 4]);
     assert_eq!(store.load(id).await.unwrap().entries.len(), 4);
     // The same run again (a redelivery) appends nothing.
-    let again: Vec<bool> = store
-        .append_all(&facts[1..])
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
+    let again = appended(&store, &facts[1..]).await;
     assert_eq!(again, [false; 3]);
     let stored = store.load(id).await.unwrap();
     assert_eq!(stored.entries.len(), 4);
     assert!(stored.token_hash.is_some());
     // A run of which one event is already there: that one is skipped, the
     // other appended.
-    let p = OrderStatusUpdated {
-        order_id: id,
-        status: OrderStatus::Delivered,
-        previous: OrderStatus::OutForDelivery,
-        version: 5,
-        customer: None,
+    let status_fact = |previous, status, version| {
+        let p = OrderStatusUpdated {
+            order_id: id,
+            status,
+            previous,
+            version,
+            customer: None,
+        };
+        order_fact(
+            &Envelope::of(&p, "c", "test"),
+            &OrdersEvent::StatusUpdated(p),
+        )
     };
-    let delivered = order_fact(
-        &Envelope::of(&p, "c", "test"),
-        &OrdersEvent::StatusUpdated(p),
-    );
-    let mixed: Vec<bool> = store
-        .append_all(&[facts[3].clone(), delivered])
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
+    let delivered = status_fact(OrderStatus::OutForDelivery, OrderStatus::Delivered, 5);
+    let mixed = appended(&store, &[facts[3].clone(), delivered]).await;
     assert_eq!(mixed, [false, true]);
     let stored = store.load(id).await.unwrap();
     assert_eq!(stored.entries.len(), 5);
     // A run that holds one new event twice (republished, read next to its
     // first copy): appended once.
-    let p = OrderStatusUpdated {
-        order_id: id,
-        status: OrderStatus::Cancelled,
-        previous: OrderStatus::Delivered,
-        version: 6,
-        customer: None,
-    };
-    let twice = order_fact(
-        &Envelope::of(&p, "c", "test"),
-        &OrdersEvent::StatusUpdated(p),
-    );
-    let appended: Vec<bool> = store
-        .append_all(&[twice.clone(), twice])
-        .await
-        .into_iter()
-        .map(Result::unwrap)
-        .collect();
-    assert_eq!(appended, [true, false]);
+    let twice = status_fact(OrderStatus::Delivered, OrderStatus::Cancelled, 6);
+    let doubled = appended(&store, &[twice.clone(), twice]).await;
+    assert_eq!(doubled, [true, false]);
     let stored = store.load(id).await.unwrap();
     let ids: Vec<&str> = stored.entries.iter().map(|e| e.event_id.as_str()).collect();
     let unique: std::collections::HashSet<&str> = ids.iter().copied().collect();
