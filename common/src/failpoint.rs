@@ -11,9 +11,9 @@
 //! A test arms one with [`arm`]: the task that reaches it stops there (it
 //! never acknowledges, never marks, never answers), [`wait_hit`] tells the
 //! test, which then kills the service (drops its tasks) as a `kill -9` would.
-//! [`arm_once`] stops only the first task that reaches it, and [`disarm`]
-//! lets the stopped tasks go on: a pause, as a `SIGSTOP` of that one task
-//! and a `SIGCONT` would be.
+//! [`arm_once`] stops only the first task that reaches it, until [`disarm`]
+//! lets it go on: a pause, as a `SIGSTOP` of that one task and a `SIGCONT`
+//! would be.
 //! Names are scoped by the deployment's stream prefix, so tests running side
 //! by side in one process do not trip each other's failpoints.
 //!
@@ -59,18 +59,23 @@ mod imp {
     }
 
     pub(super) async fn hit(key: &str) {
-        let released = match points().get_mut(key) {
+        let stopped = match points().get_mut(key) {
             Some(point) if point.armed && !(point.once && point.hits > 0) => {
                 point.hits += 1;
                 point.notify.notify_waiters();
-                Some(point.released.clone())
+                Some((point.once, point.released.clone()))
             }
             _ => None,
         };
-        let Some(released) = released else {
+        let Some((once, released)) = stopped else {
             return;
         };
         tracing::warn!(failpoint = key, "{}", super::MARKER);
+        if !once {
+            // A crash: the task never goes on, even if the service it ran
+            // in left it behind when it was killed.
+            std::future::pending::<()>().await;
+        }
         loop {
             let notified = released.notified();
             tokio::pin!(notified);
@@ -126,20 +131,21 @@ pub async fn hit(ns: &Namespace, name: &str) {
 pub async fn hit(_ns: &Namespace, _name: &str) {}
 
 /// Arms failpoint `name` of namespace `ns`: every task that reaches it
-/// stops there until it is disarmed.
+/// stops there for good (disarming only lets later ones pass).
 #[cfg(feature = "failpoints")]
 pub fn arm(ns: &Namespace, name: &str) {
     imp::arm(format!("{}{name}", ns.prefix()), true, false);
 }
 
 /// Arms failpoint `name` of namespace `ns` for the first task that reaches
-/// it only; the others pass.
+/// it only, which stops there until it is disarmed; the others pass.
 #[cfg(feature = "failpoints")]
 pub fn arm_once(ns: &Namespace, name: &str) {
     imp::arm(format!("{}{name}", ns.prefix()), true, true);
 }
 
-/// Disarms failpoint `name` of namespace `ns`: the tasks stopped there go on.
+/// Disarms failpoint `name` of namespace `ns`: later tasks pass, and a task
+/// stopped by [`arm_once`] goes on.
 #[cfg(feature = "failpoints")]
 pub fn disarm(ns: &Namespace, name: &str) {
     imp::arm(format!("{}{name}", ns.prefix()), false, false);
