@@ -824,8 +824,21 @@ impl Streams {
 
     /// The counts now (`XINFO STREAM` and `XINFO GROUPS` of every stream).
     pub async fn counts(&self) -> anyhow::Result<StreamCounts> {
-        let mut conn = self.conn.clone();
         let mut c = StreamCounts::default();
+        for stream in self.survey().await? {
+            c.added += stream.added;
+            for g in &stream.groups {
+                c.read += g.read;
+                c.unread += g.unread;
+            }
+        }
+        Ok(c)
+    }
+
+    /// Every stream's entries added, and each of its groups' counts.
+    pub async fn survey(&self) -> anyhow::Result<Vec<StreamSurvey>> {
+        let mut conn = self.conn.clone();
+        let mut out = Vec::new();
         for name in contract::streams::Stream::ALL
             .into_iter()
             .flat_map(|s| self.ns.stream_keys(s))
@@ -837,28 +850,59 @@ impl Streams {
                 .await
                 .unwrap_or(redis::Value::Nil);
             let added = field_u64(info, "entries-added");
-            c.added += added;
             let groups: Vec<redis::Value> = redis::cmd("XINFO")
                 .arg("GROUPS")
                 .arg(&name)
                 .query_async(&mut conn)
                 .await
                 .unwrap_or_default();
-            for g in groups {
-                let fields = contract::redis::fields_of(g);
-                let read: u64 = fields
-                    .get("entries-read")
-                    .and_then(|n| n.parse().ok())
-                    .unwrap_or(0);
-                c.read += read;
-                c.unread += fields
-                    .get("lag")
-                    .and_then(|n| n.parse().ok())
-                    .unwrap_or_else(|| added.saturating_sub(read));
-            }
+            let groups = groups
+                .into_iter()
+                .map(|g| {
+                    let fields = contract::redis::fields_of(g);
+                    let number = |f: &str| fields.get(f).and_then(|n| n.parse::<u64>().ok());
+                    let read = number("entries-read").unwrap_or(0);
+                    GroupCounts {
+                        name: fields.get("name").cloned().unwrap_or_default(),
+                        read,
+                        unread: number("lag").unwrap_or_else(|| added.saturating_sub(read)),
+                        pending: number("pending").unwrap_or(0),
+                    }
+                })
+                .collect();
+            out.push(StreamSurvey {
+                stream: name,
+                added,
+                groups,
+            });
         }
-        Ok(c)
+        Ok(out)
     }
+}
+
+/// One stream in a [`Streams::survey`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StreamSurvey {
+    /// Its key.
+    pub stream: String,
+    /// Entries ever added.
+    pub added: u64,
+    /// Its consumer groups.
+    pub groups: Vec<GroupCounts>,
+}
+
+/// One consumer group's counts (`XINFO GROUPS`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupCounts {
+    /// The group's name.
+    pub name: String,
+    /// Entries it has read.
+    pub read: u64,
+    /// Entries it has not read yet (its `lag`; where Redis cannot tell it,
+    /// added minus read).
+    pub unread: u64,
+    /// Entries it has read and not acknowledged.
+    pub pending: u64,
 }
 
 /// A number field of an `XINFO` reply.

@@ -7,15 +7,28 @@
 //! * **Open loop**: orders posted at a fixed rate (not waiting for answers),
 //!   for a fixed time; created → delivered of every accepted order.
 //! * **Sustained rate**: the highest open-loop rate at which the backlog
-//!   does not grow. A rate is sustained when every POST got a 201, when at the
-//!   end of the window fewer than one second's worth of orders were still
-//!   undelivered and fewer than one second's worth of stream entries were
-//!   still unread by some consumer group (notify-svc's timeline included,
-//!   which no order waits for), and when the rest were delivered and read
-//!   within [`DRAIN_GRACE`]. Searched by growing the rate ×1.5 until it
-//!   fails, then bisecting.
+//!   does not grow. A rate is sustained when every POST got a 201; when no
+//!   consumer group falls behind: over the second half of the window (the
+//!   first fills the pipeline), the backlog of every group of every stream
+//!   (entries it has not read plus entries it read and not acknowledged,
+//!   sampled every [`SAMPLE_EVERY`], a least-squares slope) grows by at
+//!   most [`GROWTH_SHARE`] of what its stream receives per second (at
+//!   least [`GROWTH_FLOOR`] entries/s, the noise of small batches);
+//!   when at the end of the window fewer than one second's worth of orders
+//!   were undelivered; and when the rest were delivered and read within
+//!   [`DRAIN_GRACE`]. notify-svc's timeline counts too, though no order
+//!   waits for it. Searched by growing the rate ×1.5 until it fails, then
+//!   bisecting.
+//!
+//!   Before, the backlog was looked at only at the end of the window: fewer
+//!   than one second's worth of entries, summed over every stream, still
+//!   unread. Every order adds about twenty entries, so that tolerated a
+//!   group falling behind by a few per cent of its input: 347.6 orders/s
+//!   passed, and 30 s at that rate left delivery-svc 1.4 s behind and
+//!   still falling (docs/performance.md, 27).
 
 use std::{
+    collections::HashMap,
     sync::atomic::{AtomicUsize, Ordering},
     time::{Duration, Instant},
 };
@@ -28,6 +41,17 @@ use super::{Percentiles, Streams, pipeline_ms, post_order, top, wait_delivered};
 
 /// How long the rest of an open-loop window may take to be delivered.
 pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
+
+/// How fast a group's backlog may grow, as a share of what its stream
+/// receives per second, for the rate to count as sustained.
+pub const GROWTH_SHARE: f64 = 0.02;
+
+/// ... and in entries per second, at least (at a low rate a batch more or
+/// less in flight at one sample is more than 2 % of the input).
+pub const GROWTH_FLOOR: f64 = 5.0;
+
+/// How often the backlog is sampled in the second half of a window.
+pub const SAMPLE_EVERY: Duration = Duration::from_millis(250);
 
 /// What the clients post: two distinct dishes of the first seven, 1–2 each.
 #[derive(Debug, Clone)]
@@ -243,6 +267,9 @@ pub struct RateRun {
     pub unread_at_end: u64,
     /// Stream entries added per second during the window.
     pub entries_per_sec: f64,
+    /// The group whose backlog grew fastest over the second half of the
+    /// window, relative to what it may (none: no group was sampled twice).
+    pub growth: Option<Growth>,
     /// Seconds from the end of the window until all were delivered (or the
     /// grace ran out).
     pub drain_secs: f64,
@@ -259,15 +286,104 @@ pub struct RateRun {
     pub database: Option<top::Spent>,
 }
 
+/// How fast one consumer group's backlog grew.
+#[derive(Debug, Clone, Serialize)]
+pub struct Growth {
+    /// `stream/group`.
+    pub group: String,
+    /// Entries per second its backlog (unread + pending) grew by.
+    pub per_sec: f64,
+    /// Entries per second its stream received meanwhile.
+    pub input_per_sec: f64,
+}
+
+impl Growth {
+    /// How fast it may grow (see the module docs).
+    fn allowed(&self) -> f64 {
+        (GROWTH_SHARE * self.input_per_sec).max(GROWTH_FLOOR)
+    }
+
+    /// Whether the group fell behind.
+    pub fn falling_behind(&self) -> bool {
+        self.per_sec > self.allowed()
+    }
+}
+
+impl std::fmt::Display for Growth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} {:+.0}/s of {:.0}/s in",
+            self.group, self.per_sec, self.input_per_sec
+        )
+    }
+}
+
+/// Samples every group's backlog from `from` until `until`; the group whose
+/// backlog grew fastest relative to what it may.
+async fn backlog_growth(
+    streams: &Streams,
+    from: tokio::time::Instant,
+    until: tokio::time::Instant,
+) -> anyhow::Result<Option<Growth>> {
+    tokio::time::sleep_until(from).await;
+    // Per group: (seconds, backlog); per stream: (seconds, entries added).
+    let mut backlogs: HashMap<String, Vec<(f64, f64)>> = HashMap::new();
+    let mut added: HashMap<String, Vec<(f64, f64)>> = HashMap::new();
+    let mut next = from;
+    while next < until {
+        let survey = streams.survey().await?;
+        let t = from.elapsed().as_secs_f64();
+        for s in survey {
+            added
+                .entry(s.stream.clone())
+                .or_default()
+                .push((t, s.added as f64));
+            for g in s.groups {
+                backlogs
+                    .entry(format!("{}/{}", s.stream, g.name))
+                    .or_default()
+                    .push((t, (g.unread + g.pending) as f64));
+            }
+        }
+        next += SAMPLE_EVERY;
+        tokio::time::sleep_until(next).await;
+    }
+    let growth = backlogs.into_iter().filter_map(|(group, points)| {
+        let stream = group.rsplit_once('/').map_or(group.as_str(), |(s, _)| s);
+        Some(Growth {
+            per_sec: slope(&points)?,
+            input_per_sec: slope(added.get(stream)?)?,
+            group,
+        })
+    });
+    Ok(growth.max_by(|a, b| (a.per_sec / a.allowed()).total_cmp(&(b.per_sec / b.allowed()))))
+}
+
+/// The least-squares slope of `points` (none with fewer than two times).
+fn slope(points: &[(f64, f64)]) -> Option<f64> {
+    let n = points.len() as f64;
+    let (mt, my) = points
+        .iter()
+        .fold((0.0, 0.0), |(t, y), p| (t + p.0 / n, y + p.1 / n));
+    let (cov, var) = points.iter().fold((0.0, 0.0), |(c, v), (t, y)| {
+        (c + (t - mt) * (y - my), v + (t - mt) * (t - mt))
+    });
+    (var > 0.0).then(|| cov / var)
+}
+
 impl std::fmt::Display for RateRun {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "  {:>6.1} orders/s offered: {} posted, {} non-201, POST p99 {:.1} ms, {} undelivered and {} stream entries unread ({:.0}/s added) at the end, drained in {:.1} s: {}",
+            "  {:>6.1} orders/s offered: {} posted, {} non-201, POST p99 {:.1} ms, backlog growth {}, {} undelivered and {} stream entries unread ({:.0}/s added) at the end, drained in {:.1} s: {}",
             self.rate,
             self.posted,
             self.errors,
             self.create_latency.p99,
+            self.growth
+                .as_ref()
+                .map_or_else(|| "not sampled".to_owned(), ToString::to_string),
             self.undelivered_at_end,
             self.unread_at_end,
             self.entries_per_sec,
@@ -331,6 +447,7 @@ pub async fn open_loop(
             })
         })
         .collect();
+    let growth = backlog_growth(streams, started + duration / 2, started + duration).await?;
     tokio::time::sleep_until(started + duration).await;
     let undelivered_at_end = orders
         .count_documents(bson::doc! { "status": { "$ne": "delivered" } })
@@ -368,7 +485,7 @@ pub async fn open_loop(
     let sustained = errors == 0
         && drained
         && (undelivered_at_end as f64) <= rate.max(1.0)
-        && (unread_at_end as f64) <= entries_per_sec.max(1.0);
+        && growth.as_ref().is_some_and(|g| !g.falling_behind());
     let (pipeline, hop_p50_ms, each_hop_p50_ms) = match timelines {
         Some(notify_url) => {
             let measured: Vec<(f64, Vec<f64>)> =
@@ -418,6 +535,7 @@ pub async fn open_loop(
         undelivered_at_end,
         unread_at_end,
         entries_per_sec,
+        growth,
         drain_secs,
         sustained,
         pipeline,
@@ -491,4 +609,41 @@ pub async fn sustained_rate(
         }
     }
     Ok((good, runs))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_slope_is_the_least_squares_fit() {
+        assert_eq!(slope(&[(0.0, 1.0)]), None);
+        let line: Vec<(f64, f64)> = (0..10)
+            .map(|i| (f64::from(i), 3.0 * f64::from(i) + 7.0))
+            .collect();
+        assert!((slope(&line).unwrap_or(0.0) - 3.0).abs() < 1e-9);
+        // Noise around a flat backlog: no growth.
+        let flat = [
+            (0.0, 100.0),
+            (1.0, 300.0),
+            (2.0, 100.0),
+            (3.0, 300.0),
+            (4.0, 200.0),
+        ];
+        assert!(slope(&flat).unwrap_or(f64::MAX).abs() < 30.0);
+    }
+
+    #[test]
+    fn a_group_falls_behind_past_its_share_of_the_input() {
+        let growth = |per_sec, input_per_sec| Growth {
+            group: "orders-stream/delivery-svc".into(),
+            per_sec,
+            input_per_sec,
+        };
+        // delivery-svc at 347.6 orders/s: 1,735 entries/s in, +81/s.
+        assert!(growth(81.0, 1735.0).falling_behind());
+        assert!(!growth(30.0, 1735.0).falling_behind());
+        // A few entries either way at a low rate is noise.
+        assert!(!growth(4.0, 50.0).falling_behind());
+    }
 }
