@@ -572,7 +572,10 @@ async fn measure(cluster: &Cluster, cfg: &BenchConfig) -> anyhow::Result<BenchRe
     wait_delivered(&orders, Duration::from_secs(120)).await?;
     drop(warm);
 
-    let entries_before = stream_entries(&cluster.redis.url(), &cluster.namespace()).await?;
+    // Redis 7's `entries-added` and `entries-read` counters: trimming does
+    // not change them.
+    let streams = Streams::new(&cluster.redis.url(), &cluster.namespace())?;
+    let entries_before = streams.counts().await?;
     let mut top_before = top::snapshot(&mongo, &cluster.db).await;
     top_before.extend(top::redis_snapshot(&cluster.redis.url()).await);
     let cpu_before = cpu_of(cluster);
@@ -620,10 +623,10 @@ async fn measure(cluster: &Cluster, cfg: &BenchConfig) -> anyhow::Result<BenchRe
             top::per_order(&redis_before, &redis_after, accepted.len()),
         )
     };
-    let entries_after = stream_entries(&cluster.redis.url(), &cluster.namespace()).await?;
+    let entries_after = streams.counts().await?;
     let per_order = |a: u64, b: u64| (a.saturating_sub(b)) as f64 / accepted.len().max(1) as f64;
-    let xadds_per_order = per_order(entries_after.0, entries_before.0);
-    let reads_per_order = per_order(entries_after.1, entries_before.1);
+    let xadds_per_order = per_order(entries_after.added, entries_before.added);
+    let reads_per_order = per_order(entries_after.read, entries_before.read);
 
     let create_latency = Percentiles::of(accepted.iter().map(|(_, _, ms)| *ms).collect());
     let measured: Vec<(f64, Vec<f64>)> = stream::iter(&accepted)
@@ -659,7 +662,6 @@ async fn measure(cluster: &Cluster, cfg: &BenchConfig) -> anyhow::Result<BenchRe
         items: items.clone(),
         tag: "run".into(),
     };
-    let streams = Streams::new(&cluster.redis.url(), &cluster.namespace())?;
     let ladder = rates::ladder(&http, &load, &orders, &cfg.ladder, cfg.step).await?;
     let c1_alone = if cfg.ladder.contains(&1) {
         Some(alone(cluster, &http, &load, &orders, cfg).await?)
@@ -774,17 +776,6 @@ async fn measure(cluster: &Cluster, cfg: &BenchConfig) -> anyhow::Result<BenchRe
 const SUSTAINED_START: f64 = 0.25;
 /// Halvings of the interval once the search found a rate not sustained.
 const SUSTAINED_BISECTIONS: usize = 4;
-
-/// Entries ever added to every stream, and entries read by its groups
-/// (Redis 7's `entries-added` and `entries-read` counters: trimming does not
-/// change them).
-async fn stream_entries(
-    redis_url: &str,
-    ns: &contract::streams::Namespace,
-) -> anyhow::Result<(u64, u64)> {
-    let c = Streams::new(redis_url, ns)?.counts().await?;
-    Ok((c.added, c.read))
-}
 
 /// Every stream of a run, to count what was added to them and what their
 /// consumer groups have not read yet.
