@@ -327,36 +327,34 @@ async fn backlog_growth(
     until: tokio::time::Instant,
 ) -> anyhow::Result<Option<Growth>> {
     tokio::time::sleep_until(from).await;
-    // Per group: (seconds, backlog); per stream: (seconds, entries added).
-    let mut backlogs: HashMap<String, Vec<(f64, f64)>> = HashMap::new();
+    // Per (stream, group): (seconds, backlog); per stream: (seconds, entries added).
+    let mut backlogs: HashMap<(String, String), Vec<(f64, f64)>> = HashMap::new();
     let mut added: HashMap<String, Vec<(f64, f64)>> = HashMap::new();
     let mut next = from;
     while next < until {
         let survey = streams.survey().await?;
         let t = from.elapsed().as_secs_f64();
         for s in survey {
-            added
-                .entry(s.stream.clone())
-                .or_default()
-                .push((t, s.added as f64));
             for g in s.groups {
                 backlogs
-                    .entry(format!("{}/{}", s.stream, g.name))
+                    .entry((s.stream.clone(), g.name))
                     .or_default()
                     .push((t, (g.unread + g.pending) as f64));
             }
+            added.entry(s.stream).or_default().push((t, s.added as f64));
         }
         next += SAMPLE_EVERY;
-        tokio::time::sleep_until(next).await;
+        tokio::time::sleep_until(next.min(until)).await;
     }
-    let growth = backlogs.into_iter().filter_map(|(group, points)| {
-        let stream = group.rsplit_once('/').map_or(group.as_str(), |(s, _)| s);
-        Some(Growth {
-            per_sec: slope(&points)?,
-            input_per_sec: slope(added.get(stream)?)?,
-            group,
-        })
-    });
+    let growth = backlogs
+        .into_iter()
+        .filter_map(|((stream, group), points)| {
+            Some(Growth {
+                per_sec: slope(&points)?,
+                input_per_sec: slope(added.get(&stream)?)?,
+                group: format!("{stream}/{group}"),
+            })
+        });
     Ok(growth.max_by(|a, b| (a.per_sec / a.allowed()).total_cmp(&(b.per_sec / b.allowed()))))
 }
 
