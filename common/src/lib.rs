@@ -25,6 +25,7 @@
 //! | [`mongo`] | client set-up and the retried multi-document transaction |
 //! | [`telemetry`] | tracing: JSON logs on stdout, optional Loki shipping |
 //! | [`shutdown`] | one cancellation token cancelled by SIGINT / SIGTERM |
+//! | [`runtime`] | `WORKER_THREADS`: the Tokio runtime `main` builds, one worker by default |
 //! | [`priority`] | `CPU_NICE`: the asynchronous workers yield the CPU to the user-facing services on a shared host |
 //!
 //! # Guarantees of the consumer loop
@@ -69,6 +70,7 @@ pub mod outbox;
 pub mod partition;
 pub mod priority;
 pub mod publisher;
+pub mod runtime;
 pub mod service;
 pub mod settings;
 pub mod shutdown;

@@ -34,6 +34,7 @@
 //! | `OUTBOX_BATCH` | `500` | events published per relay round (whole commits, so a round may go over by one commit) |
 //! | `OUTBOX_LEASE_MS` | `5000` | relay lease TTL: a dead relay is replaced within this |
 //! | `OUTBOX_RETENTION_SECS` | `0` | keep published outbox entries this long (marked published); 0 deletes them once published |
+//! | `WORKER_THREADS` | `1` | Tokio worker threads of the process; `0` is one per core (`common::runtime`: on a shared host one is faster; scale out with replicas) |
 //! | `SHUTDOWN_TIMEOUT_MS` | `10000` | on SIGTERM, how long in-flight requests, consumer batches and background tasks get to finish before they are abandoned (keep it below the orchestrator's grace period: 30 s in Kubernetes) |
 //! | `LOKI_URL` | unset | when set, logs are also pushed to this Loki |
 //! | `LOG_FORMAT` | `json` | `json` or `pretty` (stdout) |
@@ -485,6 +486,9 @@ pub struct CommonSettings {
     pub consumer: ConsumerSettings,
     /// Outbox relay tuning.
     pub outbox: crate::outbox::OutboxSettings,
+    /// Tokio worker threads of the process (`WORKER_THREADS`, see
+    /// [`crate::runtime`]); `main` builds the runtime with them.
+    pub worker_threads: usize,
     /// How long a shutdown waits for in-flight work.
     pub shutdown_timeout: Duration,
     /// Loki base URL; logs are shipped there when set.
@@ -559,6 +563,7 @@ impl CommonSettings {
             trim: crate::trim::TrimSettings::from_env(env),
             consumer: ConsumerSettings::from_env(env),
             outbox: crate::outbox::OutboxSettings::from_env(env),
+            worker_threads: crate::runtime::from_env(env),
             shutdown_timeout: env.millis("SHUTDOWN_TIMEOUT_MS", 10_000),
             loki_url: env.optional("LOKI_URL"),
             log_format: env.parse("LOG_FORMAT", LogFormat::Json),
@@ -684,6 +689,7 @@ mod tests {
             "CONSUMER_BATCH_SIZE",
             "OUTBOX_LEASE_MS",
             "SHUTDOWN_TIMEOUT_MS",
+            "WORKER_THREADS",
         ] {
             assert!(names.iter().any(|x| x == n), "{n} missing from {names:?}");
         }

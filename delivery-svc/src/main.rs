@@ -4,10 +4,14 @@ use anyhow::Context;
 use common::settings::Env;
 use delivery_svc::Settings;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     Env::list_if_asked(Settings::from_env);
     let settings = Settings::from_env(Env::from_process())?;
+    common::runtime::build(settings.common.worker_threads)?.block_on(serve(settings))
+}
+
+/// Runs the service until SIGINT or SIGTERM.
+async fn serve(settings: Settings) -> anyhow::Result<()> {
     let telemetry = common::telemetry::init(&(&settings.common).into())?;
     if let Err(e) = common::priority::apply(settings.nice) {
         tracing::warn!(error = %e, nice = settings.nice, "could not lower the CPU priority");

@@ -24,11 +24,15 @@ enum Command {
     SeedMenu,
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     Env::list_if_asked(Settings::from_env);
     let cli = Cli::parse();
     let settings = Settings::from_env(Env::from_process())?;
+    common::runtime::build(settings.common.worker_threads)?.block_on(serve(cli, settings))
+}
+
+/// Runs the command: the service until SIGINT or SIGTERM, or the seeding.
+async fn serve(cli: Cli, settings: Settings) -> anyhow::Result<()> {
     let telemetry = common::telemetry::init(&(&settings.common).into())?;
     if let Err(e) = common::priority::apply(settings.nice) {
         tracing::warn!(error = %e, nice = settings.nice, "could not lower the CPU priority");
