@@ -10,8 +10,9 @@
 //! **one worker thread by default**; it scales out with replicas (the
 //! partitions and leases are built for that), or up with `WORKER_THREADS=N`
 //! (`0`: one per core) on a host of its own. Measured in docs/performance.md
-//! (29): at 240 orders/s created → delivered fell by about a third, and
-//! creation at c=1 rose by about a fifth.
+//! (29): creation at c=1 rose by about 12 %, and at 240 orders/s created →
+//! delivered fell by about a third on a fresh system (after a full ladder
+//! it was the same as before); CPU per order did not change.
 //!
 //! The runtime is built by `main` from the settings, before anything else
 //! runs; tests run a service inside their own runtime instead.
