@@ -100,6 +100,10 @@ fn describe() {
         "MongoDB transactions run again after a transient error (mostly write conflicts)."
     );
     describe_counter!(
+        "order_placement_rereads_total",
+        "Batches of orders decided again on a read because a dish changed since the writer last saw it (order-svc)."
+    );
+    describe_counter!(
         "outbox_published_total",
         "Outbox entries published by this process' relay."
     );

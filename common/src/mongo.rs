@@ -106,7 +106,7 @@ pub async fn run_transaction<C, T, E, F>(
     client: &Client,
     policy: RetryPolicy,
     ctx: &C,
-    mut body: F,
+    body: F,
 ) -> Result<T, E>
 where
     C: Sync + ?Sized,
@@ -117,6 +117,46 @@ where
         .read_concern(ReadConcern::snapshot())
         .write_concern(WriteConcern::majority())
         .build();
+    transaction(client, options, policy, ctx, body).await
+}
+
+/// [`run_transaction`] for a body that only writes, every write guarded by
+/// its filter (a guarded update that matches nothing fails the call, see
+/// [`crate::writes`]): no read concern is sent, so the first command may be
+/// a `bulkWrite`, which SecantusDB refuses with one (`crate::writes`), and
+/// the transaction saves the read it would otherwise start with. Safe
+/// because nothing is decided on a snapshot: each guard is checked by the
+/// write itself, and a concurrent change of a written document is a write
+/// conflict, retried as in [`run_transaction`].
+pub async fn run_write_transaction<C, T, E, F>(
+    client: &Client,
+    policy: RetryPolicy,
+    ctx: &C,
+    body: F,
+) -> Result<T, E>
+where
+    C: Sync + ?Sized,
+    E: MaybeMongoError,
+    F: for<'a> FnMut(&'a mut ClientSession, &'a C) -> BoxFuture<'a, Result<T, E>>,
+{
+    let options = TransactionOptions::builder()
+        .write_concern(WriteConcern::majority())
+        .build();
+    transaction(client, options, policy, ctx, body).await
+}
+
+async fn transaction<C, T, E, F>(
+    client: &Client,
+    options: TransactionOptions,
+    policy: RetryPolicy,
+    ctx: &C,
+    mut body: F,
+) -> Result<T, E>
+where
+    C: Sync + ?Sized,
+    E: MaybeMongoError,
+    F: for<'a> FnMut(&'a mut ClientSession, &'a C) -> BoxFuture<'a, Result<T, E>>,
+{
     let mut session = client.start_session().await?;
     let started = std::time::Instant::now();
     let may_retry =
@@ -205,10 +245,12 @@ pub fn check_write_reply(reply: &mongodb::bson::Document, expected: usize) -> Re
         return Err(first);
     }
     let n = count(reply, "n");
-    if usize::try_from(n).unwrap_or_default() < expected {
-        return Err(Error::custom(format!(
-            "a write command wrote {n} of {expected} documents"
-        )));
+    let expected = i64::try_from(expected).unwrap_or(i64::MAX);
+    if n < expected {
+        return Err(Error::custom(crate::writes::NotApplied {
+            written: n,
+            expected,
+        }));
     }
     Ok(())
 }

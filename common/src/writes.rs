@@ -125,6 +125,24 @@ impl StatementError {
     }
 }
 
+/// Fewer documents written than statements sent: a guarded update whose
+/// guard did not hold (an insert that collides is a [`StatementError`]).
+/// The caller's transaction is aborted; one that wrote on a guess (a cached
+/// price, say) can tell this from other errors and decide again on a read.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("a write took effect on {written} of {expected} documents")]
+pub struct NotApplied {
+    /// Documents matched, upserted or inserted.
+    pub written: i64,
+    /// Statements sent.
+    pub expected: i64,
+}
+
+/// Whether `e` is a [`NotApplied`].
+pub fn is_not_applied(e: &Error) -> bool {
+    e.get_custom::<NotApplied>().is_some()
+}
+
 /// The statement error inside `e`, if it is one.
 pub fn statement_error(e: &Error) -> Option<&StatementError> {
     e.get_custom::<StatementError>()
@@ -273,9 +291,10 @@ impl Writes {
         let updated = count(&reply, "nMatched") + count(&reply, "nUpserted");
         let inserted = count(&reply, "nInserted");
         if updated < updates || inserted < inserts {
-            return Err(Error::custom(format!(
-                "a bulk write updated {updated} of {updates} documents and inserted {inserted} of {inserts}"
-            )));
+            return Err(Error::custom(NotApplied {
+                written: updated.min(updates) + inserted.min(inserts),
+                expected: updates + inserts,
+            }));
         }
         Ok(())
     }

@@ -8,7 +8,8 @@
 //! ([`Placer::place`]) and waits for the answer. The writer takes whatever
 //! is queued (up to [`MAX_BATCH`]) and places it in **one** transaction:
 //!
-//! 1. read every dish the batch names (one query);
+//! 1. read every dish the batch names (one query; skipped when the writer
+//!    already knows every dish, see "Known dishes" below);
 //! 2. decide each order in arrival order against the running stock: unknown
 //!    dishes and short stock are refused exactly as a lone transaction would
 //!    refuse them, and an accepted order takes its units, so no order is
@@ -27,6 +28,23 @@
 //! orders did. The batch grows by itself with the load: while a transaction
 //! runs, the next requests queue.
 //!
+//! Known dishes: most batches name dishes an earlier batch of this writer
+//! read, so the writer keeps what it last saw of each (name, price, and the
+//! stock its own writes left) and, when every dish of a batch is known with
+//! enough stock for it, skips the read: the decrements carry the known name
+//! and price in their guards (`{_id, stock ≥ units, name, price_cents}`),
+//! and the transaction only writes ([`run_write_transaction`], no read
+//! concern, so the `bulkWrite` may come first). Two round trips instead of
+//! three. If any guard fails (a price or name changed, another replica or a
+//! cancel moved the stock, the dish is gone), the write takes no effect
+//! ([`is_not_applied`]), the transaction is aborted and the batch is decided
+//! again on a read, exactly as before, which also refreshes what the writer
+//! knows. So an order is never priced or accepted on a stale menu: what it
+//! was decided on is what the database held when it committed. A dish the
+//! writer believes short goes straight to the read (a refusal is decided on
+//! what was read, with the number left), so a sold-out dish does not pay a
+//! failed write per order.
+//!
 //! Idempotency keys: the writer looks up every key of a batch in one query
 //! before its transaction; a request whose key is already stored (a retry,
 //! a replay) answers [`PlaceError::KeyTaken`], and the API replays the
@@ -35,15 +53,21 @@
 //! replica makes the insert fail with a duplicate key: the writer finds which
 //! keys exist, answers those requests `KeyTaken`, and places the rest.
 
-use std::{collections::HashMap, time::Duration};
+use std::{
+    collections::HashMap,
+    sync::{Mutex, PoisonError},
+    time::Duration,
+};
 
 use bson::{doc, oid::ObjectId};
 use chrono::Utc;
 use common::{
     batch::{Batch, Batcher},
-    mongo::{MaybeMongoError, RetryPolicy, is_duplicate_key, run_transaction},
+    mongo::{
+        MaybeMongoError, RetryPolicy, is_duplicate_key, run_transaction, run_write_transaction,
+    },
     outbox::{Outbox, Written},
-    writes::Writes,
+    writes::{Writes, is_not_applied},
 };
 use contract::{MenuItemId, auth::TrackingToken, events::OrderLine, status::OrderStatus};
 use futures::TryStreamExt;
@@ -96,8 +120,12 @@ impl Placer {
     /// A placer writing to `collections` (the writer, `common::batch`,
     /// starts with the first order).
     pub fn new(collections: Collections) -> Self {
+        let writer = Writer {
+            c: collections,
+            known: Mutex::default(),
+        };
         Self {
-            writer: Batcher::new("order_placements", MAX_BATCH, Writer(collections)),
+            writer: Batcher::new("order_placements", MAX_BATCH, writer),
         }
     }
 
@@ -128,14 +156,42 @@ impl Placer {
 
 /// The writer's side of [`Placer`].
 #[derive(Debug)]
-struct Writer(Collections);
+struct Writer {
+    c: Collections,
+    /// What this writer last saw of each dish (see "Known dishes" in the
+    /// module docs). Only the writer's task uses it.
+    known: Mutex<HashMap<ObjectId, Dish>>,
+}
+
+/// A dish as a batch decides on it.
+#[derive(Debug, Clone)]
+struct Dish {
+    name: String,
+    price_cents: i64,
+    /// Units left: as read, less what the batch took so far; as known, what
+    /// this writer's last write left (a guess: others write too).
+    left: i64,
+    /// Units the batch takes.
+    units: i64,
+}
+
+impl Dish {
+    fn read(item: &MenuItem) -> Self {
+        Self {
+            name: item.name.clone(),
+            price_cents: item.price_cents,
+            left: item.stock,
+            units: 0,
+        }
+    }
+}
 
 impl Batch for Writer {
     type Job = Request;
     type Output = Result<Placed, PlaceError>;
 
     async fn run(&self, requests: &[Request]) -> Vec<Result<Placed, PlaceError>> {
-        place_batch(&self.0, requests).await
+        place_batch(self, requests).await
     }
 
     fn failed(&self, _: &Request) -> Result<Placed, PlaceError> {
@@ -154,7 +210,8 @@ const POLICY: RetryPolicy = RetryPolicy {
 };
 
 /// Places a batch; one result per request, in order.
-async fn place_batch(c: &Collections, requests: &[Request]) -> Vec<Result<Placed, PlaceError>> {
+async fn place_batch(w: &Writer, requests: &[Request]) -> Vec<Result<Placed, PlaceError>> {
+    let c = &w.c;
     // Keys taken before the batch started: by an earlier request of the
     // batch, or (found after a duplicate-key failure) by another replica.
     let mut taken = vec![false; requests.len()];
@@ -178,18 +235,32 @@ async fn place_batch(c: &Collections, requests: &[Request]) -> Vec<Result<Placed
             Err(e) => return fail_all(requests, &e),
         }
     }
-    for _ in 0..3 {
-        let ctx = (c, requests, taken.as_slice());
-        let outcome = run_transaction(&c.client, POLICY, &ctx, |s, (c, requests, taken)| {
-            Box::pin(place_in(s, c, requests, taken))
-        })
-        .await;
+    let mut known = w.known_for(requests);
+    for _ in 0..4 {
+        let ctx = (c, requests, taken.as_slice(), known.as_ref());
+        let outcome = if known.is_some() {
+            run_write_transaction(&c.client, POLICY, &ctx, |s, (c, requests, taken, known)| {
+                Box::pin(place_in(s, c, requests, taken, *known))
+            })
+            .await
+        } else {
+            run_transaction(&c.client, POLICY, &ctx, |s, (c, requests, taken, known)| {
+                Box::pin(place_in(s, c, requests, taken, *known))
+            })
+            .await
+        };
         match outcome {
-            Ok((decided, written)) => {
+            Ok((decided, written, dishes)) => {
                 // Handed to the relay before anyone is answered, so a
                 // cancel of one of these orders is handed after it.
                 c.outbox.committed(written);
+                w.learn(dishes);
                 return decided;
+            }
+            Err(BatchError::Mongo(e)) if known.is_some() && is_not_applied(&e) => {
+                // A guard failed: decide again on what the database holds.
+                metrics::counter!("order_placement_rereads_total").increment(1);
+                known = None;
             }
             Err(BatchError::Mongo(e)) if is_duplicate_key(&e) => {
                 // Another replica stored one of the keys meanwhile.
@@ -205,6 +276,39 @@ async fn place_batch(c: &Collections, requests: &[Request]) -> Vec<Result<Placed
         requests,
         &mongodb::error::Error::custom("idempotency keys kept colliding"),
     )
+}
+
+impl Writer {
+    /// The dishes of the batch, if this writer knows every one of them with
+    /// enough stock for the whole batch; otherwise the batch reads them.
+    fn known_for(&self, requests: &[Request]) -> Option<HashMap<ObjectId, Dish>> {
+        let known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut dishes: HashMap<ObjectId, Dish> = HashMap::new();
+        for line in requests.iter().flat_map(|r| &r.new.lines) {
+            let dish = match dishes.entry(line.item_id) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(known.get(&line.item_id)?.clone())
+                }
+            };
+            dish.units += i64::from(line.quantity.get());
+            if dish.units > dish.left {
+                return None;
+            }
+        }
+        for dish in dishes.values_mut() {
+            dish.units = 0;
+        }
+        Some(dishes)
+    }
+
+    /// Remembers the dishes a committed batch decided on, with what it left.
+    fn learn(&self, dishes: HashMap<ObjectId, Dish>) {
+        let mut known = self.known.lock().unwrap_or_else(PoisonError::into_inner);
+        for (id, dish) in dishes {
+            known.insert(id, Dish { units: 0, ..dish });
+        }
+    }
 }
 
 fn mark_taken(
@@ -256,30 +360,28 @@ impl MaybeMongoError for BatchError {
     }
 }
 
+/// What a committed batch decided, what it handed to the relay, and the
+/// dishes it decided on (with what it left of each).
+type Decided = (
+    Vec<Result<Placed, PlaceError>>,
+    Option<Written>,
+    HashMap<ObjectId, Dish>,
+);
+
+/// One run of the batch's transaction: on the dishes as read, or, with
+/// `known`, as the writer knows them (then every decrement is guarded by
+/// the name and price it was decided on).
 async fn place_in(
     s: &mut ClientSession,
     c: &Collections,
     requests: &[Request],
     taken: &[bool],
-) -> Result<(Vec<Result<Placed, PlaceError>>, Option<Written>), BatchError> {
-    let mut ids: Vec<ObjectId> = requests
-        .iter()
-        .flat_map(|r| r.new.lines.iter().map(|l| l.item_id))
-        .collect();
-    ids.sort_unstable();
-    ids.dedup();
-    let found: Vec<MenuItem> = c
-        .menu
-        .find(doc! { "_id": { "$in": &ids } })
-        .session(&mut *s)
-        .await?
-        .stream(&mut *s)
-        .try_collect()
-        .await?;
-    let mut stock: HashMap<ObjectId, (MenuItem, i64)> = found
-        .into_iter()
-        .map(|i| (i.id, (i.clone(), i.stock)))
-        .collect();
+    known: Option<&HashMap<ObjectId, Dish>>,
+) -> Result<Decided, BatchError> {
+    let mut stock = match known {
+        Some(known) => known.clone(),
+        None => read_dishes(s, c, requests).await?,
+    };
 
     let now = Utc::now();
     let mut decided = Vec::with_capacity(requests.len());
@@ -292,10 +394,9 @@ async fn place_in(
             Err(refusal) => decided.push(Err(refusal)),
             Ok(lines) => {
                 for line in &lines {
-                    if let Some((_, left)) =
-                        stock.get_mut(&ObjectId::from_bytes(line.item_id.bytes()))
-                    {
-                        *left -= i64::from(line.quantity);
+                    if let Some(dish) = stock.get_mut(&ObjectId::from_bytes(line.item_id.bytes())) {
+                        dish.left -= i64::from(line.quantity);
+                        dish.units += i64::from(line.quantity);
                     }
                 }
                 let order = Order {
@@ -326,20 +427,26 @@ async fn place_in(
         .filter_map(|(r, d)| Some((r, d.as_ref().ok()?)))
         .collect();
     if placed.is_empty() {
-        return Ok((decided, None));
+        return Ok((decided, None, stock));
     }
     // Every write of the batch, in one round trip (see common::writes).
     let mut writes = Writes::new();
-    // 1. Stock: one guarded decrement per dish for the whole batch. The
-    //    reads above are this transaction's snapshot: a concurrent change
-    //    of a dish is a write conflict, so every guard holds.
-    for (item, left) in stock.values().filter(|(item, left)| *left != item.stock) {
-        let units = item.stock - left;
-        writes.update(
-            &c.menu,
-            doc! { "_id": item.id, "stock": { "$gte": units } },
-            doc! { "$inc": { "stock": -units } },
-        );
+    // 1. Stock: one guarded decrement per dish for the whole batch. After a
+    //    read, the read is this transaction's snapshot: a concurrent change
+    //    of a dish is a write conflict, so every guard holds. On known
+    //    dishes the guard also holds what the orders were priced on.
+    for (id, dish) in stock.iter().filter(|(_, d)| d.units > 0) {
+        let units = dish.units;
+        let guard = match known {
+            None => doc! { "_id": id, "stock": { "$gte": units } },
+            Some(_) => doc! {
+                "_id": id,
+                "stock": { "$gte": units },
+                "name": &dish.name,
+                "price_cents": dish.price_cents,
+            },
+        };
+        writes.update(&c.menu, guard, doc! { "$inc": { "stock": -units } });
     }
     // 2. The orders.
     for (_, p) in &placed {
@@ -363,27 +470,47 @@ async fn place_in(
         .map(|((stream, event), seq)| (*stream, event, *seq))
         .collect();
     let written = c.outbox.write_with(&mut *s, writes, &refs).await?;
-    Ok((decided, written))
+    Ok((decided, written, stock))
+}
+
+/// Every dish the batch names, read in the transaction (its snapshot).
+async fn read_dishes(
+    s: &mut ClientSession,
+    c: &Collections,
+    requests: &[Request],
+) -> Result<HashMap<ObjectId, Dish>, BatchError> {
+    let mut ids: Vec<ObjectId> = requests
+        .iter()
+        .flat_map(|r| r.new.lines.iter().map(|l| l.item_id))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let found: Vec<MenuItem> = c
+        .menu
+        .find(doc! { "_id": { "$in": &ids } })
+        .session(&mut *s)
+        .await?
+        .stream(&mut *s)
+        .try_collect()
+        .await?;
+    Ok(found.iter().map(|i| (i.id, Dish::read(i))).collect())
 }
 
 /// The lines of a request, priced, if every dish exists and has enough
 /// left; the same refusals a lone transaction gives.
-fn decide(
-    r: &Request,
-    stock: &HashMap<ObjectId, (MenuItem, i64)>,
-) -> Result<Vec<OrderLine>, PlaceError> {
+fn decide(r: &Request, stock: &HashMap<ObjectId, Dish>) -> Result<Vec<OrderLine>, PlaceError> {
     let mut unknown = FieldErrors::default();
     let mut short = FieldErrors::default();
     let mut short_names = Vec::new();
     for (i, line) in r.new.lines.iter().enumerate() {
         match stock.get(&line.item_id) {
             None => unknown.add(format!("items[{i}].item_id"), "no such menu item"),
-            Some((item, left)) if *left < i64::from(line.quantity.get()) => {
+            Some(dish) if dish.left < i64::from(line.quantity.get()) => {
                 short.add(
                     format!("items[{i}].quantity"),
-                    format!("only {} of {} left", (*left).max(0), item.name),
+                    format!("only {} of {} left", dish.left.max(0), dish.name),
                 );
-                short_names.push(item.name.clone());
+                short_names.push(dish.name.clone());
             }
             Some(_) => {}
         }
@@ -401,12 +528,12 @@ fn decide(
         .lines
         .iter()
         .map(|line| {
-            let (item, _) = &stock[&line.item_id];
+            let dish = &stock[&line.item_id];
             OrderLine {
-                item_id: MenuItemId::from_bytes(item.id.bytes()),
-                name: item.name.clone(),
+                item_id: MenuItemId::from_bytes(line.item_id.bytes()),
+                name: dish.name.clone(),
                 quantity: line.quantity.get(),
-                unit_price_cents: item.price_cents,
+                unit_price_cents: dish.price_cents,
             }
         })
         .collect())

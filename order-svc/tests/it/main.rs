@@ -10,6 +10,7 @@
 mod access;
 mod admin;
 mod limits;
+mod placing;
 mod validation;
 
 use axum::{body::Body, http::Method};
