@@ -12,16 +12,18 @@
 //! trips (read the dishes, write everything, commit) instead of six.
 //!
 //! Every statement must take effect: a guarded update that matches nothing
-//! (its guard no longer holds), an insert that collides, any statement
-//! error fails the whole call, and the caller's transaction is aborted and
-//! run again or reported, as before. The statements run in order and stop
+//! (its guard no longer holds: a [`NotApplied`]), an insert that collides,
+//! any statement error fails the whole call, and the caller's transaction
+//! is aborted and run again or reported, as before. The statements run in order and stop
 //! at the first error (`ordered`).
 //!
-//! A `bulkWrite` must not be the first command of a transaction: the
-//! driver sends the transaction's read concern with its first command, and
-//! SecantusDB refuses a read concern on `bulkWrite`. Every caller reads
-//! before it writes (a transaction here decides on what it read), so this
-//! costs no round trip.
+//! A `bulkWrite` must not be the first command of a transaction with a read
+//! concern: the driver sends the transaction's read concern with its first
+//! command, and SecantusDB refuses a read concern on `bulkWrite`. A
+//! transaction that decides on what it read reads first anyway; one that
+//! only writes guarded statements runs without a read concern
+//! ([`crate::mongo::run_write_transaction`]), and its `bulkWrite` may come
+//! first.
 //!
 //! Servers before 8.0 (the `mongo:7` image, say) have no `bulkWrite`: there
 //! [`Mode::PerCollection`] sends each run of consecutive statements of one

@@ -18,7 +18,8 @@
 //!    (`common::writes`; otherwise one command per collection): one guarded
 //!    `$inc` per dish for the whole batch's units, the orders, their
 //!    idempotency records, and one outbox entry holding their events; then
-//!    commit. Three round trips for the batch: read, write, commit.
+//!    commit. Three round trips for the batch: read, write, commit (two
+//!    when the dishes are known).
 //!
 //! Orders of one replica therefore never conflict with each other: a batch
 //! conflicts only with another replica's batch (or a cancel putting stock
