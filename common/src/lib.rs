@@ -26,7 +26,7 @@
 //! | [`telemetry`] | tracing: JSON logs on stdout, optional Loki shipping |
 //! | [`shutdown`] | one cancellation token cancelled by SIGINT / SIGTERM |
 //! | [`runtime`] | `WORKER_THREADS`: the Tokio runtime `main` builds, one worker by default |
-//! | [`priority`] | `CPU_NICE`: the asynchronous workers yield the CPU to the user-facing services on a shared host |
+//! | [`priority`] | `CPU_NICE`: a service's nice value (default 0), so that asynchronous workers can yield the CPU to the user-facing services on a shared host |
 //!
 //! # Guarantees of the consumer loop
 //!

@@ -1,17 +1,18 @@
 //! The CPU priority of a service's process (`CPU_NICE`).
 //!
 //! On one host (compose, `make run`, the benchmark) the services, Redis and
-//! MongoDB share the cores. A customer waits on every order placement; nobody
-//! waits on delivery-svc or on the simulator: their work is asynchronous and
-//! can start a few milliseconds later without anyone noticing. So those two
-//! run at a lower priority by default (`CPU_NICE=10`), order-svc and
-//! notify-svc (the requests and the live WebSockets) at the normal one (0).
-//! The kernel's scheduler then prefers the user-facing processes when the
-//! cores are contended, and nothing changes when they are not: an idle core
-//! runs niced work as fast as any. Waiting work also batches better: the
-//! moves queued while a niced consumer waits share its next transaction.
-//! Measured in docs/performance.md (21): creation at c=1 with the pipeline
-//! running rose by about a fifth.
+//! MongoDB share the cores. A customer waits on every order placement, and
+//! less directly on delivery-svc and the simulator: their work is
+//! asynchronous, but it is what moves an order along. Every service runs at
+//! the normal priority by default (0). A higher `CPU_NICE` (1–19) for
+//! delivery-svc and the simulator makes the kernel's scheduler prefer the
+//! user-facing processes when the cores are contended (nothing changes when
+//! they are not: an idle core runs niced work as fast as any). That is a
+//! trade, measured in docs/performance.md (21, 28, 30, 31): at nice 10
+//! creation at a single client was about a fifth faster and the paced
+//! pipeline slower. Until 31 the two ran at 10 by default, when creation
+//! needed the head start; since placements of known dishes skip their read
+//! (31), it no longer does, and the default is 0.
 //!
 //! Only lowering is possible (0 to 19): raising priority needs privileges.
 //! In Kubernetes the pods' CPU requests (cgroup weights) decide instead, and

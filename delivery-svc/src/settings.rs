@@ -3,7 +3,7 @@
 //! | variable | default | meaning |
 //! |---|---|---|
 //! | `PORT` / `HTTP_ADDR` | `8002` / `0.0.0.0:$PORT` | where the HTTP API listens |
-//! | `CPU_NICE` | `10` | the asynchronous work behind an order yields the CPU to order-svc and notify-svc on a shared host (`common::priority`) |
+//! | `CPU_NICE` | `0` | normal priority; 1–19 makes the asynchronous work behind an order yield the CPU to order-svc and notify-svc on a shared host (`common::priority`) |
 
 use std::net::SocketAddr;
 
@@ -27,7 +27,7 @@ impl Settings {
         let s = Self {
             common,
             http_addr: http_addr(&mut env, 8002),
-            nice: common::priority::from_env(&mut env, 10),
+            nice: common::priority::from_env(&mut env, 0),
         };
         env.finish()?;
         Ok(s)

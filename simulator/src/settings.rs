@@ -4,7 +4,7 @@
 //! | variable | default | meaning |
 //! |---|---|---|
 //! | `PORT` / `HTTP_ADDR` | `8004` | health endpoints |
-//! | `CPU_NICE` | `10` | the asynchronous work behind an order yields the CPU to order-svc and notify-svc on a shared host (`common::priority`) |
+//! | `CPU_NICE` | `0` | normal priority; 1–19 makes the asynchronous work behind an order yield the CPU to order-svc and notify-svc on a shared host (`common::priority`) |
 //! | `SIMULATOR_DELAY_SCALE` | `1.0` | multiplies every delay (`0.01` for tests and quick demos) |
 //! | `SIM_JITTER` | `0.25` | each delay is multiplied by a random factor in `[1-j, 1+j]` |
 //! | `SIM_CONFIRM_MS` | `2000` | order created → confirmed |
@@ -126,7 +126,7 @@ impl Settings {
         let s = Self {
             common,
             http_addr: http_addr(&mut env, 8004),
-            nice: common::priority::from_env(&mut env, 10),
+            nice: common::priority::from_env(&mut env, 0),
             delays,
             poll,
             kitchen,
